@@ -1,0 +1,19 @@
+#!/bin/sh
+# Installs the Debian/Ubuntu packages SegNode's test suite talks to as real peers:
+# dcmtk (storescu, echoscu, storescp, dcmdump), orthanc (a real PACS), dicom3tools (dciodvfy), dcm2niix.
+set -eu
+PACKAGES="dcmtk orthanc dicom3tools dcm2niix"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+fi
+missing=""
+for p in $PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
+fi
+# Orthanc's Debian package starts a system service on port 4242/8042; the tests start their own instances
+# on ephemeral loopback ports and do not need it.
