@@ -52,6 +52,9 @@ class Volume:
     stack_key: dict[str, Any] = field(default_factory=dict)
     #: A short human label for the stack, e.g. ``"b=800"`` or ``"stack 1 of 3"``.
     stack_label: str = ""
+    #: True when the source slices were not uniformly spaced and were interpolated onto a uniform grid;
+    #: ``slice_refs`` then give the nearest source slice of each resampled slice.
+    resampled: bool = False
 
     @property
     def shape(self) -> tuple[int, int, int]:

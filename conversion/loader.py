@@ -1,0 +1,263 @@
+"""``load_series``: the instances of one series -> its segmentable stacks as :class:`Volume` objects."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+
+from conversion.errors import NotSegmentableError, Reason
+from conversion.headers import (
+    FrameInfo,
+    SourceImage,
+    frames_of,
+    is_localizer,
+    is_mosaic,
+    read_sources,
+    series_name,
+)
+from conversion.pixels import fill_slices
+from conversion.stacks import (
+    NonUniformPolicy,
+    Stack,
+    build_stack,
+    describe_key,
+    geometry_groups,
+    plane_name,
+    split_stacks,
+)
+from conversion.volume import SliceRef, Volume
+
+logger = logging.getLogger(__name__)
+
+#: Reasons that concern the whole series before any stack is formed, in the order they are checked.
+_PRIORITY = [
+    Reason.SINGLE_SLICE,
+    Reason.MISSING_SLICES,
+    Reason.NON_UNIFORM_SPACING,
+    Reason.INCONSISTENT_GEOMETRY,
+    Reason.GANTRY_TILT,
+]
+
+
+def load_series(
+    items: Iterable[str | os.PathLike[str] | Dataset],
+    *,
+    non_uniform: NonUniformPolicy = "reject",
+) -> list[Volume]:
+    """Build every segmentable stack of one series.
+
+    ``items`` are the instances of the series, as file paths or datasets (with pixel data). Returns the
+    stacks in a stable order (geometry group, then the distinguishing attributes ascending), each with its
+    ``stack_key``/``stack_label``. Stacks that cannot be segmented while others can are left out and logged;
+    when none can, :class:`NotSegmentableError` is raised with the reason of the series.
+
+    ``non_uniform``: ``"reject"`` raises ``non_uniform_spacing`` for stacks whose slice spacing varies;
+    ``"resample"`` interpolates them linearly onto a uniform grid with the smallest gap as step
+    (``Volume.resampled`` is then set and ``slice_refs`` give the nearest source slice).
+    """
+    stacks, sources, name = plan_series(items, non_uniform=non_uniform)
+    return [_to_volume(stack, sources, name) for stack in stacks]
+
+
+def plan_series(
+    items: Iterable[str | os.PathLike[str] | Dataset],
+    *,
+    non_uniform: NonUniformPolicy = "reject",
+) -> tuple[list[Stack], list[SourceImage], str]:
+    """Read the headers and form the stacks of a series (no pixel decoding)."""
+    if non_uniform not in ("reject", "resample"):
+        raise ValueError(f"non_uniform must be 'reject' or 'resample', not {non_uniform!r}")
+    sources = read_sources(list(items))
+    if not sources:
+        raise NotSegmentableError("no instances were given", reason=Reason.NO_PIXEL_DATA)
+    name = series_name(sources[0].header)
+    series_uids = {str(s.header.get("SeriesInstanceUID", "")) for s in sources}
+    if len(series_uids) > 1:
+        names = sorted({series_name(s.header) for s in sources})
+        raise NotSegmentableError(
+            f"the instances belong to {len(series_uids)} different series: {'; '.join(names)}",
+            reason=Reason.MIXED_SERIES,
+            series=name,
+        )
+    images = [i for i, s in enumerate(sources) if s.has_pixels]
+    for s in sources:
+        if not s.has_pixels:
+            logger.info("%s: %s carries no pixel data, ignored", name, s.name)
+    if not images:
+        raise NotSegmentableError(
+            f"{name} has no images: none of its {len(sources)} instance(s) carries pixel data "
+            f"(SOP classes: {', '.join(sorted({str(s.header.get('SOPClassUID', '?')) for s in sources}))})",
+            reason=Reason.NO_PIXEL_DATA,
+            series=name,
+        )
+    _check_series(sources, images, name)
+    frames = _unique_frames([fr for i in images for fr in frames_of(i, sources[i])], name)
+    missing = [
+        fr for fr in frames if fr.position is None or fr.orientation is None or fr.pixel_spacing is None
+    ]
+    if missing:
+        raise NotSegmentableError(
+            f"{name} has {len(missing)} image(s) without Image Position/Orientation (Patient) or Pixel "
+            f"Spacing (first: {sources[missing[0].source].name}): the geometry of the volume is unknown",
+            reason=Reason.MISSING_GEOMETRY,
+            series=name,
+        )
+    first = sources[images[0]].header
+    modality = str(first.get("Modality", ""))
+    tilt = float(first.get("GantryDetectorTilt", 0) or 0)
+    groups = geometry_groups(frames)
+    stacks: list[Stack] = []
+    errors: list[NotSegmentableError] = []
+    for g_index, group in enumerate(groups):
+        for members, key in split_stacks(group):
+            full_key: dict[str, Any] = dict(key)
+            if len(groups) > 1:
+                full_key = {"orientation": f"{plane_name(group[0])} {g_index + 1}", **key}
+            label = describe_key(full_key)
+            try:
+                stacks.append(
+                    build_stack(
+                        members,
+                        full_key,
+                        label,
+                        series=name,
+                        modality=modality,
+                        gantry_tilt=tilt,
+                        non_uniform=non_uniform,
+                    )
+                )
+            except NotSegmentableError as exc:
+                errors.append(exc)
+    if not stacks:
+        raise _series_error(errors, groups, name)
+    for error in errors:
+        logger.warning("%s: stack left out (%s): %s", name, error.reason, error.message)
+    if len(stacks) == 1 and not stacks[0].label:
+        stacks[0].label = plane_name(stacks[0].frames[0])
+    return stacks, sources, name
+
+
+def _check_series(sources: list[SourceImage], images: list[int], name: str) -> None:
+    for i in images:
+        header = sources[i].header
+        if is_mosaic(header):
+            raise NotSegmentableError(
+                f"{name} holds Siemens MOSAIC images ({sources[i].name}): several slices tiled in one image "
+                "are not supported; send the series reconstructed as single slices",
+                reason=Reason.UNSUPPORTED_MOSAIC,
+                series=name,
+            )
+        if is_localizer(header):
+            raise NotSegmentableError(
+                f"{name} is a localizer (ImageType {'/'.join(map(str, header.get('ImageType', [])))}): "
+                "scout images are not segmented",
+                reason=Reason.LOCALIZER,
+                series=name,
+            )
+        spp = int(header.get("SamplesPerPixel", 1) or 1)
+        photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2"))
+        if spp != 1 or not photometric.startswith("MONOCHROME"):
+            raise NotSegmentableError(
+                f"{name} has {photometric} images with {spp} samples per pixel ({sources[i].name}); "
+                "only greyscale images can be segmented",
+                reason=Reason.UNSUPPORTED_PIXELS,
+                series=name,
+            )
+
+
+def _unique_frames(frames: list[FrameInfo], name: str) -> list[FrameInfo]:
+    """Drop the same SOP Instance (and frame) received twice."""
+    seen: set[tuple[str, int | None]] = set()
+    out = []
+    for fr in frames:
+        key = (fr.sop_instance_uid, fr.frame)
+        if key in seen:
+            logger.warning("%s: SOP Instance %s frame %s given twice, kept once", name, *key)
+            continue
+        seen.add(key)
+        out.append(fr)
+    return out
+
+
+def _series_error(
+    errors: list[NotSegmentableError], groups: list[list[FrameInfo]], name: str
+) -> NotSegmentableError:
+    reasons = [e.reason for e in errors]
+    if len(groups) > 1 and all(r == Reason.SINGLE_SLICE for r in reasons):
+        return NotSegmentableError(
+            f"{name} has {len(groups)} images in {len(groups)} different orientations: "
+            "they do not form a volume",
+            reason=Reason.INCONSISTENT_ORIENTATION,
+            series=name,
+        )
+    if len(errors) == 1:
+        return errors[0]
+    first = min(errors, key=lambda e: _PRIORITY.index(Reason(e.reason)) if e.reason in _PRIORITY else 99)
+    detail = "; ".join(f"{e.stack_label or 'stack'}: {e.reason}" for e in errors)
+    return NotSegmentableError(
+        f"none of the {len(errors)} stacks of {name} can be segmented ({detail}). {first.message}",
+        reason=Reason(first.reason),
+        series=name,
+    )
+
+
+def _to_volume(stack: Stack, sources: list[SourceImage], name: str) -> Volume:
+    ref = stack.frames[0]
+    n = len(stack.frames)
+    buf = np.empty((n, ref.rows, ref.columns), dtype=np.float32)
+    fill_slices(buf, stack.frames, sources, series=name)
+    frames = stack.frames
+    if stack.resample_step is not None:
+        buf, frames = _resample(buf, stack)
+    header = sources[ref.source].header
+    refs = tuple(
+        SliceRef(
+            sop_instance_uid=fr.sop_instance_uid,
+            sop_class_uid=fr.sop_class_uid,
+            frame_number=None if fr.frame is None else fr.frame + 1,
+        )
+        for fr in frames
+    )
+    seen: dict[int, None] = {}
+    for fr in stack.frames:
+        seen.setdefault(fr.source, None)
+    voxels: npt.NDArray[np.float32] = buf.transpose(2, 1, 0)
+    return Volume(
+        voxels=voxels,
+        affine=stack.affine,
+        slice_refs=refs,
+        frame_of_reference_uid=str(header.get("FrameOfReferenceUID", "")),
+        modality=str(header.get("Modality", "")),
+        study_instance_uid=str(header.get("StudyInstanceUID", "")),
+        series_instance_uid=str(header.get("SeriesInstanceUID", "")),
+        source_headers=tuple(sources[i].header for i in seen),
+        stack_key=dict(stack.key),
+        stack_label=stack.label,
+        resampled=stack.resample_step is not None,
+    )
+
+
+def _resample(buf: npt.NDArray[np.float32], stack: Stack) -> tuple[npt.NDArray[np.float32], list[FrameInfo]]:
+    """Linear interpolation along the normal onto a uniform grid of ``stack.resample_step``."""
+    assert stack.resample_step is not None
+    along = stack.along_normal - stack.along_normal[0]
+    n_out = int(np.floor(along[-1] / stack.resample_step + 1e-6)) + 1
+    targets = np.arange(n_out) * stack.resample_step
+    upper = np.clip(np.searchsorted(along, targets, side="right"), 1, len(along) - 1)
+    lower = upper - 1
+    weight = ((targets - along[lower]) / (along[upper] - along[lower])).astype(np.float32)
+    out = np.empty((n_out,) + buf.shape[1:], dtype=np.float32)
+    for k in range(n_out):
+        w = float(weight[k])
+        out[k] = buf[lower[k]] * np.float32(1.0 - w) + buf[upper[k]] * np.float32(w)
+    nearest = [int(lower[k] if weight[k] < 0.5 else upper[k]) for k in range(n_out)]
+    logger.info(
+        "resampled %d slices onto %d uniform slices of %.3g mm", len(along), n_out, stack.resample_step
+    )
+    return out, [stack.frames[i] for i in nearest]

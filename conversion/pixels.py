@@ -1,0 +1,118 @@
+"""Decoding pixel data straight into a preallocated volume, through pydicom's pixel decoders.
+
+Every transfer syntax pydicom has a decoder for (native little/big endian, RLE, JPEG baseline/lossless,
+JPEG-LS and JPEG 2000 through the pylibjpeg plugins, or gdcm) is accepted. Files are reopened at the Pixel
+Data offset found while reading the headers, so the header is parsed only once.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import defaultdict
+from typing import Any, BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.utils import as_pixel_options
+
+from conversion.errors import NotSegmentableError, Reason
+from conversion.headers import FrameInfo, SourceImage
+
+logger = logging.getLogger(__name__)
+
+_PIXEL_KEYWORDS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
+_DECODE_ERRORS = (ValueError, RuntimeError, NotImplementedError, OSError, EOFError, struct.error, KeyError)
+
+
+def _options(src: SourceImage) -> dict[str, Any]:
+    opts: dict[str, Any] = as_pixel_options(src.header, transfer_syntax_uid=src.transfer_syntax)
+    opts["transfer_syntax_uid"] = src.transfer_syntax
+    return opts
+
+
+def _seek_value(fp: BinaryIO, src: SourceImage, opts: dict[str, Any]) -> None:
+    """Position ``fp`` at the start of the Pixel Data value (after its element header)."""
+    assert src.pixel_offset is not None
+    fp.seek(src.pixel_offset)
+    ts = src.transfer_syntax
+    endian = "<" if ts.is_little_endian else ">"
+    data = fp.read(8)
+    if ts.is_implicit_VR:
+        group, elem, _length = struct.unpack(f"{endian}HHL", data)
+    else:
+        group, elem, vr, _reserved = struct.unpack(f"{endian}HH2sH", data)
+        opts["pixel_vr"] = vr.decode("ascii")
+        fp.read(4)
+    opts["pixel_keyword"] = _PIXEL_KEYWORDS[(group << 16) | elem]
+
+
+def decode_frames(src: SourceImage, frames: list[int | None], *, series: str = "") -> list[npt.NDArray[Any]]:
+    """Decode the given frames (``None`` for a single-frame object) of one instance as stored arrays."""
+    opts = _options(src)
+    try:
+        decoder = get_decoder(src.transfer_syntax)
+    except NotImplementedError as exc:
+        raise NotSegmentableError(
+            f"{series or src.name}: no decoder for the transfer syntax {src.transfer_syntax.name} "
+            f"({src.transfer_syntax}) of {src.name}",
+            reason=Reason.UNDECODABLE_PIXELS,
+            series=series,
+        ) from exc
+    n_frames = int(opts.get("number_of_frames", 1) or 1)
+    try:
+        if src.dataset is not None:
+            if len(frames) > 1 and n_frames > 1:
+                arr, _ = decoder.as_array(src.dataset, index=None)
+                return [arr[f if f is not None else 0] for f in frames]
+            return [decoder.as_array(src.dataset, index=f)[0] for f in frames]
+        assert src.path is not None
+        with src.path.open("rb") as fp:
+            if len(frames) > 1 and n_frames > 1:
+                _seek_value(fp, src, opts)
+                arr, _ = decoder.as_array(fp, index=None, **opts)
+                if n_frames == 1:
+                    arr = arr[np.newaxis]
+                return [arr[f if f is not None else 0] for f in frames]
+            out = []
+            for f in frames:
+                _seek_value(fp, src, opts)
+                out.append(decoder.as_array(fp, index=f, **opts)[0])
+            return out
+    except _DECODE_ERRORS as exc:
+        raise NotSegmentableError(
+            f"{series or src.name}: the pixel data of {src.name} ({src.transfer_syntax.name}) "
+            f"cannot be decoded: {exc}",
+            reason=Reason.UNDECODABLE_PIXELS,
+            series=series,
+        ) from exc
+
+
+def fill_slices(
+    out: npt.NDArray[np.float32],
+    frames: list[FrameInfo],
+    sources: list[SourceImage],
+    *,
+    series: str = "",
+) -> None:
+    """Decode ``frames`` into ``out[k]`` (shape ``(slices, rows, columns)``) with rescale applied."""
+    by_source: dict[int, list[int]] = defaultdict(list)
+    for k, fr in enumerate(frames):
+        by_source[fr.source].append(k)
+    for src_index, ks in by_source.items():
+        src = sources[src_index]
+        arrays = decode_frames(src, [frames[k].frame for k in ks], series=series)
+        for k, arr in zip(ks, arrays, strict=True):
+            if arr.shape != out.shape[1:]:
+                raise NotSegmentableError(
+                    f"{series or src.name}: {src.name} decodes to {arr.shape}, expected {out.shape[1:]}",
+                    reason=Reason.UNDECODABLE_PIXELS,
+                    series=series,
+                )
+            fr = frames[k]
+            if fr.slope == 1.0 and fr.intercept == 0.0:
+                out[k] = arr
+            else:
+                np.multiply(arr, fr.slope, out=out[k], casting="unsafe")
+                out[k] += np.float32(fr.intercept)
