@@ -20,8 +20,9 @@ class InferenceConfig(BaseModel):
     )
     weights_base_url: str | None = Field(
         default=None,
-        description="Where `segnode models download` fetches open weights: <base>/<release>/<DatasetNNN_Name>.zip "
-        "(e.g. a hospital mirror of the release files). Unset: TotalSegmentator's official GitHub release.",
+        description="Where `segnode models download` fetches open weights: "
+        "<base>/<release>/<DatasetNNN_Name>.zip (e.g. a hospital mirror of the release files). "
+        "Unset: TotalSegmentator's official GitHub release.",
     )
     license_server_url: str | None = Field(
         default=None,
