@@ -1,7 +1,15 @@
 """SegNode configuration: one typed model, loaded once from YAML and passed down."""
 
 from config.errors import ConfigError, SegNodeError
-from config.loader import load_config, parse_config
+from config.loader import default_config, load_config, load_config_text, parse_config
 from config.model import SegNodeConfig
 
-__all__ = ["ConfigError", "SegNodeConfig", "SegNodeError", "load_config", "parse_config"]
+__all__ = [
+    "ConfigError",
+    "SegNodeConfig",
+    "SegNodeError",
+    "default_config",
+    "load_config",
+    "load_config_text",
+    "parse_config",
+]

@@ -1,0 +1,291 @@
+"""Writes to the audit database: associations, instances, series and the append-only event log."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from config.node import PatientIdMode, PrivacyConfig
+from dicom_node.db import Database
+from dicom_node.models import Association, Event, Instance, Series
+
+LOG = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceHeader:
+    """What the node reads from an instance's header (no pixel data) to file and audit it."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    modality: str | None = None
+    patient_id: str | None = None
+    patient_name: str | None = None
+    patient_birth_date: str | None = None
+    images_in_acquisition: int | None = None
+    acquisition_number: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    """The outcome of recording an instance: new, identical repeat, or repeat with different content."""
+
+    #: new | duplicate | replaced
+    outcome: str
+    series_reopened: bool
+    series_instance_count: int
+
+
+class AuditLog:
+    """All audit writes of the node. Each method is one transaction."""
+
+    def __init__(
+        self, db: Database, config_hash: str, privacy: PrivacyConfig, clock: Clock = utc_now
+    ) -> None:
+        self.db = db
+        self.config_hash = config_hash
+        self.privacy = privacy
+        self.clock = clock
+
+    # -- events ---------------------------------------------------------------------------------------
+
+    def add_event(
+        self,
+        session: Session,
+        what: str,
+        outcome: str,
+        reason: str | None = None,
+        *,
+        association_id: int | None = None,
+        job_id: int | None = None,
+        calling_ae_title: str | None = None,
+        study: str | None = None,
+        series: str | None = None,
+        sop_instance: str | None = None,
+        detail: str | None = None,
+    ) -> Event:
+        row = Event(
+            at=self.clock(),
+            what=what,
+            outcome=outcome,
+            reason=reason,
+            config_hash=self.config_hash,
+            association_id=association_id,
+            job_id=job_id,
+            calling_ae_title=calling_ae_title,
+            study_instance_uid=study,
+            series_instance_uid=series,
+            sop_instance_uid=sop_instance,
+            detail=detail,
+        )
+        session.add(row)
+        return row
+
+    def event(self, what: str, outcome: str, reason: str | None = None, **refs: object) -> None:
+        """Record one event in its own transaction (see :meth:`add_event` for the references)."""
+        with self.db.write() as session:
+            self.add_event(session, what, outcome, reason, **refs)  # type: ignore[arg-type]
+
+    # -- associations ---------------------------------------------------------------------------------
+
+    def association_requested(self, calling: str, called: str, address: str, port: int) -> int:
+        with self.db.write() as session:
+            row = Association(
+                calling_ae_title=calling[:16],
+                called_ae_title=called[:16],
+                peer_address=address,
+                peer_port=port,
+                started_at=self.clock(),
+                result="requested",
+                instances_received=0,
+                bytes_received=0,
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def association_rejected(self, association_id: int, reason: str, detail: str) -> None:
+        with self.db.write() as session:
+            row = session.get_one(Association, association_id)
+            row.result = "rejected"
+            row.reason = reason
+            row.ended_at = self.clock()
+            self.add_event(
+                session,
+                "association_rejected",
+                "refused",
+                reason,
+                association_id=association_id,
+                calling_ae_title=row.calling_ae_title,
+                detail=detail,
+            )
+
+    def association_accepted(self, association_id: int, refused_contexts: list[str]) -> None:
+        with self.db.write() as session:
+            row = session.get_one(Association, association_id)
+            row.result = "accepted"
+            self.add_event(
+                session,
+                "association_accepted",
+                "success",
+                association_id=association_id,
+                calling_ae_title=row.calling_ae_title,
+                detail=f"called AE {row.called_ae_title} from {row.peer_address}:{row.peer_port}",
+            )
+            for text in refused_contexts:
+                self.add_event(
+                    session,
+                    "presentation_context_refused",
+                    "refused",
+                    text.split(":", 1)[0],
+                    association_id=association_id,
+                    calling_ae_title=row.calling_ae_title,
+                    detail=text,
+                )
+
+    def association_ended(self, association_id: int, result: str) -> None:
+        with self.db.write() as session:
+            row = session.get_one(Association, association_id)
+            if row.result in {"released", "aborted", "rejected"}:
+                return
+            row.result = result
+            row.ended_at = self.clock()
+            self.add_event(
+                session,
+                f"association_{result}",
+                "success" if result == "released" else "failure",
+                None if result == "released" else "association aborted",
+                association_id=association_id,
+                calling_ae_title=row.calling_ae_title,
+                detail=f"{row.instances_received} instances, {row.bytes_received} bytes",
+            )
+
+    # -- instances ------------------------------------------------------------------------------------
+
+    def _patient_id(self, value: str | None) -> str | None:
+        if value is None or self.privacy.patient_id is PatientIdMode.plain:
+            return value
+        key = self.privacy.patient_id_salt.encode("utf-8")
+        return "hmac-sha256:" + hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:48]
+
+    def record_instance(
+        self,
+        association_id: int | None,
+        header: InstanceHeader,
+        spool_path: str,
+        size: int,
+        sha256: str,
+    ) -> StoredInstance:
+        """Record a durably stored instance: series upsert, instance row, association counters."""
+        now = self.clock()
+        with self.db.write() as session:
+            series = session.get(Series, header.series_instance_uid)
+            reopened = False
+            if series is None:
+                series = Series(
+                    series_instance_uid=header.series_instance_uid,
+                    study_instance_uid=header.study_instance_uid,
+                    patient_id=self._patient_id(header.patient_id),
+                    patient_name=header.patient_name if self.privacy.store_patient_name else None,
+                    patient_birth_date=(
+                        header.patient_birth_date if self.privacy.store_patient_birth_date else None
+                    ),
+                    modality=header.modality,
+                    state="open",
+                    instance_count=0,
+                    first_received_at=now,
+                    last_received_at=now,
+                )
+                session.add(series)
+            existing = session.get(Instance, header.sop_instance_uid)
+            if existing is None:
+                session.add(
+                    Instance(
+                        sop_instance_uid=header.sop_instance_uid,
+                        sop_class_uid=header.sop_class_uid,
+                        series_instance_uid=header.series_instance_uid,
+                        study_instance_uid=header.study_instance_uid,
+                        transfer_syntax_uid=header.transfer_syntax_uid,
+                        size_bytes=size,
+                        sha256=sha256,
+                        spool_path=spool_path,
+                        received_at=now,
+                        association_id=association_id,
+                        times_received=1,
+                    )
+                )
+                series.instance_count += 1
+                outcome = "new"
+            else:
+                outcome = "duplicate" if existing.sha256 == sha256 else "replaced"
+                existing.times_received += 1
+                existing.received_at = now
+                existing.association_id = association_id
+                existing.size_bytes = size
+                existing.sha256 = sha256
+                existing.transfer_syntax_uid = header.transfer_syntax_uid
+                self.add_event(
+                    session,
+                    f"instance_{outcome}",
+                    "info",
+                    "SOP Instance UID received again"
+                    + (" with identical content" if outcome == "duplicate" else " with new content"),
+                    association_id=association_id,
+                    study=header.study_instance_uid,
+                    series=header.series_instance_uid,
+                    sop_instance=header.sop_instance_uid,
+                )
+            if series.state == "complete" and outcome != "duplicate":
+                series.state = "open"
+                series.completed_at = None
+                series.completed_by = None
+                reopened = True
+                self.add_event(
+                    session,
+                    "series_reopened",
+                    "info",
+                    "instance arrived after the series was complete",
+                    association_id=association_id,
+                    study=header.study_instance_uid,
+                    series=header.series_instance_uid,
+                    sop_instance=header.sop_instance_uid,
+                )
+            series.last_received_at = now
+            if association_id is not None:
+                assoc = session.get_one(Association, association_id)
+                assoc.instances_received += 1
+                assoc.bytes_received += size
+            return StoredInstance(outcome, reopened, series.instance_count)
+
+    def store_failed(
+        self, association_id: int | None, status: str, reason: str, sop_instance: str | None
+    ) -> None:
+        self.event(
+            "instance_refused",
+            "failure",
+            reason,
+            association_id=association_id,
+            sop_instance=sop_instance,
+            detail=status,
+        )
+
+    def open_series(self) -> list[Series]:
+        """Series not complete yet (reloaded by the completion tracker at start)."""
+        with self.db.read() as session:
+            return list(session.scalars(select(Series).where(Series.state == "open")))

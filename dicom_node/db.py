@@ -1,0 +1,76 @@
+"""The one database engine of a process: creation, SQLite pragmas, migrations, write serialisation."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.errors import SegNodeError
+
+LOG = logging.getLogger(__name__)
+
+
+class DatabaseError(SegNodeError):
+    reason = "database_error"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit is on disk before the C-STORE response says Success (durable acknowledgement).
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def alembic_config(url: str | None = None) -> AlembicConfig:
+    """Alembic configuration pointing at the packaged migration scripts."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(resources.files("dicom_node").joinpath("migrations")))
+    if url is not None:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+class Database:
+    """The engine, a session factory and the in-process write lock (SQLite has one writer at a time)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = create_engine(url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock = threading.Lock()
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Run the Alembic migrations up to ``revision`` (the service runs ``head`` at start)."""
+        cfg = alembic_config(self.url)
+        with self.engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, revision)
+        LOG.info("audit database at revision %s", revision)
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session whose transaction is committed on exit (rolled back on error), one writer at a time."""
+        with self._write_lock, self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._sessions() as session:
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()

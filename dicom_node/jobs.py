@@ -1,0 +1,213 @@
+"""Jobs: the persisted state machine of the processing of one completed series.
+
+States and the allowed moves between them are one table (:data:`TRANSITIONS`); every transition is written
+with an audit event in the same transaction, so the job's history is in the event log. Non-terminal jobs
+are listed by :meth:`JobStore.resumable_jobs` when the node starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from config.errors import SegNodeError
+from dicom_node.audit import AuditLog
+from dicom_node.models import Job
+
+
+class JobState(StrEnum):
+    queued = "queued"
+    converting = "converting"
+    segmenting = "segmenting"
+    encoding = "encoding"
+    sending = "sending"
+    done = "done"
+    failed = "failed"
+    superseded = "superseded"
+    cancelled = "cancelled"
+
+
+S = JobState
+#: The stages a job works through, in order.
+STAGES: tuple[JobState, ...] = (S.converting, S.segmenting, S.encoding, S.sending)
+_ENDS = {S.failed, S.cancelled, S.superseded}
+
+#: Allowed transitions: each working state moves to the next stage or ends (failed, cancelled,
+#: superseded); a working state may go back to queued when the node restarts mid-stage; a failed job may
+#: be queued again (retry); a done or failed job may be superseded by the job of a re-opened series.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    S.queued: frozenset({S.converting} | _ENDS),
+    S.converting: frozenset({S.segmenting, S.queued} | _ENDS),
+    S.segmenting: frozenset({S.encoding, S.queued} | _ENDS),
+    S.encoding: frozenset({S.sending, S.queued} | _ENDS),
+    S.sending: frozenset({S.done, S.queued} | _ENDS),
+    S.done: frozenset({S.superseded}),
+    S.failed: frozenset({S.queued, S.superseded}),
+    S.superseded: frozenset(),
+    S.cancelled: frozenset(),
+}
+RESUMABLE: frozenset[JobState] = frozenset({S.queued, *STAGES})
+
+LOG = logging.getLogger(__name__)
+
+
+class JobNotFoundError(SegNodeError):
+    reason = "job_not_found"
+
+
+class IllegalTransitionError(SegNodeError):
+    reason = "illegal_transition"
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """A read-only snapshot of a job row."""
+
+    id: int
+    series_instance_uid: str
+    study_instance_uid: str
+    state: JobState
+    failed_stage: JobState | None
+    reason: str | None
+    superseded_by: int | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: Job) -> JobInfo:
+        return cls(
+            id=row.id,
+            series_instance_uid=row.series_instance_uid,
+            study_instance_uid=row.study_instance_uid,
+            state=JobState(row.state),
+            failed_stage=JobState(row.failed_stage) if row.failed_stage else None,
+            reason=row.reason,
+            superseded_by=row.superseded_by,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+
+class JobStore:
+    """Creates jobs and moves them through :data:`TRANSITIONS`, recording an audit event for each move."""
+
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+        self.db = audit.db
+
+    def create(self, series_instance_uid: str, study_instance_uid: str, reason: str) -> JobInfo:
+        """Create a ``queued`` job for a completed series; earlier jobs of the series are superseded."""
+        with self.db.write() as session:
+            return self.create_in(session, series_instance_uid, study_instance_uid, reason)
+
+    def create_in(
+        self, session: Session, series_instance_uid: str, study_instance_uid: str, reason: str
+    ) -> JobInfo:
+        """As :meth:`create`, inside the caller's transaction (the series completion commits both)."""
+        now = self.audit.clock()
+        job = Job(
+            series_instance_uid=series_instance_uid,
+            study_instance_uid=study_instance_uid,
+            state=S.queued.value,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(job)
+        session.flush()
+        self.audit.add_event(
+            session,
+            "job_created",
+            "success",
+            reason,
+            job_id=job.id,
+            study=study_instance_uid,
+            series=series_instance_uid,
+            detail="state queued",
+        )
+        older = session.scalars(
+            select(Job).where(
+                Job.series_instance_uid == series_instance_uid,
+                Job.id != job.id,
+                Job.state.not_in([S.superseded.value, S.cancelled.value]),
+            )
+        )
+        for old in older:
+            previous = old.state
+            old.state = S.superseded.value
+            old.superseded_by = job.id
+            old.reason = f"superseded by job {job.id}"
+            old.updated_at = now
+            self.audit.add_event(
+                session,
+                "job_superseded",
+                "info",
+                f"series re-opened by a late instance; superseded by job {job.id}",
+                job_id=old.id,
+                study=study_instance_uid,
+                series=series_instance_uid,
+                detail=f"{previous} -> superseded",
+            )
+        LOG.info("job %d queued for series %s", job.id, series_instance_uid)
+        return JobInfo.of(job)
+
+    def transition(self, job_id: int, new_state: JobState, reason: str | None = None) -> JobInfo:
+        """Move a job to ``new_state``; :class:`IllegalTransitionError` when the table forbids it.
+
+        Moving to ``failed`` records the stage the job was in as ``failed_stage``; ``reason`` is the stable
+        reason code (required for ``failed`` and ``cancelled``).
+        """
+        new_state = JobState(new_state)
+        if new_state in {S.failed, S.cancelled} and not reason:
+            raise IllegalTransitionError(f"job {job_id}: a reason is required to move to {new_state}")
+        with self.db.write() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise JobNotFoundError(f"job {job_id} does not exist")
+            current = JobState(job.state)
+            if new_state not in TRANSITIONS[current]:
+                raise IllegalTransitionError(f"job {job_id}: cannot move from {current} to {new_state}")
+            job.state = new_state.value
+            job.updated_at = self.audit.clock()
+            job.reason = reason
+            if new_state is S.failed:
+                job.failed_stage = current.value
+            elif new_state is S.queued:
+                job.failed_stage = None
+            self.audit.add_event(
+                session,
+                "job_transition",
+                "failure" if new_state is S.failed else "success",
+                reason,
+                job_id=job.id,
+                study=job.study_instance_uid,
+                series=job.series_instance_uid,
+                detail=f"{current} -> {new_state}",
+            )
+            return JobInfo.of(job)
+
+    def get(self, job_id: int) -> JobInfo:
+        with self.db.read() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise JobNotFoundError(f"job {job_id} does not exist")
+            return JobInfo.of(job)
+
+    def for_series(self, series_instance_uid: str) -> list[JobInfo]:
+        with self.db.read() as session:
+            rows = session.scalars(
+                select(Job).where(Job.series_instance_uid == series_instance_uid).order_by(Job.id)
+            )
+            return [JobInfo.of(r) for r in rows]
+
+    def resumable_jobs(self) -> list[JobInfo]:
+        """Jobs not in a terminal state, oldest first (what the node resumes after a restart)."""
+        with self.db.read() as session:
+            rows = session.scalars(
+                select(Job).where(Job.state.in_([s.value for s in RESUMABLE])).order_by(Job.id)
+            )
+            return [JobInfo.of(r) for r in rows]

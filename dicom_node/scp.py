@@ -1,0 +1,373 @@
+"""The C-ECHO / C-STORE SCP: association checks, presentation contexts and the durable store handler.
+
+Handlers are small functions bound in one table with their dependencies (:func:`handler_table`). The
+association checks run in ``EVT_REQUESTED``, before pynetdicom negotiates: an association to an unknown
+called AE title, from a calling AE title not allowed for that called AE title, or from the wrong address is
+answered with an A-ASSOCIATE-RJ (rejected-permanent, service-user, called/calling AE title not recognised).
+Presentation contexts are accepted or refused per context by pynetdicom from the configured SOP classes and
+transfer syntaxes; refused contexts are recorded in the audit log.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from sqlalchemy.exc import SQLAlchemyError
+
+from config.model import SegNodeConfig
+from config.node import NodeConfig
+from dicom_node import status
+from dicom_node.audit import AuditLog, InstanceHeader
+from dicom_node.completion import CompletionTracker
+from dicom_node.logs import association_id_var
+from dicom_node.spool import Spool, SpoolFullError, SpoolWriteError
+from dicom_node.uids import InvalidUIDError, path_safe_uid
+
+LOG = logging.getLogger(__name__)
+
+_HEADER_TAGS = [
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "AcquisitionNumber",
+    "ImagesInAcquisition",
+]
+
+_CONTEXT_RESULTS = {
+    0x01: "user_rejection",
+    0x02: "no_reason",
+    0x03: "abstract_syntax_not_supported",
+    0x04: "transfer_syntaxes_not_supported",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    result: int
+    source: int
+    reason: int
+    code: str
+    detail: str
+
+
+class AccessPolicy:
+    """Which calling AE titles (and addresses) may associate with which called AE title."""
+
+    def __init__(self, node: NodeConfig, resolve: Callable[[str], set[str]] | None = None) -> None:
+        self._called = {item.ae_title: item for item in node.ae_titles}
+        self._resolve = resolve or _resolve_host
+
+    @property
+    def called_ae_titles(self) -> list[str]:
+        return list(self._called)
+
+    def check(self, calling: str, called: str, address: str) -> Rejection | None:
+        calling, called = calling.strip(), called.strip()
+        entry = self._called.get(called)
+        if entry is None:
+            return Rejection(
+                status.REJECTED_PERMANENT,
+                status.SOURCE_SERVICE_USER,
+                status.REASON_CALLED_AE_NOT_RECOGNISED,
+                "called_ae_not_recognised",
+                f"called AE title {called!r} is not one of {sorted(self._called)}",
+            )
+        if entry.accept_any_caller:
+            return None
+        peers = [p for p in entry.allowed_callers if p.ae_title == calling]
+        if not peers:
+            return Rejection(
+                status.REJECTED_PERMANENT,
+                status.SOURCE_SERVICE_USER,
+                status.REASON_CALLING_AE_NOT_RECOGNISED,
+                "calling_ae_not_recognised",
+                f"calling AE title {calling!r} may not send to {called!r}",
+            )
+        for peer in peers:
+            if peer.host is None or address in self._resolve(peer.host):
+                return None
+        return Rejection(
+            status.REJECTED_PERMANENT,
+            status.SOURCE_SERVICE_USER,
+            status.REASON_CALLING_AE_NOT_RECOGNISED,
+            "calling_address_not_allowed",
+            f"calling AE title {calling!r} connected from {address}, which is not its configured host",
+        )
+
+
+def _resolve_host(host: str) -> set[str]:
+    try:
+        return {str(ipaddress.ip_address(host))}
+    except ValueError:
+        pass
+    try:
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        LOG.warning("cannot resolve configured peer host %r; its associations are refused", host)
+        return set()
+
+
+def read_header(data: bytes, transfer_syntax: str) -> InstanceHeader:
+    """Read the identifying attributes of an encoded instance (no pixel data); ValueError if unusable."""
+    ds: Dataset = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    images = ds.get("ImagesInAcquisition")
+    acq = ds.get("AcquisitionNumber")
+    name = ds.get("PatientName")
+    return InstanceHeader(
+        sop_class_uid=str(ds.get("SOPClassUID", "")),
+        sop_instance_uid=path_safe_uid(ds.get("SOPInstanceUID"), "SOP Instance UID"),
+        study_instance_uid=path_safe_uid(ds.get("StudyInstanceUID"), "Study Instance UID"),
+        series_instance_uid=path_safe_uid(ds.get("SeriesInstanceUID"), "Series Instance UID"),
+        transfer_syntax_uid=transfer_syntax,
+        modality=str(ds.Modality) if ds.get("Modality") else None,
+        patient_id=str(ds.PatientID) if ds.get("PatientID") is not None else None,
+        patient_name=str(name) if name is not None else None,
+        patient_birth_date=str(ds.PatientBirthDate) if ds.get("PatientBirthDate") else None,
+        images_in_acquisition=int(images) if images not in (None, "") else None,
+        acquisition_number=str(acq) if acq not in (None, "") else None,
+    )
+
+
+class Receiver:
+    """State shared by the handlers: the spool, the audit log, the completion tracker, the policy."""
+
+    def __init__(
+        self, config: SegNodeConfig, spool: Spool, audit: AuditLog, tracker: CompletionTracker
+    ) -> None:
+        self.config = config
+        self.spool = spool
+        self.audit = audit
+        self.tracker = tracker
+        self.policy = AccessPolicy(config.node)
+        self._ids: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def association_id(self, assoc: Association) -> int | None:
+        with self._lock:
+            return self._ids.get(id(assoc))
+
+    def _remember(self, assoc: Association, association_id: int) -> None:
+        with self._lock:
+            self._ids[id(assoc)] = association_id
+
+    def _forget(self, assoc: Association) -> int | None:
+        with self._lock:
+            return self._ids.pop(id(assoc), None)
+
+
+# -- handlers ---------------------------------------------------------------------------------------------
+
+
+def handle_conn_open(event: evt.Event) -> None:
+    """Set TCP_NODELAY on the accepted socket: without it, small PDUs wait on delayed ACKs (~40 ms)."""
+    sock = event.assoc.dul.socket
+    if sock is not None and sock.socket is not None:
+        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def handle_requested(event: evt.Event, receiver: Receiver) -> None:
+    """Record the association request and reject it (A-ASSOCIATE-RJ) if the policy says so."""
+    assoc = event.assoc
+    request = assoc.requestor.primitive
+    if request is None:
+        return
+    calling = str(request.calling_ae_title).strip()
+    called = str(request.called_ae_title).strip()
+    address = str(assoc.requestor.address)
+    association_id = receiver.audit.association_requested(calling, called, address, assoc.requestor.port)
+    receiver._remember(assoc, association_id)
+    association_id_var.set(str(association_id))
+    rejection = receiver.policy.check(calling, called, address)
+    if rejection is None and receiver.spool.below_watermark():
+        rejection = Rejection(
+            status.REJECTED_TRANSIENT,
+            status.SOURCE_SERVICE_PROVIDER_PRESENTATION,
+            status.REASON_TEMPORARY_CONGESTION,
+            "out_of_resources",
+            "spool free space below the watermark",
+        )
+    if rejection is not None:
+        LOG.warning("rejecting association %s -> %s from %s: %s", calling, called, address, rejection.detail)
+        assoc.acse.send_reject(rejection.result, rejection.source, rejection.reason)
+        receiver.audit.association_rejected(
+            association_id,
+            rejection.code,
+            f"{rejection.detail} (result 0x{rejection.result:02X}, source 0x{rejection.source:02X}, "
+            f"reason 0x{rejection.reason:02X})",
+        )
+        return
+    # Answer with the called AE title the peer used (several AE titles share the port).
+    assoc.acceptor.ae_title = called
+
+
+def handle_accepted(event: evt.Event, receiver: Receiver) -> None:
+    """Record the accepted association and every presentation context refused in it."""
+    association_id = receiver.association_id(event.assoc)
+    if association_id is None:
+        return
+    refused = [
+        f"{_CONTEXT_RESULTS.get(cx.result or 0, str(cx.result))}: abstract syntax {cx.abstract_syntax} "
+        f"({UID(str(cx.abstract_syntax)).name}), transfer syntaxes {', '.join(cx.transfer_syntax)}"
+        for cx in event.assoc.rejected_contexts
+    ]
+    receiver.audit.association_accepted(association_id, refused)
+    LOG.info("association accepted (%d presentation context(s) refused)", len(refused))
+
+
+def handle_rejected(event: evt.Event, receiver: Receiver) -> None:
+    """pynetdicom rejected the association itself (e.g. too many associations): record it."""
+    association_id = receiver.association_id(event.assoc)
+    if association_id is not None:
+        primitive = event.assoc.acceptor.primitive
+        receiver.audit.association_rejected(
+            association_id,
+            "local_limit_exceeded" if primitive is not None and primitive.diagnostic == 0x02 else "rejected",
+            f"rejected by the association layer (result {getattr(primitive, 'result', None)}, "
+            f"source {getattr(primitive, 'result_source', None)}, "
+            f"reason {getattr(primitive, 'diagnostic', None)})",
+        )
+
+
+def handle_released(event: evt.Event, receiver: Receiver) -> None:
+    _ended(event, receiver, released=True)
+
+
+def handle_aborted(event: evt.Event, receiver: Receiver) -> None:
+    _ended(event, receiver, released=False)
+
+
+def handle_conn_close(event: evt.Event, receiver: Receiver) -> None:
+    """The connection closed: an accepted association not released or aborted by now counts as aborted."""
+    association_id = receiver._forget(event.assoc)
+    if association_id is not None and event.assoc.is_established is False and not event.assoc.is_rejected:
+        receiver.tracker.association_ended(association_id, released=False)
+        receiver.audit.association_ended(association_id, "aborted")
+
+
+def _ended(event: evt.Event, receiver: Receiver, released: bool) -> None:
+    association_id = receiver.association_id(event.assoc)
+    if association_id is None:
+        return
+    receiver.tracker.association_ended(association_id, released=released)
+    receiver.audit.association_ended(association_id, "released" if released else "aborted")
+
+
+def handle_echo(event: evt.Event, receiver: Receiver) -> int:
+    """C-ECHO: returns :data:`status.SUCCESS`."""
+    receiver.audit.event("echo", "success", association_id=receiver.association_id(event.assoc))
+    return status.SUCCESS
+
+
+def handle_store(event: evt.Event, receiver: Receiver) -> int:
+    """C-STORE: store the instance durably, then record it; only then report Success.
+
+    Statuses: :data:`status.SUCCESS`; :data:`status.OUT_OF_RESOURCES` (below the free-space watermark or
+    disk full; nothing is left in the spool); :data:`status.CANNOT_UNDERSTAND` (unparseable data set or
+    missing/invalid Study, Series or SOP Instance UID); :data:`status.DATASET_DOES_NOT_MATCH_SOP_CLASS`;
+    :data:`status.PROCESSING_FAILURE` (I/O or database failure).
+    """
+    association_id = receiver.association_id(event.assoc)
+    request = cast(C_STORE, event.request)
+    sop_instance = str(request.AffectedSOPInstanceUID or "")
+    try:
+        data = event.encoded_dataset()
+        header = read_header(data, str(event.context.transfer_syntax))
+    except (InvalidDicomError, InvalidUIDError, ValueError, EOFError, KeyError, TypeError) as exc:
+        return _refuse(receiver, association_id, status.CANNOT_UNDERSTAND, str(exc), sop_instance)
+    if header.sop_instance_uid != sop_instance.rstrip("\x00 "):
+        return _refuse(
+            receiver,
+            association_id,
+            status.CANNOT_UNDERSTAND,
+            f"data set SOP Instance UID {header.sop_instance_uid} differs from the request's {sop_instance}",
+            sop_instance,
+        )
+    if header.sop_class_uid != str(request.AffectedSOPClassUID):
+        return _refuse(
+            receiver,
+            association_id,
+            status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            f"data set SOP Class UID {header.sop_class_uid!r} differs from the request's "
+            f"{request.AffectedSOPClassUID}",
+            sop_instance,
+        )
+    relative = receiver.spool.path_for(
+        header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
+    )
+    try:
+        stored = receiver.spool.store(data, relative)
+    except SpoolFullError as exc:
+        return _refuse(receiver, association_id, status.OUT_OF_RESOURCES, exc.message, sop_instance)
+    except SpoolWriteError as exc:
+        return _refuse(receiver, association_id, status.PROCESSING_FAILURE, exc.message, sop_instance)
+    try:
+        result = receiver.audit.record_instance(
+            association_id, header, stored.relative_path, stored.size, stored.sha256
+        )
+    except SQLAlchemyError as exc:
+        LOG.error("audit database write failed for %s: %s", sop_instance, exc)
+        return status.PROCESSING_FAILURE
+    receiver.tracker.instance_received(header, association_id, result.series_instance_count)
+    return status.SUCCESS
+
+
+def _refuse(receiver: Receiver, association_id: int | None, code: int, reason: str, sop: str) -> int:
+    LOG.warning("C-STORE of %s refused with %s: %s", sop or "?", status.describe(code), reason)
+    try:
+        receiver.audit.store_failed(association_id, status.describe(code), reason, sop or None)
+    except SQLAlchemyError as exc:
+        LOG.error("audit database write failed while refusing %s: %s", sop, exc)
+    return code
+
+
+def handler_table(receiver: Receiver) -> list[Any]:
+    """The SCP's handlers with their dependencies, as pynetdicom binds them."""
+    return [
+        (evt.EVT_CONN_OPEN, handle_conn_open),
+        (evt.EVT_REQUESTED, handle_requested, [receiver]),
+        (evt.EVT_ACCEPTED, handle_accepted, [receiver]),
+        (evt.EVT_REJECTED, handle_rejected, [receiver]),
+        (evt.EVT_RELEASED, handle_released, [receiver]),
+        (evt.EVT_ABORTED, handle_aborted, [receiver]),
+        (evt.EVT_CONN_CLOSE, handle_conn_close, [receiver]),
+        (evt.EVT_C_ECHO, handle_echo, [receiver]),
+        (evt.EVT_C_STORE, handle_store, [receiver]),
+    ]
+
+
+def build_ae(config: SegNodeConfig) -> AE:
+    """An application entity with the configured limits and presentation contexts."""
+    net = config.network
+    ae = AE(ae_title=config.node.ae_titles[0].ae_title)
+    ae.maximum_associations = net.max_associations
+    ae.acse_timeout = net.acse_timeout_s
+    ae.dimse_timeout = net.dimse_timeout_s
+    ae.network_timeout = net.network_timeout_s
+    ae.maximum_pdu_size = net.max_pdu_size
+    ae.require_called_aet = False  # checked per called AE title in handle_requested
+    ae.require_calling_aet = []
+    syntaxes = list(config.accept.transfer_syntaxes)
+    for sop_class in config.accept.sop_classes:
+        ae.add_supported_context(sop_class, syntaxes)
+    ae.add_supported_context(Verification, syntaxes)
+    return ae

@@ -1,0 +1,102 @@
+"""The receiving node as a service: database (migrated), spool, SCP, completion timer; clean shutdown."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from pynetdicom.transport import ThreadedAssociationServer
+
+from config.model import SegNodeConfig
+from dicom_node.audit import AuditLog, Clock, utc_now
+from dicom_node.completion import CompletionTimer, CompletionTracker, SeriesCompleter
+from dicom_node.db import Database
+from dicom_node.jobs import JobStore
+from dicom_node.scp import Receiver, build_ae, handler_table
+from dicom_node.spool import FreeSpaceProbe, Spool, disk_free_bytes
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeService:
+    """Owns the one engine of the process and every long-lived part of the receiving node."""
+
+    config: SegNodeConfig
+    clock: Clock = utc_now
+    free_space_probe: FreeSpaceProbe = disk_free_bytes
+    completion_interval_s: float = 0.5
+    shutdown_grace_s: float = 5.0
+    db: Database = field(init=False)
+    audit: AuditLog = field(init=False)
+    jobs: JobStore = field(init=False)
+    spool: Spool = field(init=False)
+    tracker: CompletionTracker = field(init=False)
+    completer: SeriesCompleter = field(init=False)
+    server: ThreadedAssociationServer | None = field(init=False, default=None)
+    _timer: CompletionTimer | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.db = Database(cfg.database.url)
+        self.audit = AuditLog(self.db, cfg.config_hash(), cfg.privacy, self.clock)
+        self.jobs = JobStore(self.audit)
+        self.spool = Spool(
+            cfg.storage.spool_dir, cfg.storage.min_free_space_mb * 1024 * 1024, self.free_space_probe
+        )
+        self.tracker = CompletionTracker(cfg.completion, self.clock)
+        self.completer = SeriesCompleter(self.tracker, self.audit, self.jobs)
+
+    @property
+    def port(self) -> int:
+        if self.server is None:
+            raise RuntimeError("the node is not started")
+        return int(self.server.server_address[1])
+
+    def start(self) -> None:
+        """Migrate the database, clean the spool, restore open series, then listen."""
+        self.db.upgrade("head")
+        removed = self.spool.prepare()
+        restored = self.completer.restore_open_series()
+        resumable = self.jobs.resumable_jobs()
+        self.audit.event(
+            "node_started",
+            "success",
+            detail=f"{removed} temporary file(s) removed, {restored} open series restored, "
+            f"{len(resumable)} resumable job(s)",
+        )
+        receiver = Receiver(self.config, self.spool, self.audit, self.tracker)
+        ae = build_ae(self.config)
+        net = self.config.network
+        self.server = ae.start_server(
+            (net.bind_address, net.port), block=False, evt_handlers=handler_table(receiver)
+        )
+        self._timer = CompletionTimer(self.completer, self.completion_interval_s)
+        self._timer.start()
+        LOG.warning(
+            "SegNode listening on %s:%d as %s",
+            net.bind_address,
+            self.port,
+            ", ".join(a.ae_title for a in self.config.node.ae_titles),
+        )
+
+    def stop(self) -> None:
+        """Stop listening, finish the completion timer, record the stop and release the engine."""
+        if self.server is not None:
+            server, self.server = self.server, None
+            active = list(server.active_associations)
+            server.shutdown()
+            deadline = time.monotonic() + self.shutdown_grace_s
+            while any(a.is_alive() for a in active) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for assoc in active:
+                if assoc.is_alive():
+                    assoc.abort()
+                    assoc.join(timeout=5)
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        self.audit.event("node_stopped", "success")
+        self.db.dispose()
+        LOG.warning("SegNode stopped")
