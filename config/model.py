@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from config.inference import InferenceConfig
 from config.node import (
@@ -18,7 +18,15 @@ from config.node import (
     RetentionConfig,
     StorageConfig,
 )
-from config.routing import DestinationConfig
+from config.routing import (
+    IGNORE,
+    DefaultRoute,
+    DestinationConfig,
+    RouteRule,
+    SegConfig,
+    SendingConfig,
+    routing_reference_problems,
+)
 
 
 class SegNodeConfig(BaseModel):
@@ -38,6 +46,23 @@ class SegNodeConfig(BaseModel):
     destinations: dict[str, DestinationConfig] = Field(
         default_factory=dict, description="Named DICOM destinations that results are sent to."
     )
+    sending: SendingConfig = Field(default_factory=SendingConfig)
+    seg: SegConfig = Field(default_factory=SegConfig)
+    routes: list[RouteRule] = Field(
+        default_factory=list, description="Ordered routing rules (see config/routing.py)."
+    )
+    default_route: DefaultRoute = Field(
+        default=IGNORE, description="What happens to a series that no route matches: ignore, or an action."
+    )
+
+    @model_validator(mode="after")
+    def _routing_references(self) -> SegNodeConfig:
+        problems = routing_reference_problems(
+            self.routes, self.default_route, self.destinations, [a.ae_title for a in self.node.ae_titles]
+        )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     def config_hash(self) -> str:
         """SHA-256 (first 16 hex digits) of the configuration in force, recorded with every audit event."""
