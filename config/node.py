@@ -75,19 +75,20 @@ DEFAULT_SOP_CLASSES: tuple[str, ...] = (
 )
 
 DEFAULT_TRANSFER_SYNTAXES: tuple[str, ...] = (
-    "ImplicitVRLittleEndian",
+    # in order of preference: where a presentation context offers several, the first listed here wins
     "ExplicitVRLittleEndian",
-    "ExplicitVRBigEndian",
+    "ImplicitVRLittleEndian",
     "DeflatedExplicitVRLittleEndian",
-    "RLELossless",
-    "JPEGBaseline8Bit",
-    "JPEGExtended12Bit",
-    "JPEGLossless",
-    "JPEGLosslessSV1",
+    "ExplicitVRBigEndian",
     "JPEGLSLossless",
-    "JPEGLSNearLossless",
     "JPEG2000Lossless",
+    "JPEGLosslessSV1",
+    "JPEGLossless",
+    "RLELossless",
+    "JPEGLSNearLossless",
     "JPEG2000",
+    "JPEGExtended12Bit",
+    "JPEGBaseline8Bit",
 )
 
 
@@ -189,7 +190,8 @@ class AcceptConfig(BaseModel):
     )
     transfer_syntaxes: list[TransferSyntax] = Field(
         default_factory=lambda: [_transfer_syntax(k) for k in DEFAULT_TRANSFER_SYNTAXES],
-        description="Transfer syntaxes accepted (keyword or UID); a context offering none is refused.",
+        description="Transfer syntaxes accepted (keyword or UID), in order of preference; a context "
+        "offering none of them is refused.",
     )
 
     @field_validator("sop_classes", "transfer_syntaxes")

@@ -72,8 +72,9 @@ class NodeService:
         self.server = ae.start_server(
             (net.bind_address, net.port), block=False, evt_handlers=handler_table(receiver)
         )
-        self._timer = CompletionTimer(self.completer, self.completion_interval_s)
-        self._timer.start()
+        if self.completion_interval_s > 0:  # 0: the caller drives completer.run_once() (tests)
+            self._timer = CompletionTimer(self.completer, self.completion_interval_s)
+            self._timer.start()
         LOG.warning(
             "SegNode listening on %s:%d as %s",
             net.bind_address,

@@ -19,8 +19,6 @@ DATASET_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900
 CANNOT_UNDERSTAND: Final = 0xC210
 #: Failure: Processing failure (PS3.7 C.4.2): an unexpected local failure (I/O error, database error).
 PROCESSING_FAILURE: Final = 0x0110
-#: Failure: SOP Class not supported (PS3.7 C.5.9).
-SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
 
 NAMES: Final[dict[int, str]] = {
     SUCCESS: "Success",
@@ -28,7 +26,6 @@ NAMES: Final[dict[int, str]] = {
     DATASET_DOES_NOT_MATCH_SOP_CLASS: "Error: Data Set does not match SOP Class",
     CANNOT_UNDERSTAND: "Error: Cannot understand",
     PROCESSING_FAILURE: "Failure: Processing failure",
-    SOP_CLASS_NOT_SUPPORTED: "Failure: SOP Class not supported",
 }
 
 

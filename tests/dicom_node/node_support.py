@@ -1,0 +1,122 @@
+"""Helpers of the receiving node's tests: test configurations, real MR series, clones, DCMTK tools."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+ROOT = Path(__file__).resolve().parents[2]
+MRI = ROOT / "tests" / "data" / "mri"
+#: 19 sagittal T2 slices, Siemens Skyra, Explicit VR Little Endian.
+T2_SAG = MRI / "prostatex" / "ProstateX-0000_3.000000-t2tsesag-87368"
+#: 12 short-axis slices, GE Signa, UIDs with leading-zero components, Images in Acquisition 280.
+CINE = MRI / "sunnybrook_cardiac" / "SCD0000101_CINESAX_phase1"
+#: The same image in 9 transfer syntaxes.
+TS9 = MRI / "dcm_qa_ts" / "ax_asc_35sl_9_transfer_syntaxes"
+
+
+def series_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix == ".dcm")
+    assert files, f"no DICOM files in {folder}"
+    return files
+
+
+class FrozenClock:
+    """An injectable clock that only moves when told to."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 5, 8, 0, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def node_settings(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """A configuration document for tests: loopback, ephemeral port, files under ``tmp_path``."""
+    data: dict[str, Any] = {
+        "node": {
+            "ae_titles": [
+                {
+                    "ae_title": "SEGNODE",
+                    "allowed_callers": [
+                        {"ae_title": "STORESCU"},
+                        {"ae_title": "ECHOSCU"},
+                        {"ae_title": "PYSCU"},
+                        {"ae_title": "LOOPBACK", "host": "127.0.0.1"},
+                        {"ae_title": "FARAWAY", "host": "192.0.2.10"},
+                    ],
+                },
+                {"ae_title": "SEGNODE_RESEARCH", "allowed_callers": [{"ae_title": "RESEARCH_PACS"}]},
+            ]
+        },
+        "network": {"bind_address": "127.0.0.1", "port": 0, "acse_timeout_s": 10, "network_timeout_s": 10},
+        "storage": {"spool_dir": str(tmp_path / "spool"), "min_free_space_mb": 0},
+        "completion": {"quiet_period_s": 3600, "on_association_release": False},
+        "database": {"url": f"sqlite:///{tmp_path / 'audit.db'}"},
+    }
+    for dotted, value in overrides.items():
+        node: Any = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return data
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def dcmtk(name: str) -> str:
+    """Path of a DCMTK tool (the Debian package), not a same-named Python console script."""
+    for candidate in (f"/usr/bin/{name}", shutil.which(name)):
+        if candidate and Path(candidate).exists():
+            version = subprocess.run([candidate, "--version"], capture_output=True, text=True, check=False)
+            if "dcmtk" in version.stdout.lower():
+                return candidate
+    pytest.fail(f"DCMTK's {name} is not installed (apt-get install dcmtk)")
+
+
+def clone_series(source: Path, count: int, folder: Path) -> list[Path]:
+    """``count`` copies of one real instance as a new series: new Study/Series/SOP Instance UIDs, instance
+    numbers 1..count, slice positions 1 mm apart. Pixel data and all other attributes are the source's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = pydicom.dcmread(source)
+    study, series = generate_uid(), generate_uid()
+    origin = [float(v) for v in ds.ImagePositionPatient]
+    out: list[Path] = []
+    for number in range(1, count + 1):
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = series
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = number
+        ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + number]
+        path = folder / f"{number:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        out.append(path)
+    return out
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The encoded data set of a Part 10 file: the bytes after the preamble and the file meta group."""
+    with path.open("rb") as fp:
+        pydicom.filereader.read_preamble(fp, force=False)
+        pydicom.filereader._read_file_meta_info(fp)
+        return fp.read()
