@@ -51,6 +51,9 @@ class SourceImage:
     pixel_offset: int | None = None
     #: The complete dataset when the caller passed datasets instead of files.
     dataset: Dataset | None = None
+    #: Encoding of the dataset as read (also known for transfer syntaxes pydicom does not know).
+    implicit_vr: bool = False
+    little_endian: bool = True
 
     @property
     def has_pixels(self) -> bool:
@@ -111,14 +114,30 @@ def read_sources(items: list[str | os.PathLike[str] | Dataset]) -> list[SourceIm
             raise NotSegmentableError(
                 f"cannot read {path} as DICOM: {exc}", reason=Reason.UNREADABLE
             ) from exc
+        if "SOPClassUID" not in header and "SOPInstanceUID" not in header:
+            raise NotSegmentableError(
+                f"cannot read {path} as a DICOM instance: it has no SOP Class or SOP Instance UID",
+                reason=Reason.UNREADABLE,
+            )
         ts = _transfer_syntax(header)
-        offset = pos if len(tag_bytes) == 4 and _is_pixel_tag(tag_bytes, ts) else None
-        sources.append(SourceImage(header=header, transfer_syntax=ts, path=path, pixel_offset=offset))
+        implicit, little = header.original_encoding
+        implicit, little = bool(implicit), little is not False
+        offset = pos if len(tag_bytes) == 4 and _is_pixel_tag(tag_bytes, little) else None
+        sources.append(
+            SourceImage(
+                header=header,
+                transfer_syntax=ts,
+                path=path,
+                pixel_offset=offset,
+                implicit_vr=implicit,
+                little_endian=little,
+            )
+        )
     return sources
 
 
-def _is_pixel_tag(tag_bytes: bytes, ts: UID) -> bool:
-    order: Literal["little", "big"] = "little" if ts.is_little_endian else "big"
+def _is_pixel_tag(tag_bytes: bytes, little_endian: bool) -> bool:
+    order: Literal["little", "big"] = "little" if little_endian else "big"
     group = int.from_bytes(tag_bytes[:2], order)
     elem = int.from_bytes(tag_bytes[2:], order)
     return (group << 16 | elem) in PIXEL_TAGS

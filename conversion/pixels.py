@@ -36,10 +36,9 @@ def _seek_value(fp: BinaryIO, src: SourceImage, opts: dict[str, Any]) -> None:
     """Position ``fp`` at the start of the Pixel Data value (after its element header)."""
     assert src.pixel_offset is not None
     fp.seek(src.pixel_offset)
-    ts = src.transfer_syntax
-    endian = "<" if ts.is_little_endian else ">"
+    endian = "<" if src.little_endian else ">"
     data = fp.read(8)
-    if ts.is_implicit_VR:
+    if src.implicit_vr:
         group, elem, _length = struct.unpack(f"{endian}HHL", data)
     else:
         group, elem, vr, _reserved = struct.unpack(f"{endian}HH2sH", data)
@@ -50,7 +49,6 @@ def _seek_value(fp: BinaryIO, src: SourceImage, opts: dict[str, Any]) -> None:
 
 def decode_frames(src: SourceImage, frames: list[int | None], *, series: str = "") -> list[npt.NDArray[Any]]:
     """Decode the given frames (``None`` for a single-frame object) of one instance as stored arrays."""
-    opts = _options(src)
     try:
         decoder = get_decoder(src.transfer_syntax)
     except NotImplementedError as exc:
@@ -60,6 +58,7 @@ def decode_frames(src: SourceImage, frames: list[int | None], *, series: str = "
             reason=Reason.UNDECODABLE_PIXELS,
             series=series,
         ) from exc
+    opts = _options(src)
     n_frames = int(opts.get("number_of_frames", 1) or 1)
     try:
         if src.dataset is not None:
