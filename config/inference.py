@@ -1,4 +1,4 @@
-"""Configuration of the inference engine (owned by the inference work; see ``inference/``)."""
+"""Configuration of the inference engine and the model weights (see ``inference/``)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,27 @@ class InferenceConfig(BaseModel):
         default=None,
         description="TotalSegmentator licence number for licensed tasks; `--license-key` overrides it.",
     )
-    device: str = Field(default="auto", description="auto | cuda | cuda:N | cpu")
+    device: str = Field(
+        default="auto",
+        description="Where the models run: auto (the first CUDA GPU when there is one, else the CPU) | "
+        "cuda | cuda:N | cpu. A CUDA device that is not there fails with reason device_unavailable.",
+    )
+    cpu_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="Threads torch uses for inference on the CPU. Unset: all cores (as TotalSegmentator).",
+    )
+    gpu_oom_fallback: bool = Field(
+        default=True,
+        description="On GPU out-of-memory, retry the part model with its logits kept on the CPU, then on the "
+        "CPU; each retry is recorded in the result's events. False: fail with reason out_of_memory.",
+    )
+    max_voxels: int = Field(
+        default=400_000_000,
+        ge=1,
+        description="Largest image the engine accepts, in voxels at the model spacing (before the triple "
+        "split TotalSegmentator applies above 512x512x900); larger stacks fail with reason input_too_large.",
+    )
     default_task: Literal["total_mr"] | str = Field(
         default="total_mr", description="Task run when a route names none."
     )

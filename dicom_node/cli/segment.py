@@ -1,0 +1,132 @@
+"""``segnode segment DICOM_DIR --out OUT``: segment one series without a PACS.
+
+Every stack of the series becomes a label map written as NIfTI in the source geometry (the stack's voxel grid
+and RAS affine, nothing resampled), with a JSON sidecar (class map, models, device, time per stage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from config.errors import SegNodeError
+from config.inference import InferenceConfig
+
+logger = logging.getLogger(__name__)
+
+
+class SegmentInputError(SegNodeError):
+    reason = "invalid_input"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment one DICOM series and write the label map as NIfTI",
+        description="Load the DICOM series in DICOM_DIR, segment each of its stacks with the task's models "
+        "and write OUT/<task>[_<n>_<stack>].nii.gz (source geometry) and a .json sidecar per stack.",
+    )
+    parser.add_argument("dicom_dir", type=Path, metavar="DICOM_DIR", help="folder with the series' files")
+    parser.add_argument("--out", type=Path, required=True, metavar="OUT", help="output folder")
+    parser.add_argument("--task", default=None, help="task (default: inference.default_task, i.e. total_mr)")
+    speed = parser.add_mutually_exclusive_group()
+    speed.add_argument("--fast", action="store_true", help="the 3 mm model (total_mr: 852)")
+    speed.add_argument("--fastest", action="store_true", help="the 6 mm model (total_mr: 853)")
+    parser.add_argument(
+        "--roi-subset", nargs="+", default=None, metavar="STRUCTURE", help="only these structures (total_mr)"
+    )
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (overrides the config)")
+    parser.add_argument(
+        "--config", type=Path, default=None, metavar="FILE", help="SegNode YAML configuration"
+    )
+    parser.set_defaults(func=run_segment)
+
+
+def _inference_config(args: argparse.Namespace) -> InferenceConfig:
+    if args.config is not None:
+        from config.loader import load_config
+
+        config = load_config(args.config).inference
+    else:
+        config = InferenceConfig()
+    if args.device:
+        config = config.model_copy(update={"device": args.device})
+    return config
+
+
+def _series_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise SegmentInputError(f"{folder}: not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.upper() != "DICOMDIR")
+    if not files:
+        raise SegmentInputError(f"{folder}: no files")
+    return files
+
+
+def _stack_name(task: str, index: int, count: int, label: str) -> str:
+    if count == 1:
+        return task
+    slug = re.sub(r"[^A-Za-z0-9=.+-]+", "_", label).strip("_")[:40]
+    return f"{task}_{index + 1}" + (f"_{slug}" if slug else "")
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    import nibabel as nib
+    import numpy as np
+
+    from conversion import load_series
+    from inference.engine import Engine
+
+    nib_any: Any = nib
+
+    config = _inference_config(args)
+    task = args.task or config.default_task
+    files = _series_files(args.dicom_dir)
+    start = time.perf_counter()
+    volumes = load_series(files)
+    load_s = time.perf_counter() - start
+    engine = Engine(config)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for index, volume in enumerate(volumes):
+        result = engine.segment(
+            volume.voxels,
+            volume.affine,
+            task=task,
+            fast=args.fast,
+            fastest=args.fastest,
+            roi_subset=args.roi_subset,
+        )
+        name = _stack_name(task, index, len(volumes), volume.stack_label)
+        image = nib_any.Nifti1Image(result.labels, volume.affine_ras)
+        image.set_data_dtype(result.labels.dtype)
+        image.header.set_xyzt_units("mm")
+        image.set_qform(volume.affine_ras, code=1)
+        image.set_sform(volume.affine_ras, code=1)
+        nifti = args.out / f"{name}.nii.gz"
+        nib.save(image, nifti)
+        sidecar = {
+            "series_instance_uid": volume.series_instance_uid,
+            "stack": volume.stack_label,
+            "task": result.task,
+            "mode": result.mode,
+            "roi_subset": list(result.roi_subset) if result.roi_subset else None,
+            "class_map": {str(k): v for k, v in sorted(result.class_map.items())},
+            "labels_present": [result.class_map.get(v, str(v)) for v in result.present_labels()],
+            "models": [vars(m) for m in result.models],
+            "device": result.device,
+            "reference": result.reference,
+            "timings_s": {k: round(v, 4) for k, v in result.timings.items()}
+            | {"load_series": round(load_s, 4)},
+            "events": result.events,
+            "shape": [int(n) for n in np.shape(result.labels)],
+        }
+        (args.out / f"{name}.json").write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
+        found = len(result.present_labels())
+        sys.stdout.write(f"{nifti}: {found} structures, {result.timings['total']:.1f}s on {result.device}\n")
+    return 0

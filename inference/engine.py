@@ -1,0 +1,520 @@
+"""The inference engine: warm nnU-Net predictors, TotalSegmentator 2.18's MRI pipeline on arrays.
+
+One :class:`Engine` per process. It builds one nnU-Net predictor per part model the first time the model is
+needed and keeps it; every later series reuses it. A volume goes in as its voxel array ``(i, j, k)`` and LPS
+affine (a :class:`conversion.volume.Volume`'s ``voxels`` and ``affine``); a label map on the same grid comes
+out. No NIfTI files, no temporary folders. The steps (see :mod:`inference.preprocess`) are those of
+TotalSegmentator 2.18 (``nnunet.py: nnUNet_predict_image``) for the MRI tasks:
+
+closest-canonical reorientation -> order-1 zoom to the model spacing, int32 -> nnU-Net sliding window
+(tile step 0.8 for ``total_mr``, 0.5 for the other tasks, Gaussian, no mirroring, fp16 autocast on CUDA) ->
+argmax -> part labels mapped to task labels, later parts written over earlier ones where non-zero ->
+nearest-neighbour zoom back -> orientation undone.
+
+torch and nnunetv2 are imported lazily (inside methods), so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from config.errors import SegNodeError
+from config.inference import InferenceConfig
+from inference import preprocess
+from inference.registry import (
+    TOTALSEGMENTATOR_REFERENCE_VERSION,
+    Mode,
+    PartModel,
+    Task,
+    get_part_model,
+    get_task,
+)
+
+logger = logging.getLogger(__name__)
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: TotalSegmentator splits an image into three overlapping z parts above this many voxels (multi-model runs).
+TRIPLE_SPLIT_VOXELS = 512 * 512 * 900
+#: Tasks whose tile step TotalSegmentator sets to 0.8 (all others: 0.5).
+STEP_08_TASKS = frozenset({"total_mr"})
+#: The model TotalSegmentator runs on the whole image to find the crop for ``roi_subset`` on MRI.
+ROI_CROP_MODEL = 852
+
+
+class InferenceError(SegNodeError):
+    """Segmentation could not be done."""
+
+    reason = "inference_failed"
+
+
+class MissingWeightsError(InferenceError):
+    """The weights of a part model are not installed."""
+
+    reason = "weights_missing"
+
+
+class InputTooSmallError(InferenceError):
+    reason = "input_too_small"
+
+
+class InputTooLargeError(InferenceError):
+    reason = "input_too_large"
+
+
+class DeviceUnavailableError(InferenceError):
+    reason = "device_unavailable"
+
+
+class OutOfMemoryError(InferenceError):
+    reason = "out_of_memory"
+
+
+class InvalidRoiError(InferenceError):
+    reason = "invalid_roi_subset"
+
+
+def resolve_weights_dir(config: InferenceConfig) -> Path:
+    """The weights folder: the configuration, else ``$TOTALSEG_WEIGHTS_PATH``, else the default of
+    TotalSegmentator (``~/.totalsegmentator/nnunet/results``)."""
+    if config.weights_dir is not None:
+        return Path(config.weights_dir).expanduser()
+    env = os.environ.get("TOTALSEG_WEIGHTS_PATH")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".totalsegmentator" / "nnunet" / "results"
+
+
+def missing_weights_message(task: Task, model: PartModel, weights_dir: Path) -> str:
+    where = model.model_dir(weights_dir) / f"fold_{model.fold}" / "checkpoint_final.pth"
+    how = f"segnode models download {task.name}"
+    if model.licensed:
+        how += " --license-key KEY (a TotalSegmentator licence is needed for this task)"
+    return (
+        f"weights of model {model.dataset_id} ({model.dataset_folder_name}) for task {task.name} are not "
+        f"installed: {where} is missing. Get them with `{how}`, or copy them in with "
+        f"`segnode models import PATH` (a zip or folder in TotalSegmentator's layout), or point "
+        f"inference.weights_dir / $TOTALSEG_WEIGHTS_PATH at a folder that holds {model.dataset_folder_name}."
+    )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which weights produced a result (for the audit log and the SEG's algorithm identification)."""
+
+    dataset_id: int
+    dataset_folder_name: str
+    trainer: str
+    plans: str
+    configuration: str
+    fold: int
+    spacing_mm: float
+    checkpoint_sha256: str
+    release: str | None
+
+
+@dataclass
+class SegmentationResult:
+    """A label map on the source grid with what made it."""
+
+    #: Same shape as the input voxels; 0 = background, other values as in ``class_map``.
+    labels: np.ndarray
+    class_map: Mapping[int, str]
+    task: str
+    mode: Mode
+    models: tuple[ModelInfo, ...]
+    device: str
+    #: Seconds per stage (``reorient``, ``resample``, ``predict_850`` ..., ``resample_back``, ``total``).
+    timings: dict[str, float]
+    roi_subset: tuple[str, ...] | None = None
+    #: Notable events worth an audit entry (e.g. a GPU out-of-memory retry on the CPU).
+    events: list[str] = field(default_factory=list)
+    reference: str = f"TotalSegmentator {TOTALSEGMENTATOR_REFERENCE_VERSION} pipeline"
+
+    def present_labels(self) -> list[int]:
+        return [int(v) for v in np.unique(self.labels) if v != 0]
+
+
+class _Timer:
+    def __init__(self, timings: dict[str, float], name: str) -> None:
+        self.timings = timings
+        self.name = name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.start
+
+
+def resolve_device(spec: str) -> Any:
+    """``auto | cuda | cuda:N | cpu`` -> ``torch.device``.
+
+    :class:`DeviceUnavailableError` where the device asked for is not there."""
+    import torch
+
+    spec = spec.strip().lower()
+    if spec == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        index = 0
+        if spec.startswith("cuda:"):
+            try:
+                index = int(spec.split(":", 1)[1])
+            except ValueError:
+                raise DeviceUnavailableError(
+                    f"invalid device {spec!r}: use auto, cpu, cuda or cuda:N"
+                ) from None
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(f"device {spec!r} asked for, but no CUDA device is available")
+        if index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(
+                f"device {spec!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+        return torch.device(f"cuda:{index}")
+    raise DeviceUnavailableError(f"invalid device {spec!r}: use auto, cpu, cuda or cuda:N")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+class Engine:
+    """Warm nnU-Net predictors and TotalSegmentator's MRI pipeline; one per process, thread-safe."""
+
+    def __init__(self, config: InferenceConfig | None = None) -> None:
+        self.config = config or InferenceConfig()
+        self.weights_dir = resolve_weights_dir(self.config)
+        self._device: Any = None
+        self._predictors: dict[tuple[int, str, float], Any] = {}
+        self._model_info: dict[int, ModelInfo] = {}
+        self._lock = threading.RLock()
+
+    # -- devices and predictors -------------------------------------------------------------------------
+
+    @property
+    def device(self) -> Any:
+        """The ``torch.device`` inference runs on (resolved on first use)."""
+        if self._device is None:
+            import torch
+
+            self._device = resolve_device(self.config.device)
+            if self._device.type == "cpu":
+                torch.set_num_threads(self.config.cpu_threads or os.cpu_count() or 1)
+            logger.info("inference device: %s", self._device)
+        return self._device
+
+    def check_weights(self, task: Task, models: Iterable[PartModel]) -> None:
+        """Raise :class:`MissingWeightsError` for the first model whose weights are not installed."""
+        for model in models:
+            folder = model.model_dir(self.weights_dir)
+            needed = [folder / "plans.json", folder / "dataset.json", model.checkpoint_path(self.weights_dir)]
+            if not all(p.is_file() for p in needed):
+                raise MissingWeightsError(missing_weights_message(task, model, self.weights_dir))
+
+    def predictor(self, model: PartModel, device: Any, step_size: float) -> Any:
+        """The warm predictor of ``model`` on ``device`` (built on first use)."""
+        from inference.nnunet_models import build_predictor
+
+        key = (model.dataset_id, str(device), step_size)
+        with self._lock:
+            cached = self._predictors.get(key)
+            if cached is None:
+                start = time.perf_counter()
+                cached = build_predictor(model.model_dir(self.weights_dir), model.fold, device, step_size)
+                self._predictors[key] = cached
+                logger.info(
+                    "loaded model %d on %s in %.1fs", model.dataset_id, device, time.perf_counter() - start
+                )
+            return cached
+
+    def model_info(self, model: PartModel) -> ModelInfo:
+        with self._lock:
+            info = self._model_info.get(model.dataset_id)
+            if info is None:
+                digest = hashlib.sha256()
+                with model.checkpoint_path(self.weights_dir).open("rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(block)
+                info = ModelInfo(
+                    dataset_id=model.dataset_id,
+                    dataset_folder_name=model.dataset_folder_name,
+                    trainer=model.trainer,
+                    plans=model.plans,
+                    configuration=model.configuration,
+                    fold=model.fold,
+                    spacing_mm=model.spacing_mm,
+                    checkpoint_sha256=digest.hexdigest(),
+                    release=model.release,
+                )
+                self._model_info[model.dataset_id] = info
+            return info
+
+    def warm_up(self, task: str = "total_mr", fast: bool = False, fastest: bool = False) -> None:
+        """Build the predictors of a task now (e.g. when the node starts) rather than on the first series."""
+        spec = get_task(task)
+        models = spec.models(spec.mode(fast, fastest))
+        self.check_weights(spec, models)
+        for model in models:
+            self.predictor(model, self.device, self._step_size(spec))
+
+    @staticmethod
+    def _step_size(task: Task) -> float:
+        return 0.8 if task.name in STEP_08_TASKS else 0.5
+
+    # -- the pipeline -------------------------------------------------------------------------------------
+
+    def segment(
+        self,
+        voxels: np.ndarray,
+        affine_lps: npt.NDArray[np.float64],
+        task: str = "total_mr",
+        fast: bool = False,
+        fastest: bool = False,
+        roi_subset: Sequence[str] | None = None,
+    ) -> SegmentationResult:
+        """Segment one stack; ``labels`` come back on the grid of ``voxels`` (same shape)."""
+        start = time.perf_counter()
+        spec = get_task(task)
+        mode = spec.mode(fast, fastest)
+        models = spec.models(mode)
+        data = np.asarray(voxels)
+        affine_lps = np.asarray(affine_lps, dtype=np.float64)
+        self._check_input(data, affine_lps)
+        roi = self._check_roi(spec, roi_subset)
+        needed = list(models)
+        if roi is not None:
+            needed = [get_part_model(ROI_CROP_MODEL), *needed]
+        self.check_weights(spec, needed)
+        affine_ras = LPS_TO_RAS @ affine_lps
+        self._check_size(data, affine_ras, models[0].spacing_mm)
+
+        timings: dict[str, float] = {}
+        events: list[str] = []
+        device = self.device
+        if roi is None:
+            labels = self._run(spec, models, data, affine_ras, timings, events, device, prefix="")
+            used = tuple(models)
+        else:
+            labels, used = self._run_roi(spec, mode, models, roi, data, affine_ras, timings, events, device)
+        timings["total"] = time.perf_counter() - start
+        class_map = dict(spec.class_map)
+        if roi is not None:
+            class_map = {k: v for k, v in class_map.items() if v in roi}
+        return SegmentationResult(
+            labels=labels,
+            class_map=class_map,
+            task=spec.name,
+            mode=mode,
+            models=tuple(self.model_info(m) for m in used),
+            device=str(device),
+            timings=timings,
+            roi_subset=roi,
+            events=events,
+        )
+
+    def _check_input(self, data: np.ndarray, affine: npt.NDArray[np.float64]) -> None:
+        if data.ndim != 3:
+            raise InputTooSmallError(f"a 3D image is needed, got an array of shape {data.shape}")
+        if min(data.shape) < 2:
+            raise InputTooSmallError(
+                f"image of shape {data.shape} is 2D (an axis has fewer than 2 voxels); a 3D stack is needed"
+            )
+        if (
+            affine.shape != (4, 4)
+            or not np.all(np.isfinite(affine))
+            or abs(np.linalg.det(affine[:3, :3])) < 1e-9
+        ):
+            raise InferenceError(
+                "the affine must be a finite, invertible 4x4 matrix", reason="invalid_geometry"
+            )
+
+    def _check_size(self, data: np.ndarray, affine_ras: npt.NDArray[np.float64], spacing: float) -> None:
+        zooms = preprocess.header_zooms(affine_ras)
+        model_shape = tuple(int(round(n * z / spacing)) for n, z in zip(data.shape, zooms, strict=True))
+        if min(model_shape) < 1:
+            raise InputTooSmallError(
+                f"image of shape {data.shape} with voxel size {tuple(float(z) for z in zooms)} mm has no "
+                f"extent at the model spacing of {spacing} mm"
+            )
+        n_voxels = int(np.prod(model_shape))
+        if n_voxels > self.config.max_voxels or int(np.prod(data.shape)) > self.config.max_voxels:
+            raise InputTooLargeError(
+                f"image of shape {data.shape} is {n_voxels} voxels at {spacing} mm; the limit is "
+                f"{self.config.max_voxels} (inference.max_voxels)"
+            )
+
+    @staticmethod
+    def _check_roi(task: Task, roi_subset: Sequence[str] | None) -> tuple[str, ...] | None:
+        if roi_subset is None:
+            return None
+        if task.name != "total_mr":
+            raise InvalidRoiError(f"roi_subset only works with task total_mr, not {task.name}")
+        roi = tuple(dict.fromkeys(roi_subset))
+        if not roi:
+            raise InvalidRoiError("roi_subset is empty")
+        unknown = [name for name in roi if name not in task.label_of]
+        if unknown:
+            raise InvalidRoiError(f"unknown structures in roi_subset for {task.name}: {', '.join(unknown)}")
+        return roi
+
+    def _run(
+        self,
+        task: Task,
+        models: Sequence[PartModel],
+        data: np.ndarray,
+        affine_ras: npt.NDArray[np.float64],
+        timings: dict[str, float],
+        events: list[str],
+        device: Any,
+        prefix: str,
+    ) -> np.ndarray:
+        """TotalSegmentator's ``nnUNet_predict_image`` without crop: canonical, zoom, predict, merge, back."""
+        spacing = models[0].spacing_mm
+        on_gpu = device.type == "cuda"
+        with _Timer(timings, prefix + "reorient"):
+            canonical = preprocess.to_canonical(np.asarray(data, dtype=np.float64), affine_ras)
+        zooms = preprocess.header_zooms(canonical.affine)
+        zoom = preprocess.zoom_factors(zooms, spacing)
+        with _Timer(timings, prefix + "resample"):
+            if zoom is None:
+                image: np.ndarray = canonical.data
+                model_zooms = zooms
+            else:
+                shape = preprocess.zoomed_shape(canonical.data.shape, zoom)
+                if on_gpu:
+                    from inference.gpu_resample import zoom_linear
+
+                    image = zoom_linear(canonical.data, shape, device)
+                else:
+                    image = preprocess.resample_image_cpu(canonical.data, zoom)
+                affine = canonical.affine.copy()
+                affine[:3, :3] = affine[:3, :3] / zoom[None, :]
+                model_zooms = preprocess.header_zooms(affine)
+        multimodel = len(models) > 1
+        split = multimodel and int(np.prod(image.shape)) > TRIPLE_SPLIT_VOXELS and image.shape[2] > 200
+        parts = preprocess.triple_split_bounds(image.shape[2]) if split else ((0, image.shape[2]),)
+        label_of = task.label_of
+        combined = np.zeros(image.shape, dtype=np.uint8)
+        step = self._step_size(task)
+        for model in models:
+            lut = np.zeros(max(model.class_map) + 1, dtype=np.uint8)
+            for value, name in model.class_map.items():
+                lut[value] = label_of.get(name, 0)  # auxiliary labels (not in the task) -> 0
+            with _Timer(timings, f"{prefix}predict_{model.dataset_id}"):
+                pieces = [
+                    self._predict(model, image[:, :, lo:hi], model_zooms, device, step, events)
+                    for lo, hi in parts
+                ]
+                seg = preprocess.triple_split_merge(pieces, image.shape[2]) if split else pieces[0]
+            with _Timer(timings, prefix + "merge"):
+                if seg.size and int(seg.max()) >= len(lut):
+                    lut = np.pad(lut, (0, int(seg.max()) + 1 - len(lut)))
+                mapped = lut[seg]
+                np.copyto(combined, mapped, where=mapped != 0)
+        with _Timer(timings, prefix + "resample_back"):
+            if zoom is not None:
+                target = canonical.data.shape
+                if on_gpu:
+                    from inference.gpu_resample import zoom_nearest
+
+                    combined = zoom_nearest(combined, (target[0], target[1], target[2]), device)
+                else:
+                    combined = preprocess.resample_labels_cpu(combined, (target[0], target[1], target[2]))
+            labels = preprocess.from_canonical(combined, canonical.source_ornt)
+        return np.ascontiguousarray(labels)
+
+    def _run_roi(
+        self,
+        task: Task,
+        mode: Mode,
+        models: Sequence[PartModel],
+        roi: tuple[str, ...],
+        data: np.ndarray,
+        affine_ras: npt.NDArray[np.float64],
+        timings: dict[str, float],
+        events: list[str],
+        device: Any,
+    ) -> tuple[np.ndarray, tuple[PartModel, ...]]:
+        """``roi_subset`` as TotalSegmentator does it for MRI: 3 mm model 852 finds the crop, then only the
+        part models holding the structures run on the crop (int32 cast, 20 mm margin)."""
+        crop_model = get_part_model(ROI_CROP_MODEL)
+        organ = self._run(task, [crop_model], data, affine_ras, timings, events, device, prefix="roi_")
+        label_of = task.label_of
+        roi_ids = [label_of[name] for name in roi]
+        mask = np.isin(organ, roi_ids)
+        bbox = preprocess.roi_bbox(mask, preprocess.header_zooms(affine_ras))
+        if bbox is None:
+            events.append(f"roi_subset {', '.join(roi)}: none of the structures found; empty result")
+            return np.zeros(data.shape, dtype=np.uint8), (crop_model,)
+        if len(models) > 1:
+            models = [m for m in models if any(name in roi for name in m.class_map.values())]
+        sl = tuple(slice(lo, hi) for lo, hi in bbox)
+        cropped = np.asarray(data, dtype=np.float64)[sl].astype(np.int32)
+        affine_crop = preprocess.crop_affine(affine_ras, (bbox[0][0], bbox[1][0], bbox[2][0]))
+        part = self._run(task, models, cropped, affine_crop, timings, events, device, prefix="")
+        labels = np.zeros(data.shape, dtype=np.uint8)
+        labels[sl] = part
+        labels *= np.isin(labels, roi_ids)
+        return labels, (crop_model, *models)
+
+    def _predict(
+        self,
+        model: PartModel,
+        image: np.ndarray,
+        zooms: npt.NDArray[np.float32],
+        device: Any,
+        step: float,
+        events: list[str],
+    ) -> np.ndarray:
+        """One part model on one image, with the out-of-memory fallbacks on a GPU."""
+        import torch
+
+        from inference.nnunet_models import predict_labels
+
+        attempts: list[tuple[Any, bool]] = [(device, True)]
+        if device.type == "cuda" and self.config.gpu_oom_fallback:
+            attempts += [(device, False), (torch.device("cpu"), False)]
+        last: BaseException | None = None
+        for number, (target, on_device) in enumerate(attempts):
+            predictor = self.predictor(model, target, step)
+            predictor.perform_everything_on_device = on_device
+            try:
+                return predict_labels(predictor, image, zooms)
+            except Exception as exc:  # only out-of-memory is retried, the rest re-raised
+                if not _is_oom(exc):
+                    raise
+                last = exc
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if number + 1 < len(attempts):
+                    nxt, nxt_on_device = attempts[number + 1]
+                    what = (
+                        "logits on the CPU" if nxt.type == "cuda" and not nxt_on_device else f"device {nxt}"
+                    )
+                    message = (
+                        f"out of memory running model {model.dataset_id} on {target} for an image of shape "
+                        f"{image.shape}; retrying with {what}"
+                    )
+                    logger.warning(message)
+                    events.append(message)
+        raise OutOfMemoryError(
+            f"out of memory running model {model.dataset_id} for an image of shape {image.shape} "
+            f"on {device} (fallbacks {'tried' if len(attempts) > 1 else 'disabled'}): {last}"
+        )
