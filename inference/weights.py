@@ -17,9 +17,10 @@ checked (length, zip CRCs, sha256 when known, layout) and extracted into a tempo
 moved into place with ``os.replace``, so that a model folder is either complete or absent.
 
 SegNode never sends usage statistics anywhere: the only network requests it makes are the downloads asked for
-with ``segnode models download``, to the configured location (unlike the TotalSegmentator command, which
-posts usage statistics by default). Hospitals without internet use ``segnode models import`` with a zip or a
-folder copied from elsewhere.
+with ``segnode models download``, to the configured location (and wherever that server redirects, as GitHub
+does to its file storage); it does not check licences online, count predictions or report runs (unlike the
+TotalSegmentator command, which posts usage statistics by default). Hospitals without internet use
+``segnode models import`` with a zip or a folder copied from elsewhere.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
@@ -252,3 +253,35 @@ def test_package_data_urls_are_totalsegmentators_release_locations() -> None:
     assert mirror.url_for(sources[850]) == (
         "https://pacs-mirror.local/w/v2.5.0-weights/Dataset850_TotalSegMRI_part1_organs_1088subj.zip"
     )
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_redraws_on_a_terminal_and_prints_steps_in_a_log() -> None:
+    terminal = _Terminal()
+    bar = weights.Progress(terminal, "Dataset850", 2_000_000)
+    bar.update(1_000_000)
+    bar.finish()
+    assert terminal.getvalue() == (
+        "\rDataset850: [############             ]  50% 1.0/2.0 MB"
+        "\rDataset850: [############             ]  50% 1.0/2.0 MB\n"
+    )
+    log = io.StringIO()
+    bar = weights.Progress(log, "Dataset850", 1000)
+    for _ in range(4):
+        bar.update(250)
+    bar.finish()
+    assert [line.split("]")[1].split("%")[0].strip() for line in log.getvalue().splitlines()] == [
+        "25",
+        "50",
+        "75",
+        "100",
+    ]
+    unknown = io.StringIO()
+    bar = weights.Progress(unknown, "face", None)
+    bar.update(3_500_000)
+    bar.finish()
+    assert unknown.getvalue() == "face: 3.5 MB\n"

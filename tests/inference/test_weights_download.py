@@ -283,6 +283,7 @@ def test_licensed_task_without_key_or_with_a_refused_key(server: WeightsServer, 
 
 
 _connections: list[tuple[str, Any]] | None = None
+_hook_installed = False
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
@@ -290,12 +291,12 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         _connections.append((event, args[1] if event == "socket.connect" else args[0]))
 
 
-sys.addaudithook(_audit)
-
-
 def test_only_the_configured_download_location_is_contacted(server: WeightsServer, tmp_path: Path) -> None:
     """No usage statistics, no licence check, no other host: every connection goes to the download URL."""
-    global _connections
+    global _connections, _hook_installed
+    if not _hook_installed:  # audit hooks cannot be removed: install once, record only inside this test
+        sys.addaudithook(_audit)
+        _hook_installed = True
     server.routes[f"GET {release_path(M756)}"] = Route(model_zip(tmp_path, M756))
     _connections = []
     try:
