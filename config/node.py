@@ -150,6 +150,45 @@ class NodeConfig(BaseModel):
         return value
 
 
+class TlsVersion(StrEnum):
+    tls1_2 = "TLSv1.2"
+    tls1_3 = "TLSv1.3"
+
+
+class TlsConfig(BaseModel):
+    """DICOM over TLS (PS3.15 Annex B, BCP 195): the SCP's certificate and optional client verification."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        default=False, description="Accept only TLS connections on the port (plain TCP is then refused)."
+    )
+    certificate: Path | None = Field(
+        default=None, description="PEM file with the node's certificate (and any intermediate certificates)."
+    )
+    private_key: Path | None = Field(
+        default=None, description="PEM file with the private key of the certificate (unencrypted)."
+    )
+    ca_certificates: Path | None = Field(
+        default=None, description="PEM file of the CA certificates that client certificates must chain to."
+    )
+    require_client_certificate: bool = Field(
+        default=False,
+        description="Refuse peers that do not present a certificate signed by one of ca_certificates.",
+    )
+    min_version: TlsVersion = Field(
+        default=TlsVersion.tls1_2, description="Lowest TLS protocol version accepted (TLSv1.2 or TLSv1.3)."
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsConfig:
+        if self.enabled and (self.certificate is None or self.private_key is None):
+            raise ValueError("TLS is enabled: certificate and private_key are required")
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("require_client_certificate needs ca_certificates to verify clients against")
+        return self
+
+
 class NetworkConfig(BaseModel):
     """Where and how the SCP listens."""
 
@@ -170,6 +209,7 @@ class NetworkConfig(BaseModel):
         ge=0,
         description="Maximum PDU size received, in bytes (0: unlimited; otherwise at least 4096).",
     )
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="DICOM over TLS on the SCP's port.")
 
     @field_validator("max_pdu_size")
     @classmethod
@@ -212,6 +252,11 @@ class StorageConfig(BaseModel):
         default=1024,
         ge=0,
         description="Free-space watermark of the spool's file system in MiB; below it instances get 0xA700.",
+    )
+    max_series_instances: int = Field(
+        default=10000,
+        ge=1,
+        description="Most instances one series may hold in the spool; more new instances of it get 0xA700.",
     )
 
 

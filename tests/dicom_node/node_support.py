@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -120,3 +122,35 @@ def dataset_bytes(path: Path) -> bytes:
         pydicom.filereader.read_preamble(fp, force=False)
         pydicom.filereader._read_file_meta_info(fp)
         return fp.read()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for peers that cannot listen on port 0 and report it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def dcmtk_storescp(folder: Path, ae_title: str = "STORESCP") -> Iterator[int]:
+    """DCMTK's storescp on 127.0.0.1 writing bit-preserving files into ``folder``; yields its port."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = subprocess.Popen(
+        [dcmtk("storescp"), "--bit-preserving", "-aet", ae_title, "-od", str(folder), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"storescp did not start on port {port}")
+            time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
