@@ -1,0 +1,157 @@
+"""``kill -9`` of a real ``segnode serve`` while DCMTK storescu is mid-transfer, then restart and re-send."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+import yaml
+from node_support import T2_SAG, clone_series, dcmtk, node_settings, series_files
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+INSTANCES = 150
+
+
+def start_serve(config: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``segnode serve`` and return it with the port it reports listening on (in its log)."""
+    pattern = re.compile(r"SegNode listening on 127\.0\.0\.1:(\d+)")
+    before = len(pattern.findall(log.read_text(errors="replace"))) if log.exists() else 0
+    with log.open("ab") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(config)],
+            stdout=handle,
+            stderr=handle,
+            env={k: v for k, v in os.environ.items() if not k.startswith("SEGNODE__")},
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = pattern.findall(log.read_text(errors="replace"))
+        if len(found) > before:
+            return process, int(found[-1])
+        if process.poll() is not None:
+            raise AssertionError(f"segnode serve exited with {process.returncode}:\n{log.read_text()}")
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"segnode serve did not start:\n{log.read_text()}")
+
+
+def successes(storescu_output: str) -> list[Path]:
+    """Files storescu reported a Success C-STORE response for (``-v`` output)."""
+    done: list[Path] = []
+    current: Path | None = None
+    for line in storescu_output.splitlines():
+        sending = re.search(r"Sending file: (.+)$", line)
+        if sending:
+            current = Path(sending.group(1).strip())
+        elif "Received Store Response (Success)" in line and current is not None:
+            done.append(current)
+            current = None
+    return done
+
+
+def db_rows(db: Path) -> dict[str, tuple[str, str]]:
+    with sqlite3.connect(db) as conn:
+        return {
+            uid: (path, digest)
+            for uid, path, digest in conn.execute(
+                "SELECT sop_instance_uid, spool_path, sha256 FROM instances"
+            )
+        }
+
+
+def test_kill_9_mid_transfer_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    files = clone_series(series_files(T2_SAG)[0], INSTANCES, tmp_path / "series")
+    settings = node_settings(tmp_path)
+    config = tmp_path / "node.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    spool = Path(settings["storage"]["spool_dir"])
+    database = tmp_path / "audit.db"
+    log = tmp_path / "serve.log"
+
+    node, port = start_serve(config, log)
+    storescu_log = tmp_path / "storescu.log"
+    with storescu_log.open("wb") as out:
+        sender = subprocess.Popen(
+            [
+                dcmtk("storescu"),
+                "-v",
+                "-aet",
+                "STORESCU",
+                "-aec",
+                "SEGNODE",
+                "127.0.0.1",
+                str(port),
+                *map(str, files),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while len(list(spool.rglob("*.dcm"))) < 20:
+            assert time.monotonic() < deadline, "the transfer did not start"
+            assert sender.poll() is None, "storescu finished before the node could be killed"
+            time.sleep(0.005)
+        node.send_signal(signal.SIGKILL)
+        node.wait(timeout=10)
+        sender.wait(timeout=60)
+    acknowledged = successes(storescu_log.read_text(errors="replace"))
+    assert 0 < len(acknowledged) < INSTANCES, "the kill must land mid-transfer"
+    assert sender.returncode != 0
+
+    node, port = start_serve(config, log)
+    try:
+        # no partial file anywhere: temporary files of the killed node were removed at start
+        assert not [p for p in spool.rglob("*") if p.is_file() and p.suffix != ".dcm"]
+        rows = db_rows(database)
+        for path in acknowledged:
+            source = pydicom.dcmread(path)
+            assert source.SOPInstanceUID in rows, f"{path.name} was acknowledged but is not in the database"
+            spool_path, digest = rows[source.SOPInstanceUID]
+            stored = spool / spool_path
+            assert hashlib.sha256(stored.read_bytes()).hexdigest() == digest
+            assert (pydicom.dcmread(stored).pixel_array == source.pixel_array).all()
+        # every file in the spool is complete (a rename is atomic), with or without its audit row
+        for stored in spool.rglob("*.dcm"):
+            pydicom.dcmread(stored).pixel_array  # noqa: B018 - decodes the whole file or raises
+
+        result = subprocess.run(
+            [
+                dcmtk("storescu"),
+                "-aet",
+                "STORESCU",
+                "-aec",
+                "SEGNODE",
+                "127.0.0.1",
+                str(port),
+                *map(str, files),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        rows = db_rows(database)
+        assert len(rows) == INSTANCES
+        assert len(list(spool.rglob("*.dcm"))) == INSTANCES
+        with sqlite3.connect(database) as conn:
+            [(count,)] = conn.execute("SELECT instance_count FROM series")
+            repeats = conn.execute("SELECT count(*) FROM instances WHERE times_received = 2").fetchone()[0]
+        assert count == INSTANCES
+        assert repeats >= len(acknowledged)
+    finally:
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=30) == 0, log.read_text()
+    with sqlite3.connect(database) as conn:
+        whats = [w for (w,) in conn.execute("SELECT what FROM events ORDER BY id")]
+    assert whats.count("node_started") == 2 and whats[-1] == "node_stopped"
