@@ -39,7 +39,8 @@ _ENDS = {S.failed, S.cancelled, S.superseded}
 
 #: Allowed transitions: each working state moves to the next stage or ends (failed, cancelled,
 #: superseded); a working state may go back to queued when the node restarts mid-stage; a failed job may
-#: be queued again (retry); a done or failed job may be superseded by the job of a re-opened series.
+#: be queued again or resume at a stage (retry); a done or failed job may be superseded by the job of a
+#: re-opened series.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.queued: frozenset({S.converting} | _ENDS),
     S.converting: frozenset({S.segmenting, S.queued} | _ENDS),
@@ -47,7 +48,7 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.encoding: frozenset({S.sending, S.queued} | _ENDS),
     S.sending: frozenset({S.done, S.queued} | _ENDS),
     S.done: frozenset({S.superseded}),
-    S.failed: frozenset({S.queued, S.superseded}),
+    S.failed: frozenset({S.queued, S.superseded, *STAGES}),
     S.superseded: frozenset(),
     S.cancelled: frozenset(),
 }
@@ -155,11 +156,14 @@ class JobStore:
         LOG.info("job %d queued for series %s", job.id, series_instance_uid)
         return JobInfo.of(job)
 
-    def transition(self, job_id: int, new_state: JobState, reason: str | None = None) -> JobInfo:
+    def transition(
+        self, job_id: int, new_state: JobState, reason: str | None = None, detail: str | None = None
+    ) -> JobInfo:
         """Move a job to ``new_state``; :class:`IllegalTransitionError` when the table forbids it.
 
         Moving to ``failed`` records the stage the job was in as ``failed_stage``; ``reason`` is the stable
-        reason code (required for ``failed`` and ``cancelled``).
+        reason code (required for ``failed`` and ``cancelled``); ``detail`` (the failure message) is kept
+        on the job and added to the audit event.
         """
         new_state = JobState(new_state)
         if new_state in {S.failed, S.cancelled} and not reason:
@@ -174,9 +178,10 @@ class JobStore:
             job.state = new_state.value
             job.updated_at = self.audit.clock()
             job.reason = reason
+            job.detail = detail
             if new_state is S.failed:
                 job.failed_stage = current.value
-            elif new_state is S.queued:
+            elif new_state is S.queued or current is S.failed:
                 job.failed_stage = None
             self.audit.add_event(
                 session,
@@ -186,7 +191,7 @@ class JobStore:
                 job_id=job.id,
                 study=job.study_instance_uid,
                 series=job.series_instance_uid,
-                detail=f"{current} -> {new_state}",
+                detail=f"{current} -> {new_state}" + (f": {detail}" if detail else ""),
             )
             return JobInfo.of(job)
 

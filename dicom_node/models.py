@@ -8,7 +8,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, event
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -121,8 +131,45 @@ class Job(Base):
     superseded_by: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: The route (rule name, or ``default_route``) whose action the job carries out; set at routing.
+    route: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: Human-readable detail of the last failure (the stable code is ``reason``).
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: JSON: per stage, when it started and ended and how long it took (see ``dicom_node.pipeline``).
+    stage_timings: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: JSON: the result files of the job (label maps, SEG objects in the outbox) and where each goes.
+    outputs: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (Index("ix_jobs_state", "state"), Index("ix_jobs_series", "series_instance_uid"))
+
+
+class Delivery(Base):
+    """The sending of a job's results to one destination: attempts, next attempt time, last status."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    #: Destination name from the configuration's ``destinations`` section.
+    destination: Mapped[str] = mapped_column(String(64))
+    #: pending | delivered | failed | cancelled
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    first_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Outcome code of the last attempt (``dicom_node.sender.SendOutcome``).
+    last_outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    #: What the peer answered (statuses) or why the attempt failed.
+    last_status: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: Warning statuses returned by the peer on the delivering attempt.
+    warning: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (
+        Index("ix_deliveries_job", "job_id"),
+        Index("ix_deliveries_due", "state", "next_attempt_at"),
+        UniqueConstraint("job_id", "destination", name="uq_deliveries_job_destination"),
+    )
 
 
 class Event(Base):
