@@ -9,6 +9,7 @@ tell stacks apart.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -106,10 +107,14 @@ def read_sources(items: list[str | os.PathLike[str] | Dataset]) -> list[SourceIm
             continue
         path = Path(item)
         try:
-            with path.open("rb") as fp:
-                header = dcmread(fp, stop_before_pixels=True, force=True)
-                pos = fp.tell()
-                tag_bytes = fp.read(4)
+            # One read of the file, then parsing from memory (faster than many small file reads); the
+            # bytes are dropped once the header is parsed and pixels are read again at their offset.
+            data = path.read_bytes()
+            buffer = io.BytesIO(data)
+            header = dcmread(buffer, stop_before_pixels=True, force=True)
+            pos = buffer.tell()
+            tag_bytes = data[pos : pos + 4]
+            del data, buffer
         except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as exc:
             raise NotSegmentableError(
                 f"cannot read {path} as DICOM: {exc}", reason=Reason.UNREADABLE
@@ -163,15 +168,15 @@ def is_enhanced(header: Dataset) -> bool:
 
 
 def is_mosaic(header: Dataset) -> bool:
-    image_type = [str(v).upper() for v in _as_list(header.get("ImageType"))]
+    image_type = [v.upper() for v in _values(header, 0x00080008)]
     return "MOSAIC" in image_type
 
 
 def is_localizer(header: Dataset) -> bool:
-    image_type = [str(v).upper() for v in _as_list(header.get("ImageType"))]
+    image_type = [v.upper() for v in _values(header, 0x00080008)]
     if "LOCALIZER" in image_type or "SCOUT" in image_type:
         return True
-    text = " ".join(str(header.get(k, "")) for k in ("SeriesDescription", "ProtocolName"))
+    text = " ".join(_first(header, tag) or "" for tag in (0x0008103E, 0x00181030))
     return bool(_LOCALIZER_WORDS.search(text.replace("_", " ")))
 
 
@@ -187,14 +192,39 @@ def series_name(header: Dataset) -> str:
     return " ".join(parts)
 
 
+def _values(header: Dataset, tag: int) -> list[str]:
+    """Values of a text element (DS, IS, CS, UI, ...) as strings, parsed from the raw bytes when possible.
+
+    Reading the raw value avoids pydicom's per-value object creation and validation, which dominates the
+    cost of describing thousands of slices; the element itself is left unconverted for later readers.
+    """
+    if tag not in header:
+        return []
+    elem = header.get_item(tag)
+    if elem is None:
+        return []
+    value = elem.value
+    if value is None:
+        return []
+    if isinstance(value, bytes):
+        text = value.decode("latin-1").strip(" \x00")
+        return [v.strip(" \x00") for v in text.split("\\")] if text else []
+    return [str(v).strip() for v in _as_list(value)]
+
+
+def _first(header: Dataset, tag: int) -> str | None:
+    values = _values(header, tag)
+    return values[0] if values and values[0] != "" else None
+
+
 def frames_of(index: int, src: SourceImage) -> list[FrameInfo]:
     """Describe every 2D image of one source instance."""
     header = src.header
     rows = int(header.get("Rows", 0) or 0)
     columns = int(header.get("Columns", 0) or 0)
-    sop = str(header.get("SOPInstanceUID", ""))
-    sop_class = str(header.get("SOPClassUID", ""))
-    instance_number = _int(header.get("InstanceNumber"), 0)
+    sop = _first(header, 0x00080018) or ""
+    sop_class = _first(header, 0x00080016) or ""
+    instance_number = _int(_first(header, 0x00200013), 0)
     if is_enhanced(header):
         return _enhanced_frames(index, header, rows, columns, sop, sop_class, instance_number)
     attrs = _classic_attrs(header)
@@ -207,11 +237,11 @@ def frames_of(index: int, src: SourceImage) -> list[FrameInfo]:
             instance_number=instance_number,
             rows=rows,
             columns=columns,
-            orientation=_floats(header.get("ImageOrientationPatient"), 6),
-            position=_floats(header.get("ImagePositionPatient"), 3),
-            pixel_spacing=_spacing(header.get("PixelSpacing")),
-            slope=_float(header.get("RescaleSlope"), 1.0),
-            intercept=_float(header.get("RescaleIntercept"), 0.0),
+            orientation=_floats(_values(header, 0x00200037), 6),
+            position=_floats(_values(header, 0x00200032), 3),
+            pixel_spacing=_spacing(_values(header, 0x00280030)),
+            slope=_float(_first(header, 0x00281053), 1.0),
+            intercept=_float(_first(header, 0x00281052), 0.0),
             attrs=attrs,
         )
     ]
@@ -226,16 +256,14 @@ def _enhanced_frames(
     per_frame = header.get("PerFrameFunctionalGroupsSequence") or []
     top = _classic_attrs(header)
     frames: list[FrameInfo] = []
+    shared_items = _first_items(shared)
     for f in range(n_frames):
-        group = per_frame[f] if f < len(per_frame) else Dataset()
+        items = dict(shared_items)
+        if f < len(per_frame):
+            items.update(_first_items(per_frame[f]))
 
-        def item(keyword: str, group: Dataset = group) -> Dataset | None:
-            for ds in (group, shared):
-                seq = ds.get(keyword)
-                if seq:
-                    found: Dataset = seq[0]
-                    return found
-            return None
+        def item(keyword: str, items: dict[str, Dataset] = items) -> Dataset | None:
+            return items.get(keyword)
 
         plane_pos = item("PlanePositionSequence")
         plane_ori = item("PlaneOrientationSequence")
@@ -284,29 +312,47 @@ def _enhanced_frames(
     return frames
 
 
+def _first_items(group: Dataset) -> dict[str, Dataset]:
+    """The first item of every non-empty sequence of a functional group, by keyword."""
+    out: dict[str, Dataset] = {}
+    for elem in group:
+        if elem.VR == "SQ" and elem.value and elem.keyword:
+            out[elem.keyword] = elem.value[0]
+    return out
+
+
 def _classic_attrs(header: Dataset) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
-    if "ImageType" in header:
-        attrs["image_type"] = "\\".join(str(v) for v in _as_list(header.ImageType))
+    image_type = _values(header, 0x00080008)
+    if image_type:
+        attrs["image_type"] = "\\".join(image_type)
     b_value = diffusion_b_value(header)
     if b_value is not None:
         attrs["b_value"] = b_value
-    if header.get("EchoNumbers") not in (None, ""):
-        attrs["echo_number"] = _int(_as_list(header.EchoNumbers)[0], 0)
-    if header.get("EchoTime") not in (None, ""):
-        attrs["echo_time"] = _number(header.EchoTime)
-    if header.get("TemporalPositionIdentifier") not in (None, ""):
-        attrs["temporal_position"] = _int(header.TemporalPositionIdentifier, 0)
-    if header.get("AcquisitionNumber") not in (None, ""):
-        attrs["acquisition_number"] = _int(header.AcquisitionNumber, 0)
-    if header.get("TriggerTime") not in (None, ""):
-        attrs["trigger_time"] = _number(header.TriggerTime)
+    for key, tag, parse in (
+        ("echo_number", 0x00180086, _int_or_none),
+        ("echo_time", 0x00180081, _number_or_none),
+        ("temporal_position", 0x00200100, _int_or_none),
+        ("acquisition_number", 0x00200012, _int_or_none),
+        ("trigger_time", 0x00181060, _number_or_none),
+    ):
+        value = parse(_first(header, tag))
+        if value is not None:
+            attrs[key] = value
     return attrs
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return None if text is None else _int(text, 0)
+
+
+def _number_or_none(text: str | None) -> float | int | None:
+    return None if text is None else _number(text)
 
 
 def diffusion_b_value(header: Dataset) -> float | int | None:
     """The b-value: standard (0018,9087), then Siemens (0019,xx0C), GE (0043,xx39), Philips (2001,xx03)."""
-    if header.get("DiffusionBValue") not in (None, ""):
+    if header.get("DiffusionBValue") not in (None, ""):  # FD: binary, read through pydicom
         return _number(header.DiffusionBValue)
     for group, creator, elem in (
         (0x0019, "SIEMENS MR HEADER", 0x0C),
@@ -331,14 +377,11 @@ def diffusion_b_value(header: Dataset) -> float | int | None:
 
 
 def _private(header: Dataset, group: int, creator: str, elem: int) -> Any:
-    for block_elem in range(0x10, 0x100):
-        tag = (group << 16) | block_elem
-        if tag not in header:
-            continue
-        if str(header[tag].value).strip() == creator:
-            data_tag = (group << 16) | (block_elem << 8) | elem
-            if data_tag in header:
-                return header[data_tag].value
+    low, high = (group << 16) | 0x0010, (group << 16) | 0x00FF
+    for tag in header.keys():
+        if low <= tag <= high and _first(header, tag) == creator:
+            data_tag = (group << 16) | ((tag & 0xFF) << 8) | elem
+            return header[data_tag].value if data_tag in header else None
     return None
 
 
