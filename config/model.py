@@ -22,6 +22,7 @@ from config.routing import (
     IGNORE,
     DefaultRoute,
     DestinationConfig,
+    PipelineConfig,
     RouteRule,
     SegConfig,
     SendingConfig,
@@ -47,6 +48,7 @@ class SegNodeConfig(BaseModel):
         default_factory=dict, description="Named DICOM destinations that results are sent to."
     )
     sending: SendingConfig = Field(default_factory=SendingConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     seg: SegConfig = Field(default_factory=SegConfig)
     routes: list[RouteRule] = Field(
         default_factory=list, description="Ordered routing rules (see config/routing.py)."

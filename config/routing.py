@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -108,6 +109,39 @@ class SendingConfig(BaseModel):
     dimse_timeout_s: float = Field(default=120.0, gt=0, description="Wait for the C-STORE response.")
     network_timeout_s: float = Field(default=60.0, gt=0, description="Idle network timeout.")
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Default retry policy.")
+
+
+class PipelineConfig(BaseModel):
+    """Where jobs keep their results and how many workers process them (see ``dicom_node/pipeline.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    work_dir: Path = Field(
+        default=Path("work"), description="Folder of per-job working files (label maps, one folder per job)."
+    )
+    outbox_dir: Path = Field(
+        default=Path("outbox"), description="Folder of encoded DICOM objects waiting to be sent (per job)."
+    )
+    conversion_workers: int = Field(
+        default=1, ge=1, le=16, description="Threads that read series from the spool and build volumes."
+    )
+    encode_workers: int = Field(default=1, ge=1, le=16, description="Threads that encode DICOM-SEG objects.")
+    queue_size: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Jobs waiting between two stages (bounded: a full queue holds the stage before it back).",
+    )
+    poll_interval_s: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description="How often the database is checked for new, resumed, retried and due-to-send jobs.",
+    )
+    warm_up: bool = Field(
+        default=True,
+        description="Load the models of inference.default_task at start, not at the first series.",
+    )
 
 
 class DestinationConfig(BaseModel):
