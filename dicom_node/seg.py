@@ -475,6 +475,10 @@ def encode_seg(
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise SegEncodingError(f"{where}: highdicom refused the segmentation: {exc}") from exc
     seg.SeriesDescription = _series_description(volume, algorithm, options)
+    if transfer_syntax != _TS_EXPLICIT_LE and "PixelData" in seg:
+        # Encapsulated Pixel Data must have undefined length (PS3.5 A.4). pydicom fixes this when writing
+        # a file, not when a dataset is encoded for the network (C-STORE): DCMTK aborts on it.
+        seg["PixelData"].is_undefined_length = True
     _restrict_frame_references(seg, volume, position_array)
     _check_references(seg, where)
     number_of_frames = int(seg.NumberOfFrames)

@@ -1,0 +1,304 @@
+"""C-STORE SCU: send SegNode's results to a destination, classify what happened, decide when to retry.
+
+:func:`send_datasets` opens one association, stores each dataset and returns a :class:`SendResult` (it
+does not raise for network or peer failures: those are outcomes the pipeline records). Every returned
+status is checked: Success, Warning (recorded, the object is stored), Failure (classified as retryable or
+not by PS3.4 B.2.3 / PS3.7 C). Association failures are told apart: the peer is unreachable, rejected the
+association (permanently or transiently), accepted no presentation context for the objects, aborted, or
+did not answer.
+
+:func:`next_attempt_at` is the retry policy as a pure function of the attempt count and the clock, so
+that the pipeline can persist the attempt count and the first attempt time and resume after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from config.errors import SegNodeError
+from config.routing import DestinationConfig, RetryConfig, SendingConfig
+
+logger = logging.getLogger(__name__)
+
+#: Uncompressed transfer syntaxes pynetdicom can re-encode between.
+_UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+
+#: Failure statuses that a later attempt will not fix (the object or the request is wrong for the peer):
+#: 0x0122 Refused: SOP Class not supported, 0x0124 Refused: Not authorized, 0xA9xx Error: Data Set does not
+#: match SOP Class, 0xCxxx Error: Cannot understand. Every other failure (0xA7xx Out of Resources,
+#: 0x0110 Processing failure, unknown codes) may be temporary and is retried.
+_PERMANENT_FAILURES = (0x0122, 0x0124)
+
+
+class SendOutcome(StrEnum):
+    """What happened to a send (and the stable reason code the audit log shows)."""
+
+    SUCCESS = "success"
+    #: Stored, with a Warning status (e.g. 0xB000 Coercion of data elements).
+    WARNING = "warning_status"
+    #: The peer answered a C-STORE with a Failure status.
+    FAILURE_STATUS = "failure_status"
+    #: No TCP connection (peer down, port closed, host unknown, connect timeout).
+    PEER_UNREACHABLE = "peer_unreachable"
+    ASSOCIATION_REJECTED = "association_rejected"
+    #: The association was aborted (A-ABORT or A-P-ABORT) before all objects were stored.
+    ASSOCIATION_ABORTED = "association_aborted"
+    #: The peer accepted the association but no presentation context for the objects' SOP class/TS.
+    NO_ACCEPTED_CONTEXT = "no_accepted_context"
+    #: No (valid) response to a C-STORE within the DIMSE timeout.
+    NO_RESPONSE = "no_response"
+
+
+#: Outcomes after which the objects are at the destination.
+DELIVERED = frozenset({SendOutcome.SUCCESS, SendOutcome.WARNING})
+
+
+class SendError(SegNodeError):
+    """A send failed; ``reason`` is the outcome's code and ``result`` holds the details."""
+
+    def __init__(self, result: SendResult) -> None:
+        super().__init__(f"C-STORE to {result.destination}: {result.detail}", reason=str(result.outcome))
+        self.result = result
+
+
+@dataclass(frozen=True)
+class InstanceResult:
+    """The C-STORE of one object."""
+
+    sop_instance_uid: str
+    status: int | None
+    outcome: SendOutcome
+    detail: str
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """The outcome of one send attempt to one destination."""
+
+    destination: str
+    outcome: SendOutcome
+    retryable: bool
+    detail: str
+    instances: tuple[InstanceResult, ...] = field(default=())
+    duration_s: float = 0.0
+
+    @property
+    def delivered(self) -> bool:
+        return self.outcome in DELIVERED
+
+    @property
+    def warnings(self) -> list[InstanceResult]:
+        return [i for i in self.instances if i.outcome is SendOutcome.WARNING]
+
+    def raise_for_failure(self) -> None:
+        if not self.delivered:
+            raise SendError(self)
+
+
+def _status_category(status: int) -> str:
+    from pynetdicom.status import code_to_category
+
+    return str(code_to_category(status))
+
+
+def _describe_status(status: int) -> str:
+    from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
+
+    entry = STORAGE_SERVICE_CLASS_STATUS.get(status)
+    text = f"{entry[0]}: {entry[1]}" if entry else _status_category(status)
+    return f"0x{status:04X} {text}"
+
+
+def failure_is_retryable(status: int) -> bool:
+    """Whether a C-STORE Failure status may go away on a later attempt."""
+    if status in _PERMANENT_FAILURES:
+        return False
+    return not (0xA900 <= status <= 0xA9FF or 0xC000 <= status <= 0xCFFF)
+
+
+def _usable(ds: Dataset) -> set[str]:
+    """Transfer syntaxes a dataset can be sent in (pynetdicom converts between the uncompressed ones)."""
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    return set(_UNCOMPRESSED) if ts in _UNCOMPRESSED else {ts}
+
+
+def _contexts(datasets: Sequence[Dataset]) -> list[tuple[str, list[str]]]:
+    """Presentation contexts to propose: per SOP class, one for the uncompressed syntaxes and one per
+    compressed syntax (the acceptor picks one transfer syntax per context)."""
+    out: list[tuple[str, list[str]]] = []
+    for ds in datasets:
+        ts = str(ds.file_meta.TransferSyntaxUID)
+        wanted = list(_UNCOMPRESSED) if ts in _UNCOMPRESSED else [ts]
+        context = (str(ds.SOPClassUID), wanted)
+        if context not in out:
+            out.append(context)
+    return out
+
+
+def _rejection_detail(assoc: Any) -> tuple[str, bool]:
+    """Text and retryability of an A-ASSOCIATE-RJ (PS3.8 9.3.4: result 1 permanent, 2 transient)."""
+    rj = assoc.acceptor.primitive
+    transient = getattr(rj, "result", None) == 0x02
+    kind = "transient" if transient else "permanent"
+    source = getattr(rj, "source_str", None) or "unknown source"
+    reason = getattr(rj, "reason_str", None) or "no reason given"
+    return f"association rejected ({kind}) by {source}: {reason}", transient
+
+
+def send_datasets(
+    datasets: Sequence[Dataset],
+    destination_name: str,
+    destination: DestinationConfig,
+    sending: SendingConfig,
+) -> SendResult:
+    """Store ``datasets`` (with file meta: their transfer syntax is used) at ``destination`` over one
+    association. Returns the classified result; raises only for programming errors."""
+    from pynetdicom import AE
+
+    started = time.monotonic()
+    where = f"{destination_name} ({destination.ae_title}@{destination.host}:{destination.port})"
+
+    def done(
+        outcome: SendOutcome, retryable: bool, detail: str, instances: list[InstanceResult]
+    ) -> SendResult:
+        result = SendResult(
+            destination=destination_name,
+            outcome=outcome,
+            retryable=retryable and outcome not in DELIVERED,
+            detail=detail,
+            instances=tuple(instances),
+            duration_s=time.monotonic() - started,
+        )
+        log = logger.info if result.delivered else logger.warning
+        log("C-STORE to %s: %s: %s", where, outcome, detail)
+        return result
+
+    if not datasets:
+        return done(SendOutcome.SUCCESS, False, "nothing to send", [])
+    ae = AE(ae_title=destination.calling_ae_title or sending.calling_ae_title)
+    ae.acse_timeout = sending.acse_timeout_s
+    ae.dimse_timeout = sending.dimse_timeout_s
+    ae.network_timeout = sending.network_timeout_s
+    ae.connection_timeout = sending.connect_timeout_s
+    for sop_class, syntaxes in _contexts(datasets):
+        ae.add_requested_context(sop_class, syntaxes)
+    try:
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    except OSError as exc:  # e.g. an unresolvable host name
+        return done(SendOutcome.PEER_UNREACHABLE, True, f"{where}: {exc}", [])
+    if assoc.is_rejected:
+        detail, transient = _rejection_detail(assoc)
+        return done(SendOutcome.ASSOCIATION_REJECTED, transient, f"{where}: {detail}", [])
+    if not assoc.is_established:
+        # pynetdicom marks every failed negotiation as aborted; what the peer answered tells them apart.
+        answer = assoc.acceptor.primitive
+        if answer is None:
+            return done(SendOutcome.PEER_UNREACHABLE, True, f"{where}: connection failed (peer down?)", [])
+        if getattr(answer, "result", None) == 0x00:  # A-ASSOCIATE-AC, but no context usable
+            offered = ", ".join(f"{c} [{', '.join(t)}]" for c, t in _contexts(datasets))
+            detail = f"{where}: the peer accepted no presentation context for {offered}"
+            return done(SendOutcome.NO_ACCEPTED_CONTEXT, False, detail, [])
+        return done(
+            SendOutcome.ASSOCIATION_ABORTED, True, f"{where}: association aborted while negotiating", []
+        )
+
+    instances: list[InstanceResult] = []
+    try:
+        accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
+        for ds in datasets:
+            uid = str(ds.SOPInstanceUID)
+            if not any((str(ds.SOPClassUID), ts) in accepted for ts in _usable(ds)):
+                detail = (
+                    f"{where}: no presentation context accepted for SOP Class {ds.SOPClassUID} in transfer "
+                    f"syntax {ds.file_meta.TransferSyntaxUID}"
+                )
+                instances.append(InstanceResult(uid, None, SendOutcome.NO_ACCEPTED_CONTEXT, detail))
+                return done(SendOutcome.NO_ACCEPTED_CONTEXT, False, detail, instances)
+            sent_at = time.monotonic()
+            response = assoc.send_c_store(ds)
+            status = response.get("Status") if response else None
+            if status is None:
+                # pynetdicom returns an empty response both when the peer aborts and when the DIMSE
+                # timeout expires (it then aborts itself): the time waited tells them apart.
+                waited = time.monotonic() - sent_at
+                if waited >= sending.dimse_timeout_s * 0.95:
+                    detail = f"{where}: no C-STORE response for {uid} within {sending.dimse_timeout_s:g} s"
+                    outcome = SendOutcome.NO_RESPONSE
+                else:
+                    detail = f"{where}: association aborted during C-STORE of {uid}"
+                    outcome = SendOutcome.ASSOCIATION_ABORTED
+                instances.append(InstanceResult(uid, None, outcome, detail))
+                return done(outcome, True, detail, instances)
+            code = int(status)
+            text = _describe_status(code)
+            comment = str(response.get("ErrorComment", "") or "").strip()
+            if comment:
+                text += f" ({comment})"
+            category = _status_category(code)
+            if category == "Success":
+                instances.append(InstanceResult(uid, code, SendOutcome.SUCCESS, text))
+            elif category == "Warning":
+                instances.append(InstanceResult(uid, code, SendOutcome.WARNING, text))
+            else:
+                detail = f"{where}: C-STORE of {uid} failed: {text}"
+                instances.append(InstanceResult(uid, code, SendOutcome.FAILURE_STATUS, detail))
+                return done(SendOutcome.FAILURE_STATUS, failure_is_retryable(code), detail, instances)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    warned = [i for i in instances if i.outcome is SendOutcome.WARNING]
+    if warned:
+        detail = f"stored {len(instances)} object(s), {len(warned)} with warning: {warned[0].detail}"
+        return done(SendOutcome.WARNING, False, detail, instances)
+    return done(SendOutcome.SUCCESS, False, f"stored {len(instances)} object(s)", instances)
+
+
+def retry_policy(destination: DestinationConfig, sending: SendingConfig) -> RetryConfig:
+    """The destination's own retry policy, else the sending default."""
+    return destination.retry or sending.retry
+
+
+def retry_delay_s(policy: RetryConfig, attempts_made: int) -> float:
+    """Wait after the ``attempts_made``-th failed attempt: initial * factor^(n-1), at most max_delay_s."""
+    if attempts_made < 1:
+        raise ValueError("attempts_made counts failed attempts and starts at 1")
+    exponent = attempts_made - 1
+    if policy.factor > 1.0 and exponent * math.log(policy.factor) >= math.log(
+        policy.max_delay_s / policy.initial_delay_s
+    ):
+        return policy.max_delay_s
+    return min(policy.initial_delay_s * policy.factor**exponent, policy.max_delay_s)
+
+
+def next_attempt_at(
+    policy: RetryConfig, attempts_made: int, first_attempt_at: datetime, now: datetime
+) -> datetime | None:
+    """When to try again after ``attempts_made`` failed attempts, or ``None`` to give up.
+
+    Gives up when ``max_attempts`` attempts were made, or when the next attempt would start more than
+    ``max_total_s`` after the first one. Pure: the caller passes the clock.
+    """
+    if policy.max_attempts is not None and attempts_made >= policy.max_attempts:
+        return None
+    at = now + timedelta(seconds=retry_delay_s(policy, attempts_made))
+    if (at - first_attempt_at).total_seconds() > policy.max_total_s:
+        return None
+    return at
+
+
+def decide_retry(
+    result: SendResult, policy: RetryConfig, attempts_made: int, first_attempt_at: datetime, now: datetime
+) -> datetime | None:
+    """Next attempt time for a failed result (``None``: delivered, not retryable, or policy exhausted)."""
+    if result.delivered or not result.retryable:
+        return None
+    return next_attempt_at(policy, attempts_made, first_attempt_at, now)
