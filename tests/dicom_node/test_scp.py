@@ -399,8 +399,12 @@ def test_status_dataset_does_not_match_sop_class(
     request.AffectedSOPInstanceUID = ds.SOPInstanceUID
     request.Priority = 2
     request.DataSet = io.BytesIO(encode(ds, False, True))
+    # pause the requestor's reactor as pynetdicom's own send_c_store does, then exchange the messages
+    assoc._reactor_checkpoint.clear()
+    wait_for(lambda: assoc._is_paused, what="requestor reactor paused")
     assoc.dimse.send_msg(request, context.context_id)
     _cx, response = assoc.dimse.get_msg(block=True)
+    assoc._reactor_checkpoint.set()
     assoc.release()
     assert response is not None
     assert int(response.Status) == status.DATASET_DOES_NOT_MATCH_SOP_CLASS
