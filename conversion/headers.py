@@ -257,38 +257,37 @@ def _enhanced_frames(
     top = _classic_attrs(header)
     frames: list[FrameInfo] = []
     shared_items = _first_items(shared)
+    top_slope = _float(_first(header, 0x00281053), 1.0)
+    top_intercept = _float(_first(header, 0x00281052), 0.0)
     for f in range(n_frames):
         items = dict(shared_items)
         if f < len(per_frame):
             items.update(_first_items(per_frame[f]))
-
-        def item(keyword: str, items: dict[str, Dataset] = items) -> Dataset | None:
-            return items.get(keyword)
-
-        plane_pos = item("PlanePositionSequence")
-        plane_ori = item("PlaneOrientationSequence")
-        measures = item("PixelMeasuresSequence")
-        transform = item("PixelValueTransformationSequence")
-        content = item("FrameContentSequence")
-        frame_type = item("MRImageFrameTypeSequence") or item("CTImageFrameTypeSequence")
-        diffusion = item("MRDiffusionSequence")
-        echo = item("MREchoSequence")
-        cardiac = item("CardiacSynchronizationSequence")
+        empty = Dataset()
+        plane_pos = items.get(0x00209113, empty)
+        plane_ori = items.get(0x00209116, empty)
+        measures = items.get(0x00289110, empty)
+        transform = items.get(0x00289145)
+        content = items.get(0x00209111, empty)
+        frame_type = items.get(0x00189226) or items.get(0x00189329) or empty
+        diffusion = items.get(0x00189117, empty)
+        echo = items.get(0x00189114, empty)
+        cardiac = items.get(0x00189118, empty)
         attrs = dict(top)
-        if frame_type is not None and "FrameType" in frame_type:
-            attrs["image_type"] = "\\".join(str(v) for v in _as_list(frame_type.FrameType))
-        if diffusion is not None and "DiffusionBValue" in diffusion:
+        if _values(frame_type, 0x00089007):
+            attrs["image_type"] = "\\".join(_values(frame_type, 0x00089007))
+        if diffusion.get("DiffusionBValue") is not None:  # FD: binary
             attrs["b_value"] = _number(diffusion.DiffusionBValue)
-        if echo is not None and "EffectiveEchoTime" in echo:
+        if echo.get("EffectiveEchoTime") is not None:  # FD: binary
             attrs["echo_time"] = _number(echo.EffectiveEchoTime)
-        if content is not None:
-            if "TemporalPositionIndex" in content:
-                attrs["temporal_position"] = _int(content.TemporalPositionIndex, 0)
-            if "StackID" in content:
-                attrs["stack_id"] = str(content.StackID)
-            if "FrameAcquisitionNumber" in content:
-                attrs["acquisition_number"] = _int(content.FrameAcquisitionNumber, 0)
-        if cardiac is not None and "NominalCardiacTriggerDelayTime" in cardiac:
+        if content.get("TemporalPositionIndex") is not None:  # UL: binary
+            attrs["temporal_position"] = _int(content.TemporalPositionIndex, 0)
+        stack_id = _first(content, 0x00209056)
+        if stack_id is not None:
+            attrs["stack_id"] = stack_id
+        if content.get("FrameAcquisitionNumber") is not None:  # US: binary
+            attrs["acquisition_number"] = _int(content.FrameAcquisitionNumber, 0)
+        if cardiac.get("NominalCardiacTriggerDelayTime") is not None:  # FD: binary
             attrs["trigger_time"] = _number(cardiac.NominalCardiacTriggerDelayTime)
         frames.append(
             FrameInfo(
@@ -299,25 +298,40 @@ def _enhanced_frames(
                 instance_number=instance_number,
                 rows=rows,
                 columns=columns,
-                orientation=_floats(plane_ori.get("ImageOrientationPatient") if plane_ori else None, 6),
-                position=_floats(plane_pos.get("ImagePositionPatient") if plane_pos else None, 3),
-                pixel_spacing=_spacing(measures.get("PixelSpacing") if measures else None),
-                slope=_float(transform.get("RescaleSlope") if transform else header.get("RescaleSlope"), 1.0),
-                intercept=_float(
-                    transform.get("RescaleIntercept") if transform else header.get("RescaleIntercept"), 0.0
-                ),
+                orientation=_floats(_values(plane_ori, 0x00200037), 6),
+                position=_floats(_values(plane_pos, 0x00200032), 3),
+                pixel_spacing=_spacing(_values(measures, 0x00280030)),
+                slope=top_slope if transform is None else _float(_first(transform, 0x00281053), 1.0),
+                intercept=top_intercept if transform is None else _float(_first(transform, 0x00281052), 0.0),
                 attrs=attrs,
             )
         )
     return frames
 
 
-def _first_items(group: Dataset) -> dict[str, Dataset]:
-    """The first item of every non-empty sequence of a functional group, by keyword."""
-    out: dict[str, Dataset] = {}
-    for elem in group:
-        if elem.VR == "SQ" and elem.value and elem.keyword:
-            out[elem.keyword] = elem.value[0]
+#: Functional group sequences the loader reads (first item of each).
+_FUNCTIONAL_GROUPS = (
+    0x00209113,  # Plane Position Sequence
+    0x00209116,  # Plane Orientation Sequence
+    0x00289110,  # Pixel Measures Sequence
+    0x00289145,  # Pixel Value Transformation Sequence
+    0x00209111,  # Frame Content Sequence
+    0x00189226,  # MR Image Frame Type Sequence
+    0x00189329,  # CT Image Frame Type Sequence
+    0x00189117,  # MR Diffusion Sequence
+    0x00189114,  # MR Echo Sequence
+    0x00189118,  # Cardiac Synchronization Sequence
+)
+
+
+def _first_items(group: Dataset) -> dict[int, Dataset]:
+    """The first item of each functional group sequence the loader reads, by tag."""
+    out: dict[int, Dataset] = {}
+    for tag in _FUNCTIONAL_GROUPS:
+        if tag in group:
+            seq = group[tag].value
+            if seq:
+                out[tag] = seq[0]
     return out
 
 
