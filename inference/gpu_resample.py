@@ -2,8 +2,8 @@
 
 Both reproduce ``scipy.ndimage.zoom`` (``mode="nearest"``, ``grid_mode=False``) arithmetic in float64:
 output index ``k`` samples input coordinate ``x = k * (n_in - 1) / (n_out - 1)``; order 1 weighs the two
-neighbours ``floor(x)`` and ``floor(x) + 1`` (clamped to the edge) with ``1 - f`` and ``f``
-(``f = x - floor(x)``) and sums the 8 corner products ``v * w_0 * w_1 * w_2`` in scipy's order (last axis
+neighbours ``floor(x)`` and ``floor(x) + 1`` (clamped to the edge) with ``w0 = 1 - (x - floor(x))`` and
+``1 - w0`` and sums the 8 corner products ``v * w_0 * w_1 * w_2`` in scipy's order (last axis
 fastest); order 0 takes the neighbour ``round half away from zero`` of ``x`` clamped to the edge. Every
 operation is a separate torch kernel (no fused multiply-add), so CPU and CUDA give the same bits.
 torch is imported lazily.
@@ -28,17 +28,18 @@ def _coords(n_in: int, n_out: int, torch: Any, device: Any) -> Any:
 def _linear_axis(n_in: int, n_out: int, torch: Any, device: Any) -> tuple[Any, Any, Any, Any]:
     x = _coords(n_in, n_out, torch, device)
     lo = torch.floor(x)
-    frac = x - lo
+    w0 = 1.0 - (x - lo)
+    w1 = 1.0 - w0  # scipy makes the weights add up to exactly 1 this way
     i0 = lo.to(torch.int64).clamp(0, n_in - 1)
     i1 = (i0 + 1).clamp(0, n_in - 1)
-    return i0, i1, 1.0 - frac, frac
+    return i0, i1, w0, w1
 
 
 def zoom_linear(data: np.ndarray, out_shape: tuple[int, int, int], device: Any) -> npt.NDArray[np.int32]:
     """Order-1 zoom of ``data`` (3D) to ``out_shape`` on ``device``, cast to int32 (truncation)."""
     import torch
 
-    src = torch.as_tensor(np.asarray(data, dtype=np.float64), device=device)
+    src = torch.as_tensor(np.ascontiguousarray(data, dtype=np.float64), device=device)
     axes = [
         _linear_axis(n_in, n_out, torch, device) for n_in, n_out in zip(data.shape, out_shape, strict=True)
     ]
@@ -67,7 +68,7 @@ def zoom_nearest(labels: np.ndarray, out_shape: tuple[int, int, int], device: An
 
     if tuple(labels.shape) == tuple(out_shape):
         return labels
-    src = torch.as_tensor(labels, device=device)
+    src = torch.as_tensor(np.ascontiguousarray(labels), device=device)
     for axis, (n_in, n_out) in enumerate(zip(labels.shape, out_shape, strict=True)):
         x = _coords(n_in, n_out, torch, device)
         idx = torch.floor(x + 0.5).to(torch.int64).clamp(0, n_in - 1)

@@ -1,0 +1,94 @@
+"""Run the official TotalSegmentator command (the parity and benchmark anchor) offline and privately.
+
+The command runs in a child process exactly as the ``TotalSegmentator`` console script does
+(``totalsegmentator.bin.TotalSegmentator:main`` with the given arguments), with
+
+* ``TOTALSEG_WEIGHTS_PATH`` pointing at a copy of the weights (e.g. the tiny test models);
+* ``TOTALSEG_HOME_DIR`` at a private folder whose ``config.json`` has ``send_usage_stats: false`` (so nothing
+  is posted anywhere) and the statistics disclaimer already shown;
+* one adjustment before ``main()``: nnU-Net's trainer lookup resolves the trainer classes of the MRI models
+  from their modules (``inference.nnunet_models.trainer_class``) instead of importing every trainer module
+  first; the classes are the same. The full scan imports torchvision, which breaks where a CUDA build of
+  torchvision sits next to a CPU build of torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_RUNNER = """
+import sys
+import nnunetv2.utilities.find_objects as find_objects
+from inference.nnunet_models import KNOWN_TRAINERS, trainer_class
+_original = find_objects.recursive_find_trainer_class_by_name
+def _lookup(name):
+    return trainer_class(name) if name in KNOWN_TRAINERS else _original(name)
+find_objects.recursive_find_trainer_class_by_name = _lookup
+from totalsegmentator.bin.TotalSegmentator import main
+sys.argv = ["TotalSegmentator", *sys.argv[1:]]
+sys.exit(main())
+"""
+
+
+def private_home(folder: Path) -> Path:
+    """A TotalSegmentator home folder that never sends usage statistics."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "totalseg_id": "totalseg_SEGNODETEST",
+        "send_usage_stats": False,
+        "prediction_counter": 0,
+        "statistics_disclaimer_shown": True,
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=4))
+    return folder
+
+
+def copy_weights(source: Path, dest: Path) -> Path:
+    """Copy the weights so that the official command cannot touch the repository's files."""
+    if not dest.exists():
+        shutil.copytree(source, dest)
+    return dest
+
+
+def run_totalsegmentator(
+    dicom_dir: Path,
+    out_file: Path,
+    weights_dir: Path,
+    home_dir: Path,
+    *,
+    fast: bool = False,
+    task: str = "total_mr",
+    timeout: float = 900,
+) -> float:
+    """``TotalSegmentator -i DICOM_DIR -o OUT.nii.gz --ml -ta TASK -d cpu [--fast]``; returns wall seconds."""
+    env = dict(os.environ)
+    env["TOTALSEG_WEIGHTS_PATH"] = str(weights_dir)
+    env["TOTALSEG_HOME_DIR"] = str(private_home(home_dir))
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    args = ["-i", str(dicom_dir), "-o", str(out_file), "--ml", "-ta", task, "-d", "cpu"]
+    if fast:
+        args.append("--fast")
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUNNER, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0 or not out_file.is_file():
+        raise RuntimeError(
+            f"TotalSegmentator failed (exit {proc.returncode}) on {dicom_dir}:\n{proc.stdout[-3000:]}\n"
+            f"{proc.stderr[-3000:]}"
+        )
+    return elapsed
