@@ -27,7 +27,9 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "models",
         help="list, download, import and check model weights",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        description="List, download, import and check the model weights of the segmentation tasks. SegNode "
+        "sends no usage statistics: `download` contacts only the configured download location "
+        "(TotalSegmentator's release or licence server by default); `import` works without network.",
     )
     actions = parser.add_subparsers(dest="models_command", metavar="ACTION")
     actions.required = True
