@@ -200,7 +200,8 @@ def load_config_text(text: str, name: str, environ: Mapping[str, str] | None = N
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise ConfigError([f"{name}: {where}{exc.problem or exc.context}"]) from exc
+        kind = "" if isinstance(exc, yaml.constructor.ConstructorError) else "YAML syntax error: "
+        raise ConfigError([f"{name}: {where}{kind}{exc.problem or exc.context}"]) from exc
     except yaml.YAMLError as exc:
         raise ConfigError([f"{name}: not valid YAML: {exc}"]) from exc
     return parse_config(data, name, environ)
