@@ -368,12 +368,15 @@ def diffusion_b_value(header: Dataset) -> float | int | None:
     """The b-value: standard (0018,9087), then Siemens (0019,xx0C), GE (0043,xx39), Philips (2001,xx03)."""
     if header.get("DiffusionBValue") not in (None, ""):  # FD: binary, read through pydicom
         return _number(header.DiffusionBValue)
+    blocks = _private_blocks(header)
     for group, creator, elem in (
         (0x0019, "SIEMENS MR HEADER", 0x0C),
         (0x0043, "GEMS_PARM_01", 0x39),
         (0x2001, "Philips Imaging DD 001", 0x03),
     ):
-        value = _private(header, group, creator, elem)
+        block = blocks.get((group, creator))
+        data_tag = (group << 16) | (block << 8) | elem if block is not None else None
+        value = header[data_tag].value if data_tag is not None and data_tag in header else None
         if value is None:
             continue
         if isinstance(value, bytes):
@@ -390,13 +393,20 @@ def diffusion_b_value(header: Dataset) -> float | int | None:
     return None
 
 
-def _private(header: Dataset, group: int, creator: str, elem: int) -> Any:
-    low, high = (group << 16) | 0x0010, (group << 16) | 0x00FF
+#: Groups of the private b-value elements and their private creators.
+_B_VALUE_GROUPS = (0x0019, 0x0043, 0x2001)
+
+
+def _private_blocks(header: Dataset) -> dict[tuple[int, str], int]:
+    """Private creator blocks of the b-value groups: (group, creator) -> block number (0x10-0xFF)."""
+    out: dict[tuple[int, str], int] = {}
     for tag in header.keys():
-        if low <= tag <= high and _first(header, tag) == creator:
-            data_tag = (group << 16) | ((tag & 0xFF) << 8) | elem
-            return header[data_tag].value if data_tag in header else None
-    return None
+        t = int(tag)
+        if t >> 16 in _B_VALUE_GROUPS and 0x10 <= (t & 0xFFFF) <= 0xFF:
+            creator = _first(header, t)
+            if creator is not None:
+                out[(t >> 16, creator)] = t & 0xFF
+    return out
 
 
 def _as_list(value: Any) -> list[Any]:
