@@ -153,3 +153,53 @@ def test_nibabel_and_simpleitk_views_agree_with_the_volume() -> None:
         world_lps = (volume.affine @ np.array([*ijk, 1.0]))[:3]
         np.testing.assert_allclose(image.TransformIndexToPhysicalPoint(ijk), world_lps, atol=1e-6)
         assert image[ijk] == volume.voxels[ijk]
+
+
+def _two_copies(change: dict[str, tuple[object, object]]) -> list[pydicom.Dataset]:
+    """The PD series twice at the same positions, the copies differing only in ``change``."""
+    files = series_files(PD)
+    out = []
+    for copy_index in (0, 1):
+        for f in files:
+            ds = pydicom.dcmread(f)
+            if copy_index:
+                ds.SOPInstanceUID = ds.SOPInstanceUID + ".1"
+            for keyword, values in change.items():
+                setattr(ds, keyword, values[copy_index])
+            out.append(ds)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "labels"),
+    [
+        ({"EchoNumbers": (1, 2), "EchoTime": (2.2, 4.4)}, "echo_number", ["echo 1", "echo 2"]),
+        (
+            {"TemporalPositionIdentifier": (1, 2)},
+            "temporal_position",
+            ["temporal position 1", "temporal position 2"],
+        ),
+        (
+            {"ImageType": (["DERIVED", "PRIMARY", "DIXON", "WATER"], ["DERIVED", "PRIMARY", "DIXON", "FAT"])},
+            "image_type",
+            ["ImageType DERIVED\\PRIMARY\\DIXON\\FAT", "ImageType DERIVED\\PRIMARY\\DIXON\\WATER"],
+        ),
+        ({"AcquisitionNumber": (3, 4)}, "acquisition_number", ["acquisition 3", "acquisition 4"]),
+        ({"DiffusionBValue": (0.0, 1000.0)}, "b_value", ["b=0", "b=1000"]),
+    ],
+)
+def test_stacks_at_the_same_positions_are_told_apart_by_the_attribute_that_differs(
+    change: dict[str, tuple[object, object]], key: str, labels: list[str]
+) -> None:
+    volumes = load_series(_two_copies(change))
+    assert [list(v.stack_key) for v in volumes] == [[key], [key]]
+    assert [v.stack_label for v in volumes] == labels
+    assert all(v.shape == (128, 128, 16) for v in volumes)
+
+
+def test_ge_private_b_value() -> None:
+    datasets = _two_copies({})
+    for n, ds in enumerate(datasets):
+        block = ds.private_block(0x0043, "GEMS_PARM_01", create=True)
+        block.add_new(0x39, "IS", ["1000000000", "8", "0", "0"] if n < 16 else ["1000001000", "8", "0", "0"])
+    assert [v.stack_key for v in load_series(datasets)] == [{"b_value": 0}, {"b_value": 1000}]
