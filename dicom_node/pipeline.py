@@ -1,10 +1,676 @@
-"""Job pipeline: moves a completed series' jobs through conversion, segmentation, encoding and sending.
+"""The job pipeline's stages: routing and conversion, segmentation, encoding (sending: ``dicom_node.outbox``).
 
-Work in progress; the stages and workers land in the following commits.
+A job (one per completed series and matched route) moves through ``queued -> converting -> segmenting ->
+encoding -> sending -> done`` or ends ``failed`` with the stage and a stable reason code
+(``dicom_node.jobs.TRANSITIONS``). A job's state is the stage whose result is still missing: a job in
+``segmenting`` has been routed and converted and waits for (or is in) inference. Each stage is a plain
+function that reads what it needs by job id from the database and the spool and records its result:
+
+* **converting** (:func:`convert_stage`): routes the series on its first run (the rule name is stored on
+  the job; further matching rules of a fan-out get their own job, an ``ignore`` ends the job as cancelled
+  with reason ``route_ignore``), reads the instances from the spool and builds the stacks the route selects.
+  Volumes stay in memory; after a restart they are built again from the spool (:func:`reload_volumes`).
+* **segmenting** (:func:`segment_stage`): each selected stack x task through the warm engine; label maps are
+  saved as ``.npy`` in the job's work folder (``<work_dir>/<job id>/``) and listed in ``Job.outputs``.
+* **encoding** (:func:`encode_stage`): one DICOM-SEG per label map and Segmentation Type, written atomically
+  to ``<outbox_dir>/<job id>/``, validated, and one delivery per destination (``dicom_node.outbox``).
+
+Each stage's start, end and duration are kept in ``Job.stage_timings`` (JSON) for ``segnode jobs show`` and
+the end-to-end benchmark. The worker threads that run the stages are in ``dicom_node.workers``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import socket
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+
+from config.errors import SegNodeError
+from config.model import SegNodeConfig
+from config.routing import RouteAction
+from conversion.volume import Volume
+from dicom_node.audit import AuditLog
+from dicom_node.db import Database
+from dicom_node.jobs import JobState, JobStore
+from dicom_node.models import Association, Instance, Job
+from dicom_node.routing import DEFAULT_ROUTE_NAME, SeriesFacts, plan_outputs, route_series, select_stacks
+from dicom_node.uids import path_safe_uid
 
 logger = logging.getLogger(__name__)
+
+#: Algorithm name written in the SEG's Algorithm Identification.
+ALGORITHM_NAME = "TotalSegmentator"
+
+
+class PipelineError(SegNodeError):
+    """A job cannot go on; ``reason`` is the stable code recorded as the job's failure reason."""
+
+    reason = "pipeline_error"
+
+
+class EngineLike(Protocol):
+    """What the segmentation stage needs of ``inference.engine.Engine``."""
+
+    def segment(
+        self,
+        voxels: np.ndarray,
+        affine_lps: npt.NDArray[np.float64],
+        task: str = ...,
+        fast: bool = ...,
+        fastest: bool = ...,
+        roi_subset: Sequence[str] | None = ...,
+    ) -> Any: ...
+
+
+@dataclass
+class PipelineContext:
+    """Everything the stages need: configuration, audit log, job store and the folders."""
+
+    config: SegNodeConfig
+    audit: AuditLog
+    jobs: JobStore
+    spool_root: Path
+    work_root: Path
+    outbox_root: Path
+
+    @classmethod
+    def create(cls, config: SegNodeConfig, audit: AuditLog, jobs: JobStore) -> PipelineContext:
+        return cls(
+            config=config,
+            audit=audit,
+            jobs=jobs,
+            spool_root=Path(config.storage.spool_dir),
+            work_root=Path(config.pipeline.work_dir),
+            outbox_root=Path(config.pipeline.outbox_dir),
+        )
+
+    @property
+    def db(self) -> Database:
+        return self.audit.db
+
+    def now(self) -> datetime:
+        return self.audit.clock()
+
+    def work_dir(self, job_id: int) -> Path:
+        return self.work_root / str(int(job_id))
+
+    def outbox_dir(self, job_id: int) -> Path:
+        return self.outbox_root / str(int(job_id))
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """A routed job: the rule whose action it carries out."""
+
+    job_id: int
+    series_instance_uid: str
+    study_instance_uid: str
+    route: str
+    action: RouteAction
+
+
+@dataclass
+class Converted:
+    """The result of conversion, handed in memory to the next stage."""
+
+    plan: JobPlan
+    volumes: list[Volume]
+
+
+@dataclass(frozen=True)
+class LabelMapRecord:
+    """One saved label map (``Job.outputs['label_maps']``)."""
+
+    file: str
+    stack_index: int
+    stack_label: str
+    task: str
+    mode: str
+    fast: bool
+    roi_subset: list[str] | None
+    class_map: dict[str, str]
+    models: list[dict[str, Any]]
+    device: str
+    timings: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def of(cls, data: Mapping[str, Any]) -> LabelMapRecord:
+        return cls(**dict(data))
+
+
+@dataclass(frozen=True)
+class SegOutput:
+    """One encoded SEG in the outbox and the destinations it goes to (``Job.outputs['seg']``)."""
+
+    file: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    segmentation_type: str
+    destinations: list[str]
+    task: str
+    stack_index: int
+    label_map: str
+    number_of_frames: int
+    segments: int
+    validation_warnings: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def of(cls, data: Mapping[str, Any]) -> SegOutput:
+        return cls(**dict(data))
+
+
+@dataclass
+class StageTimer:
+    """Measures one run of a stage; :func:`record_stage_timing` stores it."""
+
+    stage: str
+    started_at: datetime
+    start: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------- job rows
+
+
+def _job_row(ctx: PipelineContext, job_id: int) -> Job:
+    with ctx.db.read() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise PipelineError(f"job {job_id} does not exist", reason="job_not_found")
+        session.expunge(job)
+        return job
+
+
+def job_outputs(ctx: PipelineContext, job_id: int) -> dict[str, Any]:
+    raw = _job_row(ctx, job_id).outputs
+    data: dict[str, Any] = json.loads(raw) if raw else {}
+    return data
+
+
+def update_outputs(ctx: PipelineContext, job_id: int, key: str, value: Any) -> None:
+    """Set ``Job.outputs[key]`` (one transaction)."""
+    with ctx.db.write() as session:
+        job = session.get_one(Job, job_id)
+        data = json.loads(job.outputs) if job.outputs else {}
+        data[key] = value
+        job.outputs = json.dumps(data, sort_keys=True)
+
+
+@contextmanager
+def timed_stage(ctx: PipelineContext, job_id: int, stage: str) -> Iterator[StageTimer]:
+    """Time the body and store the stage's start, end and duration on the job (also when it fails)."""
+    import time
+
+    timer = StageTimer(stage, ctx.now(), time.perf_counter())
+    ok = False
+    try:
+        yield timer
+        ok = True
+    finally:
+        seconds = time.perf_counter() - timer.start
+        record_stage_timing(ctx, job_id, timer, seconds, ok)
+
+
+def record_stage_timing(
+    ctx: PipelineContext, job_id: int, timer: StageTimer, seconds: float, ok: bool
+) -> None:
+    entry: dict[str, Any] = {
+        "started_at": timer.started_at.isoformat(),
+        "ended_at": ctx.now().isoformat(),
+        "seconds": round(seconds, 4),
+        "ok": ok,
+    }
+    entry.update(timer.extra)
+    with ctx.db.write() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return
+        timings = json.loads(job.stage_timings) if job.stage_timings else {}
+        runs = timings.setdefault("runs", [])
+        runs.append({"stage": timer.stage, **entry})
+        timings[timer.stage] = entry
+        job.stage_timings = json.dumps(timings, sort_keys=True)
+
+
+def fail_job(ctx: PipelineContext, job_id: int, exc: BaseException) -> None:
+    """Move a job to ``failed`` with the error's reason code and message."""
+    reason = exc.reason if isinstance(exc, SegNodeError) else "internal_error"
+    message = exc.message if isinstance(exc, SegNodeError) else f"{type(exc).__name__}: {exc}"
+    logger.warning("job %d failed: [%s] %s", job_id, reason, message)
+    ctx.jobs.transition(job_id, JobState.failed, reason=reason, detail=message[:2000])
+
+
+# ---------------------------------------------------------------------------------------- converting
+
+
+@dataclass(frozen=True)
+class SeriesInput:
+    """The instances of a job's series read from the spool, and the AE titles they arrived with."""
+
+    datasets: list[Dataset]
+    called_ae_title: str
+    calling_ae_title: str
+
+
+def read_series(ctx: PipelineContext, job: Job) -> SeriesInput:
+    """Read every stored instance of the job's series from the spool (pixel data included)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    with ctx.db.read() as session:
+        rows = list(
+            session.execute(
+                select(Instance.spool_path, Instance.received_at, Instance.association_id)
+                .where(Instance.series_instance_uid == job.series_instance_uid)
+                .order_by(Instance.received_at, Instance.sop_instance_uid)
+            )
+        )
+        last_association = next((r.association_id for r in reversed(rows) if r.association_id), None)
+        called = calling = ""
+        if last_association is not None:
+            assoc = session.get(Association, last_association)
+            if assoc is not None:
+                called, calling = assoc.called_ae_title, assoc.calling_ae_title
+    if not rows:
+        raise PipelineError(
+            f"series {job.series_instance_uid}: no stored instances in the audit database",
+            reason="no_instances",
+        )
+    datasets: list[Dataset] = []
+    for row in rows:
+        path = ctx.spool_root / row.spool_path
+        try:
+            datasets.append(pydicom.dcmread(path))
+        except FileNotFoundError as exc:
+            raise PipelineError(
+                f"series {job.series_instance_uid}: spool file {path} is missing", reason="spool_file_missing"
+            ) from exc
+        except (InvalidDicomError, OSError) as exc:
+            raise PipelineError(
+                f"series {job.series_instance_uid}: spool file {path} cannot be read: {exc}",
+                reason="spool_file_unreadable",
+            ) from exc
+    return SeriesInput(datasets, called, calling)
+
+
+def action_of(ctx: PipelineContext, route: str) -> RouteAction:
+    """The action of a route by name (the configuration may have changed since the job was routed)."""
+    if route == DEFAULT_ROUTE_NAME:
+        return ctx.config.default_route
+    for rule in ctx.config.routes:
+        if rule.name == route:
+            return rule.action
+    raise PipelineError(
+        f"route {route!r} of the job is no longer in the configuration (routes: "
+        f"{', '.join(r.name for r in ctx.config.routes) or 'none'})",
+        reason="route_missing",
+    )
+
+
+def route_job(ctx: PipelineContext, job: Job, series: SeriesInput) -> JobPlan | None:
+    """Route a job's series: the job takes the first matching action; each further action of a fan-out
+    becomes a new ``queued`` job of the same series; an ``ignore`` cancels the job (reason ``route_ignore``).
+    """
+    facts = SeriesFacts.from_headers(series.datasets, series.called_ae_title, series.calling_ae_title)
+    decision = route_series(facts, ctx.config.routes, ctx.config.default_route)
+    explanation = "; ".join(
+        f"{ev.name}: {'matched' if ev.matched else 'no match'} ({ev.explain()})"
+        for ev in decision.evaluations
+        if ev.reached
+    )
+    if decision.ignored:
+        with ctx.db.write() as session:
+            ctx.audit.add_event(
+                session,
+                "series_ignored",
+                "info",
+                "route_ignore",
+                job_id=job.id,
+                study=job.study_instance_uid,
+                series=job.series_instance_uid,
+                detail=f"{decision.summary()}; {explanation}"[:4000],
+            )
+        ctx.jobs.transition(job.id, JobState.cancelled, reason="route_ignore", detail=decision.summary())
+        return None
+    first, *others = decision.actions
+    with ctx.db.write() as session:
+        row = session.get_one(Job, job.id)
+        row.route = first.rule
+        ctx.audit.add_event(
+            session,
+            "job_routed",
+            "success",
+            first.rule,
+            job_id=job.id,
+            study=job.study_instance_uid,
+            series=job.series_instance_uid,
+            detail=f"{decision.summary()}; {explanation}"[:4000],
+        )
+        for extra in others:
+            now = ctx.now()
+            sibling = Job(
+                series_instance_uid=job.series_instance_uid,
+                study_instance_uid=job.study_instance_uid,
+                state=JobState.queued.value,
+                route=extra.rule,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(sibling)
+            session.flush()
+            ctx.audit.add_event(
+                session,
+                "job_created",
+                "success",
+                f"fan-out of job {job.id} to route {extra.rule}",
+                job_id=sibling.id,
+                study=job.study_instance_uid,
+                series=job.series_instance_uid,
+                detail="state queued",
+            )
+    return JobPlan(job.id, job.series_instance_uid, job.study_instance_uid, first.rule, first.action)
+
+
+def _volumes(ctx: PipelineContext, plan: JobPlan, series: SeriesInput) -> list[Volume]:
+    from conversion import load_series
+
+    volumes = load_series(series.datasets)
+    selected = select_stacks(volumes, plan.action)
+    if not selected:
+        labels = ", ".join(v.stack_label or f"stack {n + 1}" for n, v in enumerate(volumes))
+        raise PipelineError(
+            f"series {plan.series_instance_uid}: route {plan.route!r} selects none of its stacks ({labels})",
+            reason="no_stack_selected",
+        )
+    return selected
+
+
+def convert_stage(ctx: PipelineContext, job_id: int) -> Converted | None:
+    """Route (first run only) and convert a job in ``converting``; ``None`` when the route ignores it."""
+    job = _job_row(ctx, job_id)
+    series = read_series(ctx, job)
+    if job.route is None:
+        plan = route_job(ctx, job, series)
+        if plan is None:
+            return None
+    else:
+        plan = JobPlan(
+            job.id, job.series_instance_uid, job.study_instance_uid, job.route, action_of(ctx, job.route)
+        )
+    volumes = _volumes(ctx, plan, series)
+    logger.info(
+        "job %d: %d stack(s) of series %s to segment (route %s)",
+        job_id,
+        len(volumes),
+        plan.series_instance_uid,
+        plan.route,
+    )
+    return Converted(plan, volumes)
+
+
+def reload_volumes(ctx: PipelineContext, job_id: int) -> Converted:
+    """Rebuild the volumes of a routed job from the spool (a job resumed after a restart)."""
+    job = _job_row(ctx, job_id)
+    if job.route is None:
+        raise PipelineError(f"job {job_id} has not been routed", reason="not_routed")
+    plan = JobPlan(
+        job.id, job.series_instance_uid, job.study_instance_uid, job.route, action_of(ctx, job.route)
+    )
+    return Converted(plan, _volumes(ctx, plan, read_series(ctx, job)))
+
+
+# ---------------------------------------------------------------------------------------- segmenting
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(target: Path, write: Callable[[Any], None]) -> Path:
+    """Write a file through ``write(file object)`` to a temporary name, fsync, then rename into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def _save_npy(array: npt.NDArray[Any], fh: Any) -> None:
+    np.save(fh, array, allow_pickle=False)
+
+
+def _save_dicom(dataset: Dataset, fh: Any) -> None:
+    dataset.save_as(fh, enforce_file_format=True)
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)[:40] or "task"
+
+
+def segment_stage(ctx: PipelineContext, converted: Converted, engine: EngineLike) -> list[LabelMapRecord]:
+    """Segment each selected stack with each task of the route; save the label maps and list them."""
+    plan = converted.plan
+    folder = ctx.work_dir(plan.job_id)
+    records: list[LabelMapRecord] = []
+    for index, volume in enumerate(converted.volumes):
+        for task in plan.action.tasks:
+            result = engine.segment(
+                volume.voxels,
+                volume.affine,
+                task=task.name,
+                fast=task.fast,
+                roi_subset=task.roi_subset,
+            )
+            labels = np.ascontiguousarray(result.labels)
+            if labels.shape != volume.shape:
+                raise PipelineError(
+                    f"job {plan.job_id}: label map shape {labels.shape} != stack shape {volume.shape}",
+                    reason="label_map_shape",
+                )
+            name = f"labels_{index + 1}_{_safe_name(task.name)}{'_fast' if task.fast else ''}.npy"
+            atomic_write(folder / name, partial(_save_npy, labels))
+            records.append(
+                LabelMapRecord(
+                    file=name,
+                    stack_index=index,
+                    stack_label=volume.stack_label,
+                    task=str(result.task),
+                    mode=str(result.mode),
+                    fast=task.fast,
+                    roi_subset=list(result.roi_subset) if result.roi_subset else None,
+                    class_map={str(k): str(v) for k, v in sorted(result.class_map.items())},
+                    models=[dict(vars(m)) for m in result.models],
+                    device=str(result.device),
+                    timings={k: round(float(v), 4) for k, v in result.timings.items()},
+                )
+            )
+            for event in result.events:
+                ctx.audit.event(
+                    "inference_event",
+                    "info",
+                    event[:255],
+                    job_id=plan.job_id,
+                    study=plan.study_instance_uid,
+                    series=plan.series_instance_uid,
+                )
+    update_outputs(ctx, plan.job_id, "label_maps", [r.to_json() for r in records])
+    return records
+
+
+def load_label_map(ctx: PipelineContext, job_id: int, record: LabelMapRecord) -> npt.NDArray[np.uint8]:
+    path = ctx.work_dir(job_id) / record.file
+    try:
+        data: npt.NDArray[np.uint8] = np.load(path, allow_pickle=False)
+    except FileNotFoundError as exc:
+        raise PipelineError(f"job {job_id}: label map {path} is missing", reason="label_map_missing") from exc
+    return data
+
+
+# ------------------------------------------------------------------------------------------ encoding
+
+
+def _software_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("segnode")
+    except PackageNotFoundError:
+        return "0"
+
+
+def seg_options(ctx: PipelineContext, segmentation_type: str) -> Any:
+    """The SEG encoding options from the ``seg`` configuration section."""
+    from dicom_node.seg import Compression, SegmentationType, SegOptions
+
+    seg = ctx.config.seg
+    identity = json.dumps(
+        {
+            "series_description": seg.series_description,
+            "series_number": seg.series_number,
+            "series_number_offset": seg.series_number_offset,
+            "manufacturer": seg.manufacturer,
+        },
+        sort_keys=True,
+    )
+    return SegOptions(
+        segmentation_type=SegmentationType(segmentation_type),
+        compression=Compression(seg.compression),
+        series_description=seg.series_description,
+        series_number=seg.series_number,
+        series_number_offset=seg.series_number_offset,
+        manufacturer=seg.manufacturer,
+        manufacturer_model_name="SegNode",
+        software_version=_software_version(),
+        device_serial_number=seg.device_serial_number or socket.gethostname()[:64],
+        uid_root=seg.uid_root,
+        config_fingerprint=hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16],
+    )
+
+
+def algorithm_info(record: LabelMapRecord) -> Any:
+    """Algorithm Identification of a label map: task, reference version, models and their checkpoints."""
+    from dicom_node.seg import AlgorithmInfo
+    from inference.registry import TOTALSEGMENTATOR_REFERENCE_VERSION
+
+    parameters = {
+        "mode": record.mode,
+        "models": ",".join(str(m["dataset_id"]) for m in record.models),
+        "checkpoints": ",".join(str(m["checkpoint_sha256"])[:12] for m in record.models),
+    }
+    if record.roi_subset:
+        parameters["roi_subset"] = ",".join(record.roi_subset)
+    return AlgorithmInfo(
+        name=ALGORITHM_NAME,
+        task=record.task,
+        version=TOTALSEGMENTATOR_REFERENCE_VERSION,
+        parameters=parameters,
+    )
+
+
+def _validate(ctx: PipelineContext, path: Path) -> int:
+    """dciodvfy per ``seg.validate_with_dciodvfy``; returns the number of warnings."""
+    import shutil
+
+    from dicom_node.seg import validate_with_dciodvfy
+
+    mode = ctx.config.seg.validate_with_dciodvfy
+    if mode == "never" or (mode == "auto" and shutil.which("dciodvfy") is None):
+        return 0
+    return len(validate_with_dciodvfy(path).warnings)
+
+
+def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
+    """Encode every saved label map as DICOM-SEG (one per Segmentation Type the destinations want), write
+    it atomically to the job's outbox and return the outputs (also stored in ``Job.outputs['seg']``)."""
+    from dicom_node.seg import EmptySegmentationError, encode_seg, segments_from_catalog
+
+    plan = converted.plan
+    records = [LabelMapRecord.of(r) for r in job_outputs(ctx, plan.job_id).get("label_maps", [])]
+    if not records:
+        raise PipelineError(f"job {plan.job_id}: no label maps recorded", reason="label_map_missing")
+    outputs: list[SegOutput] = []
+    folder = ctx.outbox_dir(plan.job_id)
+    for record in records:
+        if record.stack_index >= len(converted.volumes):
+            raise PipelineError(
+                f"job {plan.job_id}: label map {record.file} is for stack {record.stack_index + 1}, "
+                f"the series now has {len(converted.volumes)} selected stack(s)",
+                reason="stack_mismatch",
+            )
+        volume = converted.volumes[record.stack_index]
+        labels = load_label_map(ctx, plan.job_id, record)
+        segments = segments_from_catalog(record.task)
+        algorithm = algorithm_info(record)
+        for target in plan_outputs(plan.action, ctx.config.destinations):
+            options = seg_options(ctx, str(target.segmentation_type))
+            try:
+                encoded = encode_seg(volume, labels, segments, algorithm, options)
+            except EmptySegmentationError as exc:
+                ctx.audit.event(
+                    "seg_skipped",
+                    "info",
+                    exc.reason,
+                    job_id=plan.job_id,
+                    study=plan.study_instance_uid,
+                    series=plan.series_instance_uid,
+                    detail=exc.message,
+                )
+                break
+            name = f"{path_safe_uid(encoded.sop_instance_uid, 'SEG SOP Instance UID')}.dcm"
+            dataset = encoded.dataset
+            path = atomic_write(folder / name, partial(_save_dicom, dataset))
+            warnings = _validate(ctx, path)
+            outputs.append(
+                SegOutput(
+                    file=name,
+                    sop_instance_uid=encoded.sop_instance_uid,
+                    series_instance_uid=encoded.series_instance_uid,
+                    segmentation_type=str(target.segmentation_type),
+                    destinations=list(target.destinations),
+                    task=record.task,
+                    stack_index=record.stack_index,
+                    label_map=record.file,
+                    number_of_frames=encoded.number_of_frames,
+                    segments=len(encoded.segment_labels),
+                    validation_warnings=warnings,
+                )
+            )
+    update_outputs(ctx, plan.job_id, "seg", [o.to_json() for o in outputs])
+    return outputs
+
+
+def seg_outputs(ctx: PipelineContext, job_id: int) -> list[SegOutput]:
+    return [SegOutput.of(o) for o in job_outputs(ctx, job_id).get("seg", [])]

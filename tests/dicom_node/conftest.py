@@ -28,6 +28,7 @@ def start_node() -> Iterator[Callable[..., NodeService]]:
 
     def start(config: SegNodeConfig, **kwargs: Any) -> NodeService:
         kwargs.setdefault("completion_interval_s", 0)
+        kwargs.setdefault("process_jobs", False)  # receiving tests check jobs stay queued
         service = NodeService(config, **kwargs)
         service.start()
         started.append(service)

@@ -1,0 +1,295 @@
+"""Sending a job's results: one persisted delivery per destination, attempts with back-off, job settlement.
+
+After encoding, :func:`open_deliveries` creates a ``pending`` delivery per destination of the job's SEG
+objects and moves the job to ``sending``. :func:`attempt_delivery` sends the destination's objects from the
+job's outbox folder with ``dicom_node.sender.send_datasets`` and records the attempt on the delivery row
+(attempt count, first/last attempt time, outcome, the peer's statuses, a warning status) and as a
+``send_attempt`` audit event; a failed attempt gets its next attempt time from the destination's retry
+policy, or the delivery ``failed`` when the policy is exhausted or the failure is permanent.
+:func:`settle_job` ends the job: ``done`` when every delivery is delivered, ``failed`` (stage ``sending``,
+reason = the outcome code of the failed delivery) when none is pending any more and one failed.
+All state is in the database, so retries continue after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+
+from config.routing import DestinationConfig, SendingConfig
+from dicom_node.jobs import JobState
+from dicom_node.models import Delivery, Job
+from dicom_node.pipeline import PipelineContext, PipelineError, SegOutput, seg_outputs
+from dicom_node.sender import SendResult, decide_retry, retry_policy, send_datasets
+
+logger = logging.getLogger(__name__)
+
+#: Delivery states.
+PENDING, DELIVERED, FAILED, CANCELLED = "pending", "delivered", "failed", "cancelled"
+
+SendFunction = Callable[[Sequence[Dataset], str, DestinationConfig, SendingConfig], SendResult]
+
+
+@dataclass(frozen=True)
+class DeliveryInfo:
+    """A snapshot of a delivery row."""
+
+    id: int
+    job_id: int
+    destination: str
+    state: str
+    attempts: int
+    first_attempt_at: datetime | None
+    last_attempt_at: datetime | None
+    next_attempt_at: datetime | None
+    last_outcome: str | None
+    last_status: str | None
+    warning: str | None
+
+    @classmethod
+    def of(cls, row: Delivery) -> DeliveryInfo:
+        return cls(
+            id=row.id,
+            job_id=row.job_id,
+            destination=row.destination,
+            state=row.state,
+            attempts=row.attempts,
+            first_attempt_at=row.first_attempt_at,
+            last_attempt_at=row.last_attempt_at,
+            next_attempt_at=row.next_attempt_at,
+            last_outcome=row.last_outcome,
+            last_status=row.last_status,
+            warning=row.warning,
+        )
+
+
+def open_deliveries(ctx: PipelineContext, job_id: int, outputs: Sequence[SegOutput]) -> list[str]:
+    """Create (or reset, when encoding ran again) a pending delivery per destination of ``outputs`` and move
+    the job to ``sending``. Returns the destination names. A job without outputs goes straight to ``done``."""
+    names = list(dict.fromkeys(name for output in outputs for name in output.destinations))
+    now = ctx.now()
+    with ctx.db.write() as session:
+        existing = {
+            d.destination: d for d in session.scalars(select(Delivery).where(Delivery.job_id == job_id))
+        }
+        for name in names:
+            row = existing.get(name)
+            if row is None:
+                session.add(Delivery(job_id=job_id, destination=name, state=PENDING, attempts=0))
+            elif row.state != DELIVERED:
+                row.state = PENDING
+                row.next_attempt_at = now
+    ctx.jobs.transition(job_id, JobState.sending, detail=f"to {', '.join(names)}" if names else None)
+    if not names:
+        ctx.jobs.transition(
+            job_id, JobState.done, reason="empty_segmentation", detail="no structure found; nothing to send"
+        )
+    return names
+
+
+def deliveries_of(ctx: PipelineContext, job_id: int) -> list[DeliveryInfo]:
+    with ctx.db.read() as session:
+        rows = session.scalars(select(Delivery).where(Delivery.job_id == job_id).order_by(Delivery.id))
+        return [DeliveryInfo.of(r) for r in rows]
+
+
+def due_deliveries(ctx: PipelineContext, now: datetime | None = None) -> list[int]:
+    """Pending deliveries of jobs in ``sending`` whose next attempt time has come, oldest job first."""
+    now = ctx.now() if now is None else now
+    with ctx.db.read() as session:
+        rows = session.execute(
+            select(Delivery.id, Delivery.next_attempt_at)
+            .join(Job, Job.id == Delivery.job_id)
+            .where(Delivery.state == PENDING, Job.state == JobState.sending.value)
+            .order_by(Delivery.job_id, Delivery.id)
+        )
+        return [r.id for r in rows if r.next_attempt_at is None or r.next_attempt_at <= now]
+
+
+def next_due_at(ctx: PipelineContext) -> datetime | None:
+    """The earliest next attempt time of a pending delivery (for the sender's sleep)."""
+    with ctx.db.read() as session:
+        rows = session.scalars(
+            select(Delivery.next_attempt_at)
+            .join(Job, Job.id == Delivery.job_id)
+            .where(Delivery.state == PENDING, Job.state == JobState.sending.value)
+        )
+        times = [t for t in rows if t is not None]
+    return min(times) if times else None
+
+
+def _datasets(ctx: PipelineContext, job_id: int, destination: str) -> list[Dataset]:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    out: list[Dataset] = []
+    for output in seg_outputs(ctx, job_id):
+        if destination not in output.destinations:
+            continue
+        path = ctx.outbox_dir(job_id) / output.file
+        try:
+            out.append(pydicom.dcmread(path))
+        except FileNotFoundError as exc:
+            raise PipelineError(
+                f"job {job_id}: outbox file {path} is missing", reason="outbox_file_missing"
+            ) from exc
+        except (InvalidDicomError, OSError) as exc:
+            raise PipelineError(
+                f"job {job_id}: outbox file {path} cannot be read: {exc}", reason="outbox_file_unreadable"
+            ) from exc
+    return out
+
+
+def _statuses(result: SendResult) -> str:
+    lines = [result.detail]
+    lines += [f"{i.sop_instance_uid}: {i.detail}" for i in result.instances if i.detail != result.detail]
+    return "\n".join(lines)[:4000]
+
+
+def attempt_delivery(
+    ctx: PipelineContext, delivery_id: int, send: SendFunction = send_datasets
+) -> DeliveryInfo:
+    """Make one attempt of a pending delivery and record it (row + ``send_attempt`` audit event)."""
+    with ctx.db.read() as session:
+        row = session.get_one(Delivery, delivery_id)
+        job = session.get_one(Job, row.job_id)
+        job_id, name, study, series = (
+            row.job_id,
+            row.destination,
+            job.study_instance_uid,
+            job.series_instance_uid,
+        )
+    destination = ctx.config.destinations.get(name)
+    result: SendResult | None = None
+    permanent: tuple[str, str] | None = None
+    if destination is None:
+        permanent = ("destination_unknown", f"destination {name!r} is no longer in the configuration")
+    else:
+        try:
+            datasets = _datasets(ctx, job_id, name)
+        except PipelineError as exc:
+            permanent = (exc.reason, exc.message)
+        else:
+            result = send(datasets, name, destination, ctx.config.sending)
+    now = ctx.now()
+    with ctx.db.write() as session:
+        row = session.get_one(Delivery, delivery_id)
+        row.attempts += 1
+        row.first_attempt_at = row.first_attempt_at or now
+        row.last_attempt_at = now
+        if result is None:
+            assert permanent is not None
+            row.last_outcome, row.last_status = permanent
+            row.state, row.next_attempt_at = FAILED, None
+        else:
+            row.last_outcome = str(result.outcome)
+            row.last_status = _statuses(result)
+            if result.delivered:
+                row.state, row.next_attempt_at = DELIVERED, None
+                warned = result.warnings
+                row.warning = "\n".join(f"{w.sop_instance_uid}: {w.detail}" for w in warned)[:4000] or None
+            else:
+                assert destination is not None
+                policy = retry_policy(destination, ctx.config.sending)
+                first = row.first_attempt_at
+                nxt = decide_retry(result, policy, row.attempts, first, now)
+                row.state, row.next_attempt_at = (PENDING, nxt) if nxt is not None else (FAILED, None)
+        then = (
+            f"; next attempt at {row.next_attempt_at.isoformat(timespec='seconds')}"
+            if row.state == PENDING and row.next_attempt_at
+            else ("; giving up" if row.state == FAILED else "")
+        )
+        ctx.audit.add_event(
+            session,
+            "send_attempt",
+            "success" if row.state == DELIVERED else "failure",
+            row.last_outcome,
+            job_id=job_id,
+            study=study,
+            series=series,
+            detail=f"{name}: attempt {row.attempts}: {(row.last_status or '').splitlines()[0]}{then}"[:4000],
+        )
+        info = DeliveryInfo.of(row)
+    log = logger.info if info.state == DELIVERED else logger.warning
+    log(
+        "job %d: delivery to %s attempt %d: %s (%s)",
+        job_id,
+        name,
+        info.attempts,
+        info.last_outcome,
+        info.state,
+    )
+    return info
+
+
+def settle_job(ctx: PipelineContext, job_id: int) -> JobState | None:
+    """End a job in ``sending`` whose deliveries are all settled; returns the new state (None: unchanged)."""
+    deliveries = deliveries_of(ctx, job_id)
+    with ctx.db.read() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.state != JobState.sending.value:
+            return None
+    if any(d.state == PENDING for d in deliveries):
+        return None
+    failed = [d for d in deliveries if d.state == FAILED]
+    if failed:
+        first = failed[0]
+        detail = "; ".join(f"{d.destination}: {(d.last_status or '').splitlines()[0]}" for d in failed)
+        ctx.jobs.transition(
+            job_id,
+            JobState.failed,
+            reason=first.last_outcome or "send_failed",
+            detail=f"{len(failed)} of {len(deliveries)} destination(s) failed after retries: {detail}"[:2000],
+        )
+        return JobState.failed
+    names = ", ".join(d.destination for d in deliveries)
+    ctx.jobs.transition(job_id, JobState.done, detail=f"delivered to {names}" if names else None)
+    return JobState.done
+
+
+def jobs_to_settle(ctx: PipelineContext) -> list[int]:
+    """Jobs in ``sending`` without a pending delivery (e.g. after a restart between attempt and settle)."""
+    with ctx.db.read() as session:
+        sending = list(session.scalars(select(Job.id).where(Job.state == JobState.sending.value)))
+        pending = set(
+            session.scalars(
+                select(Delivery.job_id).where(Delivery.state == PENDING, Delivery.job_id.in_(sending))
+            )
+        )
+    return [j for j in sending if j not in pending]
+
+
+def retry_deliveries(ctx: PipelineContext, job_id: int) -> list[str]:
+    """Make the failed (or waiting) deliveries of a job pending again with a fresh attempt budget, due now."""
+    now = ctx.now()
+    names = []
+    with ctx.db.write() as session:
+        for row in session.scalars(select(Delivery).where(Delivery.job_id == job_id)):
+            if row.state in (FAILED, PENDING):
+                row.state = PENDING
+                row.attempts = 0
+                row.first_attempt_at = None
+                row.next_attempt_at = now
+                names.append(row.destination)
+    return names
+
+
+def cancel_deliveries(ctx: PipelineContext, job_id: int) -> int:
+    with ctx.db.write() as session:
+        rows = list(
+            session.scalars(select(Delivery).where(Delivery.job_id == job_id, Delivery.state == PENDING))
+        )
+        for row in rows:
+            row.state = CANCELLED
+            row.next_attempt_at = None
+        return len(rows)
+
+
+def describe(info: DeliveryInfo) -> dict[str, Any]:
+    return dict(info.__dict__)

@@ -1,0 +1,136 @@
+"""What an operator does with jobs (``segnode jobs``): look at them, retry them, cancel them.
+
+These functions only change the database; a running node picks the change up at its next poll (the
+dispatcher for jobs resumed at a processing stage, the sender for deliveries due again).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from config.errors import SegNodeError
+from dicom_node.jobs import JobNotFoundError, JobState
+from dicom_node.models import Event, Job
+from dicom_node.outbox import cancel_deliveries, deliveries_of, describe, retry_deliveries
+from dicom_node.pipeline import PipelineContext
+
+
+class JobActionError(SegNodeError):
+    """The job is not in a state where the action applies."""
+
+    reason = "job_action_refused"
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    id: int
+    state: str
+    failed_stage: str | None
+    reason: str | None
+    route: str | None
+    series_instance_uid: str
+    study_instance_uid: str
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: Job) -> JobSummary:
+        return cls(
+            id=row.id,
+            state=row.state,
+            failed_stage=row.failed_stage,
+            reason=row.reason,
+            route=row.route,
+            series_instance_uid=row.series_instance_uid,
+            study_instance_uid=row.study_instance_uid,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+
+def list_jobs(
+    ctx: PipelineContext, state: str | None = None, series: str | None = None, limit: int = 100
+) -> list[JobSummary]:
+    """Jobs, newest first, optionally of one state or series."""
+    statement = select(Job).order_by(Job.id.desc()).limit(limit)
+    if state:
+        statement = statement.where(Job.state == JobState(state).value)
+    if series:
+        statement = statement.where(Job.series_instance_uid == series)
+    with ctx.db.read() as session:
+        return [JobSummary.of(r) for r in session.scalars(statement)]
+
+
+def show_job(ctx: PipelineContext, job_id: int) -> dict[str, Any]:
+    """Everything about a job: its row, stage timings, outputs, deliveries and audit events."""
+    with ctx.db.read() as session:
+        row = session.get(Job, job_id)
+        if row is None:
+            raise JobNotFoundError(f"job {job_id} does not exist")
+        events = [
+            {"at": e.at, "what": e.what, "outcome": e.outcome, "reason": e.reason, "detail": e.detail}
+            for e in session.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.id))
+        ]
+        summary = JobSummary.of(row)
+        timings = json.loads(row.stage_timings) if row.stage_timings else {}
+        outputs = json.loads(row.outputs) if row.outputs else {}
+        detail = row.detail
+        superseded_by = row.superseded_by
+    return {
+        **summary.__dict__,
+        "detail": detail,
+        "superseded_by": superseded_by,
+        "stage_timings": {k: v for k, v in timings.items() if k != "runs"},
+        "stage_runs": timings.get("runs", []),
+        "outputs": outputs,
+        "deliveries": [describe(d) for d in deliveries_of(ctx, job_id)],
+        "events": events,
+    }
+
+
+def retry_job(ctx: PipelineContext, job_id: int) -> str:
+    """Retry a failed job at the stage that failed (sending: every failed destination again, with a fresh
+    retry budget), or make the waiting deliveries of a job in ``sending`` due now. Returns what was done."""
+    info = ctx.jobs.get(job_id)
+    if info.state is JobState.failed:
+        stage = info.failed_stage or JobState.queued
+        if stage is JobState.sending:
+            names = retry_deliveries(ctx, job_id)
+            ctx.jobs.transition(job_id, JobState.sending, detail="retry requested")
+            return f"job {job_id}: sending again to {', '.join(names) or 'no destination'}"
+        if stage is JobState.converting:
+            stage = JobState.queued if _not_routed(ctx, job_id) else JobState.converting
+        ctx.jobs.transition(job_id, stage, detail="retry requested")
+        return f"job {job_id}: resumes at {stage}"
+    if info.state is JobState.sending:
+        names = retry_deliveries(ctx, job_id)
+        ctx.audit.event(
+            "job_retry", "info", "retry requested", job_id=job_id, detail=f"deliveries due now: {names}"
+        )
+        return f"job {job_id}: waiting deliveries due now ({', '.join(names) or 'none'})"
+    raise JobActionError(
+        f"job {job_id} is {info.state}; only a failed job, or one waiting to resend, can be retried",
+        reason="not_retryable",
+    )
+
+
+def _not_routed(ctx: PipelineContext, job_id: int) -> bool:
+    with ctx.db.read() as session:
+        return session.get_one(Job, job_id).route is None
+
+
+def cancel_job(ctx: PipelineContext, job_id: int, reason: str = "cancelled_by_user") -> str:
+    """Cancel a job that is not finished; its pending deliveries are cancelled too."""
+    info = ctx.jobs.get(job_id)
+    if info.state in (JobState.done, JobState.cancelled, JobState.superseded):
+        raise JobActionError(
+            f"job {job_id} is {info.state}; there is nothing to cancel", reason="not_cancellable"
+        )
+    ctx.jobs.transition(job_id, JobState.cancelled, reason=reason, detail="cancelled by an operator")
+    cancelled = cancel_deliveries(ctx, job_id)
+    return f"job {job_id}: cancelled" + (f" ({cancelled} pending deliveries cancelled)" if cancelled else "")
