@@ -154,10 +154,10 @@ def _transfer_syntax(ds: Dataset) -> UID:
     if ts:
         return UID(str(ts))
     # Datasets received over the network without file meta: fall back on their original encoding.
-    implicit, little = getattr(ds, "is_implicit_VR", True), getattr(ds, "is_little_endian", True)
-    if implicit:
+    implicit, little = ds.original_encoding
+    if implicit is None or implicit:
         return UID("1.2.840.10008.1.2")
-    return UID("1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2")
+    return UID("1.2.840.10008.1.2.1" if little is not False else "1.2.840.10008.1.2.2")
 
 
 def is_enhanced(header: Dataset) -> bool:

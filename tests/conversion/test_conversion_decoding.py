@@ -91,3 +91,16 @@ def test_datasets_in_memory_load_like_files() -> None:
     np.testing.assert_array_equal(from_files.voxels, from_datasets.voxels)
     np.testing.assert_allclose(from_files.affine, from_datasets.affine)
     assert all("PixelData" not in h for h in from_datasets.source_headers)
+
+
+def test_datasets_without_file_meta_as_received_over_the_network() -> None:
+    (from_files,) = load_series(series_files(SAG))
+    datasets = []
+    for f in series_files(SAG):
+        received = pydicom.Dataset()
+        received.update(pydicom.dcmread(f))
+        received.set_original_encoding(False, True)
+        datasets.append(received)
+    assert not hasattr(datasets[0], "file_meta")
+    (volume,) = load_series(datasets)
+    np.testing.assert_array_equal(volume.voxels, from_files.voxels)
