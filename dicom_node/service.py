@@ -1,4 +1,4 @@
-"""The receiving node as a service: database (migrated), spool, SCP, completion timer; clean shutdown."""
+"""The node as a service: database (migrated), spool, SCP, completion timer, job pipeline; clean shutdown."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from dicom_node.audit import AuditLog, Clock, utc_now
 from dicom_node.completion import CompletionTimer, CompletionTracker, SeriesCompleter
 from dicom_node.db import Database
 from dicom_node.jobs import JobStore
+from dicom_node.pipeline import PipelineContext
 from dicom_node.scp import Receiver, build_ae, handler_table
 from dicom_node.spool import FreeSpaceProbe, Spool, disk_free_bytes
+from dicom_node.workers import Pipeline
 
 LOG = logging.getLogger(__name__)
 
@@ -28,6 +30,8 @@ class NodeService:
     free_space_probe: FreeSpaceProbe = disk_free_bytes
     completion_interval_s: float = 0.5
     shutdown_grace_s: float = 5.0
+    #: Run the job pipeline (routing, conversion, inference, SEG, sending); False: receive only (tests).
+    process_jobs: bool = True
     db: Database = field(init=False)
     audit: AuditLog = field(init=False)
     jobs: JobStore = field(init=False)
@@ -36,6 +40,7 @@ class NodeService:
     completer: SeriesCompleter = field(init=False)
     server: ThreadedAssociationServer | None = field(init=False, default=None)
     _timer: CompletionTimer | None = field(init=False, default=None)
+    pipeline: Pipeline | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -75,6 +80,9 @@ class NodeService:
         if self.completion_interval_s > 0:  # 0: the caller drives completer.run_once() (tests)
             self._timer = CompletionTimer(self.completer, self.completion_interval_s)
             self._timer.start()
+        if self.process_jobs:
+            self.pipeline = Pipeline(PipelineContext.create(self.config, self.audit, self.jobs))
+            self.pipeline.start()
         LOG.warning(
             "SegNode listening on %s:%d as %s",
             net.bind_address,
@@ -98,6 +106,9 @@ class NodeService:
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
+        if self.pipeline is not None:
+            self.pipeline.stop()
+            self.pipeline = None
         self.audit.event("node_stopped", "success")
         self.db.dispose()
         LOG.warning("SegNode stopped")
