@@ -35,7 +35,7 @@ from conversion.volume import SliceRef, Volume
 
 logger = logging.getLogger(__name__)
 
-#: Reasons that concern the whole series before any stack is formed, in the order they are checked.
+#: When no stack of a series can be segmented, the reason reported for the series (first listed wins).
 _PRIORITY = [
     Reason.SINGLE_SLICE,
     Reason.MISSING_SLICES,

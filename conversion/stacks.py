@@ -163,8 +163,8 @@ def _split(
         if best is None or cand < best:
             best, best_parts, best_attr = cand, parts, attr
     if best is None:
-        # Only possible when every remaining attribute is constant and repetition cannot help,
-        # i.e. never: repetition always separates repeats. Keep the group whole; validation reports it.
+        # Unreachable in practice ("repetition" always separates repeats); if it happens the group stays
+        # whole and build_stack rejects it for images at the same position.
         return [(frames, key)]
     rest = [a for a in remaining if a != best_attr]
     out: list[tuple[list[FrameInfo], dict[str, Any]]] = []
