@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +38,14 @@ from totalsegmentator.bin.TotalSegmentator import main
 sys.argv = ["TotalSegmentator", *sys.argv[1:]]
 sys.exit(main())
 """
+
+
+@dataclass
+class OfficialRun:
+    seconds: float
+    #: Stage times the command prints (``resample``, ``predict``, ``resample_back``), in seconds.
+    stages: dict[str, float]
+    stdout: str
 
 
 def private_home(folder: Path) -> Path:
@@ -66,14 +76,15 @@ def run_totalsegmentator(
     *,
     fast: bool = False,
     task: str = "total_mr",
+    device: str = "cpu",
     timeout: float = 900,
-) -> float:
-    """``TotalSegmentator -i DICOM_DIR -o OUT.nii.gz --ml -ta TASK -d cpu [--fast]``; returns wall seconds."""
+) -> OfficialRun:
+    """``TotalSegmentator -i DICOM_DIR -o OUT.nii.gz --ml -ta TASK -d DEVICE [--fast]`` (cpu | gpu)."""
     env = dict(os.environ)
     env["TOTALSEG_WEIGHTS_PATH"] = str(weights_dir)
     env["TOTALSEG_HOME_DIR"] = str(private_home(home_dir))
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    args = ["-i", str(dicom_dir), "-o", str(out_file), "--ml", "-ta", task, "-d", "cpu"]
+    args = ["-i", str(dicom_dir), "-o", str(out_file), "--ml", "-ta", task, "-d", device]
     if fast:
         args.append("--fast")
     start = time.perf_counter()
@@ -91,4 +102,9 @@ def run_totalsegmentator(
             f"TotalSegmentator failed (exit {proc.returncode}) on {dicom_dir}:\n{proc.stdout[-3000:]}\n"
             f"{proc.stderr[-3000:]}"
         )
-    return elapsed
+    patterns = (("resample", r"Resampled in ([0-9.]+)s"), ("predict", r"Predicted in ([0-9.]+)s"))
+    stages = {name: float(m.group(1)) for name, pattern in patterns if (m := re.search(pattern, proc.stdout))}
+    back = re.findall(r"Resampled in ([0-9.]+)s", proc.stdout)
+    if len(back) > 1:
+        stages["resample_back"] = float(back[-1])
+    return OfficialRun(elapsed, stages, proc.stdout)
