@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +39,21 @@ from inference.registry import (
     get_part_model,
     get_task,
 )
+from inference.weights import MissingWeightsError, find_model_folder, resolve_weights_dir
+
+__all__ = [
+    "DeviceUnavailableError",
+    "Engine",
+    "InferenceError",
+    "InputTooLargeError",
+    "InputTooSmallError",
+    "InvalidRoiError",
+    "MissingWeightsError",
+    "ModelInfo",
+    "OutOfMemoryError",
+    "SegmentationResult",
+    "resolve_device",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +70,6 @@ class InferenceError(SegNodeError):
     """Segmentation could not be done."""
 
     reason = "inference_failed"
-
-
-class MissingWeightsError(InferenceError):
-    """The weights of a part model are not installed."""
-
-    reason = "weights_missing"
 
 
 class InputTooSmallError(InferenceError):
@@ -82,30 +90,6 @@ class OutOfMemoryError(InferenceError):
 
 class InvalidRoiError(InferenceError):
     reason = "invalid_roi_subset"
-
-
-def resolve_weights_dir(config: InferenceConfig) -> Path:
-    """The weights folder: the configuration, else ``$TOTALSEG_WEIGHTS_PATH``, else the default of
-    TotalSegmentator (``~/.totalsegmentator/nnunet/results``)."""
-    if config.weights_dir is not None:
-        return Path(config.weights_dir).expanduser()
-    env = os.environ.get("TOTALSEG_WEIGHTS_PATH")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".totalsegmentator" / "nnunet" / "results"
-
-
-def missing_weights_message(task: Task, model: PartModel, weights_dir: Path) -> str:
-    where = model.model_dir(weights_dir) / f"fold_{model.fold}" / "checkpoint_final.pth"
-    how = f"segnode models download {task.name}"
-    if model.licensed:
-        how += " --license-key KEY (a TotalSegmentator licence is needed for this task)"
-    return (
-        f"weights of model {model.dataset_id} ({model.dataset_folder_name}) for task {task.name} are not "
-        f"installed: {where} is missing. Get them with `{how}`, or copy them in with "
-        f"`segnode models import PATH` (a zip or folder in TotalSegmentator's layout), or point "
-        f"inference.weights_dir / $TOTALSEG_WEIGHTS_PATH at a folder that holds {model.dataset_folder_name}."
-    )
 
 
 @dataclass(frozen=True)
@@ -204,6 +188,7 @@ class Engine:
         self._device: Any = None
         self._predictors: dict[tuple[int, str, float], Any] = {}
         self._model_info: dict[int, ModelInfo] = {}
+        self._checked: set[int] = set()
         self._lock = threading.RLock()
 
     # -- devices and predictors -------------------------------------------------------------------------
@@ -221,12 +206,11 @@ class Engine:
         return self._device
 
     def check_weights(self, task: Task, models: Iterable[PartModel]) -> None:
-        """Raise :class:`MissingWeightsError` for the first model whose weights are not installed."""
+        """Raise :class:`MissingWeightsError` (task, folder, remedy) for the first model not installed."""
         for model in models:
-            folder = model.model_dir(self.weights_dir)
-            needed = [folder / "plans.json", folder / "dataset.json", model.checkpoint_path(self.weights_dir)]
-            if not all(p.is_file() for p in needed):
-                raise MissingWeightsError(missing_weights_message(task, model, self.weights_dir))
+            if model.dataset_id not in self._checked:
+                find_model_folder(model, self.weights_dir, task=task.name)
+                self._checked.add(model.dataset_id)
 
     def predictor(self, model: PartModel, device: Any, step_size: float) -> Any:
         """The warm predictor of ``model`` on ``device`` (built on first use)."""

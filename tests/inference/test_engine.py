@@ -139,7 +139,7 @@ def test_missing_weights_name_task_folder_and_remedy(tmp_path: Path, volume: Vol
     with pytest.raises(MissingWeightsError) as err:
         engine.segment(volume.voxels, volume.affine, task="total_mr")
     message = err.value.message
-    assert err.value.reason == "weights_missing"
+    assert err.value.reason == "missing_weights"
     assert "total_mr" in message and "Dataset850_TotalSegMRI_part1_organs_1088subj" in message
     assert str(tmp_path) in message and "segnode models download total_mr" in message
     with pytest.raises(MissingWeightsError) as licensed:

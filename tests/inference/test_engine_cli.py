@@ -67,7 +67,7 @@ def test_missing_weights_give_a_message_not_a_traceback(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
-    assert "error [weights_missing]" in proc.stderr
+    assert "error [missing_weights]" in proc.stderr
     assert "Dataset850_TotalSegMRI_part1_organs_1088subj" in proc.stderr
     assert "segnode models download total_mr" in proc.stderr
     assert not list((tmp_path / "out").glob("*.nii.gz"))
