@@ -37,6 +37,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from config.errors import SegNodeError
+from config.routing import SegConfig
 from conversion.volume import SliceRef, Volume
 
 if TYPE_CHECKING:
@@ -189,6 +190,41 @@ class EncodedSeg:
     #: SEG segment number -> model label.
     segment_labels: Mapping[int, int]
     number_of_frames: int
+
+
+def seg_options(
+    seg: SegConfig, segmentation_type: SegmentationType, software_version: str | None = None
+) -> SegOptions:
+    """Encoding options from the ``seg:`` configuration section for one Segmentation Type.
+
+    The configuration fingerprint (part of the UID derivation) covers every setting that changes the
+    SEG's content, so that changing one gives new UIDs while re-running with the same settings does not.
+    """
+    import hashlib
+    import socket
+
+    if software_version is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            software_version = version("segnode")
+        except PackageNotFoundError:
+            software_version = "unknown"
+    content = seg.model_dump(mode="json", exclude={"validate_with_dciodvfy", "uid_root"})
+    fingerprint = hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    return SegOptions(
+        segmentation_type=segmentation_type,
+        compression=Compression(seg.compression),
+        series_description=seg.series_description,
+        series_number=seg.series_number,
+        series_number_offset=seg.series_number_offset,
+        manufacturer=seg.manufacturer,
+        manufacturer_model_name="SegNode",
+        software_version=software_version,
+        device_serial_number=seg.device_serial_number or socket.gethostname()[:64],
+        uid_root=seg.uid_root,
+        config_fingerprint=fingerprint,
+    )
 
 
 def seg_uids(volume: Volume, algorithm: AlgorithmInfo, options: SegOptions) -> tuple[str, str]:

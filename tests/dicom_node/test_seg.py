@@ -24,6 +24,7 @@ from dicom_node.seg import (
     SegOptions,
     SegValidationError,
     encode_seg,
+    seg_options,
     seg_uids,
     segments_from_catalog,
     validate_with_dciodvfy,
@@ -306,3 +307,28 @@ def test_segments_from_the_structure_catalog(tmp_path: Path, test_mri: Path) -> 
             structure.type_modifier.value if structure.type_modifier else None
         )
     np.testing.assert_array_equal(_read_back(path, volume, encoded), label_map)
+
+
+def test_options_from_configuration(test_mri: Path) -> None:
+    from config.routing import SegConfig
+
+    config = SegConfig(
+        series_description="SEG {task}", series_number=501, compression="jpeg2000", uid_root="1.2.3"
+    )
+    options = seg_options(config, SegmentationType.BINARY, software_version="9.9")
+    assert (options.compression, options.series_number, options.uid_root) == (
+        Compression.JPEG2000,
+        501,
+        "1.2.3",
+    )
+    assert options.software_version == "9.9" and options.device_serial_number
+    volume = volumes_of(test_mri / SERIES["sagittal"])[0]
+    same = seg_uids(volume, ALGORITHM, seg_options(config, SegmentationType.BINARY, "9.9"))
+    assert seg_uids(volume, ALGORITHM, options) == same
+    other = config.model_copy(update={"series_description": "other {task}"})
+    assert seg_uids(volume, ALGORITHM, seg_options(other, SegmentationType.BINARY, "9.9")) != same
+    ds = encode_seg(
+        volume, synthetic_label_map(volume.shape, LABELS), TEST_SEGMENTS, ALGORITHM, options
+    ).dataset
+    assert (ds.SeriesNumber, ds.SeriesDescription, ds.SoftwareVersions) == (501, "SEG total_mr", "9.9")
+    assert ds.SeriesInstanceUID.startswith("1.2.3.")
