@@ -35,6 +35,7 @@ from dicom_node import status
 from dicom_node.audit import AuditLog, InstanceHeader
 from dicom_node.completion import CompletionTracker
 from dicom_node.logs import association_id_var
+from dicom_node.security import MalformedDatasetError, check_encoding, check_series
 from dicom_node.spool import Spool, SpoolFullError, SpoolWriteError
 from dicom_node.uids import InvalidUIDError, path_safe_uid
 
@@ -259,7 +260,18 @@ def handle_aborted(event: evt.Event, receiver: Receiver) -> None:
 def handle_conn_close(event: evt.Event, receiver: Receiver) -> None:
     """The connection closed: an accepted association not released or aborted by now counts as aborted."""
     association_id = receiver._forget(event.assoc)
-    if association_id is not None and event.assoc.is_established is False and not event.assoc.is_rejected:
+    if association_id is None:
+        # no A-ASSOCIATE-RQ was decoded: garbage or a malformed PDU, a failed TLS handshake, a port probe
+        requestor = event.assoc.requestor
+        receiver.audit.event(
+            "connection_closed",
+            "failure",
+            "no_association_request",
+            detail=f"connection from {requestor.address}:{requestor.port} closed before a valid "
+            "A-ASSOCIATE-RQ (malformed PDU, failed TLS handshake, or no request)",
+        )
+        return
+    if event.assoc.is_established is False and not event.assoc.is_rejected:
         receiver.tracker.association_ended(association_id, released=False)
         receiver.audit.association_ended(association_id, "aborted")
 
@@ -282,8 +294,10 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
     """C-STORE: store the instance durably, then record it; only then report Success.
 
     Statuses: :data:`status.SUCCESS`; :data:`status.OUT_OF_RESOURCES` (below the free-space watermark or
-    disk full; nothing is left in the spool); :data:`status.CANNOT_UNDERSTAND` (unparseable data set or
-    missing/invalid Study, Series or SOP Instance UID); :data:`status.DATASET_DOES_NOT_MATCH_SOP_CLASS`;
+    disk full; nothing is left in the spool; or the series already holds ``storage.max_series_instances``);
+    :data:`status.CANNOT_UNDERSTAND` (empty, truncated or unparseable data set, missing/invalid Study,
+    Series or SOP Instance UID, or an instance that contradicts its series: see
+    :func:`dicom_node.security.check_series`); :data:`status.DATASET_DOES_NOT_MATCH_SOP_CLASS`;
     :data:`status.PROCESSING_FAILURE` (I/O or database failure).
     """
     association_id = receiver.association_id(event.assoc)
@@ -291,8 +305,17 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
     sop_instance = str(request.AffectedSOPInstanceUID or "")
     try:
         data = event.encoded_dataset()
+        check_encoding(data, str(event.context.transfer_syntax))
         header = read_header(data, str(event.context.transfer_syntax))
-    except (InvalidDicomError, InvalidUIDError, ValueError, EOFError, KeyError, TypeError) as exc:
+    except (
+        MalformedDatasetError,
+        InvalidDicomError,
+        InvalidUIDError,
+        ValueError,
+        EOFError,
+        KeyError,
+        TypeError,
+    ) as exc:
         return _refuse(receiver, association_id, status.CANNOT_UNDERSTAND, str(exc), sop_instance)
     if header.sop_instance_uid != sop_instance.rstrip("\x00 "):
         return _refuse(
@@ -311,6 +334,11 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
             f"{request.AffectedSOPClassUID}",
             sop_instance,
         )
+    refusal = check_series(
+        receiver.audit.db, header, receiver.config.storage.max_series_instances, receiver.audit._patient_id
+    )
+    if refusal is not None:
+        return _refuse(receiver, association_id, refusal.status, refusal.reason, sop_instance)
     relative = receiver.spool.path_for(
         header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
     )

@@ -15,7 +15,9 @@ from dicom_node.db import Database
 from dicom_node.jobs import JobStore
 from dicom_node.pipeline import PipelineContext
 from dicom_node.scp import Receiver, build_ae, handler_table
+from dicom_node.security import private_sqlite_file
 from dicom_node.spool import FreeSpaceProbe, Spool, disk_free_bytes
+from dicom_node.tls import server_context
 from dicom_node.workers import Pipeline
 
 LOG = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ class NodeService:
 
     def start(self) -> None:
         """Migrate the database, clean the spool, restore open series, then listen."""
+        private_sqlite_file(self.config.database.url)  # 0600 before SQLite creates it
+        ssl_context = server_context(self.config.network.tls, self.config.network.acse_timeout_s)
         self.db.upgrade("head")
         removed = self.spool.prepare()
         restored = self.completer.restore_open_series()
@@ -75,7 +79,10 @@ class NodeService:
         ae = build_ae(self.config)
         net = self.config.network
         self.server = ae.start_server(
-            (net.bind_address, net.port), block=False, evt_handlers=handler_table(receiver)
+            (net.bind_address, net.port),
+            block=False,
+            evt_handlers=handler_table(receiver),
+            ssl_context=ssl_context,
         )
         if self.completion_interval_s > 0:  # 0: the caller drives completer.run_once() (tests)
             self._timer = CompletionTimer(self.completer, self.completion_interval_s)
@@ -84,9 +91,10 @@ class NodeService:
             self.pipeline = Pipeline(PipelineContext.create(self.config, self.audit, self.jobs))
             self.pipeline.start()
         LOG.warning(
-            "SegNode listening on %s:%d as %s",
+            "SegNode listening on %s:%d%s as %s",
             net.bind_address,
             self.port,
+            " (TLS)" if ssl_context is not None else "",
             ", ".join(a.ae_title for a in self.config.node.ae_titles),
         )
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config.errors import SegNodeError
+from dicom_node.security import PRIVATE_DIR_MODE, private_dir
 from dicom_node.uids import path_safe_uid
 
 LOG = logging.getLogger(__name__)
@@ -67,8 +68,10 @@ class Spool:
         self.temp_dir = self.root / TEMP_DIR
 
     def prepare(self) -> int:
-        """Create the spool and remove temporary files a crash left behind; returns how many."""
-        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        """Create the spool (folders ``0700``) and remove temporary files a crash left behind; returns how
+        many."""
+        private_dir(self.root)
+        private_dir(self.temp_dir)
         removed = 0
         for leftover in [*self.temp_dir.iterdir(), *self.root.rglob(f"*{TEMP_SUFFIX}")]:
             if leftover.is_file():
@@ -97,7 +100,7 @@ class Spool:
             current = current.parent
         for path in reversed(missing):
             try:
-                path.mkdir()
+                path.mkdir(mode=PRIVATE_DIR_MODE)  # files inside are 0600 (mkstemp)
             except FileExistsError:
                 continue  # another association created it a moment ago
             _fsync_dir(path.parent)

@@ -1,0 +1,261 @@
+"""DICOM over TLS on the SCP, with a CA and certificates generated for the test run.
+
+A pynetdicom SCU and DCMTK's echoscu/storescu talk to a real node on 127.0.0.1 port 0.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+import pytest
+from conftest import Pki
+from node_support import T2_SAG, dcmtk, series_files, wait_for
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
+from sqlalchemy import select
+
+from config.errors import ConfigError
+from config.loader import parse_config
+from config.model import SegNodeConfig
+from config.node import TlsVersion
+from dicom_node import status
+from dicom_node.models import Event, Instance
+from dicom_node.service import NodeService
+from dicom_node.tls import TlsSetupError, client_context
+
+StartNode = Callable[..., NodeService]
+
+
+def tls_settings(pki: Pki, require_client: bool = False, **extra: object) -> dict[str, object]:
+    settings: dict[str, object] = {
+        "network.tls": {
+            "enabled": True,
+            "certificate": str(pki.server_cert),
+            "private_key": str(pki.server_key),
+            "ca_certificates": str(pki.ca),
+            "require_client_certificate": require_client,
+        }
+    }
+    settings.update(extra)
+    return settings
+
+
+def associate(
+    node: NodeService, context: ssl.SSLContext | None, calling: str = "PYSCU", timeout: float = 10
+) -> Association:
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = timeout
+    ae.connection_timeout = timeout
+    ae.network_timeout = timeout
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian])
+    tls_args = None if context is None else (context, "127.0.0.1")
+    return ae.associate("127.0.0.1", node.port, ae_title="SEGNODE", tls_args=tls_args)
+
+
+def events(node: NodeService, what: str) -> list[Event]:
+    with node.db.read() as session:
+        return list(session.scalars(select(Event).where(Event.what == what).order_by(Event.id)))
+
+
+def test_tls_association_stores_an_instance(
+    make_config: Callable[..., SegNodeConfig], start_node: StartNode, pki: Pki
+) -> None:
+    node = start_node(make_config(**tls_settings(pki)))
+    assoc = associate(node, client_context(pki.ca))
+    assert assoc.is_established
+    assert isinstance(assoc.dul.socket.socket, ssl.SSLSocket)  # type: ignore[union-attr]
+    assert int(assoc.send_c_echo().Status) == status.SUCCESS
+    ds = pydicom.dcmread(series_files(T2_SAG)[0])
+    assert int(assoc.send_c_store(ds).Status) == status.SUCCESS
+    assoc.release()
+    with node.db.read() as session:
+        [row] = session.scalars(select(Instance))
+    assert row.sop_instance_uid == ds.SOPInstanceUID
+    assert (node.spool.root / row.spool_path).is_file()
+
+
+def test_plain_association_to_the_tls_port_fails_and_the_node_keeps_serving(
+    make_config: Callable[..., SegNodeConfig], start_node: StartNode, pki: Pki
+) -> None:
+    node = start_node(make_config(**tls_settings(pki)))
+    plain = associate(node, None, timeout=5)
+    assert not plain.is_established
+    wait_for(lambda: len(events(node, "connection_closed")) == 1, what="closed connection recorded")
+    [event] = events(node, "connection_closed")
+    assert event.outcome == "failure" and event.reason == "no_association_request"
+    assert "127.0.0.1" in (event.detail or "")
+    secure = associate(node, client_context(pki.ca))
+    assert secure.is_established
+    assert int(secure.send_c_echo().Status) == status.SUCCESS
+    secure.release()
+
+
+def test_a_silent_connection_does_not_hold_up_other_peers(
+    make_config: Callable[..., SegNodeConfig], start_node: StartNode, pki: Pki
+) -> None:
+    """pynetdicom wraps accepted sockets in its accept loop: the handshake must not run there, or one
+    peer that connects and sends nothing blocks every other association."""
+    node = start_node(make_config(**tls_settings(pki)))
+    with socket.create_connection(("127.0.0.1", node.port)):
+        assoc = associate(node, client_context(pki.ca), timeout=5)
+        assert assoc.is_established
+        assert int(assoc.send_c_echo().Status) == status.SUCCESS
+        assoc.release()
+
+
+def test_client_certificate_required(
+    make_config: Callable[..., SegNodeConfig], start_node: StartNode, pki: Pki
+) -> None:
+    node = start_node(make_config(**tls_settings(pki, require_client=True)))
+    without = associate(node, client_context(pki.ca), timeout=5)
+    assert not without.is_established
+    rogue = associate(node, client_context(pki.ca, pki.rogue_cert, pki.rogue_key), timeout=5)
+    assert not rogue.is_established
+    wait_for(lambda: len(events(node, "connection_closed")) == 2, what="both refusals recorded")
+    good = associate(node, client_context(pki.ca, pki.client_cert, pki.client_key))
+    assert good.is_established
+    assert int(good.send_c_echo().Status) == status.SUCCESS
+    good.release()
+
+
+def test_client_certificate_optional_when_not_required(
+    make_config: Callable[..., SegNodeConfig], start_node: StartNode, pki: Pki
+) -> None:
+    node = start_node(make_config(**tls_settings(pki, require_client=False)))
+    for context in (client_context(pki.ca), client_context(pki.ca, pki.client_cert, pki.client_key)):
+        assoc = associate(node, context)
+        assert assoc.is_established
+        assoc.release()
+
+
+def test_tls_does_not_bypass_the_ae_title_whitelist(
+    make_config: Callable[..., SegNodeConfig], start_node: StartNode, pki: Pki
+) -> None:
+    node = start_node(make_config(**tls_settings(pki, require_client=True)))
+    assoc = associate(node, client_context(pki.ca, pki.client_cert, pki.client_key), calling="INTRUDER")
+    assert assoc.is_rejected
+    rj = assoc.acceptor.primitive
+    assert rj is not None
+    assert (rj.result, rj.result_source, rj.diagnostic) == (
+        status.REJECTED_PERMANENT,
+        status.SOURCE_SERVICE_USER,
+        status.REASON_CALLING_AE_NOT_RECOGNISED,
+    )
+
+
+def test_minimum_protocol_version_is_enforced(
+    make_config: Callable[..., SegNodeConfig], start_node: StartNode, pki: Pki
+) -> None:
+    settings = tls_settings(pki)
+    settings["network.tls"]["min_version"] = "TLSv1.3"  # type: ignore[index]
+    node = start_node(make_config(**settings))
+    old = client_context(pki.ca)
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert not associate(node, old, timeout=5).is_established
+    assoc = associate(node, client_context(pki.ca, min_version=TlsVersion.tls1_3))
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_dcmtk_echoscu_and_storescu_over_tls(
+    make_config: Callable[..., SegNodeConfig], start_node: StartNode, pki: Pki
+) -> None:
+    node = start_node(make_config(**tls_settings(pki, require_client=True)))
+    tls = ["+tls", str(pki.client_key), str(pki.client_cert), "+cf", str(pki.ca)]
+    echo = subprocess.run(
+        [dcmtk("echoscu"), *tls, "-aet", "ECHOSCU", "-aec", "SEGNODE", "127.0.0.1", str(node.port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert echo.returncode == 0, echo.stderr
+    files = series_files(T2_SAG)[:3]
+    store = subprocess.run(
+        [dcmtk("storescu"), *tls, "-aet", "STORESCU", "-aec", "SEGNODE", "127.0.0.1", str(node.port)]
+        + [str(p) for p in files],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert store.returncode == 0, store.stderr
+    with node.db.read() as session:
+        assert len(list(session.scalars(select(Instance)))) == 3
+    # without a client certificate DCMTK is refused as well
+    anonymous = subprocess.run(
+        [dcmtk("echoscu"), "+tla", "+cf", str(pki.ca), "-aet", "ECHOSCU", "-aec", "SEGNODE"]
+        + ["127.0.0.1", str(node.port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert anonymous.returncode != 0
+
+
+def test_tls_configuration_errors_name_the_key(tmp_path: Path, pki: Pki) -> None:
+    from node_support import node_settings
+
+    data = node_settings(tmp_path, **{"network.tls": {"enabled": True}})
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "node.yaml", environ={})
+    assert "network.tls" in str(info.value) and "certificate and private_key are required" in str(info.value)
+
+    data = node_settings(
+        tmp_path,
+        **{"network.tls": {"certificate": str(pki.server_cert), "require_client_certificate": True}},
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "node.yaml", environ={})
+    assert "require_client_certificate needs ca_certificates" in str(info.value)
+
+
+def test_missing_or_unusable_certificate_stops_the_start(tmp_path: Path, pki: Pki) -> None:
+    from node_support import node_settings
+
+    missing = tmp_path / "missing.pem"
+    config = parse_config(
+        node_settings(
+            tmp_path,
+            **{
+                "network.tls": {
+                    "enabled": True,
+                    "certificate": str(missing),
+                    "private_key": str(pki.server_key),
+                }
+            },
+        ),
+        "node.yaml",
+        environ={},
+    )
+    with pytest.raises(TlsSetupError) as info:
+        NodeService(config, completion_interval_s=0).start()
+    assert f"network.tls.certificate: {missing} does not exist" in info.value.message
+
+    # a key that does not belong to the certificate
+    config = parse_config(
+        node_settings(
+            tmp_path,
+            **{
+                "network.tls": {
+                    "enabled": True,
+                    "certificate": str(pki.server_cert),
+                    "private_key": str(pki.client_key),
+                }
+            },
+        ),
+        "node.yaml",
+        environ={},
+    )
+    with pytest.raises(TlsSetupError) as info:
+        NodeService(config, completion_interval_s=0).start()
+    assert "cannot load" in info.value.message and str(pki.server_cert) in info.value.message
