@@ -19,6 +19,9 @@ from conversion import load_series
 from conversion.headers import read_sources
 from conversion.pixels import decode_frames
 
+#: The Sunnybrook files carry UIDs with leading-zero components: pydicom warns, SegNode reads them.
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
+
 ROOT = Path(__file__).resolve().parents[2]
 MRI = ROOT / "tests" / "data" / "mri"
 SAG = MRI / "prostatex" / "ProstateX-0000_3.000000-t2tsesag-87368"

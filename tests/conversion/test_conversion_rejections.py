@@ -18,6 +18,9 @@ from pydicom.filewriter import write_dataset, write_file_meta_info
 
 from conversion import NotSegmentableError, Reason, load_series
 
+#: The Sunnybrook files carry UIDs with leading-zero components: pydicom warns, SegNode reads them.
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
+
 ROOT = Path(__file__).resolve().parents[2]
 MRI = ROOT / "tests" / "data" / "mri"
 SHARED_MRI = ROOT.parent / "shared" / "data" / "mri"
