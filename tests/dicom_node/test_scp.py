@@ -428,3 +428,23 @@ def test_status_processing_failure_when_the_spool_cannot_be_written(
     assert not rows(node, Instance)
     [event] = events(node, "instance_refused")
     assert "0x0110" in (event.detail or "")
+
+
+def test_associations_beyond_the_limit_are_rejected_and_audited(
+    make_config: Callable[..., SegNodeConfig], start_node: StartNode
+) -> None:
+    node = start_node(make_config(**{"network.max_associations": 1}))
+    first = associate(node)
+    assert first.is_established
+    second = associate(node)
+    assert second.is_rejected
+    rj = second.acceptor.primitive
+    assert rj is not None
+    assert (rj.result, rj.result_source, rj.diagnostic) == (
+        status.REJECTED_TRANSIENT,
+        status.SOURCE_SERVICE_PROVIDER_PRESENTATION,
+        status.REASON_LOCAL_LIMIT_EXCEEDED,
+    )
+    first.release()
+    wait_for(lambda: len(events(node, "association_rejected")) == 1, what="rejection event")
+    assert events(node, "association_rejected")[0].reason == "local_limit_exceeded"
