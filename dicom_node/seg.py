@@ -25,6 +25,7 @@ import logging
 import re
 import shutil
 import subprocess
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -486,31 +487,37 @@ def encode_seg(
     if volume.stack_label:
         content_description += f" ({volume.stack_label})"
     try:
-        seg = hd.seg.Segmentation(
-            source_images=[_source_for_highdicom(h, where) for h in volume.source_headers],
-            pixel_array=frames,
-            segmentation_type=hd.seg.SegmentationTypeValues(str(options.segmentation_type)),
-            segment_descriptions=_segment_descriptions(present, segments, algorithm),
-            series_instance_uid=series_uid,
-            series_number=_series_number(volume, options),
-            sop_instance_uid=sop_uid,
-            instance_number=1,
-            manufacturer=options.manufacturer,
-            manufacturer_model_name=options.manufacturer_model_name,
-            software_versions=options.software_version,
-            device_serial_number=options.device_serial_number,
-            content_description=_lo(content_description),
-            content_label=_content_label(algorithm.task),
-            transfer_syntax_uid=transfer_syntax,
-            pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=pixel_spacing, slice_thickness=thickness),
-            plane_orientation=hd.PlaneOrientationSequence(
-                coordinate_system=hd.CoordinateSystemNames.PATIENT, image_orientation=orientation
-            ),
-            plane_positions=[
-                hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, p) for p in positions
-            ],
-            omit_empty_frames=True,
-        )
+        with warnings.catch_warnings():
+            # highdicom warns about one-component person names copied from the source and puts the
+            # name in the message: that would put patient names in the log.
+            warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+            seg = hd.seg.Segmentation(
+                source_images=[_source_for_highdicom(h, where) for h in volume.source_headers],
+                pixel_array=frames,
+                segmentation_type=hd.seg.SegmentationTypeValues(str(options.segmentation_type)),
+                segment_descriptions=_segment_descriptions(present, segments, algorithm),
+                series_instance_uid=series_uid,
+                series_number=_series_number(volume, options),
+                sop_instance_uid=sop_uid,
+                instance_number=1,
+                manufacturer=options.manufacturer,
+                manufacturer_model_name=options.manufacturer_model_name,
+                software_versions=options.software_version,
+                device_serial_number=options.device_serial_number,
+                content_description=_lo(content_description),
+                content_label=_content_label(algorithm.task),
+                transfer_syntax_uid=transfer_syntax,
+                pixel_measures=hd.PixelMeasuresSequence(
+                    pixel_spacing=pixel_spacing, slice_thickness=thickness
+                ),
+                plane_orientation=hd.PlaneOrientationSequence(
+                    coordinate_system=hd.CoordinateSystemNames.PATIENT, image_orientation=orientation
+                ),
+                plane_positions=[
+                    hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, p) for p in positions
+                ],
+                omit_empty_frames=True,
+            )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise SegEncodingError(f"{where}: highdicom refused the segmentation: {exc}") from exc
     seg.SeriesDescription = _series_description(volume, algorithm, options)
@@ -565,12 +572,8 @@ def _source_for_highdicom(header: Dataset, where: str) -> Dataset:
         return header
     copy = Dataset(header)
     for keyword in bad:
-        logger.warning(
-            "%s: source %s %r is not a valid DICOM date; the SEG leaves it empty",
-            where,
-            keyword,
-            str(header.get(keyword)),
-        )
+        # The value itself is not logged: it may be a birth date.
+        logger.warning("%s: source %s is not a valid DICOM date; the SEG leaves it empty", where, keyword)
         setattr(copy, keyword, "")
     return copy
 

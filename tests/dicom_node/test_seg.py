@@ -332,3 +332,26 @@ def test_options_from_configuration(test_mri: Path) -> None:
     ).dataset
     assert (ds.SeriesNumber, ds.SeriesDescription, ds.SoftwareVersions) == (501, "SEG total_mr", "9.9")
     assert ds.SeriesInstanceUID.startswith("1.2.3.")
+
+
+def test_invalid_source_dates_are_left_empty(
+    tmp_path: Path, test_mri: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anonymised sources with dates such as 00000000 (read tolerantly) still give a conformant SEG."""
+    volume = volumes_of(test_mri / SERIES["sagittal"])[0]
+    headers = []
+    for header in volume.source_headers:
+        copy = pydicom.Dataset(header)
+        copy.PatientBirthDate = "00000000"
+        copy.StudyDate = "20120000"
+        headers.append(copy)
+    broken = dataclasses.replace(volume, source_headers=tuple(headers))
+    with caplog.at_level("WARNING", logger="dicom_node.seg"):
+        encoded, path = _encode_write_validate(
+            tmp_path, broken, synthetic_label_map(volume.shape, LABELS), SegOptions()
+        )
+    ds = pydicom.dcmread(path)
+    assert ds.PatientBirthDate == "" and ds.StudyDate == ""
+    ours = [r.getMessage() for r in caplog.records if r.name == "dicom_node.seg"]
+    assert any("PatientBirthDate is not a valid DICOM date" in m for m in ours)
+    assert not any("00000000" in m for m in ours)
