@@ -41,6 +41,8 @@ class _Tracked:
     expected_trusted: bool = True
     open_associations: set[int] = field(default_factory=set)
     released_associations: set[int] = field(default_factory=set)
+    #: a rule that already fired but whose database write failed (retried at the next poll)
+    fired: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +118,17 @@ class CompletionTracker:
                     if released:
                         item.released_associations.add(association_id)
 
+    def put_back(self, ready: ReadySeries) -> None:
+        """Track a series again whose completion could not be recorded, unless an instance re-opened it."""
+        with self._lock:
+            if ready.series_instance_uid not in self._series:
+                self._series[ready.series_instance_uid] = _Tracked(
+                    ready.study_instance_uid, self.clock(), ready.instance_count, fired=ready.rule
+                )
+
     def _rule(self, item: _Tracked, now: datetime) -> str | None:
+        if item.fired is not None:
+            return item.fired
         trusted = self.policy.use_expected_count and item.expected_trusted and item.expected is not None
         if trusted and item.expected is not None and item.count >= item.expected:
             return "expected_count"
@@ -165,34 +177,45 @@ class SeriesCompleter:
 
     def run_once(self, now: datetime | None = None) -> list[JobInfo]:
         created: list[JobInfo] = []
-        for ready in self.tracker.pop_ready(now):
-            with self.audit.db.write() as session:
-                series = session.get_one(Series, ready.series_instance_uid)
-                if series.state == "complete":
-                    continue
-                series.state = "complete"
-                series.completed_at = self.audit.clock()
-                series.completed_by = ready.rule
-                series.expected_count = (
-                    ready.instance_count if ready.rule == "expected_count" else series.expected_count
-                )
-                self.audit.add_event(
-                    session,
-                    "series_complete",
-                    "success",
-                    ready.rule,
-                    study=ready.study_instance_uid,
-                    series=ready.series_instance_uid,
-                    detail=f"{series.instance_count} instances",
-                )
-                job = self.jobs.create_in(
-                    session,
-                    ready.series_instance_uid,
-                    ready.study_instance_uid,
-                    f"series complete ({ready.rule})",
-                )
-            created.append(job)
+        pending = self.tracker.pop_ready(now)
+        for index, ready in enumerate(pending):
+            try:
+                job = self._complete(ready)
+            except SQLAlchemyError:
+                for unrecorded in pending[index:]:
+                    self.tracker.put_back(unrecorded)
+                raise
+            if job is not None:
+                created.append(job)
         return created
+
+    def _complete(self, ready: ReadySeries) -> JobInfo | None:
+        with self.audit.db.write() as session:
+            series = session.get_one(Series, ready.series_instance_uid)
+            if series.state == "complete":
+                return None
+            series.state = "complete"
+            series.completed_at = self.audit.clock()
+            series.completed_by = ready.rule
+            series.expected_count = (
+                ready.instance_count if ready.rule == "expected_count" else series.expected_count
+            )
+            self.audit.add_event(
+                session,
+                "series_complete",
+                "success",
+                ready.rule,
+                study=ready.study_instance_uid,
+                series=ready.series_instance_uid,
+                detail=f"{series.instance_count} instances",
+            )
+            job = self.jobs.create_in(
+                session,
+                ready.series_instance_uid,
+                ready.study_instance_uid,
+                f"series complete ({ready.rule})",
+            )
+        return job
 
 
 class CompletionTimer(threading.Thread):

@@ -6,10 +6,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
+import pytest
 from node_support import CINE, T2_SAG, FrozenClock, series_files, wait_for
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from config.model import SegNodeConfig
 from config.node import CompletionConfig
@@ -215,3 +217,26 @@ def test_tracker_distrusts_inconsistent_counts_and_aborted_associations() -> Non
         disabled.instance_received(_header("1.7", n, 5), association_id=4, count=n)
     disabled.association_ended(4, released=True)
     assert [r.rule for r in disabled.pop_ready()] == ["association_release"]
+
+
+def test_a_database_failure_at_completion_is_retried_at_the_next_poll(
+    make_config: Callable[..., SegNodeConfig], start_node: StartNode
+) -> None:
+    clock = FrozenClock()
+    node = start_node(
+        make_config(**{"completion.quiet_period_s": 5, "completion.on_association_release": False}),
+        clock=clock,
+    )
+    send_series(node, series_files(T2_SAG)[:3])
+    with node.db.engine.begin() as conn:
+        conn.execute(
+            text("CREATE TRIGGER refuse BEFORE UPDATE ON series BEGIN SELECT RAISE(ABORT, 'refused'); END")
+        )
+    clock.advance(5)
+    with pytest.raises(SQLAlchemyError, match="refused"):
+        node.completer.run_once()
+    assert series_row(node).state == "open" and jobs(node) == []
+    with node.db.engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER refuse"))
+    [job] = node.completer.run_once()
+    assert series_row(node).completed_by == "quiet_period" and job.state is JobState.queued
