@@ -11,7 +11,12 @@ from typing import Any
 import pydicom
 import pytest
 from node_support import CINE, T2_SAG, TS9, dataset_bytes, series_files, wait_for
-from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, ImplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
@@ -448,3 +453,23 @@ def test_associations_beyond_the_limit_are_rejected_and_audited(
     first.release()
     wait_for(lambda: len(events(node, "association_rejected")) == 1, what="rejection event")
     assert events(node, "association_rejected")[0].reason == "local_limit_exceeded"
+
+
+def test_deflated_transfer_syntax_is_stored_as_received(
+    make_config: Callable[..., SegNodeConfig], start_node: StartNode
+) -> None:
+    node = start_node(make_config())
+    source = series_files(T2_SAG)[0]
+    ds = pydicom.dcmread(source)
+    assoc = associate(node, contexts=[(MRImageStorage, [DeflatedExplicitVRLittleEndian])])
+    assert assoc.is_established
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    assert int(assoc.send_c_store(ds).Status) == status.SUCCESS
+    assoc.release()
+    [row] = rows(node, Instance)
+    stored = node.spool.root / row.spool_path
+    assert row.transfer_syntax_uid == DeflatedExplicitVRLittleEndian
+    assert dataset_bytes(stored)[:2] != b"\x08\x00"  # deflated on the wire, deflated on disk
+    back = pydicom.dcmread(stored)
+    assert back.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    assert back.PixelData == pydicom.dcmread(source).PixelData
