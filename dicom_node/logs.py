@@ -50,12 +50,10 @@ def configure_logging(level: int = logging.INFO) -> None:
     """Configure the root logger once for an entry point: one stderr handler with the context filter."""
     root = logging.getLogger()
     root.setLevel(level)
-    for handler in root.handlers:
-        if any(isinstance(f, ContextFilter) for f in handler.filters):
-            return
-    handler = logging.StreamHandler()
-    handler.addFilter(ContextFilter())
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root.handlers[:] = [handler]
+    if not any(any(isinstance(f, ContextFilter) for f in h.filters) for h in root.handlers):
+        handler = logging.StreamHandler()
+        handler.addFilter(ContextFilter())
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.handlers[:] = [handler]
     # pynetdicom logs every PDU at DEBUG and every message at INFO; keep it at WARNING unless debugging.
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from config.errors import ConfigError, SegNodeError
+from dicom_node.logs import configure_logging
 
 #: Subcommand modules, in the order ``segnode --help`` lists them.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(int(args.verbose), 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(level)
     try:
         code: int = args.func(args)
     except ConfigError as exc:
