@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from conversion.dicomscan import read_header
 from conversion.errors import NotSegmentableError, Reason
 
 logger = logging.getLogger(__name__)
@@ -110,11 +111,20 @@ def read_sources(items: list[str | os.PathLike[str] | Dataset]) -> list[SourceIm
             # One read of the file, then parsing from memory (faster than many small file reads); the
             # bytes are dropped once the header is parsed and pixels are read again at their offset.
             data = path.read_bytes()
-            buffer = io.BytesIO(data)
-            header = dcmread(buffer, stop_before_pixels=True, force=True)
-            pos = buffer.tell()
-            tag_bytes = data[pos : pos + 4]
-            del data, buffer
+            scanned = read_header(data, str(path))
+            if scanned is not None:
+                header, offset = scanned
+            else:  # uncommon encodings: pydicom's tolerant reader
+                buffer = io.BytesIO(data)
+                header = dcmread(buffer, stop_before_pixels=True, force=True)
+                pos = buffer.tell()
+                offset = (
+                    pos
+                    if _is_pixel_tag(data[pos : pos + 4], header.original_encoding[1] is not False)
+                    else None
+                )
+                del buffer
+            del data
         except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as exc:
             raise NotSegmentableError(
                 f"cannot read {path} as DICOM: {exc}", reason=Reason.UNREADABLE
@@ -127,7 +137,6 @@ def read_sources(items: list[str | os.PathLike[str] | Dataset]) -> list[SourceIm
         ts = _transfer_syntax(header)
         implicit, little = header.original_encoding
         implicit, little = bool(implicit), little is not False
-        offset = pos if len(tag_bytes) == 4 and _is_pixel_tag(tag_bytes, little) else None
         sources.append(
             SourceImage(
                 header=header,
@@ -142,6 +151,8 @@ def read_sources(items: list[str | os.PathLike[str] | Dataset]) -> list[SourceIm
 
 
 def _is_pixel_tag(tag_bytes: bytes, little_endian: bool) -> bool:
+    if len(tag_bytes) != 4:
+        return False
     order: Literal["little", "big"] = "little" if little_endian else "big"
     group = int.from_bytes(tag_bytes[:2], order)
     elem = int.from_bytes(tag_bytes[2:], order)

@@ -1,0 +1,147 @@
+"""A fast reader of DICOM file headers (Part 10 files, little endian), with pydicom's own data model.
+
+pydicom's reader parses every sequence item into a ``Dataset`` while reading; for MR headers (nested
+referenced-image, functional-group and private sequences) that is most of the cost of loading a series.
+This reader walks the elements of the main dataset once, keeps each value as raw bytes in a pydicom
+``RawDataElement`` (sequences included: pydicom decodes a raw sequence on first access) and stops at the
+Pixel Data element, whose offset it returns. The result is an ordinary :class:`pydicom.dataset.FileDataset`.
+
+Only the common encodings take this path: a 128-byte preamble with ``DICM``, then Implicit VR Little Endian,
+Explicit VR Little Endian or an encapsulated (compressed) transfer syntax. Anything else (Big Endian,
+Deflate, no preamble, a VR that does not match the declared transfer syntax, a truncated file) returns
+``None`` and the caller reads the file with ``pydicom.dcmread``, which is more tolerant.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+
+_UNDEFINED = 0xFFFFFFFF
+_LONG_VRS = frozenset(
+    (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV", b"SV", b"UV")
+)
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+_U32 = struct.Struct("<L").unpack_from
+_U16 = struct.Struct("<H").unpack_from
+_TAG = struct.Struct("<HH").unpack_from
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+class _Unsupported(Exception):
+    """The file needs pydicom's general reader."""
+
+
+def read_header(data: bytes, filename: str = "") -> tuple[FileDataset, int | None] | None:
+    """The header of a DICOM file (no pixel data) and the offset of its Pixel Data tag, or ``None``.
+
+    ``None`` means: use ``pydicom.dcmread`` for this file.
+    """
+    if len(data) < 144 or data[128:132] != b"DICM":
+        return None
+    try:
+        meta_raw, pos, _ = _scan(data, 132, implicit=False, only_group=0x0002)
+        meta = FileMetaDataset(Dataset(meta_raw))
+        ts_elem = meta_raw.get(BaseTag(0x00020010))
+        if not isinstance(ts_elem, RawDataElement) or ts_elem.value is None:
+            return None
+        ts = UID(ts_elem.value.decode("ascii").strip(" \x00"))
+        if ts == _IMPLICIT_LE:
+            implicit = True
+        elif ts == _EXPLICIT_LE or (ts.is_transfer_syntax and ts.is_encapsulated and not ts.is_deflated):
+            implicit = False
+        else:
+            return None
+        raw, _, pixel_offset = _scan(data, pos, implicit=implicit, only_group=None)
+    except (_Unsupported, struct.error, IndexError, UnicodeDecodeError, ValueError):
+        return None
+    dataset = Dataset(raw)
+    header = FileDataset(filename, dataset, preamble=data[:128], file_meta=meta)
+    header.set_original_encoding(implicit, True)
+    return header, pixel_offset
+
+
+def _scan(
+    data: bytes, pos: int, *, implicit: bool, only_group: int | None
+) -> tuple[dict[BaseTag, DataElement | RawDataElement], int, int | None]:
+    """Raw elements from ``pos`` to the end (or the end of ``only_group``, or the Pixel Data element)."""
+    raw: dict[BaseTag, DataElement | RawDataElement] = {}
+    end_of_data = len(data)
+    while pos < end_of_data:
+        group, elem = _TAG(data, pos)
+        if only_group is not None and group != only_group:
+            return raw, pos, None
+        tag = (group << 16) | elem
+        if tag in _PIXEL_TAGS:
+            return raw, pos, pos
+        if group == 0xFFFE:
+            raise _Unsupported("item tag in the main dataset")
+        end, vr, length, value_pos = _element(data, pos, implicit)
+        if length == _UNDEFINED:
+            # store the items without the sequence delimiter, as a defined-length value
+            value = data[value_pos : end - 8]
+            length = len(value)
+        else:
+            value = data[value_pos:end]
+        key = BaseTag(tag)
+        raw[key] = RawDataElement(key, vr, length, value, value_pos, implicit, True)
+        pos = end
+    return raw, pos, None
+
+
+def _element(data: bytes, pos: int, implicit: bool) -> tuple[int, str | None, int, int]:
+    """(end, VR, length, value offset) of the element at ``pos``."""
+    vr: str | None
+    if implicit:
+        length = _U32(data, pos + 4)[0]
+        value_pos = pos + 8
+        vr = None
+    else:
+        vr_bytes = data[pos + 4 : pos + 6]
+        if not (vr_bytes.isalpha() and vr_bytes.isupper()):
+            raise _Unsupported("VR does not match the transfer syntax")
+        if vr_bytes in _LONG_VRS:
+            length = _U32(data, pos + 8)[0]
+            value_pos = pos + 12
+        else:
+            length = _U16(data, pos + 6)[0]
+            value_pos = pos + 8
+        vr = vr_bytes.decode("ascii")
+    if length == _UNDEFINED:
+        # Only a sequence may have an undefined length here (UN with undefined length holds implicit VR
+        # items inside an explicit VR dataset: left to pydicom).
+        if vr not in (None, "SQ"):
+            raise _Unsupported("undefined length outside a sequence")
+        return _skip_items(data, value_pos, implicit), "SQ", length, value_pos
+    end = value_pos + length
+    if end > len(data):
+        raise _Unsupported("truncated element")
+    return end, vr, length, value_pos
+
+
+def _skip_items(data: bytes, pos: int, implicit: bool) -> int:
+    """Walk the items of an undefined-length sequence; return the offset after its delimiter."""
+    while True:
+        group, elem = _TAG(data, pos)
+        length = _U32(data, pos + 4)[0]
+        pos += 8
+        if group != 0xFFFE:
+            raise _Unsupported("no item tag in a sequence")
+        if elem == 0xE0DD:  # Sequence Delimitation Item
+            return pos
+        if elem != 0xE000:
+            raise _Unsupported("unexpected delimiter in a sequence")
+        if length == _UNDEFINED:
+            while True:
+                group, elem = _TAG(data, pos)
+                if group == 0xFFFE and elem == 0xE00D:  # Item Delimitation Item
+                    pos += 8
+                    break
+                pos = _element(data, pos, implicit)[0]
+        else:
+            pos += length

@@ -1,0 +1,99 @@
+"""The fast header reader gives exactly pydicom's dataset (sequences included) or hands over to pydicom."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from conversion_reference import series_folders
+from pydicom.uid import ImplicitVRLittleEndian
+
+from conversion.dicomscan import read_header
+
+#: The Sunnybrook files carry UIDs with leading-zero components: pydicom warns, SegNode reads them.
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
+
+ROOT = Path(__file__).resolve().parents[2]
+TEST_MRI = ROOT / "tests" / "data" / "mri"
+SHARED_MRI = ROOT.parent / "shared" / "data" / "mri"
+
+
+def _difference(ours: pydicom.Dataset, theirs: pydicom.Dataset, where: str = "") -> str | None:
+    if list(ours.keys()) != list(theirs.keys()):
+        return f"{where}: different elements"
+    for elem in ours:
+        other = theirs[elem.tag]
+        if elem.VR != other.VR:
+            return f"{where}{elem.tag}: VR {elem.VR} != {other.VR}"
+        if elem.VR == "SQ":
+            if len(elem.value) != len(other.value):
+                return f"{where}{elem.tag}: {len(elem.value)} items != {len(other.value)}"
+            for n, (a, b) in enumerate(zip(elem.value, other.value, strict=True)):
+                diff = _difference(a, b, f"{where}{elem.tag}[{n}].")
+                if diff:
+                    return diff
+        elif elem.value != other.value:
+            return f"{where}{elem.tag}: {elem.value!r:.80} != {other.value!r:.80}"
+    return None
+
+
+def _check_folder(folder: Path) -> None:
+    for path in sorted(folder.glob("*.dcm")):
+        reference = pydicom.dcmread(path, stop_before_pixels=True)
+        scanned = read_header(path.read_bytes(), str(path))
+        if reference.original_encoding[1] is False:  # big endian: pydicom's reader is used instead
+            assert scanned is None
+            continue
+        assert scanned is not None, path
+        header, offset = scanned
+        assert _difference(header, reference) is None, path
+        assert header.file_meta == reference.file_meta
+        assert header.original_encoding[:2] == reference.original_encoding[:2]
+        has_pixels = "PixelData" in pydicom.dcmread(path, specific_tags=["PixelData"])
+        assert (offset is not None) == has_pixels, path
+        if offset is not None:
+            assert path.read_bytes()[offset : offset + 4] == b"\xe0\x7f\x10\x00"
+
+
+def _params(root: Path, prefix: str) -> list[Any]:
+    if not root.is_dir():
+        return [
+            pytest.param(None, id=f"{prefix}-absent", marks=pytest.mark.skip(reason=f"{root} not present"))
+        ]
+    return [pytest.param(f, id=f"{prefix}-{f.relative_to(root)}") for f in series_folders(root)]
+
+
+@pytest.mark.parametrize("folder", _params(TEST_MRI, "tests-data"))
+def test_headers_equal_pydicom_on_the_subset(folder: Path) -> None:
+    _check_folder(folder)
+
+
+@pytest.mark.parametrize("folder", _params(SHARED_MRI, "shared"))
+def test_headers_equal_pydicom_on_the_full_set(folder: Path) -> None:
+    _check_folder(folder)
+
+
+@pytest.mark.filterwarnings("ignore:The value length:UserWarning")  # Philips private UI read as implicit VR
+def test_implicit_vr_with_undefined_length_nested_sequences(tmp_path: Path) -> None:
+    """A real Enhanced MR object (nested functional groups) re-encoded as Implicit VR Little Endian."""
+    source = TEST_MRI / "dcm_qa_enh" / "Philips_EnhancedMR_fMAP" / "IM_0027_fMAP.dcm"
+    ds = pydicom.dcmread(source)
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    out = tmp_path / "implicit.dcm"
+    ds.save_as(out, implicit_vr=True, little_endian=True)
+    raw = out.read_bytes()
+    assert b"\xfe\xff\xdd\xe0" in raw  # sequences written with undefined length
+    scanned = read_header(raw, str(out))
+    assert scanned is not None
+    assert _difference(scanned[0], pydicom.dcmread(out, stop_before_pixels=True)) is None
+
+
+def test_files_it_does_not_handle_go_to_pydicom(tmp_path: Path) -> None:
+    path = TEST_MRI / "prostatex" / "ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276" / "1-01.dcm"
+    data = path.read_bytes()
+    assert read_header(data) is not None
+    assert read_header(data[128 + 4 :]) is None  # no preamble
+    assert read_header(data[:700]) is None  # truncated inside the header
+    assert read_header(b"not dicom") is None
