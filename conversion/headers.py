@@ -173,8 +173,8 @@ def _transfer_syntax(ds: Dataset) -> UID:
 
 def is_enhanced(header: Dataset) -> bool:
     """Multi-frame object described by functional groups (not a classic object that carries one)."""
-    return str(header.get("SOPClassUID", "")) in ENHANCED_SOP_CLASSES or (
-        int(header.get("NumberOfFrames", 1) or 1) > 1 and "PerFrameFunctionalGroupsSequence" in header
+    return (text_value(header, 0x00080016) or "") in ENHANCED_SOP_CLASSES or (
+        _int(text_value(header, 0x00280008), 1) > 1 and "PerFrameFunctionalGroupsSequence" in header
     )
 
 
@@ -187,7 +187,7 @@ def is_localizer(header: Dataset) -> bool:
     image_type = [v.upper() for v in _values(header, 0x00080008)]
     if "LOCALIZER" in image_type or "SCOUT" in image_type:
         return True
-    text = " ".join(_first(header, tag) or "" for tag in (0x0008103E, 0x00181030))
+    text = " ".join(text_value(header, tag) or "" for tag in (0x0008103E, 0x00181030))
     return bool(_LOCALIZER_WORDS.search(text.replace("_", " ")))
 
 
@@ -223,7 +223,8 @@ def _values(header: Dataset, tag: int) -> list[str]:
     return [str(v).strip() for v in _as_list(value)]
 
 
-def _first(header: Dataset, tag: int) -> str | None:
+def text_value(header: Dataset, tag: int) -> str | None:
+    """The first value of a text element as a string (``None`` when absent or empty), without conversion."""
     values = _values(header, tag)
     return values[0] if values and values[0] != "" else None
 
@@ -233,9 +234,9 @@ def frames_of(index: int, src: SourceImage) -> list[FrameInfo]:
     header = src.header
     rows = int(header.get("Rows", 0) or 0)
     columns = int(header.get("Columns", 0) or 0)
-    sop = _first(header, 0x00080018) or ""
-    sop_class = _first(header, 0x00080016) or ""
-    instance_number = _int(_first(header, 0x00200013), 0)
+    sop = text_value(header, 0x00080018) or ""
+    sop_class = text_value(header, 0x00080016) or ""
+    instance_number = _int(text_value(header, 0x00200013), 0)
     if is_enhanced(header):
         return _enhanced_frames(index, header, rows, columns, sop, sop_class, instance_number)
     attrs = _classic_attrs(header)
@@ -251,8 +252,8 @@ def frames_of(index: int, src: SourceImage) -> list[FrameInfo]:
             orientation=_floats(_values(header, 0x00200037), 6),
             position=_floats(_values(header, 0x00200032), 3),
             pixel_spacing=_spacing(_values(header, 0x00280030)),
-            slope=_float(_first(header, 0x00281053), 1.0),
-            intercept=_float(_first(header, 0x00281052), 0.0),
+            slope=_float(text_value(header, 0x00281053), 1.0),
+            intercept=_float(text_value(header, 0x00281052), 0.0),
             attrs=attrs,
         )
     ]
@@ -268,8 +269,8 @@ def _enhanced_frames(
     top = _classic_attrs(header)
     frames: list[FrameInfo] = []
     shared_items = _first_items(shared)
-    top_slope = _float(_first(header, 0x00281053), 1.0)
-    top_intercept = _float(_first(header, 0x00281052), 0.0)
+    top_slope = _float(text_value(header, 0x00281053), 1.0)
+    top_intercept = _float(text_value(header, 0x00281052), 0.0)
     for f in range(n_frames):
         items = dict(shared_items)
         if f < len(per_frame):
@@ -293,7 +294,7 @@ def _enhanced_frames(
             attrs["echo_time"] = _number(echo.EffectiveEchoTime)
         if content.get("TemporalPositionIndex") is not None:  # UL: binary
             attrs["temporal_position"] = _int(content.TemporalPositionIndex, 0)
-        stack_id = _first(content, 0x00209056)
+        stack_id = text_value(content, 0x00209056)
         if stack_id is not None:
             attrs["stack_id"] = stack_id
         if content.get("FrameAcquisitionNumber") is not None:  # US: binary
@@ -312,8 +313,10 @@ def _enhanced_frames(
                 orientation=_floats(_values(plane_ori, 0x00200037), 6),
                 position=_floats(_values(plane_pos, 0x00200032), 3),
                 pixel_spacing=_spacing(_values(measures, 0x00280030)),
-                slope=top_slope if transform is None else _float(_first(transform, 0x00281053), 1.0),
-                intercept=top_intercept if transform is None else _float(_first(transform, 0x00281052), 0.0),
+                slope=top_slope if transform is None else _float(text_value(transform, 0x00281053), 1.0),
+                intercept=top_intercept
+                if transform is None
+                else _float(text_value(transform, 0x00281052), 0.0),
                 attrs=attrs,
             )
         )
@@ -361,7 +364,7 @@ def _classic_attrs(header: Dataset) -> dict[str, Any]:
         ("acquisition_number", 0x00200012, _int_or_none),
         ("trigger_time", 0x00181060, _number_or_none),
     ):
-        value = parse(_first(header, tag))
+        value = parse(text_value(header, tag))
         if value is not None:
             attrs[key] = value
     return attrs
@@ -414,7 +417,7 @@ def _private_blocks(header: Dataset) -> dict[tuple[int, str], int]:
     for tag in header.keys():
         t = int(tag)
         if t >> 16 in _B_VALUE_GROUPS and 0x10 <= (t & 0xFFFF) <= 0xFF:
-            creator = _first(header, t)
+            creator = text_value(header, t)
             if creator is not None:
                 out[(t >> 16, creator)] = t & 0xFF
     return out

@@ -20,6 +20,7 @@ from conversion.headers import (
     is_mosaic,
     read_sources,
     series_name,
+    text_value,
 )
 from conversion.pixels import fill_slices
 from conversion.stacks import (
@@ -77,7 +78,7 @@ def plan_series(
     if not sources:
         raise NotSegmentableError("no instances were given", reason=Reason.NO_PIXEL_DATA)
     name = series_name(sources[0].header)
-    series_uids = {str(s.header.get("SeriesInstanceUID", "")) for s in sources}
+    series_uids = {text_value(s.header, 0x0020000E) or "" for s in sources}
     if len(series_uids) > 1:
         names = sorted({series_name(s.header) for s in sources})
         raise NotSegmentableError(
@@ -161,7 +162,7 @@ def _check_series(sources: list[SourceImage], images: list[int], name: str) -> N
                 series=name,
             )
         spp = int(header.get("SamplesPerPixel", 1) or 1)
-        photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2"))
+        photometric = text_value(header, 0x00280004) or "MONOCHROME2"
         if spp != 1 or not photometric.startswith("MONOCHROME"):
             raise NotSegmentableError(
                 f"{name} has {photometric} images with {spp} samples per pixel ({sources[i].name}); "

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import as_pixel_options
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from conversion.errors import NotSegmentableError, Reason
 from conversion.headers import FrameInfo, SourceImage
@@ -47,8 +48,51 @@ def _seek_value(fp: BinaryIO, src: SourceImage, opts: dict[str, Any]) -> None:
     opts["pixel_keyword"] = _PIXEL_KEYWORDS[(group << 16) | elem]
 
 
+def _native_frames(src: SourceImage, frames: list[int | None]) -> list[npt.NDArray[Any]] | None:
+    """Read uncompressed little-endian frames straight from the file, or ``None`` to use pydicom.
+
+    Same result as pydicom's native decoder with its defaults (stored values as the Bits Allocated /
+    Pixel Representation integer type, unused high bits left as they are).
+    """
+    if src.path is None or src.pixel_offset is None or not src.little_endian:
+        return None
+    if src.transfer_syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+        return None
+    header = src.header
+    bits = int(header.get("BitsAllocated", 0) or 0)
+    signed = int(header.get("PixelRepresentation", 0) or 0) == 1
+    if int(header.get("SamplesPerPixel", 1) or 1) != 1 or bits not in (8, 16, 32):
+        return None
+    rows, columns = int(header.get("Rows", 0) or 0), int(header.get("Columns", 0) or 0)
+    n_frames = int(header.get("NumberOfFrames", 1) or 1)
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    frame_bytes = rows * columns * dtype.itemsize
+    with src.path.open("rb") as fp:
+        fp.seek(src.pixel_offset)
+        head = fp.read(12)
+        if len(head) < 12 or struct.unpack("<HH", head[:4]) != (0x7FE0, 0x0010):
+            return None
+        if src.implicit_vr:
+            start, length = src.pixel_offset + 8, struct.unpack("<L", head[4:8])[0]
+        else:
+            start, length = src.pixel_offset + 12, struct.unpack("<L", head[8:12])[0]
+        if length < n_frames * frame_bytes:
+            return None  # short or undefined length: let pydicom decide and explain
+        out = []
+        for f in frames:
+            fp.seek(start + (f or 0) * frame_bytes)
+            buf = fp.read(frame_bytes)
+            if len(buf) != frame_bytes:
+                return None
+            out.append(np.frombuffer(buf, dtype=dtype).reshape(rows, columns))
+        return out
+
+
 def decode_frames(src: SourceImage, frames: list[int | None], *, series: str = "") -> list[npt.NDArray[Any]]:
     """Decode the given frames (``None`` for a single-frame object) of one instance as stored arrays."""
+    native = _native_frames(src, frames)
+    if native is not None:
+        return native
     try:
         decoder = get_decoder(src.transfer_syntax)
     except NotImplementedError as exc:

@@ -270,3 +270,16 @@ def test_a_bad_stack_is_left_out_when_others_are_segmentable(caplog: pytest.LogC
 def test_bad_policy_value() -> None:
     with pytest.raises(ValueError, match="non_uniform"):
         load_series(series_files(PD), non_uniform="stretch")  # type: ignore[arg-type]
+
+
+def test_undecodable_truncated_uncompressed_file(tmp_path: Path) -> None:
+    """A real file cut short inside its pixel data (as after an interrupted copy)."""
+    paths = []
+    for n, f in enumerate(series_files(PD)):
+        path = tmp_path / f"{n}.dcm"
+        data = f.read_bytes()
+        path.write_bytes(data[:-5000] if n == 3 else data)
+        paths.append(path)
+    err = _reason(paths)
+    assert err.reason == "undecodable_pixels"
+    assert "3.dcm" in err.message
