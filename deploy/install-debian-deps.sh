@@ -1,8 +1,9 @@
 #!/bin/sh
 # Installs the Debian/Ubuntu packages SegNode's test suite talks to as real peers:
-# dcmtk (storescu, echoscu, storescp, dcmdump), orthanc (a real PACS), dicom3tools (dciodvfy), dcm2niix.
+# dcmtk (storescu, echoscu, storescp, dcmdump), orthanc (a real PACS), dicom3tools (dciodvfy), dcm2niix,
+# postgresql (the audit database on PostgreSQL; the test starts its own server on a free loopback port).
 set -eu
-PACKAGES="dcmtk orthanc dicom3tools dcm2niix"
+PACKAGES="dcmtk orthanc dicom3tools dcm2niix postgresql"
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
     SUDO="sudo"
