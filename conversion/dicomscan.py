@@ -67,11 +67,12 @@ def read_header(data: bytes, filename: str = "") -> tuple[FileDataset, int | Non
 
 
 def _scan(
-    data: bytes, pos: int, *, implicit: bool, only_group: int | None
+    data: bytes, pos: int, *, implicit: bool, only_group: int | None, end_of_data: int | None = None
 ) -> tuple[dict[BaseTag, DataElement | RawDataElement], int, int | None]:
-    """Raw elements from ``pos`` to the end (or the end of ``only_group``, or the Pixel Data element)."""
+    """Raw elements from ``pos`` to ``end_of_data`` (or the end of ``only_group``, the Pixel Data
+    element, or an Item Delimitation Item, after which it returns)."""
     raw: dict[BaseTag, DataElement | RawDataElement] = {}
-    end_of_data = len(data)
+    end_of_data = len(data) if end_of_data is None else end_of_data
     while pos < end_of_data:
         group, elem = _TAG(data, pos)
         if only_group is not None and group != only_group:
@@ -80,7 +81,9 @@ def _scan(
         if tag in _PIXEL_TAGS:
             return raw, pos, pos
         if group == 0xFFFE:
-            raise _Unsupported("item tag in the main dataset")
+            if elem == 0xE00D:  # end of an undefined-length item
+                return raw, pos + 8, None
+            raise _Unsupported("item tag among the elements of a dataset")
         end, vr, length, value_pos = _element(data, pos, implicit)
         if length == _UNDEFINED:
             # store the items without the sequence delimiter, as a defined-length value
@@ -145,3 +148,40 @@ def _skip_items(data: bytes, pos: int, implicit: bool) -> int:
                 pos = _element(data, pos, implicit)[0]
         else:
             pos += length
+
+
+def sequence_items(elem: DataElement | RawDataElement) -> list[Dataset] | None:
+    """The items of a sequence element still in raw form, as datasets of raw elements, or ``None``.
+
+    Nested sequences stay raw (decoded by pydicom on access, or by this function again). ``None`` when the
+    element was already decoded or its encoding is not handled here: use ``element.value`` then.
+    """
+    if not isinstance(elem, RawDataElement) or not isinstance(elem.value, bytes) or not elem.is_little_endian:
+        return None
+    if elem.VR not in ("SQ", None):
+        return None
+    data, implicit = elem.value, elem.is_implicit_VR
+    items: list[Dataset] = []
+    pos = 0
+    try:
+        while pos + 8 <= len(data):
+            group, tag_elem = _TAG(data, pos)
+            length = _U32(data, pos + 4)[0]
+            pos += 8
+            if group != 0xFFFE:
+                return None
+            if tag_elem == 0xE0DD:  # Sequence Delimitation Item
+                break
+            if tag_elem != 0xE000:
+                return None
+            if length == _UNDEFINED:
+                raw, pos, _ = _scan(data, pos, implicit=implicit, only_group=None)
+            else:
+                raw, _, _ = _scan(data, pos, implicit=implicit, only_group=None, end_of_data=pos + length)
+                pos += length
+            item = Dataset(raw)
+            item.set_original_encoding(implicit, True)
+            items.append(item)
+    except (_Unsupported, struct.error, IndexError, ValueError):
+        return None
+    return items

@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from conversion.dicomscan import read_header
+from conversion.dicomscan import read_header, sequence_items
 from conversion.errors import NotSegmentableError, Reason
 
 logger = logging.getLogger(__name__)
@@ -263,9 +263,9 @@ def _enhanced_frames(
     index: int, header: Dataset, rows: int, columns: int, sop: str, sop_class: str, instance_number: int
 ) -> list[FrameInfo]:
     n_frames = _int(header.get("NumberOfFrames"), 1)
-    shared_seq = header.get("SharedFunctionalGroupsSequence")
-    shared = shared_seq[0] if shared_seq else Dataset()
-    per_frame = header.get("PerFrameFunctionalGroupsSequence") or []
+    shared_groups = _items(header, 0x52009229)  # Shared Functional Groups Sequence
+    shared = shared_groups[0] if shared_groups else Dataset()
+    per_frame = _items(header, 0x52009230)  # Per-frame Functional Groups Sequence
     top = _classic_attrs(header)
     frames: list[FrameInfo] = []
     shared_items = _first_items(shared)
@@ -342,11 +342,21 @@ def _first_items(group: Dataset) -> dict[int, Dataset]:
     """The first item of each functional group sequence the loader reads, by tag."""
     out: dict[int, Dataset] = {}
     for tag in _FUNCTIONAL_GROUPS:
-        if tag in group:
-            seq = group[tag].value
-            if seq:
-                out[tag] = seq[0]
+        items = _items(group, tag)
+        if items:
+            out[tag] = items[0]
     return out
+
+
+def _items(ds: Dataset, tag: int) -> list[Dataset]:
+    """Items of a sequence; still-raw sequences are split with the fast reader, not decoded in full."""
+    if tag not in ds:
+        return []
+    fast = sequence_items(ds.get_item(tag))
+    if fast is not None:
+        return fast
+    value = ds[tag].value
+    return list(value) if value else []
 
 
 def _classic_attrs(header: Dataset) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import pytest
 from conversion_reference import series_folders
 from pydicom.uid import ImplicitVRLittleEndian
 
-from conversion.dicomscan import read_header
+from conversion.dicomscan import read_header, sequence_items
 
 #: The Sunnybrook files carry UIDs with leading-zero components: pydicom warns, SegNode reads them.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
@@ -97,3 +97,27 @@ def test_files_it_does_not_handle_go_to_pydicom(tmp_path: Path) -> None:
     assert read_header(data[128 + 4 :]) is None  # no preamble
     assert read_header(data[:700]) is None  # truncated inside the header
     assert read_header(b"not dicom") is None
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        TEST_MRI / "dcm_qa_enh" / "Philips_EnhancedMR_fMAP" / "IM_0027_fMAP.dcm",
+        TEST_MRI / "dcm_qa_enh" / "Siemens_XA10_EnhancedMR_4vol" / "6_1.dcm",
+    ],
+    ids=["philips-fmap", "siemens-xa10"],
+)
+def test_functional_group_items_equal_pydicom(path: Path) -> None:
+    scanned = read_header(path.read_bytes(), str(path))
+    assert scanned is not None
+    header = scanned[0]
+    reference = pydicom.dcmread(path, stop_before_pixels=True)
+    for tag in (0x52009229, 0x52009230):
+        items = sequence_items(header.get_item(tag))
+        assert items is not None
+        assert len(items) == len(reference[tag].value)
+        for ours, theirs in zip(items, reference[tag].value, strict=True):
+            assert _difference(ours, theirs) is None
+    decoded = header.PerFrameFunctionalGroupsSequence  # decoded by pydicom once accessed
+    assert sequence_items(header.get_item(0x52009230)) is None
+    assert len(decoded) == int(reference.NumberOfFrames)
