@@ -9,14 +9,16 @@ Run: ``python tests/bench/bench_conversion.py [--repeat N] [ROOT ...]`` (default
 * dcm2niix: the Debian binary as a subprocess writing uncompressed NIfTI into a temporary folder (the way a
   pipeline would call it; its process start and file write are part of what it costs).
 
-The best of ``--repeat`` runs is reported (warm file cache). Ratios > 1 mean SegNode is faster. Series one
-of the tools cannot convert are shown with its error instead of a time.
+The best of ``--repeat`` runs is reported (warm file cache), as wall time and as CPU time (user + system of
+this process for the Python tools, of the child process for dcm2niix): on a shared machine the CPU time is
+the steadier figure. Ratios > 1 mean SegNode is faster. Series a tool cannot convert show its error.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import shutil
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -52,22 +55,34 @@ ConversionError = (
 )
 
 
-def _best(fn: Callable[[], object], repeat: int) -> tuple[float | None, str]:
-    best: float | None = None
-    note = ""
+@dataclass
+class Timing:
+    wall: float | None = None
+    cpu: float | None = None
+    note: str = ""
+
+
+def _cpu_now() -> float:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def _best(fn: Callable[[], object], repeat: int) -> Timing:
+    timing = Timing()
     for _ in range(repeat):
-        start = time.perf_counter()
+        wall0, cpu0 = time.perf_counter(), _cpu_now()
         try:
             result = fn()
         except NotSegmentableError as exc:
-            return None, f"rejected: {exc.reason}"
+            return Timing(note=f"rejected: {exc.reason}")
         except ConversionError as exc:
-            return None, f"fails: {type(exc).__name__}"
-        elapsed = time.perf_counter() - start
-        best = elapsed if best is None else min(best, elapsed)
+            return Timing(note=f"fails: {type(exc).__name__}")
+        wall, cpu = time.perf_counter() - wall0, _cpu_now() - cpu0
+        timing.wall = wall if timing.wall is None else min(timing.wall, wall)
+        timing.cpu = cpu if timing.cpu is None else min(timing.cpu, cpu)
         if isinstance(result, list):
-            note = f"{len(result)} vol"
-    return best, note
+            timing.note = f"{len(result)} vol"
+    return timing
 
 
 def _segnode(files: list[Path]) -> Callable[[], object]:
@@ -113,38 +128,51 @@ def main() -> int:
         p for p in (ROOT / "tests" / "data" / "mri", ROOT.parent / "shared" / "data" / "mri") if p.is_dir()
     ]
     header = (
-        f"{'series':62} {'files':>5} {'SegNode s':>10} {'d2nifti s':>10} {'dcm2niix s':>10} "
-        f"{'vs d2n':>7} {'vs niix':>7}"
+        f"{'series':56} {'files':>5} {'SegNode':>8} {'d2nifti':>8} {'dcm2niix':>8} "
+        f"{'wall x d2n':>10} {'x niix':>7} {'cpu x d2n':>10} {'x niix':>7}"
     )
+    print("times: best wall seconds; ratios: other tool's time / SegNode's (> 1: SegNode faster)")
     print(header)
     print("-" * len(header))
-    totals = [0.0, 0.0, 0.0]
+    totals = {"ours": [0.0, 0.0], "d2n": [0.0, 0.0], "niix": [0.0, 0.0]}
     for root in roots:
         for folder in sorted({p.parent for p in root.rglob("*.dcm")}):
             files = sorted(folder.glob("*.dcm"))
-            ours, note = _best(_segnode(files), args.repeat)
-            d2n, d2n_note = _best(_dicom2nifti(files), args.repeat)
-            niix, niix_note = _best(_dcm2niix(folder), args.repeat)
-
-            def fmt(v: float | None, n: str) -> str:
-                return f"{v:10.4f}" if v is not None else f"{n[:10]:>10}"
-
-            r1 = f"{d2n / ours:7.2f}" if ours and d2n else f"{'-':>7}"
-            r2 = f"{niix / ours:7.2f}" if ours and niix else f"{'-':>7}"
-            name = f"{root.name}/{folder.relative_to(root)}"[-62:]
-            times = f"{fmt(ours, note)} {fmt(d2n, d2n_note)} {fmt(niix, niix_note)}"
-            print(f"{name:62} {len(files):5d} {times} {r1} {r2}")
-            if ours and d2n and niix:
-                totals[0] += ours
-                totals[1] += d2n
-                totals[2] += niix
-    if totals[0]:
+            ours = _best(_segnode(files), args.repeat)
+            d2n = _best(_dicom2nifti(files), args.repeat)
+            niix = _best(_dcm2niix(folder), args.repeat)
+            cells = [
+                f"{t.wall:8.4f}" if t.wall is not None else f"{t.note[:8]:>8}" for t in (ours, d2n, niix)
+            ]
+            ratios = [
+                _ratio(other.wall, ours.wall, 10 if n == 0 else 7) for n, other in enumerate((d2n, niix))
+            ] + [_ratio(other.cpu, ours.cpu, 10 if n == 0 else 7) for n, other in enumerate((d2n, niix))]
+            name = f"{root.name}/{folder.relative_to(root)}"[-56:]
+            print(f"{name:56} {len(files):5d} {' '.join(cells)} {' '.join(ratios)}")
+            if all(t.wall is not None and t.cpu is not None for t in (ours, d2n, niix)):
+                for key, t in (("ours", ours), ("d2n", d2n), ("niix", niix)):
+                    totals[key][0] += t.wall or 0.0
+                    totals[key][1] += t.cpu or 0.0
+    if totals["ours"][0]:
         print("-" * len(header))
+        o, d, n = totals["ours"], totals["d2n"], totals["niix"]
+        ratios = [
+            _ratio(d[0], o[0], 10),
+            _ratio(n[0], o[0], 7),
+            _ratio(d[1], o[1], 10),
+            _ratio(n[1], o[1], 7),
+        ]
         print(
-            f"{'total over series all three convert':62} {'':5} {totals[0]:10.4f} {totals[1]:10.4f} "
-            f"{totals[2]:10.4f} {totals[1] / totals[0]:7.2f} {totals[2] / totals[0]:7.2f}"
+            f"{'total over series all three convert':56} {'':5} {o[0]:8.4f} {d[0]:8.4f} {n[0]:8.4f} "
+            f"{' '.join(ratios)}"
         )
     return 0
+
+
+def _ratio(other: float | None, ours: float | None, width: int) -> str:
+    if not other or not ours:
+        return f"{'-':>{width}}"
+    return f"{other / ours:{width}.2f}"
 
 
 if __name__ == "__main__":
