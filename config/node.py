@@ -14,6 +14,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydicom._uid_dict import UID_dictionary
+from pynetdicom import sop_class as _registers_newer_uids  # noqa: F401
 
 #: A DICOM UI value: dot-separated digit components, at most 64 characters.
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -41,11 +42,14 @@ AETitle = Annotated[str, AfterValidator(check_ae_title)]
 
 
 def _resolve_uid(value: str, kind: str) -> str:
-    """Accept a pydicom keyword (``MRImageStorage``) or a UID of the given ``kind`` and return the UID."""
+    """Accept a pydicom keyword (``MRImageStorage``) or a UID of the given ``kind`` and return the UID.
+
+    pynetdicom adds UIDs newer than pydicom's dictionary (JPEG XL, ...) when imported; it is imported above
+    so that the same file validates the same way whatever else the process imported first."""
     for uid, entry in UID_dictionary.items():
         if entry[4] == value and entry[1] == kind:
             return uid
-    if _UID_RE.match(value) and len(value) <= 64:
+    if _UID_RE.fullmatch(value) and len(value) <= 64:
         known = UID_dictionary.get(value)
         if known is not None and known[1] != kind:
             raise ValueError(f"{value} is a {known[1]}, not a {kind}")

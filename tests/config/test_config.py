@@ -86,8 +86,8 @@ BAD_YAML: list[tuple[str, str, str]] = [
     ),
     (
         "unknown transfer syntax",
-        "accept:\n  transfer_syntaxes: [JPEGXL]\n",
-        "node.yaml: accept.transfer_syntaxes[0]: unknown Transfer Syntax 'JPEGXL' "
+        "accept:\n  transfer_syntaxes: [JPEG2001]\n",
+        "node.yaml: accept.transfer_syntaxes[0]: unknown Transfer Syntax 'JPEG2001' "
         "(give a UID or a keyword such as ExplicitVRLittleEndian)",
     ),
     (
