@@ -93,7 +93,15 @@ def normal_of(frame: FrameInfo) -> npt.NDArray[np.float64]:
 
 
 def _position_keys(frames: list[FrameInfo], normal: npt.NDArray[np.float64]) -> list[int]:
-    return [int(round(float(np.dot(f.position, normal)) / POSITION_TOLERANCE)) for f in frames]  # type: ignore[arg-type]
+    """A key per frame, equal for frames within POSITION_TOLERANCE of each other along the normal."""
+    along = [float(np.dot(f.position, normal)) if f.position is not None else 0.0 for f in frames]
+    keys = [0] * len(frames)
+    cluster, previous = 0, None
+    for i in sorted(range(len(frames)), key=along.__getitem__):
+        if previous is not None and along[i] - previous > POSITION_TOLERANCE:
+            cluster += 1
+        keys[i], previous = cluster, along[i]
+    return keys
 
 
 def _duplicates(frames: list[FrameInfo], normal: npt.NDArray[np.float64]) -> int:
