@@ -10,6 +10,10 @@ Conventions (fixed; every stage relies on them):
   column 0 = row direction cosine x column spacing (PixelSpacing[1]), column 1 = column direction cosine
   x row spacing (PixelSpacing[0]), column 2 = slice step vector, column 3 = ImagePositionPatient of slice 0.
   ``affine_ras`` gives the same for RAS (nibabel's convention).
+
+``conversion.load_series`` builds volumes; ``voxels`` is then a Fortran-ordered view (slices are decoded
+one after the other into contiguous memory); call ``np.ascontiguousarray`` where C order matters.
+``conversion.to_nibabel`` / ``conversion.to_sitk`` give nibabel (RAS) and SimpleITK (LPS) images.
 """
 
 from __future__ import annotations
