@@ -180,10 +180,17 @@ class Receiver:
 
 
 def handle_conn_open(event: evt.Event) -> None:
-    """Set TCP_NODELAY on the accepted socket: without it, small PDUs wait on delayed ACKs (~40 ms)."""
+    """Set TCP_NODELAY on the accepted socket: without it, small PDUs wait on delayed ACKs (~40 ms).
+
+    Also give it the network timeout: pynetdicom reads a whole PDU with blocking ``recv`` calls, so a peer
+    that announces a PDU (or a 4 GiB length in garbage) and then stays silent would hold its association
+    thread, and a slot of ``max_associations``, for ever. With the timeout it is closed after
+    ``network.network_timeout_s`` seconds of silence.
+    """
     sock = event.assoc.dul.socket
     if sock is not None and sock.socket is not None:
         sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.socket.settimeout(event.assoc.network_timeout)
 
 
 def handle_requested(event: evt.Event, receiver: Receiver) -> None:

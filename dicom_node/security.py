@@ -197,7 +197,7 @@ def check_encoding(data: bytes, transfer_syntax: str) -> None:
             raise MalformedDatasetError(f"the deflated data set inflates beyond {MAX_INFLATED_BYTES} bytes")
         start = 0
     if not len(body):
-        raise MalformedDatasetError("the data set holds no elements")
+        raise MalformedDatasetError("the data set is empty (zero-length object)")
     explicit = transfer_syntax != ImplicitVRLittleEndian
     little = transfer_syntax != ExplicitVRBigEndian
     _Walker(body, explicit, little, base=start).dataset(0, len(body), depth=0, in_item=False)

@@ -31,6 +31,6 @@ def path_safe_uid(value: object, what: str) -> str:
         raise InvalidUIDError(f"{what} is empty")
     if len(uid) > MAX_UI_LENGTH:
         raise InvalidUIDError(f"{what} is longer than {MAX_UI_LENGTH} characters")
-    if not _UI_RE.match(uid):
+    if not _UI_RE.fullmatch(uid):  # fullmatch: "$" would accept a trailing newline
         raise InvalidUIDError(f"{what} {uid[:80]!r} is not a DICOM UID (digits separated by single dots)")
     return uid
