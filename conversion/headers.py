@@ -1,10 +1,11 @@
 """Reading the headers of a series once, and describing every frame it holds.
 
-Each source instance is read once with ``stop_before_pixels``; the file offset of its Pixel Data element is
-kept so that :mod:`conversion.pixels` can later decode frames straight into the output volume without
-parsing the header again. Classic single-frame and Enhanced multi-frame objects are both described as a
-flat list of :class:`FrameInfo` (one per 2D image) carrying geometry, rescale and the attributes that can
-tell stacks apart.
+Each source file is read once, its header parsed up to the Pixel Data element (by
+:mod:`conversion.dicomscan`, or ``pydicom.dcmread(stop_before_pixels=True)`` for uncommon encodings); the
+file offset of its Pixel Data element is kept so that :mod:`conversion.pixels` can later decode frames
+straight into the output volume without parsing the header again. Classic single-frame and Enhanced
+multi-frame objects are both described as a flat list of :class:`FrameInfo` (one per 2D image) carrying
+geometry, rescale and the attributes that can tell stacks apart.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class FrameInfo:
 
 
 def read_sources(items: list[str | os.PathLike[str] | Dataset]) -> list[SourceImage]:
-    """Read the header of every item once (files with ``stop_before_pixels``)."""
+    """Read the header of every item once (files up to their Pixel Data element)."""
     sources: list[SourceImage] = []
     for item in items:
         if isinstance(item, Dataset):
