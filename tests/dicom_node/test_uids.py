@@ -32,6 +32,7 @@ def test_valid_uids_pass(value: str, expected: str) -> None:
         (".1.2", "is not a DICOM UID"),
         ("1.2.", "is not a DICOM UID"),
         ("1.2.3a", "is not a DICOM UID"),
+        ("1.2.3\n", "is not a DICOM UID"),
         ("1." + "2" * 63, "longer than 64 characters"),
         ("", "is empty"),
         (None, "is missing or not text"),
