@@ -194,22 +194,27 @@ class Node:
     ctx: PipelineContext
 
 
+def start_receiving_node(tmp: Path, port: int, **overrides: Any) -> Node:
+    config = make_config(tmp, port, **overrides)
+    service = NodeService(config, completion_interval_s=0, process_jobs=False)
+    service.start()
+    return Node(tmp, config, service, PipelineContext.create(config, service.audit, service.jobs))
+
+
 @pytest.fixture
 def make_node() -> Iterator[Callable[..., Node]]:
     """A receiving node (pipeline threads off) and the stage context on the same database."""
-    started: list[NodeService] = []
+    started: list[Node] = []
 
     def make(tmp: Path, port: int, **overrides: Any) -> Node:
-        config = make_config(tmp, port, **overrides)
-        service = NodeService(config, completion_interval_s=0, process_jobs=False)
-        service.start()
-        started.append(service)
-        return Node(tmp, config, service, PipelineContext.create(config, service.audit, service.jobs))
+        node = start_receiving_node(tmp, port, **overrides)
+        started.append(node)
+        return node
 
     yield make
-    for service in started:
-        if service.server is not None:
-            service.stop()
+    for node in started:
+        if node.service.server is not None:
+            node.service.stop()
 
 
 @dataclass

@@ -1,0 +1,178 @@
+"""``segnode jobs list|show|retry|cancel`` on a real node database, series received over real associations."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from node_support import T2_SAG, free_port, series_files
+from test_pipeline import Node, receive, start_receiving_node
+
+from dicom_node.cli import main
+from dicom_node.jobs import JobState
+from dicom_node.outbox import attempt_delivery, due_deliveries, open_deliveries, settle_job
+from dicom_node.pipeline import SegOutput, update_outputs
+
+
+@pytest.fixture
+def make_node() -> Iterator[Callable[..., Node]]:
+    started: list[Node] = []
+
+    def make(tmp: Path, port: int, **overrides: Any) -> Node:
+        started.append(start_receiving_node(tmp, port, **overrides))
+        return started[-1]
+
+    yield make
+    for node in started:
+        if node.service.server is not None:
+            node.service.stop()
+
+
+def run_main(argv: list[str]) -> int:
+    """``segnode`` in-process; the handler its logging set-up adds (bound to this test's captured stderr)
+    is removed afterwards."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        return main(argv)
+    finally:
+        root.handlers[:] = before
+
+
+def cli(capsys: pytest.CaptureFixture[str], node: Node, *args: str) -> tuple[int, str, str]:
+    config = node.tmp / "segnode.yaml"
+    if not config.exists():
+        import yaml
+
+        config.write_text(
+            yaml.safe_dump(node.config.model_dump(mode="json", by_alias=True)), encoding="utf-8"
+        )
+    code = run_main(["jobs", *args, "--config", str(config)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def sending_job(node: Node) -> int:
+    """A job whose SEG (here: a real MR object standing in for it) waits in the outbox for ``pacs``."""
+    ctx = node.ctx
+    job_id = receive(node.service, series_files(T2_SAG))
+    for stage in (JobState.converting, JobState.segmenting, JobState.encoding):
+        ctx.jobs.transition(job_id, stage)
+    source = series_files(T2_SAG)[0]
+    ctx.outbox_dir(job_id).mkdir(parents=True)
+    shutil.copy(source, ctx.outbox_dir(job_id) / "object.dcm")
+    output = SegOutput(
+        "object.dcm", "1.2.3", "1.2.3.4", "BINARY", ["pacs"], "total_mr", 0, "labels.npy", 19, 4
+    )
+    update_outputs(ctx, job_id, "seg", [output.to_json()])
+    open_deliveries(ctx, job_id, [output])
+    return job_id
+
+
+def test_list_and_show_a_queued_job_as_table_and_json(
+    tmp_path: Path, make_node: Callable[..., Node], capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = make_node(tmp_path, free_port())
+    job_id = receive(node.service, series_files(T2_SAG))
+    code, out, _ = cli(capsys, node, "list")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "id",
+        "state",
+        "failed_stage",
+        "reason",
+        "route",
+        "series_instance_uid",
+        "updated_at",
+    ]
+    assert lines[2].split()[:2] == [str(job_id), "queued"] and lines[-1] == "(1 job)"
+    code, out, _ = cli(capsys, node, "list", "--format", "json", "--state", "done")
+    assert (code, json.loads(out)) == (0, [])
+    code, out, _ = cli(capsys, node, "show", str(job_id), "--format", "json")
+    data = json.loads(out)
+    assert (data["id"], data["state"], data["deliveries"]) == (job_id, "queued", [])
+    assert [e["what"] for e in data["events"]] == ["job_created"]
+    code, out, _ = cli(capsys, node, "show", str(job_id))
+    assert code == 0 and out.startswith(f"job {job_id}: queued") and "job_created success" in out
+
+
+def test_show_lists_destinations_with_attempts_and_retry_makes_them_due_now(
+    tmp_path: Path, make_node: Callable[..., Node], capsys: pytest.CaptureFixture[str]
+) -> None:
+    retry = {"initial_delay_s": 60, "max_attempts": 3}
+    node = make_node(tmp_path, free_port(), **{"destinations.pacs.retry": retry})  # nothing listens there
+    ctx = node.ctx
+    job_id = sending_job(node)
+    [delivery_id] = due_deliveries(ctx)
+    info = attempt_delivery(ctx, delivery_id)
+    assert (info.state, info.last_outcome) == ("pending", "peer_unreachable")
+    code, out, _ = cli(capsys, node, "show", str(job_id))
+    assert code == 0
+    assert "destinations:" in out and "pacs         pending  1         peer_unreachable" in out
+    assert "pacs answered: pacs (STORESCP@127.0.0.1:" in out
+    assert "send_attempt failure [peer_unreachable]: pacs: attempt 1:" in out
+
+    assert due_deliveries(ctx) == []  # waiting for its back-off
+    code, out, _ = cli(capsys, node, "retry", str(job_id))
+    assert (code, out) == (0, f"job {job_id}: waiting deliveries due now (pacs)\n")
+    assert due_deliveries(ctx) == [delivery_id]
+
+    for _ in range(3):  # max_attempts 3
+        attempt_delivery(ctx, delivery_id)
+    assert settle_job(ctx, job_id) is JobState.failed
+    code, out, _ = cli(capsys, node, "list", "--state", "failed")
+    assert f"{job_id}" in out and "sending" in out and "peer_unreachable" in out
+    code, out, _ = cli(capsys, node, "retry", str(job_id))
+    assert (code, out) == (0, f"job {job_id}: sending again to pacs\n")
+    job = ctx.jobs.get(job_id)
+    assert (job.state, job.failed_stage) == (JobState.sending, None)
+    assert due_deliveries(ctx) == [delivery_id]
+
+
+def test_cancel_stops_a_job_and_its_deliveries_and_refuses_finished_jobs(
+    tmp_path: Path, make_node: Callable[..., Node], capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = make_node(tmp_path, free_port())
+    job_id = sending_job(node)
+    code, out, _ = cli(capsys, node, "cancel", str(job_id))
+    assert (code, out) == (0, f"job {job_id}: cancelled (1 pending deliveries cancelled)\n")
+    job = node.ctx.jobs.get(job_id)
+    assert (job.state, job.reason) == (JobState.cancelled, "cancelled_by_user")
+    assert due_deliveries(node.ctx) == []
+    code, _, err = cli(capsys, node, "cancel", str(job_id))
+    assert (
+        code == 1
+        and err == f"error [not_cancellable]: job {job_id} is cancelled; there is nothing to cancel\n"
+    )
+    code, _, err = cli(capsys, node, "retry", str(job_id))
+    assert code == 1 and "error [not_retryable]: job" in err
+
+
+def test_retry_of_a_job_failed_at_conversion_queues_it_again(
+    tmp_path: Path, make_node: Callable[..., Node], capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = make_node(tmp_path, free_port())
+    job_id = receive(node.service, series_files(T2_SAG))
+    node.ctx.jobs.transition(job_id, JobState.converting)
+    node.ctx.jobs.transition(job_id, JobState.failed, reason="spool_file_missing", detail="file gone")
+    code, out, _ = cli(capsys, node, "retry", str(job_id))
+    assert (code, out) == (0, f"job {job_id}: resumes at queued\n")
+    assert node.ctx.jobs.get(job_id).state is JobState.queued
+
+
+def test_unknown_job_and_missing_database_are_clear_errors(
+    tmp_path: Path, make_node: Callable[..., Node], capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = make_node(tmp_path, free_port())
+    code, _, err = cli(capsys, node, "show", "999")
+    assert (code, err) == (1, "error [job_not_found]: job 999 does not exist\n")
+    empty = tmp_path / "empty.db"
+    code = run_main(["jobs", "list", "--database", f"sqlite:///{empty}"])
+    err = capsys.readouterr().err
+    assert code == 1 and "no jobs table (has the node run there?)" in err
