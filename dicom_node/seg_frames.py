@@ -1,0 +1,226 @@
+"""Fast frames for BINARY SEGs: highdicom builds the SEG around a skeleton, the frames are added here.
+
+For 50 segments on a 512x512x120 label map a BINARY SEG has about 2,500 frames. highdicom's constructor
+compares every slice with every segment, builds one pydicom Dataset per frame and packs each frame; pydicom
+then encodes the 2,500 per-frame items element by element when the file is written. Together that takes
+seconds, almost all of it in per-frame Python work whose result differs from frame to frame only in the
+segment number and in which slice (plane) the frame lies on.
+
+So highdicom, the encoder of record, builds the SEG for a *skeleton*: the same source images, plane
+positions, orientation, pixel measures and options, with one segment and one labelled voxel on every slice
+that holds any label. That gives every module, the shared functional groups, the dimension organization and
+one per-frame item for each non-empty plane (its position, its source image references and its dimension
+index), exactly as highdicom computes them for the full label map, because highdicom decides the omitted
+planes, their order and the 3D dimension organization type from the same set of non-empty planes.
+
+:func:`assemble_binary_frames` then lays out the frames the way highdicom does for a label map (segment by
+segment, each in the skeleton's plane order, empty frames omitted): the pixel data packed with numpy, and
+the Per-frame Functional Groups Sequence encoded once per plane and per segment with pydicom's own element
+writer and joined as bytes (explicit VR little endian, defined lengths, as pydicom writes them). The
+sequence is stored as a raw data element, so writing the file (or a C-STORE in explicit VR little endian)
+copies those bytes instead of encoding 2,500 items again; other transfer syntaxes decode it and re-encode
+as usual. The tests check that the result equals highdicom's own constructor element for element
+(``encode_seg(..., highdicom_frames=True)``).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import correct_ambiguous_vr, write_data_element
+from pydicom.tag import Tag
+
+_PER_FRAME = Tag(0x52009230)
+_FRAME_CONTENT = Tag(0x00209111)
+_DIMENSION_INDEX_VALUES = Tag(0x00209157)
+_SEGMENT_IDENTIFICATION = Tag(0x0062000A)
+_REFERENCED_SEGMENT_NUMBER = Tag(0x0062000B)
+_PLANE_POSITION = Tag(0x00209113)
+_ITEM = b"\xfe\xff\x00\xe0"
+
+#: Edge of the blocks in which :func:`frames_of` transposes the label map (cache-friendly copy).
+_BLOCK = 64
+
+
+class FrameAssemblyError(ValueError):
+    """highdicom's skeleton does not have the structure the fast frame assembly relies on."""
+
+
+def frames_of(label_map: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """The label map ``(column, row, slice)`` as contiguous frames ``(slice, row, column)``.
+
+    Same result as ``np.ascontiguousarray(label_map.transpose(2, 1, 0))``, copied block by block: about three
+    times faster on a 512x512x120 map, where the plain transposed copy strides through memory.
+    """
+    columns, rows, slices = label_map.shape
+    out = np.empty((slices, rows, columns), dtype=label_map.dtype)
+    for i in range(0, columns, _BLOCK):
+        for j in range(0, rows, _BLOCK):
+            out[:, j : j + _BLOCK, i : i + _BLOCK] = label_map[i : i + _BLOCK, j : j + _BLOCK, :].transpose(
+                2, 1, 0
+            )
+    return out
+
+
+def plane_label_counts(frames: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+    """Voxel count of every label value on every plane: ``counts[plane, value]``."""
+    top = int(frames.max(initial=0)) if frames.size else 0
+    counts = np.zeros((frames.shape[0], top + 1), dtype=np.int64)
+    for k in range(frames.shape[0]):
+        counts[k] = np.bincount(frames[k].ravel(), minlength=top + 1)
+    return counts
+
+
+def skeleton_pixel_array(nonempty: npt.NDArray[np.bool_], rows: int, columns: int) -> npt.NDArray[np.uint8]:
+    """One segment (1) with one voxel on each non-empty plane, nothing on the others."""
+    array = np.zeros((len(nonempty), rows, columns), dtype=np.uint8)
+    array[np.flatnonzero(nonempty), 0, 0] = 1
+    return array
+
+
+def _encode(element: DataElement, encodings: str | list[str]) -> bytes:
+    """One data element as pydicom writes it in explicit VR little endian."""
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = False
+    write_data_element(fp, element, encodings)
+    return bytes(fp.getvalue())
+
+
+def _frame_content_template(encodings: str | list[str]) -> bytes:
+    """Encoded Frame Content Sequence whose last 8 bytes are the two UL Dimension Index Values."""
+    item = Dataset()
+    item.add(DataElement(_DIMENSION_INDEX_VALUES, "UL", [0, 0]))
+    encoded = _encode(DataElement(_FRAME_CONTENT, "SQ", [item]), encodings)
+    if not encoded.endswith(b"\x00" * 8):
+        raise FrameAssemblyError("unexpected encoding of the Frame Content Sequence")
+    return encoded[:-8]
+
+
+def _segment_identification(segment_number: int, encodings: str | list[str]) -> bytes:
+    item = Dataset()
+    item.add(DataElement(_REFERENCED_SEGMENT_NUMBER, "US", segment_number))
+    return _encode(DataElement(_SEGMENT_IDENTIFICATION, "SQ", [item]), encodings)
+
+
+def _plane_parts(item: Dataset, encodings: str | list[str]) -> tuple[bytes, bytes, bytes]:
+    """A skeleton per-frame item encoded without its frame content and segment identification.
+
+    Returns the elements before the Frame Content Sequence, between it and the Segment Identification
+    Sequence, and after that one (elements are written in tag order).
+    """
+    content = item.get(_FRAME_CONTENT)
+    if (
+        content is None
+        or len(content.value) != 1
+        or set(content.value[0].keys()) != {_DIMENSION_INDEX_VALUES}
+    ):
+        raise FrameAssemblyError("skeleton frame without a single Dimension Index Values item")
+    if _SEGMENT_IDENTIFICATION in item:
+        raise FrameAssemblyError("skeleton frame with its own Segment Identification Sequence")
+    before: list[bytes] = []
+    middle: list[bytes] = []
+    after: list[bytes] = []
+    for tag in sorted(item.keys()):
+        if tag in (_FRAME_CONTENT, _SEGMENT_IDENTIFICATION):
+            continue
+        part = before if tag < _FRAME_CONTENT else middle if tag < _SEGMENT_IDENTIFICATION else after
+        part.append(_encode(item[tag], encodings))
+    return b"".join(before), b"".join(middle), b"".join(after)
+
+
+def _plane_of(item: Dataset, positions: npt.NDArray[np.float64]) -> int:
+    position = np.asarray([float(v) for v in item[_PLANE_POSITION].value[0].ImagePositionPatient])
+    return int(np.argmin(np.linalg.norm(positions - position[None, :], axis=1)))
+
+
+def assemble_binary_frames(
+    skeleton: Dataset,
+    frames: npt.NDArray[Any],
+    counts: npt.NDArray[np.int64],
+    labels: Sequence[int],
+    positions: npt.NDArray[np.float64],
+    segment_descriptions: Sequence[Dataset],
+) -> Dataset:
+    """The full BINARY SEG from highdicom's skeleton (see the module docstring).
+
+    ``frames`` holds the model labels ``(slice, row, column)``, ``counts[slice, label]`` their voxel counts,
+    ``labels[n - 1]`` the label of segment ``n``, ``positions[slice]`` the plane positions given to highdicom.
+    Returns a plain pydicom Dataset (with the skeleton's file meta): highdicom's frame lookup tables inside
+    the skeleton object describe the skeleton, not these frames.
+    """
+    if int(skeleton.BitsAllocated) != 1 or skeleton.file_meta.TransferSyntaxUID.is_encapsulated:
+        raise FrameAssemblyError("the fast frame assembly handles native BINARY SEGs only")
+    rows, columns = int(skeleton.Rows), int(skeleton.Columns)
+    if (rows * columns) % 8:
+        raise FrameAssemblyError(f"{rows}x{columns} frames do not fill whole bytes")
+    encodings = skeleton.get("SpecificCharacterSet", "iso8859")
+    planes: list[tuple[int, int, tuple[bytes, bytes, bytes]]] = []
+    for item in skeleton.PerFrameFunctionalGroupsSequence:
+        dimension = [int(v) for v in item[_FRAME_CONTENT].value[0][_DIMENSION_INDEX_VALUES].value]
+        if len(dimension) != 2 or dimension[0] != 1:
+            raise FrameAssemblyError(f"skeleton frame with Dimension Index Values {dimension}")
+        planes.append((_plane_of(item, positions), dimension[1], _plane_parts(item, encodings)))
+
+    # A one-segment SEG (like the skeleton) identifies its segment in the shared functional groups; with
+    # more segments every frame does.
+    shared = skeleton.SharedFunctionalGroupsSequence[0]
+    if _SEGMENT_IDENTIFICATION not in shared:
+        raise FrameAssemblyError("skeleton without a shared Segment Identification Sequence")
+    single = len(labels) == 1
+    template = _frame_content_template(encodings)
+    frame_bytes = rows * columns // 8
+    label_values = np.asarray(labels)
+    plane_slices = [k for k, _, _ in planes]
+    present = counts[plane_slices][:, label_values] > 0  # (plane in skeleton order, segment index)
+    # Frames go segment by segment, each in plane order: the frame index of (plane, segment).
+    order = np.cumsum(present.T.ravel()).reshape(present.T.shape).T - 1
+    number_of_frames = int(present.sum())
+    pixels = np.empty((number_of_frames, frame_bytes), dtype=np.uint8)
+    for p, k in enumerate(plane_slices):
+        segments_here = np.flatnonzero(present[p])
+        if len(segments_here):
+            masks = frames[k].reshape(1, -1) == label_values[segments_here, None]
+            pixels[order[p, segments_here]] = np.packbits(masks, axis=1, bitorder="little")
+    items: list[bytes] = []
+    for number in range(1, len(labels) + 1):
+        identification = b"" if single else _segment_identification(number, encodings)
+        for p, (_, dimension_index, (before, middle, after)) in enumerate(planes):
+            if not present[p, number - 1]:
+                continue
+            body = b"".join(
+                (before, template, struct.pack("<2I", number, dimension_index), middle, identification, after)
+            )
+            items.append(b"".join((_ITEM, struct.pack("<I", len(body)), body)))
+
+    seg = Dataset(skeleton)
+    seg.file_meta = skeleton.file_meta
+    seg.preamble = getattr(skeleton, "preamble", None)
+    seg.SegmentSequence = list(segment_descriptions)
+    if not single:
+        shared = Dataset(shared)
+        del shared[_SEGMENT_IDENTIFICATION]
+        seg.SharedFunctionalGroupsSequence = [shared]
+        # highdicom infers the 3D dimension organization only when frames differ by position alone.
+        if "DimensionOrganizationType" in seg:
+            del seg.DimensionOrganizationType
+    seg.NumberOfFrames = number_of_frames
+    data = pixels.tobytes()
+    if len(data) % 2:
+        data += b"0"  # highdicom's padding of odd-length native pixel data
+    seg.PixelData = data
+    del seg[_PER_FRAME]
+    # Everything but the raw sequence gets pydicom's usual VR correction now, since marking the dataset as
+    # explicit VR little endian below lets the writer skip it.
+    correct_ambiguous_vr(seg, True)
+    value = b"".join(items)
+    seg[_PER_FRAME] = RawDataElement(_PER_FRAME, "SQ", len(value), value, 0, False, True)
+    seg.set_original_encoding(False, True, seg._character_set)
+    return seg
