@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import Pki
 from node_support import T2_SAG, dcmtk, series_files, wait_for
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
+from security_pki import Pki
 from sqlalchemy import select
 
 from config.errors import ConfigError
