@@ -411,11 +411,11 @@ def encode_seg(
     label map does not fit the volume, a label has no description, the geometry of the headers disagrees
     with the Volume, or highdicom refuses the inputs.
 
-    Uncompressed BINARY SEGs get their frames from :mod:`dicom_node.seg_frames` (highdicom builds the SEG
+    BINARY SEGs get their frames from :mod:`dicom_node.seg_frames` (highdicom builds the SEG
     around a one-voxel-per-plane skeleton; the frames are packed and their functional groups encoded in
     bulk): the same object as highdicom's constructor gives, in a fraction of the time. With
     ``highdicom_frames=True`` highdicom's constructor builds every frame itself (the reference the tests
-    compare the fast path with); LABELMAP and compressed SEGs always take that path.
+    compare the fast path with); LABELMAP SEGs always take that path.
     """
     import highdicom as hd
 
@@ -480,8 +480,10 @@ def encode_seg(
     fast = (
         not highdicom_frames
         and options.segmentation_type is SegmentationType.BINARY
-        and options.compression is Compression.NONE
-        and (label_frames.shape[1] * label_frames.shape[2]) % 8 == 0
+        and (
+            options.compression is Compression.JPEG2000
+            or (label_frames.shape[1] * label_frames.shape[2]) % 8 == 0
+        )
     )
 
     first = volume.first_header

@@ -33,9 +33,11 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr, write_data_element
 from pydicom.tag import Tag
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 _PER_FRAME = Tag(0x52009230)
 _FRAME_CONTENT = Tag(0x00209111)
@@ -141,6 +143,31 @@ def _plane_of(item: Dataset, positions: npt.NDArray[np.float64]) -> int:
     return int(np.argmin(np.linalg.norm(positions - position[None, :], axis=1)))
 
 
+def _compressed_frames(
+    skeleton: Dataset,
+    frames: npt.NDArray[Any],
+    present: npt.NDArray[np.bool_],
+    order: npt.NDArray[np.int64],
+    plane_slices: Sequence[int],
+    label_values: npt.NDArray[Any],
+) -> bytes:
+    """Every frame compressed with highdicom's frame encoder and encapsulated, in frame order."""
+    from highdicom.frame import encode_frame
+
+    compressed: list[bytes] = [b""] * int(present.sum())
+    for p, k in enumerate(plane_slices):
+        for index in np.flatnonzero(present[p]):
+            compressed[int(order[p, index])] = encode_frame(
+                (frames[k] == label_values[index]).astype(np.uint8),
+                transfer_syntax_uid=skeleton.file_meta.TransferSyntaxUID,
+                bits_allocated=int(skeleton.BitsAllocated),
+                bits_stored=int(skeleton.BitsStored),
+                photometric_interpretation=skeleton.PhotometricInterpretation,
+                pixel_representation=int(skeleton.PixelRepresentation),
+            )
+    return bytes(encapsulate(compressed))
+
+
 def assemble_binary_frames(
     skeleton: Dataset,
     frames: npt.NDArray[Any],
@@ -156,10 +183,14 @@ def assemble_binary_frames(
     Returns a plain pydicom Dataset (with the skeleton's file meta): highdicom's frame lookup tables inside
     the skeleton object describe the skeleton, not these frames.
     """
-    if int(skeleton.BitsAllocated) != 1 or skeleton.file_meta.TransferSyntaxUID.is_encapsulated:
-        raise FrameAssemblyError("the fast frame assembly handles native BINARY SEGs only")
+    transfer_syntax = skeleton.file_meta.TransferSyntaxUID
+    if int(skeleton.BitsAllocated) != 1 or transfer_syntax not in (ExplicitVRLittleEndian, JPEG2000Lossless):
+        raise FrameAssemblyError(
+            "the fast frame assembly handles BINARY SEGs in explicit VR little endian or JPEG 2000 only"
+        )
+    encapsulated = transfer_syntax.is_encapsulated
     rows, columns = int(skeleton.Rows), int(skeleton.Columns)
-    if (rows * columns) % 8:
+    if not encapsulated and (rows * columns) % 8:
         raise FrameAssemblyError(f"{rows}x{columns} frames do not fill whole bytes")
     encodings = skeleton.get("SpecificCharacterSet", "iso8859")
     planes: list[tuple[int, int, tuple[bytes, bytes, bytes]]] = []
@@ -183,12 +214,18 @@ def assemble_binary_frames(
     # Frames go segment by segment, each in plane order: the frame index of (plane, segment).
     order = np.cumsum(present.T.ravel()).reshape(present.T.shape).T - 1
     number_of_frames = int(present.sum())
-    pixels = np.empty((number_of_frames, frame_bytes), dtype=np.uint8)
-    for p, k in enumerate(plane_slices):
-        segments_here = np.flatnonzero(present[p])
-        if len(segments_here):
-            masks = frames[k].reshape(1, -1) == label_values[segments_here, None]
-            pixels[order[p, segments_here]] = np.packbits(masks, axis=1, bitorder="little")
+    if encapsulated:
+        data = _compressed_frames(skeleton, frames, present, order, plane_slices, label_values)
+    else:
+        pixels = np.empty((number_of_frames, frame_bytes), dtype=np.uint8)
+        for p, k in enumerate(plane_slices):
+            segments_here = np.flatnonzero(present[p])
+            if len(segments_here):
+                masks = frames[k].reshape(1, -1) == label_values[segments_here, None]
+                pixels[order[p, segments_here]] = np.packbits(masks, axis=1, bitorder="little")
+        data = pixels.tobytes()
+        if len(data) % 2:
+            data += b"0"  # highdicom's padding of odd-length native pixel data
     items: list[bytes] = []
     for number in range(1, len(labels) + 1):
         identification = b"" if single else _segment_identification(number, encodings)
@@ -212,9 +249,6 @@ def assemble_binary_frames(
         if "DimensionOrganizationType" in seg:
             del seg.DimensionOrganizationType
     seg.NumberOfFrames = number_of_frames
-    data = pixels.tobytes()
-    if len(data) % 2:
-        data += b"0"  # highdicom's padding of odd-length native pixel data
     seg.PixelData = data
     del seg[_PER_FRAME]
     # Everything but the raw sequence gets pydicom's usual VR correction now, since marking the dataset as

@@ -17,6 +17,7 @@ from dicom_node import seg_frames
 from dicom_node.seg import (
     Compression,
     EncodedSeg,
+    SegmentationType,
     SegOptions,
     encode_seg,
     write_seg,
@@ -53,11 +54,13 @@ def _normalised(path: Path) -> bytes:
     return out.getvalue()
 
 
-def _both(tmp_path: Path, volume: Volume, label_map: np.ndarray) -> tuple[EncodedSeg, Path, Path]:
-    fast = encode_seg(volume, label_map, TEST_SEGMENTS, ALGORITHM)
+def _both(
+    tmp_path: Path, volume: Volume, label_map: np.ndarray, options: SegOptions | None = None
+) -> tuple[EncodedSeg, Path, Path]:
+    fast = encode_seg(volume, label_map, TEST_SEGMENTS, ALGORITHM, options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        reference = encode_seg(volume, label_map, TEST_SEGMENTS, ALGORITHM, highdicom_frames=True)
+        reference = encode_seg(volume, label_map, TEST_SEGMENTS, ALGORITHM, options, highdicom_frames=True)
     assert fast.sop_instance_uid == reference.sop_instance_uid
     assert fast.number_of_frames == reference.number_of_frames
     return (
@@ -75,6 +78,15 @@ def test_fast_frames_equal_highdicom_constructor(tmp_path: Path, test_mri: Path,
         fast, fast_path, reference_path = _both(tmp_path, volume, label_map)
         assert fast.number_of_frames > volume.shape[2]  # several segments per plane, empty frames omitted
         assert _normalised(fast_path) == _normalised(reference_path)
+
+
+def test_jpeg2000_frames_equal_highdicom_constructor(tmp_path: Path, test_mri: Path) -> None:
+    volume = volumes_of(test_mri / SERIES["coronal_oblique"])[0]
+    label_map = synthetic_label_map(volume.shape, LABELS)
+    options = SegOptions(compression=Compression.JPEG2000)
+    fast, fast_path, reference_path = _both(tmp_path, volume, label_map, options)
+    assert pydicom.dcmread(fast_path).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+    assert _normalised(fast_path) == _normalised(reference_path)
 
 
 def test_single_segment_equals_highdicom_constructor(tmp_path: Path, test_mri: Path) -> None:
@@ -125,16 +137,18 @@ def test_plane_label_counts() -> None:
 
 
 def test_skeleton_outside_the_fast_path_is_refused(test_mri: Path) -> None:
-    """Compressed (or any non-native BINARY) skeletons are refused with a clear error, not mis-assembled."""
+    """A skeleton the assembly does not handle (here a LABELMAP SEG) is refused with a clear error."""
     volume = volumes_of(test_mri / SERIES["sagittal"])[0]
     label_map = synthetic_label_map(volume.shape, LABELS)
-    compressed = encode_seg(
-        volume, label_map, TEST_SEGMENTS, ALGORITHM, SegOptions(compression=Compression.JPEG2000)
+    labelmap = encode_seg(
+        volume, label_map, TEST_SEGMENTS, ALGORITHM, SegOptions(segmentation_type=SegmentationType.LABELMAP)
     )
     frames = seg_frames.frames_of(label_map)
-    with pytest.raises(seg_frames.FrameAssemblyError, match="native BINARY SEGs only"):
+    with pytest.raises(
+        seg_frames.FrameAssemblyError, match="handles BINARY SEGs in explicit VR little endian"
+    ):
         seg_frames.assemble_binary_frames(
-            compressed.dataset,
+            labelmap.dataset,
             frames,
             seg_frames.plane_label_counts(frames),
             LABELS,
