@@ -42,7 +42,7 @@ from sqlalchemy import select
 
 from config.errors import SegNodeError
 from config.model import SegNodeConfig
-from config.routing import RouteAction
+from config.routing import RouteAction, SegConfig
 from conversion.volume import Volume
 from dicom_node.audit import AuditLog
 from dicom_node.db import Database
@@ -551,11 +551,10 @@ def _software_version() -> str:
         return "0"
 
 
-def seg_options(ctx: PipelineContext, segmentation_type: str) -> Any:
+def seg_options(seg: SegConfig, segmentation_type: str) -> Any:
     """The SEG encoding options from the ``seg`` configuration section."""
     from dicom_node.seg import Compression, SegmentationType, SegOptions
 
-    seg = ctx.config.seg
     identity = json.dumps(
         {
             "series_description": seg.series_description,
@@ -580,24 +579,50 @@ def seg_options(ctx: PipelineContext, segmentation_type: str) -> Any:
     )
 
 
-def algorithm_info(record: LabelMapRecord) -> Any:
+def algorithm_info(
+    task: str, mode: str, models: Sequence[Mapping[str, Any]], roi_subset: Sequence[str] | None
+) -> Any:
     """Algorithm Identification of a label map: task, reference version, models and their checkpoints."""
     from dicom_node.seg import AlgorithmInfo
     from inference.registry import TOTALSEGMENTATOR_REFERENCE_VERSION
 
     parameters = {
-        "mode": record.mode,
-        "models": ",".join(str(m["dataset_id"]) for m in record.models),
-        "checkpoints": ",".join(str(m["checkpoint_sha256"])[:12] for m in record.models),
+        "mode": mode,
+        "models": ",".join(str(m["dataset_id"]) for m in models),
+        "checkpoints": ",".join(str(m["checkpoint_sha256"])[:12] for m in models),
     }
-    if record.roi_subset:
-        parameters["roi_subset"] = ",".join(record.roi_subset)
+    if roi_subset:
+        parameters["roi_subset"] = ",".join(roi_subset)
     return AlgorithmInfo(
         name=ALGORITHM_NAME,
-        task=record.task,
+        task=task,
         version=TOTALSEGMENTATOR_REFERENCE_VERSION,
         parameters=parameters,
     )
+
+
+def encode_result_seg(
+    volume: Volume,
+    labels: npt.NDArray[Any],
+    result: Any,
+    seg: SegConfig,
+    segmentation_type: str,
+) -> Any:
+    """Encode the labels of an ``inference.engine.SegmentationResult`` on ``volume`` as a SEG."""
+    from dicom_node.seg import encode_seg, segments_from_catalog
+
+    algorithm = algorithm_info(
+        str(result.task),
+        str(result.mode),
+        [dict(vars(m)) for m in result.models],
+        list(result.roi_subset) if result.roi_subset else None,
+    )
+    options = seg_options(seg, segmentation_type)
+    return encode_seg(volume, labels, segments_from_catalog(str(result.task)), algorithm, options)
+
+
+def write_dicom_atomically(dataset: Dataset, path: Path) -> Path:
+    return atomic_write(path, partial(_save_dicom, dataset))
 
 
 def _validate(ctx: PipelineContext, path: Path) -> int:
@@ -633,9 +658,9 @@ def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
         volume = converted.volumes[record.stack_index]
         labels = load_label_map(ctx, plan.job_id, record)
         segments = segments_from_catalog(record.task)
-        algorithm = algorithm_info(record)
+        algorithm = algorithm_info(record.task, record.mode, record.models, record.roi_subset)
         for target in plan_outputs(plan.action, ctx.config.destinations):
-            options = seg_options(ctx, str(target.segmentation_type))
+            options = seg_options(ctx.config.seg, str(target.segmentation_type))
             try:
                 encoded = encode_seg(volume, labels, segments, algorithm, options)
             except EmptySegmentationError as exc:

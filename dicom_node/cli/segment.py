@@ -30,7 +30,8 @@ def register(subparsers: Any) -> None:
         "segment",
         help="segment one DICOM series and write the label map as NIfTI",
         description="Load the DICOM series in DICOM_DIR, segment each of its stacks with the task's models "
-        "and write OUT/<task>[_<n>_<stack>].nii.gz (source geometry) and a .json sidecar per stack.",
+        "and write OUT/<task>[_<n>_<stack>].nii.gz (source geometry), a .json sidecar and a DICOM-SEG "
+        "(.seg.dcm, referencing the source instances) per stack.",
     )
     parser.add_argument("dicom_dir", type=Path, metavar="DICOM_DIR", help="folder with the series' files")
     parser.add_argument("--out", type=Path, required=True, metavar="OUT", help="output folder")
@@ -44,6 +45,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (overrides the config)")
     parser.add_argument(
         "--config", type=Path, default=None, metavar="FILE", help="SegNode YAML configuration"
+    )
+    parser.add_argument(
+        "--seg",
+        choices=["binary", "labelmap", "none"],
+        default="binary",
+        help="Segmentation Type of the DICOM-SEG written beside the NIfTI (default binary; none: no SEG)",
     )
     parser.set_defaults(func=run_segment)
 
@@ -74,6 +81,26 @@ def _stack_name(task: str, index: int, count: int, label: str) -> str:
         return task
     slug = re.sub(r"[^A-Za-z0-9=.+-]+", "_", label).strip("_")[:40]
     return f"{task}_{index + 1}" + (f"_{slug}" if slug else "")
+
+
+def _write_seg(args: argparse.Namespace, volume: Any, result: Any, path: Path) -> None:
+    """Encode the stack's label map as DICOM-SEG (``seg`` section of --config) and write it atomically."""
+    from config.routing import SegConfig
+    from dicom_node.pipeline import encode_result_seg, write_dicom_atomically
+    from dicom_node.seg import EmptySegmentationError
+
+    seg_config = SegConfig()
+    if args.config is not None:
+        from config.loader import load_config
+
+        seg_config = load_config(args.config).seg
+    try:
+        encoded = encode_result_seg(volume, result.labels, result, seg_config, args.seg.upper())
+    except EmptySegmentationError as exc:
+        logger.warning("no DICOM-SEG written for %s: %s", path.name, exc.message)
+        return
+    write_dicom_atomically(encoded.dataset, path)
+    sys.stdout.write(f"{path}: DICOM-SEG {args.seg.upper()}, {len(encoded.segment_labels)} segments\n")
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -128,5 +155,7 @@ def run_segment(args: argparse.Namespace) -> int:
         }
         (args.out / f"{name}.json").write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
         found = len(result.present_labels())
+        if args.seg != "none":
+            _write_seg(args, volume, result, args.out / f"{name}.seg.dcm")
         sys.stdout.write(f"{nifti}: {found} structures, {result.timings['total']:.1f}s on {result.device}\n")
     return 0

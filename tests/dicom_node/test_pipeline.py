@@ -41,6 +41,7 @@ from sqlalchemy import select
 from config.inference import InferenceConfig
 from config.loader import parse_config
 from config.model import SegNodeConfig
+from conversion import load_series
 from dicom_node.jobs import JobState
 from dicom_node.models import Association, Delivery, Event, Job
 from dicom_node.outbox import attempt_delivery, deliveries_of, due_deliveries, open_deliveries, settle_job
@@ -534,3 +535,42 @@ def test_an_empty_label_map_ends_the_job_done_with_nothing_to_send(
     assert (job.state, job.reason) == (JobState.done, "empty_segmentation")
     [skipped] = events(ctx, job_id, "seg_skipped")
     assert skipped.reason == "empty_segmentation"
+
+
+def test_segnode_segment_also_writes_the_seg(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``segnode segment`` writes a valid DICOM-SEG beside the NIfTI, with the same labels on its grid."""
+    import logging
+
+    import nibabel as nib
+    import yaml
+
+    from dicom_node.cli import main
+    from dicom_node.seg import validate_with_dciodvfy
+
+    config = tmp_path / "segnode.yaml"
+    settings = {
+        "inference": {"weights_dir": str(MODELS), "device": "cpu"},
+        "seg": {"series_description": "{task} from the command line"},
+    }
+    config.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    try:
+        code = main(["segment", str(T2_SAG), "--out", str(tmp_path / "out"), "--config", str(config)])
+    finally:
+        root.handlers[:] = handlers
+    out = capsys.readouterr().out
+    seg_path = tmp_path / "out" / "total_mr.seg.dcm"
+    assert code == 0 and f"{seg_path}: DICOM-SEG BINARY" in out
+    validate_with_dciodvfy(seg_path)
+    labels = np.asarray(nib.load(tmp_path / "out" / "total_mr.nii.gz").dataobj)
+    [volume] = load_series(series_files(T2_SAG))
+    seg = hd.seg.segread(seg_path)
+    assert seg.SeriesDescription == "total_mr from the command line"
+    frames = seg.get_pixels_by_source_instance(
+        [r.sop_instance_uid for r in volume.slice_refs], combine_segments=True, relabel=False
+    )
+    present = [int(v) for v in np.unique(labels) if v != 0]
+    lut = np.zeros(max(present) + 1, dtype=np.uint8)
+    lut[1 : len(present) + 1] = present
+    np.testing.assert_array_equal(lut[frames].transpose(2, 1, 0), labels)

@@ -118,6 +118,13 @@ class Orthanc:
     def put(self, path: str, payload: Any) -> Any:
         return self._request("PUT", path, json.dumps(payload).encode("utf-8"), "application/json")
 
+    def lookup(self, uid: str) -> list[dict[str, Any]]:
+        """Orthanc resources with this DICOM UID (``POST /tools/lookup`` takes the UID as plain text)."""
+        found: list[dict[str, Any]] = self._request(
+            "POST", "/tools/lookup", uid.encode("ascii"), "text/plain"
+        )
+        return found
+
     def upload(self, files: list[Path]) -> str:
         """Upload DICOM files; returns the Orthanc id of their series."""
         series = set()

@@ -222,7 +222,8 @@ def test_a_node_killed_mid_job_resumes_and_the_same_series_twice_leaves_one_seg_
     second = SegNode(stack.tmp / "segnode2", port, orthanc.dicom_port)
     try:
         second.start()
-        series_id = orthanc.post("/tools/lookup", str(source.SeriesInstanceUID))[0]["ID"]
+        [found] = orthanc.lookup(str(source.SeriesInstanceUID))
+        series_id = str(found["ID"])
         orthanc.store_to("segnode2", series_id)
         job_id = job_of_series(second, str(source.SeriesInstanceUID))
         wait_for_state(second, job_id, {JobState.segmenting})
