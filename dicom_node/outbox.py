@@ -25,7 +25,14 @@ from sqlalchemy import select
 from config.routing import DestinationConfig, SendingConfig
 from dicom_node.jobs import JobState
 from dicom_node.models import Delivery, Job
-from dicom_node.pipeline import PipelineContext, PipelineError, SegOutput, seg_outputs
+from dicom_node.pipeline import (
+    PipelineContext,
+    PipelineError,
+    SegOutput,
+    StageTimer,
+    record_stage_timing,
+    seg_outputs,
+)
 from dicom_node.sender import SendResult, decide_retry, retry_policy, send_datasets
 
 logger = logging.getLogger(__name__)
@@ -177,6 +184,7 @@ def attempt_delivery(
             permanent = (exc.reason, exc.message)
         else:
             result = send(datasets, name, destination, ctx.config.sending)
+            ctx.faults.pause("sending", job_id)
     now = ctx.now()
     with ctx.db.write() as session:
         row = session.get_one(Delivery, delivery_id)
@@ -237,6 +245,7 @@ def settle_job(ctx: PipelineContext, job_id: int) -> JobState | None:
             return None
     if any(d.state == PENDING for d in deliveries):
         return None
+    _record_sending_timing(ctx, job_id, deliveries)
     failed = [d for d in deliveries if d.state == FAILED]
     if failed:
         first = failed[0]
@@ -251,6 +260,18 @@ def settle_job(ctx: PipelineContext, job_id: int) -> JobState | None:
     names = ", ".join(d.destination for d in deliveries)
     ctx.jobs.transition(job_id, JobState.done, detail=f"delivered to {names}" if names else None)
     return JobState.done
+
+
+def _record_sending_timing(ctx: PipelineContext, job_id: int, deliveries: Sequence[DeliveryInfo]) -> None:
+    """The sending stage in the job's stage timings: first attempt to last attempt over all destinations."""
+    firsts = [d.first_attempt_at for d in deliveries if d.first_attempt_at is not None]
+    lasts = [d.last_attempt_at for d in deliveries if d.last_attempt_at is not None]
+    if not firsts or not lasts:
+        return
+    timer = StageTimer("sending", min(firsts), 0.0, {"attempts": sum(d.attempts for d in deliveries)})
+    record_stage_timing(
+        ctx, job_id, timer, (max(lasts) - min(firsts)).total_seconds(), ok=True, ended_at=max(lasts)
+    )
 
 
 def jobs_to_settle(ctx: PipelineContext) -> list[int]:

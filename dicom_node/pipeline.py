@@ -21,6 +21,7 @@ the end-to-end benchmark. The worker threads that run the stages are in ``dicom_
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -46,15 +47,20 @@ from config.routing import RouteAction, SegConfig
 from conversion.volume import Volume
 from dicom_node.audit import AuditLog
 from dicom_node.db import Database
+from dicom_node.faults import FaultPlan
 from dicom_node.jobs import JobState, JobStore
 from dicom_node.models import Association, Instance, Job
 from dicom_node.routing import DEFAULT_ROUTE_NAME, SeriesFacts, plan_outputs, route_series, select_stacks
+from dicom_node.spool import FreeSpaceProbe, disk_free_bytes
 from dicom_node.uids import path_safe_uid
 
 logger = logging.getLogger(__name__)
 
 #: Algorithm name written in the SEG's Algorithm Identification.
 ALGORITHM_NAME = "TotalSegmentator"
+#: Failure reason of a stage that found no room on disk; the node retries such jobs when space returns
+#: (``dicom_node.retention.resume_after_space_freed``).
+OUT_OF_RESOURCES = "out_of_resources"
 
 
 class PipelineError(SegNodeError):
@@ -87,9 +93,20 @@ class PipelineContext:
     spool_root: Path
     work_root: Path
     outbox_root: Path
+    #: Free bytes of the file system of a folder (the outbox's is checked before a SEG is written).
+    free_space_probe: FreeSpaceProbe = disk_free_bytes
+    #: Test-only fault injection (``dicom_node.faults``); inert by default.
+    faults: FaultPlan = field(default_factory=FaultPlan)
 
     @classmethod
-    def create(cls, config: SegNodeConfig, audit: AuditLog, jobs: JobStore) -> PipelineContext:
+    def create(
+        cls,
+        config: SegNodeConfig,
+        audit: AuditLog,
+        jobs: JobStore,
+        free_space_probe: FreeSpaceProbe = disk_free_bytes,
+        faults: FaultPlan | None = None,
+    ) -> PipelineContext:
         return cls(
             config=config,
             audit=audit,
@@ -97,6 +114,8 @@ class PipelineContext:
             spool_root=Path(config.storage.spool_dir),
             work_root=Path(config.pipeline.work_dir),
             outbox_root=Path(config.pipeline.outbox_dir),
+            free_space_probe=free_space_probe,
+            faults=faults or FaultPlan(),
         )
 
     @property
@@ -233,11 +252,17 @@ def timed_stage(ctx: PipelineContext, job_id: int, stage: str) -> Iterator[Stage
 
 
 def record_stage_timing(
-    ctx: PipelineContext, job_id: int, timer: StageTimer, seconds: float, ok: bool
+    ctx: PipelineContext,
+    job_id: int,
+    timer: StageTimer,
+    seconds: float,
+    ok: bool,
+    ended_at: datetime | None = None,
 ) -> None:
+    """Store one run of a stage in ``Job.stage_timings`` (the latest run per stage, and every run)."""
     entry: dict[str, Any] = {
         "started_at": timer.started_at.isoformat(),
-        "ended_at": ctx.now().isoformat(),
+        "ended_at": (ended_at or ctx.now()).isoformat(),
         "seconds": round(seconds, 4),
         "ok": ok,
     }
@@ -408,6 +433,7 @@ def _volumes(ctx: PipelineContext, plan: JobPlan, series: SeriesInput) -> list[V
 
 def convert_stage(ctx: PipelineContext, job_id: int) -> Converted | None:
     """Route (first run only) and convert a job in ``converting``; ``None`` when the route ignores it."""
+    ctx.faults.pause("converting", job_id)
     job = _job_row(ctx, job_id)
     series = read_series(ctx, job)
     if job.route is None:
@@ -452,7 +478,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write(target: Path, write: Callable[[Any], None]) -> Path:
-    """Write a file through ``write(file object)`` to a temporary name, fsync, then rename into place."""
+    """Write a file through ``write(file object)`` to a temporary name, fsync, then rename into place.
+
+    A full disk (ENOSPC, EDQUOT) raises :class:`PipelineError` with reason ``out_of_resources``; nothing
+    partial is left."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".part")
     try:
@@ -461,6 +490,11 @@ def atomic_write(target: Path, write: Callable[[Any], None]) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(temp, target)
+    except OSError as exc:
+        Path(temp).unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise PipelineError(f"disk full while writing {target}", reason=OUT_OF_RESOURCES) from exc
+        raise
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
@@ -483,17 +517,28 @@ def _safe_name(text: str) -> str:
 def segment_stage(ctx: PipelineContext, converted: Converted, engine: EngineLike) -> list[LabelMapRecord]:
     """Segment each selected stack with each task of the route; save the label maps and list them."""
     plan = converted.plan
+    ctx.faults.pause("segmenting", plan.job_id)
     folder = ctx.work_dir(plan.job_id)
     records: list[LabelMapRecord] = []
     for index, volume in enumerate(converted.volumes):
         for task in plan.action.tasks:
-            result = engine.segment(
-                volume.voxels,
-                volume.affine,
-                task=task.name,
-                fast=task.fast,
-                roi_subset=task.roi_subset,
-            )
+            try:
+                ctx.faults.before_prediction(plan.series_instance_uid)
+                result = engine.segment(
+                    volume.voxels,
+                    volume.affine,
+                    task=task.name,
+                    fast=task.fast,
+                    roi_subset=task.roi_subset,
+                )
+            except SegNodeError:
+                raise
+            except Exception as exc:  # torch/CUDA errors: the job fails with a stable reason, not the node
+                raise PipelineError(
+                    f"series {plan.series_instance_uid}: inference of task {task.name} on stack {index + 1} "
+                    f"failed: {type(exc).__name__}: {exc}",
+                    reason="inference_failed",
+                ) from exc
             labels = np.ascontiguousarray(result.labels)
             if labels.shape != volume.shape:
                 raise PipelineError(
@@ -637,12 +682,31 @@ def _validate(ctx: PipelineContext, path: Path) -> int:
     return len(validate_with_dciodvfy(path).warnings)
 
 
+def free_space_ok(ctx: PipelineContext, folder: Path) -> bool:
+    """Whether the file system of ``folder`` has at least ``storage.min_free_space_mb`` free."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return ctx.free_space_probe(folder) >= ctx.config.storage.min_free_space_mb * 1024 * 1024
+
+
+def check_free_space(ctx: PipelineContext, folder: Path, consequence: str) -> None:
+    """Raise :class:`PipelineError` (reason ``out_of_resources``) when ``folder`` is below the watermark."""
+    if not free_space_ok(ctx, folder):
+        free_mib = ctx.free_space_probe(folder) // (1024 * 1024)
+        raise PipelineError(
+            f"{consequence}: {free_mib} MiB free on the file system of {folder}, below the watermark of "
+            f"{ctx.config.storage.min_free_space_mb} MiB (storage.min_free_space_mb)",
+            reason=OUT_OF_RESOURCES,
+        )
+
+
 def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
     """Encode every saved label map as DICOM-SEG (one per Segmentation Type the destinations want), write
     it atomically to the job's outbox and return the outputs (also stored in ``Job.outputs['seg']``)."""
     from dicom_node.seg import EmptySegmentationError, encode_seg, segments_from_catalog
 
     plan = converted.plan
+    ctx.faults.pause("encoding", plan.job_id)
+    check_free_space(ctx, ctx.outbox_root, f"job {plan.job_id}: SEG objects not written")
     records = [LabelMapRecord.of(r) for r in job_outputs(ctx, plan.job_id).get("label_maps", [])]
     if not records:
         raise PipelineError(f"job {plan.job_id}: no label maps recorded", reason="label_map_missing")

@@ -269,6 +269,7 @@ def test_a_series_goes_through_every_stage_and_its_seg_reaches_the_destination(d
     for stage in ("converting", "segmenting", "encoding"):
         assert timings[stage]["ok"] and timings[stage]["seconds"] > 0
     assert timings["segmenting"]["inference_s"] > 0 and timings["segmenting"]["device"] == "cpu"
+    assert timings["sending"]["attempts"] == 1 and timings["sending"]["seconds"] >= 0
     [routed] = events(ctx, job_id, "job_routed")
     assert routed.reason == "mr_total" and "localizers: no match" in (routed.detail or "")
 
@@ -346,7 +347,14 @@ def test_a_job_left_in_encoding_resumes_there_when_the_node_starts(
             node.service.stop()
         assert state(node.ctx, job_id) is JobState.done, node.ctx.jobs.get(job_id)
         timings = json.loads(job_row(node.ctx, job_id).stage_timings or "{}")
-        assert [r["stage"] for r in timings["runs"]] == ["converting", "segmenting", "encoding", "encoding"]
+        assert [r["stage"] for r in timings["runs"]] == [
+            "converting",
+            "segmenting",
+            "encoding",
+            "sending",
+            "encoding",  # resumed: no second segmentation
+            "sending",
+        ]
         [again] = sorted((tmp_path / "pacs2").iterdir())
         first = pydicom.dcmread(delivered.received[0])
         second = pydicom.dcmread(again)
