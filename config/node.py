@@ -292,12 +292,35 @@ class CompletionConfig(BaseModel):
 
 
 class RetentionConfig(BaseModel):
-    """How long things are kept (enforced by a later release; the keys are fixed now)."""
+    """How long received instances and results stay on disk (``dicom_node/retention.py``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    spool_days: int = Field(default=30, ge=1, description="Days received instances stay in the spool.")
-    audit_days: int = Field(default=3650, ge=1, description="Days audit rows are kept.")
+    enabled: bool = Field(default=True, description="Delete spooled instances and results after the delays.")
+    delivered_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="Hours after a job ended done (results delivered) before its spooled instances, label "
+        "maps and SEG objects are deleted.",
+    )
+    failed_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="Days after a job ended failed or cancelled before its files are deleted (kept longer "
+        "so that it can be retried).",
+    )
+    sweep_interval_s: float = Field(
+        default=600.0, gt=0, description="Seconds between two retention sweeps (and disk space checks)."
+    )
+    audit_days: int = Field(
+        default=3650, ge=1, description="Days audit rows are kept (the retention sweep never deletes them)."
+    )
+
+    @model_validator(mode="after")
+    def _failed_not_shorter(self) -> RetentionConfig:
+        if self.failed_days * 24 < self.delivered_hours:
+            raise ValueError("failed_days must not be shorter than delivered_hours")
+        return self
 
 
 class PatientIdMode(StrEnum):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -12,8 +13,10 @@ from config.model import SegNodeConfig
 from dicom_node.audit import AuditLog, Clock, utc_now
 from dicom_node.completion import CompletionTimer, CompletionTracker, SeriesCompleter
 from dicom_node.db import Database
-from dicom_node.jobs import JobStore
+from dicom_node.faults import FaultPlan
+from dicom_node.jobs import JobState, JobStore
 from dicom_node.pipeline import PipelineContext
+from dicom_node.retention import Housekeeping
 from dicom_node.scp import Receiver, build_ae, handler_table
 from dicom_node.security import private_sqlite_file
 from dicom_node.spool import FreeSpaceProbe, Spool, disk_free_bytes
@@ -34,6 +37,10 @@ class NodeService:
     shutdown_grace_s: float = 5.0
     #: Run the job pipeline (routing, conversion, inference, SEG, sending); False: receive only (tests).
     process_jobs: bool = True
+    #: Test-only fault injection, from ``SEGNODE_TEST_FAULTS`` (``dicom_node.faults``); inert when unset.
+    faults: FaultPlan = field(default_factory=lambda: FaultPlan.from_environment(os.environ))
+    #: Retention sweep and disk space check (``dicom_node.retention``); 0: the caller drives it (tests).
+    housekeeping_interval_s: float | None = None
     db: Database = field(init=False)
     audit: AuditLog = field(init=False)
     jobs: JobStore = field(init=False)
@@ -43,6 +50,8 @@ class NodeService:
     server: ThreadedAssociationServer | None = field(init=False, default=None)
     _timer: CompletionTimer | None = field(init=False, default=None)
     pipeline: Pipeline | None = field(init=False, default=None)
+    context: PipelineContext = field(init=False)
+    housekeeping: Housekeeping | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -54,6 +63,9 @@ class NodeService:
         )
         self.tracker = CompletionTracker(cfg.completion, self.clock)
         self.completer = SeriesCompleter(self.tracker, self.audit, self.jobs)
+        self.context = PipelineContext.create(
+            cfg, self.audit, self.jobs, free_space_probe=self.free_space_probe, faults=self.faults
+        )
 
     @property
     def port(self) -> int:
@@ -75,6 +87,17 @@ class NodeService:
             detail=f"{removed} temporary file(s) removed, {restored} open series restored, "
             f"{len(resumable)} resumable job(s)",
         )
+        for job in resumable:
+            if job.state is not JobState.queued:
+                self.audit.event(
+                    "job_interrupted",
+                    "info",
+                    "node_restart",
+                    job_id=job.id,
+                    study=job.study_instance_uid,
+                    series=job.series_instance_uid,
+                    detail=f"the node stopped while the job was in {job.state}; it resumes there",
+                )
         receiver = Receiver(self.config, self.spool, self.audit, self.tracker)
         ae = build_ae(self.config)
         net = self.config.network
@@ -88,8 +111,16 @@ class NodeService:
             self._timer = CompletionTimer(self.completer, self.completion_interval_s)
             self._timer.start()
         if self.process_jobs:
-            self.pipeline = Pipeline(PipelineContext.create(self.config, self.audit, self.jobs))
+            self.pipeline = Pipeline(self.context)
             self.pipeline.start()
+        interval = self.housekeeping_interval_s
+        interval = self.config.retention.sweep_interval_s if interval is None else interval
+        if interval > 0:
+            pipeline = self.pipeline
+            self.housekeeping = Housekeeping(
+                self.context, interval, on_resumed=pipeline.wake if pipeline is not None else None
+            )
+            self.housekeeping.start()
         LOG.warning(
             "SegNode listening on %s:%d%s as %s",
             net.bind_address,
@@ -114,6 +145,9 @@ class NodeService:
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
+        if self.housekeeping is not None:
+            self.housekeeping.stop()
+            self.housekeeping = None
         if self.pipeline is not None:
             self.pipeline.stop()
             self.pipeline = None
