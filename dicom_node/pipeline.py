@@ -252,11 +252,17 @@ def timed_stage(ctx: PipelineContext, job_id: int, stage: str) -> Iterator[Stage
 
 
 def record_stage_timing(
-    ctx: PipelineContext, job_id: int, timer: StageTimer, seconds: float, ok: bool
+    ctx: PipelineContext,
+    job_id: int,
+    timer: StageTimer,
+    seconds: float,
+    ok: bool,
+    ended_at: datetime | None = None,
 ) -> None:
+    """Store one run of a stage in ``Job.stage_timings`` (the latest run per stage, and every run)."""
     entry: dict[str, Any] = {
         "started_at": timer.started_at.isoformat(),
-        "ended_at": ctx.now().isoformat(),
+        "ended_at": (ended_at or ctx.now()).isoformat(),
         "seconds": round(seconds, 4),
         "ok": ok,
     }
