@@ -444,8 +444,8 @@ def encode_seg(
     # Frames (slice, row, column) and the voxel count of every label on every plane, in linear time
     # (np.unique sorts the voxels: seconds on a 512x512x100 map).
     label_frames = seg_frames.frames_of(label_map)
-    counts = seg_frames.plane_label_counts(label_frames)
-    present = [int(v) for v in np.flatnonzero(counts.sum(axis=0)) if v != 0]
+    census = seg_frames.plane_label_census(label_frames)
+    present = [int(v) for v in np.flatnonzero(census.counts.sum(axis=0)) if v != 0]
     if not present:
         raise EmptySegmentationError(f"{where}: the label map is empty (no structure found)")
     missing = [v for v in present if v not in segments]
@@ -482,7 +482,7 @@ def encode_seg(
         and options.segmentation_type is SegmentationType.BINARY
         and (
             options.compression is Compression.JPEG2000
-            or (label_frames.shape[1] * label_frames.shape[2]) % 8 == 0
+            or label_frames.shape[2] % 8 == 0  # rows of whole bytes
         )
     )
 
@@ -510,7 +510,7 @@ def encode_seg(
             descriptions = _segment_descriptions(present, segments, algorithm)
             if fast:
                 # highdicom builds the SEG around a skeleton; the frames are added below (seg_frames).
-                nonempty: npt.NDArray[np.bool_] = np.asarray(counts[:, 1:].any(axis=1))
+                nonempty: npt.NDArray[np.bool_] = np.asarray(census.counts[:, 1:].any(axis=1))
                 pixel_array = seg_frames.skeleton_pixel_array(nonempty, *label_frames.shape[1:])
                 seg_descriptions = descriptions[:1]
             else:
@@ -560,7 +560,7 @@ def encode_seg(
     if fast:
         try:
             seg = seg_frames.assemble_binary_frames(
-                seg, label_frames, counts, present, position_array, descriptions
+                seg, label_frames, census, present, position_array, descriptions
             )
         except seg_frames.FrameAssemblyError as exc:
             raise SegEncodingError(f"{where}: {exc} (highdicom {hd.__version__})") from exc

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -71,13 +72,37 @@ def frames_of(label_map: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return out
 
 
-def plane_label_counts(frames: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
-    """Voxel count of every label value on every plane: ``counts[plane, value]``."""
-    top = int(frames.max(initial=0)) if frames.size else 0
-    counts = np.zeros((frames.shape[0], top + 1), dtype=np.int64)
-    for k in range(frames.shape[0]):
-        counts[k] = np.bincount(frames[k].ravel(), minlength=top + 1)
-    return counts
+@dataclass(frozen=True)
+class PlaneCensus:
+    """Where every label value lies on every plane (``[plane, value]`` arrays)."""
+
+    #: Voxel count.
+    counts: npt.NDArray[np.int64]
+    #: First and last row holding the value (meaningless where the count is 0).
+    first_row: npt.NDArray[np.int64]
+    last_row: npt.NDArray[np.int64]
+
+
+def plane_label_census(frames: npt.NDArray[Any]) -> PlaneCensus:
+    """Voxel counts and row extents of every label value on every plane of ``(plane, row, column)`` frames.
+
+    One bincount per plane over ``row * values + value``: linear in the voxels.
+    """
+    planes, rows = frames.shape[0], frames.shape[1]
+    values = (int(frames.max(initial=0)) if frames.size else 0) + 1
+    counts = np.zeros((planes, values), dtype=np.int64)
+    first_row = np.zeros((planes, values), dtype=np.int64)
+    last_row = np.zeros((planes, values), dtype=np.int64)
+    row_offsets = (np.arange(rows, dtype=np.intp) * values)[:, None]
+    for k in range(planes):
+        per_row = np.bincount((frames[k] + row_offsets).ravel(), minlength=rows * values).reshape(
+            rows, values
+        )
+        on_row = per_row > 0
+        counts[k] = per_row.sum(axis=0)
+        first_row[k] = on_row.argmax(axis=0)
+        last_row[k] = rows - 1 - on_row[::-1].argmax(axis=0)
+    return PlaneCensus(counts, first_row, last_row)
 
 
 def skeleton_pixel_array(nonempty: npt.NDArray[np.bool_], rows: int, columns: int) -> npt.NDArray[np.uint8]:
@@ -143,42 +168,31 @@ def _plane_of(item: Dataset, positions: npt.NDArray[np.float64]) -> int:
     return int(np.argmin(np.linalg.norm(positions - position[None, :], axis=1)))
 
 
-def _compressed_frames(
-    skeleton: Dataset,
-    frames: npt.NDArray[Any],
-    present: npt.NDArray[np.bool_],
-    order: npt.NDArray[np.int64],
-    plane_slices: Sequence[int],
-    label_values: npt.NDArray[Any],
-) -> bytes:
-    """Every frame compressed with highdicom's frame encoder and encapsulated, in frame order."""
+def _compress(skeleton: Dataset, mask: npt.NDArray[np.uint8]) -> bytes:
+    """One frame compressed with highdicom's frame encoder, as its constructor does."""
     from highdicom.frame import encode_frame
 
-    compressed: list[bytes] = [b""] * int(present.sum())
-    for p, k in enumerate(plane_slices):
-        for index in np.flatnonzero(present[p]):
-            compressed[int(order[p, index])] = encode_frame(
-                (frames[k] == label_values[index]).astype(np.uint8),
-                transfer_syntax_uid=skeleton.file_meta.TransferSyntaxUID,
-                bits_allocated=int(skeleton.BitsAllocated),
-                bits_stored=int(skeleton.BitsStored),
-                photometric_interpretation=skeleton.PhotometricInterpretation,
-                pixel_representation=int(skeleton.PixelRepresentation),
-            )
-    return bytes(encapsulate(compressed))
+    return encode_frame(
+        mask,
+        transfer_syntax_uid=skeleton.file_meta.TransferSyntaxUID,
+        bits_allocated=int(skeleton.BitsAllocated),
+        bits_stored=int(skeleton.BitsStored),
+        photometric_interpretation=skeleton.PhotometricInterpretation,
+        pixel_representation=int(skeleton.PixelRepresentation),
+    )
 
 
 def assemble_binary_frames(
     skeleton: Dataset,
     frames: npt.NDArray[Any],
-    counts: npt.NDArray[np.int64],
+    census: PlaneCensus,
     labels: Sequence[int],
     positions: npt.NDArray[np.float64],
     segment_descriptions: Sequence[Dataset],
 ) -> Dataset:
     """The full BINARY SEG from highdicom's skeleton (see the module docstring).
 
-    ``frames`` holds the model labels ``(slice, row, column)``, ``counts[slice, label]`` their voxel counts,
+    ``frames`` holds the model labels ``(slice, row, column)``, ``census`` where the labels lie,
     ``labels[n - 1]`` the label of segment ``n``, ``positions[slice]`` the plane positions given to highdicom.
     Returns a plain pydicom Dataset (with the skeleton's file meta): highdicom's frame lookup tables inside
     the skeleton object describe the skeleton, not these frames.
@@ -190,8 +204,8 @@ def assemble_binary_frames(
         )
     encapsulated = transfer_syntax.is_encapsulated
     rows, columns = int(skeleton.Rows), int(skeleton.Columns)
-    if not encapsulated and (rows * columns) % 8:
-        raise FrameAssemblyError(f"{rows}x{columns} frames do not fill whole bytes")
+    if not encapsulated and columns % 8:
+        raise FrameAssemblyError(f"rows of {columns} pixels do not fill whole bytes")
     encodings = skeleton.get("SpecificCharacterSet", "iso8859")
     planes: list[tuple[int, int, tuple[bytes, bytes, bytes]]] = []
     for item in skeleton.PerFrameFunctionalGroupsSequence:
@@ -210,19 +224,32 @@ def assemble_binary_frames(
     frame_bytes = rows * columns // 8
     label_values = np.asarray(labels)
     plane_slices = [k for k, _, _ in planes]
-    present = counts[plane_slices][:, label_values] > 0  # (plane in skeleton order, segment index)
+    present = census.counts[plane_slices][:, label_values] > 0  # (plane in skeleton order, segment index)
     # Frames go segment by segment, each in plane order: the frame index of (plane, segment).
     order = np.cumsum(present.T.ravel()).reshape(present.T.shape).T - 1
     number_of_frames = int(present.sum())
+    # Only the rows a segment spans on a plane are compared and packed (rows fill whole bytes); the rest of
+    # its frame stays zero.
     if encapsulated:
-        data = _compressed_frames(skeleton, frames, present, order, plane_slices, label_values)
+        compressed: list[bytes] = [b""] * number_of_frames
     else:
-        pixels = np.empty((number_of_frames, frame_bytes), dtype=np.uint8)
-        for p, k in enumerate(plane_slices):
-            segments_here = np.flatnonzero(present[p])
-            if len(segments_here):
-                masks = frames[k].reshape(1, -1) == label_values[segments_here, None]
-                pixels[order[p, segments_here]] = np.packbits(masks, axis=1, bitorder="little")
+        pixels = np.zeros((number_of_frames, frame_bytes), dtype=np.uint8)
+    for p, k in enumerate(plane_slices):
+        for index in np.flatnonzero(present[p]):
+            label = label_values[index]
+            first, last = int(census.first_row[k, label]), int(census.last_row[k, label])
+            band = frames[k, first : last + 1] == label
+            frame = int(order[p, index])
+            if encapsulated:
+                mask = np.zeros((rows, columns), dtype=np.uint8)
+                mask[first : last + 1] = band
+                compressed[frame] = _compress(skeleton, mask)
+            else:
+                start = first * columns // 8
+                pixels[frame, start : start + band.size // 8] = np.packbits(band, bitorder="little")
+    if encapsulated:
+        data = bytes(encapsulate(compressed))
+    else:
         data = pixels.tobytes()
         if len(data) % 2:
             data += b"0"  # highdicom's padding of odd-length native pixel data

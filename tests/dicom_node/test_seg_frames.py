@@ -125,15 +125,19 @@ def test_frames_of_is_the_transposed_label_map() -> None:
         np.testing.assert_array_equal(seg_frames.frames_of(label_map), label_map.transpose(2, 1, 0))
 
 
-def test_plane_label_counts() -> None:
+def test_plane_label_census() -> None:
     frames = np.zeros((3, 4, 4), dtype=np.uint8)
     frames[0, 0, :2] = 5
+    frames[0, 2, 3] = 5
     frames[2, 3, 3] = 1
-    counts = seg_frames.plane_label_counts(frames)
-    assert counts.shape == (3, 6)
-    assert counts[0].tolist() == [14, 0, 0, 0, 0, 2]
-    assert counts[1].tolist() == [16, 0, 0, 0, 0, 0]
-    assert counts[2].tolist() == [15, 1, 0, 0, 0, 0]
+    census = seg_frames.plane_label_census(frames)
+    assert census.counts.shape == (3, 6)
+    assert census.counts[0].tolist() == [13, 0, 0, 0, 0, 3]
+    assert census.counts[1].tolist() == [16, 0, 0, 0, 0, 0]
+    assert census.counts[2].tolist() == [15, 1, 0, 0, 0, 0]
+    assert (census.first_row[0, 5], census.last_row[0, 5]) == (0, 2)
+    assert (census.first_row[2, 1], census.last_row[2, 1]) == (3, 3)
+    assert (census.first_row[1, 0], census.last_row[1, 0]) == (0, 3)
 
 
 def test_skeleton_outside_the_fast_path_is_refused(test_mri: Path) -> None:
@@ -150,7 +154,7 @@ def test_skeleton_outside_the_fast_path_is_refused(test_mri: Path) -> None:
         seg_frames.assemble_binary_frames(
             labelmap.dataset,
             frames,
-            seg_frames.plane_label_counts(frames),
+            seg_frames.plane_label_census(frames),
             LABELS,
             np.zeros((volume.shape[2], 3)),
             [],
