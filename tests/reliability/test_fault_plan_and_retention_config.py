@@ -1,0 +1,50 @@
+"""The test-only fault plan is inert by default and refuses malformed settings; retention keys validate."""
+
+from __future__ import annotations
+
+import pytest
+
+from config.errors import ConfigError
+from config.loader import parse_config
+from dicom_node.faults import ENVIRONMENT_VARIABLE, FaultPlan, FaultPlanError
+
+
+def test_without_the_variable_nothing_is_injected() -> None:
+    plan = FaultPlan.from_environment({})
+    assert not plan.active
+    plan.pause("segmenting", 1)  # returns at once
+    plan.before_prediction("1.2.3")
+
+
+def test_the_plan_pauses_stages_and_fails_prediction_of_the_named_series_only() -> None:
+    plan = FaultPlan.from_environment(
+        {ENVIRONMENT_VARIABLE: '{"stage_pause_s": {"encoding": 0.01}, "fail_prediction_series": ["1.2.3"]}'}
+    )
+    assert plan.active and plan.stage_pause_s == {"encoding": 0.01}
+    plan.before_prediction("1.2.4")
+    with pytest.raises(RuntimeError, match=r"CUDA error.*1\.2\.3"):
+        plan.before_prediction("1.2.3")
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ("{not json", "is not JSON"),
+        ('{"crash": true}', "must be an object with stage_pause_s"),
+        ('{"stage_pause_s": {"receiving": 1}}', "stage_pause_s keys must be among"),
+    ],
+)
+def test_a_malformed_plan_is_refused_with_its_reason(raw: str, fragment: str) -> None:
+    with pytest.raises(FaultPlanError, match=fragment) as caught:
+        FaultPlan.from_environment({ENVIRONMENT_VARIABLE: raw})
+    assert caught.value.reason == "invalid_fault_plan"
+
+
+def test_retention_defaults_and_a_failed_delay_shorter_than_the_delivered_one_is_refused() -> None:
+    config = parse_config({}, "node.yaml", environ={})
+    assert (config.retention.delivered_hours, config.retention.failed_days) == (24.0, 30.0)
+    assert config.retention.enabled
+    with pytest.raises(ConfigError, match=r"retention.*failed_days must not be shorter than delivered_hours"):
+        parse_config({"retention": {"delivered_hours": 72, "failed_days": 1}}, "node.yaml", environ={})
+    with pytest.raises(ConfigError, match=r"retention\.delivered_hours"):
+        parse_config({"retention": {"delivered_hours": 0}}, "node.yaml", environ={})

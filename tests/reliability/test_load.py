@@ -1,0 +1,138 @@
+"""Load: 4 concurrent associations send 4 different series to a real ``segnode serve`` (limit: 4
+associations) while its pipeline works; a fifth association is refused with A-ASSOCIATE-RJ (rejected-
+transient, service-provider presentation, local-limit-exceeded). Every instance is stored, every job ends
+done, the node's resident memory stays bounded (the pipeline's queues are bounded, ``pipeline.queue_size``),
+and the SEG of each series reaches Orthanc."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from orthanc_server import Orthanc, free_port
+from reliability_support import (
+    CINE,
+    PD_TRA,
+    T2_COR,
+    T2_SAG,
+    StoreLog,
+    associate,
+    jobs_of,
+    renamed_series,
+    seg_instances_of,
+    set_keys,
+    spooled,
+    store,
+)
+from segnode_process import SegNode, wait_until
+
+from dicom_node import status
+from dicom_node.jobs import JobState
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+JOB_TIMEOUT_S = 1800
+ASSOCIATIONS = 4
+#: Resident memory the node may reach with the tiny models loaded and four series in flight.
+RSS_LIMIT_MIB = 4096
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[tuple[Orthanc, SegNode]]:
+    port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", {"segnode": ("SEGNODE", "127.0.0.1", port)})
+    orthanc.start()
+    node = SegNode(tmp_path / "segnode", port, orthanc.dicom_port)
+    set_keys(
+        node.config_path,
+        **{
+            "network.max_associations": ASSOCIATIONS,
+            "completion.quiet_period_s": 600,
+            "pipeline.queue_size": 1,
+        },
+    )
+    try:
+        node.start()
+        yield orthanc, node
+    finally:
+        node.stop()
+        node.close()
+        orthanc.stop()
+
+
+def test_four_concurrent_associations_while_jobs_run_store_everything_and_the_fifth_is_refused(
+    tmp_path: Path, stack: tuple[Orthanc, SegNode]
+) -> None:
+    orthanc, node = stack
+    assert node.process is not None
+    pid = node.process.pid
+    sources = [T2_SAG, T2_COR, PD_TRA, CINE]
+    series = [renamed_series(s, tmp_path / f"s{n}", f"load-{n}") for n, s in enumerate(sources)]
+    logs = [StoreLog() for _ in series]
+    opened = threading.Barrier(ASSOCIATIONS + 1, timeout=60)
+    go = threading.Event()
+    errors: list[BaseException] = []
+    rss: list[float] = [rss_mib(pid)]
+
+    def sender(index: int) -> None:
+        try:
+            assoc = associate(node.port, "ORTHANC", files=series[index].files)
+            opened.wait()
+            assert assoc.is_established, f"association {index} not established"
+            go.wait(60)
+            store(assoc, series[index].files, logs[index])
+            assoc.release()
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(ASSOCIATIONS)]
+    for thread in threads:
+        thread.start()
+    opened.wait()  # four associations are open now
+    fifth = associate(node.port, "ORTHANC", files=series[0].files)
+    assert fifth.is_rejected
+    rj = fifth.acceptor.primitive
+    assert rj is not None
+    assert (rj.result, rj.result_source, rj.diagnostic) == (
+        status.REJECTED_TRANSIENT,
+        status.SOURCE_SERVICE_PROVIDER_PRESENTATION,
+        status.REASON_LOCAL_LIMIT_EXCEEDED,
+    )
+    go.set()
+    for thread in threads:
+        while thread.is_alive():
+            rss.append(rss_mib(pid))
+            thread.join(0.5)
+    assert not errors, errors
+
+    # every instance stored: Success for each, recorded, in the spool with the recorded digest
+    for item, log in zip(series, logs, strict=True):
+        assert log.successes == item.sop_instance_uids, log.statuses
+        assert all(spooled(node.db, node.folder / "spool", item.sop_instance_uids).values())
+
+    def all_ended() -> bool:
+        rss.append(rss_mib(pid))
+        states = [[JobState(j.state) for j in jobs_of(node.db, s.series_instance_uid)] for s in series]
+        return all(len(s) == 1 and s[0] in (JobState.done, JobState.failed) for s in states)
+
+    wait_until(all_ended, JOB_TIMEOUT_S, "every job to end", interval_s=1.0)
+    for item in series:
+        [job] = jobs_of(node.db, item.series_instance_uid)
+        assert (job.state, job.reason) == ("done", None), (job.reason, job.detail)
+        [output] = node.outputs(job.id)["seg"]
+        assert seg_instances_of(orthanc, item.study_instance_uid, item.series_instance_uid) == [
+            (output["series_instance_uid"], output["sop_instance_uid"])
+        ]
+    # the rejection is in the audit log
+    rejected = node.node_events("association_rejected")
+    assert [e.reason for e in rejected] == ["local_limit_exceeded"]
+    assert max(rss) < RSS_LIMIT_MIB, f"peak RSS {max(rss):.0f} MiB"

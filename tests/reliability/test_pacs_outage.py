@@ -1,0 +1,89 @@
+"""The PACS is unreachable for a long time (an outage of hours, compressed by the retry configuration): the
+result waits in the outbox, attempts back off with growing gaps, nothing is dropped, and the SEG is
+delivered once Orthanc is back. Real Orthanc, real ``segnode serve`` subprocess."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from orthanc_server import Orthanc, free_port
+from reliability_support import T2_SAG, jobs_of, renamed_series, seg_instances_of, set_keys
+from segnode_process import SegNode, wait_until
+
+from dicom_node.jobs import JobState
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+JOB_TIMEOUT_S = 900
+#: 1 s, 2 s, 4 s, 8 s, 8 s ...: the shape of a clinical policy (30 s doubling to 30 min, 24 h budget)
+#: scaled down; the budget (max_total_s) is far longer than the outage, as in production.
+RETRY = {"initial_delay_s": 1.0, "factor": 2.0, "max_delay_s": 8.0, "max_total_s": 3600.0}
+FAILED_ATTEMPTS = 5
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[tuple[Orthanc, SegNode]]:
+    port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", {"segnode": ("SEGNODE", "127.0.0.1", port)})
+    orthanc.start()
+    node = SegNode(tmp_path / "segnode", port, orthanc.dicom_port)
+    set_keys(node.config_path, **{"destinations.orthanc.retry": RETRY})
+    try:
+        node.start()
+        yield orthanc, node
+    finally:
+        node.stop()
+        node.close()
+        orthanc.stop()
+
+
+def test_a_long_pacs_outage_backs_off_keeps_the_result_and_delivers_when_the_pacs_returns(
+    tmp_path: Path, stack: tuple[Orthanc, SegNode]
+) -> None:
+    orthanc, node = stack
+    series = renamed_series(T2_SAG, tmp_path / "series", "pacs-outage")
+    orthanc.store_to("segnode", orthanc.upload(series.files))
+    wait_until(lambda: jobs_of(node.db, series.series_instance_uid), 120, "the job")
+    [job] = jobs_of(node.db, series.series_instance_uid)
+    wait_until(
+        lambda: JobState(node.job(job.id).state) in (JobState.segmenting, JobState.encoding),
+        JOB_TIMEOUT_S,
+        "the job past conversion",
+        interval_s=0.1,
+    )
+    orthanc.stop()  # the PACS goes away before the result is ready
+    try:
+
+        def failures() -> int:
+            return len([e for e in node.events(job.id, "send_attempt") if e.outcome == "failure"])
+
+        wait_until(lambda: failures() >= FAILED_ATTEMPTS, JOB_TIMEOUT_S, f"{FAILED_ATTEMPTS} failed attempts")
+        # the result waits: job in sending, delivery pending, the SEG in the outbox
+        assert JobState(node.job(job.id).state) is JobState.sending
+        [delivery] = node.deliveries(job.id)
+        assert delivery.state == "pending" and delivery.next_attempt_at is not None
+        [output] = node.outputs(job.id)["seg"]
+        assert (node.folder / "outbox" / str(job.id) / output["file"]).is_file()
+    finally:
+        orthanc.start()
+    wait_until(lambda: JobState(node.job(job.id).state) is JobState.done, JOB_TIMEOUT_S, "delivery")
+
+    attempts = node.events(job.id, "send_attempt")
+    assert [e.outcome for e in attempts[:-1]] == ["failure"] * (len(attempts) - 1)
+    assert attempts[-1].outcome == "success" and len(attempts) > FAILED_ATTEMPTS
+    assert {e.reason for e in attempts[:-1]} == {"peer_unreachable"}
+    # back-off: the gaps between attempts grow (1, 2, 4, 8 s) up to the cap
+    gaps = [
+        (b.at - a.at).total_seconds() for a, b in zip(attempts, attempts[1:FAILED_ATTEMPTS], strict=False)
+    ]
+    assert all(later > earlier for earlier, later in zip(gaps, gaps[1:], strict=False)), gaps
+    assert gaps[0] >= RETRY["initial_delay_s"] and max(gaps) >= 4.0, gaps
+    [delivery] = node.deliveries(job.id)
+    assert (delivery.state, delivery.attempts) == ("delivered", len(attempts))
+    # nothing dropped, nothing duplicated: exactly the one SEG the node encoded
+    [output] = node.outputs(job.id)["seg"]
+    assert seg_instances_of(orthanc, series.study_instance_uid, series.series_instance_uid) == [
+        (output["series_instance_uid"], output["sop_instance_uid"])
+    ]
