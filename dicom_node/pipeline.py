@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -190,6 +191,9 @@ class SegOutput:
     number_of_frames: int
     segments: int
     validation_warnings: int = 0
+    #: Seconds spent encoding (highdicom) and validating (dciodvfy) this object.
+    encode_s: float = 0.0
+    validation_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -239,8 +243,6 @@ def update_outputs(ctx: PipelineContext, job_id: int, key: str, value: Any) -> N
 @contextmanager
 def timed_stage(ctx: PipelineContext, job_id: int, stage: str) -> Iterator[StageTimer]:
     """Time the body and store the stage's start, end and duration on the job (also when it fails)."""
-    import time
-
     timer = StageTimer(stage, ctx.now(), time.perf_counter())
     ok = False
     try:
@@ -725,6 +727,7 @@ def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
         algorithm = algorithm_info(record.task, record.mode, record.models, record.roi_subset)
         for target in plan_outputs(plan.action, ctx.config.destinations):
             options = seg_options(ctx.config.seg, str(target.segmentation_type))
+            started = time.perf_counter()
             try:
                 encoded = encode_seg(volume, labels, segments, algorithm, options)
             except EmptySegmentationError as exc:
@@ -741,7 +744,9 @@ def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
             name = f"{path_safe_uid(encoded.sop_instance_uid, 'SEG SOP Instance UID')}.dcm"
             dataset = encoded.dataset
             path = atomic_write(folder / name, partial(_save_dicom, dataset))
+            encoded_s = time.perf_counter() - started
             warnings = _validate(ctx, path)
+            validation_s = time.perf_counter() - started - encoded_s
             outputs.append(
                 SegOutput(
                     file=name,
@@ -755,6 +760,8 @@ def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
                     number_of_frames=encoded.number_of_frames,
                     segments=len(encoded.segment_labels),
                     validation_warnings=warnings,
+                    encode_s=round(encoded_s, 4),
+                    validation_s=round(validation_s, 4),
                 )
             )
     update_outputs(ctx, plan.job_id, "seg", [o.to_json() for o in outputs])

@@ -301,6 +301,7 @@ class Pipeline:
         with timed_stage(self.ctx, item.job_id, "encoding") as timer:
             outputs = encode_stage(self.ctx, item.converted)
             timer.extra["seg_objects"] = len(outputs)
+            timer.extra["validation_s"] = round(sum(o.validation_s for o in outputs), 4)
         open_deliveries(self.ctx, item.job_id, outputs)
         self._wake_sender.set()
         return False
