@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -126,7 +127,7 @@ def read_sources(items: list[str | os.PathLike[str] | Dataset]) -> list[SourceIm
                 )
                 del buffer
             del data
-        except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as exc:
+        except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, struct.error) as exc:
             raise NotSegmentableError(
                 f"cannot read {path} as DICOM: {exc}", reason=Reason.UNREADABLE
             ) from exc
@@ -450,9 +451,10 @@ def _floats(value: Any, n: int) -> npt.NDArray[np.float64] | None:
     if len(values) != n:
         return None
     try:
-        return np.array([float(v) for v in values], dtype=np.float64)
+        arr = np.array([float(v) for v in values], dtype=np.float64)
     except (TypeError, ValueError):
         return None
+    return arr if np.all(np.isfinite(arr)) else None  # NaN/inf geometry counts as missing
 
 
 def _spacing(value: Any) -> tuple[float, float] | None:

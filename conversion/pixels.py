@@ -24,7 +24,17 @@ from conversion.headers import FrameInfo, SourceImage
 logger = logging.getLogger(__name__)
 
 _PIXEL_KEYWORDS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
-_DECODE_ERRORS = (ValueError, RuntimeError, NotImplementedError, OSError, EOFError, struct.error, KeyError)
+# AttributeError: pydicom's "Missing required element" (Rows, Columns, Photometric Interpretation...)
+_DECODE_ERRORS = (
+    ValueError,
+    RuntimeError,
+    NotImplementedError,
+    OSError,
+    EOFError,
+    struct.error,
+    KeyError,
+    AttributeError,
+)
 
 
 def _options(src: SourceImage) -> dict[str, Any]:
