@@ -357,6 +357,20 @@ def _code(triple: CodeTriple) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(value=triple.value, scheme_designator=triple.scheme, meaning=triple.meaning)
 
 
+def _derive_dimension_organization_uid(seg: Dataset, sop_uid: str, options: SegOptions) -> None:
+    """Replace highdicom's random Dimension Organization UID by one derived from the SOP Instance UID, so
+    that encoding the same series again gives the same object, not only the same instance UIDs."""
+    from pydicom.uid import PYDICOM_ROOT_UID
+
+    prefix = options.uid_root or PYDICOM_ROOT_UID
+    if not prefix.endswith("."):
+        prefix += "."
+    uid = str(generate_uid(prefix, entropy_srcs=["segnode-seg-dimension-organization", sop_uid]))
+    for item in [*seg.get("DimensionOrganizationSequence", []), *seg.get("DimensionIndexSequence", [])]:
+        if "DimensionOrganizationUID" in item:
+            item.DimensionOrganizationUID = uid
+
+
 def _segment_descriptions(
     present: Sequence[int], segments: Mapping[int, SegmentSpec], algorithm: AlgorithmInfo
 ) -> list[hd.seg.SegmentDescription]:
@@ -548,6 +562,7 @@ def encode_seg(
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise SegEncodingError(f"{where}: highdicom refused the segmentation: {exc}") from exc
     seg.SeriesDescription = _series_description(volume, algorithm, options)
+    _derive_dimension_organization_uid(seg, sop_uid, options)
     if transfer_syntax != _TS_EXPLICIT_LE and "PixelData" in seg:
         # Encapsulated Pixel Data must have undefined length (PS3.5 A.4). pydicom fixes this when writing
         # a file, not when a dataset is encoded for the network (C-STORE): DCMTK aborts on it.

@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 import pytest
+from pydicom.uid import PYDICOM_ROOT_UID
 
 from conversion.volume import Volume
 from dicom_node.seg import (
@@ -187,6 +188,14 @@ def test_uids_are_deterministic(test_mri: Path) -> None:
         again.sop_instance_uid,
     )
     assert first.series_instance_uid != first.sop_instance_uid
+    # Every UID in the object is derived, the Dimension Organization UID too (highdicom draws it at random).
+    dimension_uids = {
+        str(item.DimensionOrganizationUID)
+        for encoded in (first, again)
+        for item in [*encoded.dataset.DimensionOrganizationSequence, *encoded.dataset.DimensionIndexSequence]
+    }
+    assert len(dimension_uids) == 1
+    assert dimension_uids.pop().startswith(PYDICOM_ROOT_UID)
     options = SegOptions()
     base = seg_uids(volume, ALGORITHM, options)
     assert seg_uids(volumes[1], ALGORITHM, options) != base  # other stack
