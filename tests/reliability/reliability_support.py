@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,9 +103,12 @@ def associate(
     return ae.associate("127.0.0.1", port, ae_title=called)
 
 
-def store(assoc: Association, files: list[Path], log: StoreLog) -> None:
-    """C-STORE each file on an open association, recording the status (None: no response)."""
-    for path in files:
+def store(assoc: Association, files: list[Path], log: StoreLog, pause_s: float = 0.0) -> None:
+    """C-STORE each file on an open association, recording the status (-1: no response); ``pause_s``
+    between two files paces the sender like a modality sending as it reconstructs."""
+    for n, path in enumerate(files):
+        if n and pause_s:
+            time.sleep(pause_s)
         ds = pydicom.dcmread(path)
         if not assoc.is_established:
             break

@@ -89,7 +89,9 @@ def test_four_concurrent_associations_while_jobs_run_store_everything_and_the_fi
             opened.wait()
             assert assoc.is_established, f"association {index} not established"
             go.wait(60)
-            store(assoc, series[index].files, logs[index])
+            # the last series (12 instances) comes at full speed, so its job runs while the other three
+            # associations are still sending theirs, paced as modalities send
+            store(assoc, series[index].files, logs[index], pause_s=0.0 if index == ASSOCIATIONS - 1 else 0.3)
             assoc.release()
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
@@ -108,11 +110,18 @@ def test_four_concurrent_associations_while_jobs_run_store_everything_and_the_fi
         status.REASON_LOCAL_LIMIT_EXCEEDED,
     )
     go.set()
+    working_while_receiving: set[str] = set()
     for thread in threads:
         while thread.is_alive():
             rss.append(rss_mib(pid))
-            thread.join(0.5)
+            if threads[0].is_alive():
+                working_while_receiving |= {
+                    j.state for s in series for j in jobs_of(node.db, s.series_instance_uid)
+                }
+            thread.join(0.3)
     assert not errors, errors
+    # a job was working (converting or segmenting) while associations were still sending
+    assert working_while_receiving & {"converting", "segmenting"}, working_while_receiving
 
     # every instance stored: Success for each, recorded, in the spool with the recorded digest
     for item, log in zip(series, logs, strict=True):
