@@ -16,7 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from config.loader import parse_config
 from config.model import SegNodeConfig
 from conversion import load_series
 from dicom_node.jobs import JobState
-from dicom_node.models import Association, Delivery, Event, Job
+from dicom_node.models import Association, Delivery, Event, Instance, Job
 from dicom_node.outbox import attempt_delivery, deliveries_of, due_deliveries, open_deliveries, settle_job
 from dicom_node.pipeline import (
     PipelineContext,
@@ -62,6 +62,8 @@ from inference.engine import Engine
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "tests" / "data" / "models"
 SINGLE_SLICE = MRI / "pydicom_data" / "MR2_J2KI_Philips_shoulder_lossy"
+#: 16 transverse-oblique slices, 128x128, same study as T2_SAG.
+PD_TRA = MRI / "prostatex" / "ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276"
 STAGE_PATH = [
     "queued -> converting",
     "converting -> segmenting",
@@ -229,6 +231,8 @@ class Delivered:
     label_map: np.ndarray
     outbox: Path
     seconds: float
+    second_job_id: int
+    all_received: list[Path]
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +250,13 @@ def delivered(tmp_path_factory: pytest.TempPathFactory, engine: Engine) -> Itera
             start = time.monotonic()
             job_id = receive(service, series_files(T2_SAG))
             pipeline.wake()
-            wait_for(lambda: state(ctx, job_id) in (JobState.done, JobState.failed), 900, "job done")
+            wait_for(lambda: state(ctx, job_id) is JobState.segmenting, 300, "job 1 segmenting")
+            # while the engine segments the first series, a second one arrives and is converted
+            second_id = receive(service, series_files(PD_TRA))
+            pipeline.wake()
+            wait_for(lambda: state(ctx, second_id) is not JobState.queued, 300, "job 2 picked up")
+            done = (JobState.done, JobState.failed)
+            wait_for(lambda: state(ctx, job_id) in done and state(ctx, second_id) in done, 900, "jobs done")
             seconds = time.monotonic() - start
             received = sorted((tmp / "pacs").iterdir())
         finally:
@@ -254,7 +264,13 @@ def delivered(tmp_path_factory: pytest.TempPathFactory, engine: Engine) -> Itera
             service.stop()
     [record] = job_outputs(ctx, job_id)["label_maps"]
     label_map = np.load(ctx.work_dir(job_id) / record["file"])
-    yield Delivered(tmp, job_id, ctx, received, label_map, ctx.outbox_dir(job_id), seconds)
+    [output] = seg_outputs(ctx, job_id)
+    mine = [
+        p
+        for p in received
+        if pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID == output.sop_instance_uid
+    ]
+    yield Delivered(tmp, job_id, ctx, mine, label_map, ctx.outbox_dir(job_id), seconds, second_id, received)
 
 
 def test_a_series_goes_through_every_stage_and_its_seg_reaches_the_destination(delivered: Delivered) -> None:
@@ -287,6 +303,30 @@ def test_a_series_goes_through_every_stage_and_its_seg_reaches_the_destination(d
     assert (delivery.state, delivery.attempts, delivery.last_outcome) == ("delivered", 1, "success")
     [attempt] = events(ctx, job_id, "send_attempt")
     assert attempt.outcome == "success" and "pacs: attempt 1" in (attempt.detail or "")
+
+
+def test_the_next_series_is_received_and_converted_while_the_engine_segments(delivered: Delivered) -> None:
+    """Stages overlap and receiving is not held up: the second series arrived and was converted while the
+    first was in inference; its own inference waited for the one engine."""
+    ctx, first, second = delivered.ctx, delivered.job_id, delivered.second_job_id
+    assert state(ctx, second) is JobState.done, ctx.jobs.get(second)
+    one = json.loads(job_row(ctx, first).stage_timings or "{}")
+    two = json.loads(job_row(ctx, second).stage_timings or "{}")
+    inference_start = datetime.fromisoformat(one["segmenting"]["started_at"])
+    inference_end = datetime.fromisoformat(one["segmenting"]["ended_at"])
+    with ctx.db.read() as session:
+        received_at = list(
+            session.scalars(
+                select(Instance.received_at).where(
+                    Instance.series_instance_uid == job_row(ctx, second).series_instance_uid
+                )
+            )
+        )
+    assert len(received_at) == len(series_files(PD_TRA))
+    assert all(inference_start < at < inference_end for at in received_at)
+    assert datetime.fromisoformat(two["converting"]["ended_at"]) < inference_end
+    assert datetime.fromisoformat(two["segmenting"]["started_at"]) >= inference_end
+    assert len(delivered.all_received) == 2
 
 
 def test_the_sent_seg_reads_back_as_the_label_map(delivered: Delivered) -> None:
