@@ -276,6 +276,38 @@ def test_dciodvfy_errors_fail(tmp_path: Path, test_mri: Path) -> None:
     assert err.value.reason == "seg_invalid"
 
 
+@pytest.mark.parametrize("compression", [Compression.NONE, Compression.JPEG2000])
+def test_dciodvfy_on_a_witness(tmp_path: Path, test_mri: Path, compression: Compression) -> None:
+    """max_frames: dciodvfy checks a copy with some of the frames; errors outside the frames still fail."""
+    volume = volumes_of(test_mri / SERIES["sagittal"])[0]
+    options = SegOptions(compression=compression)
+    encoded = encode_seg(volume, synthetic_label_map(volume.shape, LABELS), TEST_SEGMENTS, ALGORITHM, options)
+    path = write_seg(encoded, tmp_path / "seg.dcm")
+    report = validate_with_dciodvfy(path, max_frames=8)
+    assert report.witness_frames is not None
+    assert 8 <= report.witness_frames < encoded.number_of_frames
+    assert [w for w in report.warnings if not any(p.match(w) for p in ACCEPTED_WARNINGS)] == []
+    assert validate_with_dciodvfy(path, max_frames=encoded.number_of_frames).witness_frames is None
+
+    del encoded.dataset.SegmentSequence[0].SegmentLabel  # type 1 attribute
+    broken = write_seg(encoded, tmp_path / "broken.dcm")
+    with pytest.raises(SegValidationError, match=r"broken.dcm \(witness of \d+ of its frames\)") as err:
+        validate_with_dciodvfy(broken, max_frames=8)
+    assert any("SegmentLabel" in e for e in err.value.errors), err.value.errors
+
+
+def test_dciodvfy_timeout_is_an_error(tmp_path: Path, test_mri: Path) -> None:
+    volume = volumes_of(test_mri / SERIES["sagittal"])[0]
+    encoded = encode_seg(volume, synthetic_label_map(volume.shape, LABELS), TEST_SEGMENTS, ALGORITHM)
+    path = write_seg(encoded, tmp_path / "seg.dcm")
+    slow = tmp_path / "slow-dciodvfy"
+    slow.write_text("#!/bin/sh\nexec sleep 30\n")
+    slow.chmod(0o755)
+    with pytest.raises(SegEncodingError, match="seg.dcm: dciodvfy did not finish within 0.5 s") as err:
+        validate_with_dciodvfy(path, executable=str(slow), timeout_s=0.5)
+    assert err.value.reason == "validator_timeout"
+
+
 def test_enhanced_source_frames_are_referenced(tmp_path: Path, test_mri: Path) -> None:
     """Philips fMAP: two frames per position; each SEG frame references only its stack's source frame."""
     volumes = volumes_of(test_mri / SERIES["enhanced_two_images_per_position"])
