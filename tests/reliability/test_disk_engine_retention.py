@@ -48,7 +48,11 @@ from dicom_node.spool import FreeSpaceProbe, disk_free_bytes
 from dicom_node.workers import Pipeline
 from inference.engine import Engine
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:Invalid value for VR UI"),  # the cardiac series' leading-zero UIDs
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "tests" / "data" / "models"
