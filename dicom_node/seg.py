@@ -15,6 +15,10 @@ Segment numbers are consecutive from 1 in increasing order of the model labels p
 so that encoding the same series with the same model and settings again gives the same Series and SOP
 Instance UIDs: a re-run replaces the earlier SEG in the PACS instead of adding a second one.
 
+highdicom is the encoder of record. For BINARY SEGs it builds the object around a one-voxel-per-plane
+skeleton and :mod:`dicom_node.seg_frames` adds the frames in bulk (tested equal to highdicom's own
+constructor): about 1 s instead of 9 s for 50 segments on 512x512x120 (``tests/bench/bench_seg.py``).
+
 highdicom is imported lazily (inside the functions) so that importing this module stays cheap.
 """
 
