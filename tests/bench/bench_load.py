@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import resource
 import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +57,8 @@ SOURCES = [T2_SAG, T2_COR, PD_TRA, CINE]
 def config_for(tmp: Path, pacs_port: int | None) -> Any:
     data = node_settings(tmp)
     data["network"]["max_associations"] = 16
-    data["completion"] = {"quiet_period_s": 600, "on_association_release": True}
+    # a short quiet period: the cardiac series announces 280 Images in Acquisition and brings 12
+    data["completion"] = {"quiet_period_s": 2, "on_association_release": True}
     if pacs_port is not None:
         data["destinations"] = {"pacs": {"ae_title": "STORESCP", "host": "127.0.0.1", "port": pacs_port}}
         data["routes"] = [
@@ -150,6 +153,8 @@ def main() -> int:
     parser.add_argument("--copies", type=int, default=1, help="copies of each of the 4 series (new UIDs)")
     parser.add_argument("--no-pipeline", action="store_true", help="measure receiving only")
     args = parser.parse_args()
+    warnings.filterwarnings("ignore", message="Invalid value for VR UI")  # the cardiac series' UIDs
+    logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="segnode-bench-load-") as folder:
         tmp = Path(folder)
         series = [

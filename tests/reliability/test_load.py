@@ -57,11 +57,12 @@ def stack(tmp_path: Path) -> Iterator[tuple[Orthanc, SegNode]]:
     orthanc = Orthanc(tmp_path / "orthanc", {"segnode": ("SEGNODE", "127.0.0.1", port)})
     orthanc.start()
     node = SegNode(tmp_path / "segnode", port, orthanc.dicom_port)
+    # the cardiac series announces 280 Images in Acquisition and brings 12: the quiet period completes it
     set_keys(
         node.config_path,
         **{
             "network.max_associations": ASSOCIATIONS,
-            "completion.quiet_period_s": 600,
+            "completion.quiet_period_s": 5,
             "pipeline.queue_size": 1,
         },
     )
