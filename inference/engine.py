@@ -472,7 +472,7 @@ class Engine:
 
         from inference.nnunet_models import predict_labels
 
-        attempts: list[tuple[Any, bool]] = [(device, True)]
+        attempts: list[tuple[Any, bool]] = [(device, device.type == "cuda")]
         if device.type == "cuda" and self.config.gpu_oom_fallback:
             attempts += [(device, False), (torch.device("cpu"), False)]
         last: BaseException | None = None

@@ -60,7 +60,7 @@ def trainer_class(name: str) -> Any:
 def build_predictor(model_dir: Path, fold: int, device: Any, tile_step_size: float) -> Any:
     """An ``nnUNetPredictor`` with the weights of ``model_dir/fold_<fold>`` loaded on ``device``.
 
-    Settings as TotalSegmentator's: Gaussian weighting, no mirroring, everything on the device.
+    Settings as TotalSegmentator's: Gaussian weighting, no mirroring, everything on the device (CUDA).
     """
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -90,7 +90,7 @@ def build_predictor(model_dir: Path, fold: int, device: Any, tile_step_size: flo
         tile_step_size=tile_step_size,
         use_gaussian=True,
         use_mirroring=False,
-        perform_everything_on_device=True,
+        perform_everything_on_device=device.type == "cuda",
         device=device,
         verbose=False,
         verbose_preprocessing=False,
