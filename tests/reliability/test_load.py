@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from orthanc_server import Orthanc, free_port
+from pynetdicom.association import Association
 from reliability_support import (
     PD_TRA,
     T2_COR,
@@ -85,35 +86,38 @@ def test_four_concurrent_associations_while_jobs_run_store_everything_and_the_fi
     sources = [T2_SAG, PD_TRA, T2_SAG, T2_COR]
     series = [renamed_series(s, tmp_path / f"s{n}", f"load-{n}") for n, s in enumerate(sources)]
     logs = [StoreLog() for _ in series]
-    opened = threading.Barrier(ASSOCIATIONS + 1, timeout=60)
     go = threading.Event()
     errors: list[BaseException] = []
     rss: list[float] = [rss_mib(pid)]
 
+    def established(files: list[Path]) -> Association:
+        """An association, retrying a transient rejection or an abort as a PACS does (the connection probe
+        of the node's start-up, or a rejected attempt, may hold a slot for a moment)."""
+        for _attempt in range(60):
+            assoc = associate(node.port, "ORTHANC", files=files)
+            if assoc.is_established:
+                return assoc
+            time.sleep(0.5)
+        raise AssertionError("no association within 30 s")
+
+    # four associations open at the same time ...
+    associations = [established(item.files) for item in series]
+
     def sender(index: int) -> None:
         try:
-            # a transient rejection is retried, as a PACS does: the connection probe of the node's start-up
-            # may still hold an association slot for a moment
-            assoc = associate(node.port, "ORTHANC", files=series[index].files)
-            for _retry in range(40):
-                if not assoc.is_rejected:
-                    break
-                time.sleep(0.5)
-                assoc = associate(node.port, "ORTHANC", files=series[index].files)
-            opened.wait()
-            assert assoc.is_established, f"association {index} not established"
             go.wait(60)
             # the last series (15 instances) comes at full speed, so its job runs while the other three
             # associations are still sending theirs, paced as modalities send
-            store(assoc, series[index].files, logs[index], pause_s=0.0 if index == ASSOCIATIONS - 1 else 0.3)
-            assoc.release()
+            pause = 0.0 if index == ASSOCIATIONS - 1 else 0.3
+            store(associations[index], series[index].files, logs[index], pause_s=pause)
+            associations[index].release()
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
 
     threads = [threading.Thread(target=sender, args=(n,)) for n in range(ASSOCIATIONS)]
     for thread in threads:
         thread.start()
-    opened.wait()  # four associations are open now
+    # ... so a fifth is refused
     fifth = associate(node.port, "ORTHANC", files=series[0].files)
     assert fifth.is_rejected
     rj = fifth.acceptor.primitive
