@@ -24,5 +24,7 @@ def test_mri() -> Path:
 def shared_mri() -> Path:
     """The full real-scanner MRI set in ../shared/data/mri; tests using it skip when it is absent."""
     if not SHARED_MRI.is_dir():
-        pytest.skip(f"full MRI test set not present at {SHARED_MRI} (only in a checkout with ../shared beside it)")
+        pytest.skip(
+            f"full MRI test set not present at {SHARED_MRI} (only in a checkout with ../shared beside it)"
+        )
     return SHARED_MRI
