@@ -45,7 +45,7 @@ from pydantic import (
     model_validator,
 )
 
-from config.node import AETitle
+from config.node import AETitle, TlsVersion
 
 _UID_ROOT_RE = re.compile(r"^[0-9]+(\.[0-9]+)*\.?$")
 
@@ -144,6 +144,37 @@ class PipelineConfig(BaseModel):
     )
 
 
+class DestinationTlsConfig(BaseModel):
+    """DICOM over TLS towards one destination (PS3.15 Annex B, BCP 195)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=False, description="Connect to this destination over TLS only.")
+    ca_certificates: Path | None = Field(
+        default=None,
+        description="PEM file of the CA certificates the destination's certificate must chain to.",
+    )
+    certificate: Path | None = Field(
+        default=None, description="PEM file with SegNode's client certificate, for peers that require one."
+    )
+    private_key: Path | None = Field(default=None, description="PEM file with the client certificate's key.")
+    server_hostname: str | None = Field(
+        default=None,
+        description="Name the destination's certificate must carry (unset: the destination's host).",
+    )
+    min_version: TlsVersion = Field(
+        default=TlsVersion.tls1_2, description="Lowest TLS protocol version used (TLSv1.2 or TLSv1.3)."
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> DestinationTlsConfig:
+        if self.enabled and self.ca_certificates is None:
+            raise ValueError("TLS is enabled: ca_certificates is required to verify the destination")
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together")
+        return self
+
+
 class DestinationConfig(BaseModel):
     """A DICOM peer that receives SegNode's results by C-STORE."""
 
@@ -162,6 +193,9 @@ class DestinationConfig(BaseModel):
         "DICOM 2024).",
     )
     retry: RetryConfig | None = Field(default=None, description="Retry policy here (unset: sending.retry).")
+    tls: DestinationTlsConfig = Field(
+        default_factory=DestinationTlsConfig, description="DICOM over TLS towards this destination."
+    )
 
 
 # --------------------------------------------------------------------------------------------- SEG

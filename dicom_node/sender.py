@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 
 from config.errors import SegNodeError
 from config.routing import DestinationConfig, RetryConfig, SendingConfig
+from dicom_node.tls import TlsSetupError, client_context
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class SendOutcome(StrEnum):
     NO_ACCEPTED_CONTEXT = "no_accepted_context"
     #: No (valid) response to a C-STORE within the DIMSE timeout.
     NO_RESPONSE = "no_response"
+    #: The destination's ``tls`` settings cannot be used (a certificate, key or CA file is missing/bad).
+    TLS_SETUP_FAILED = "tls_setup_failed"
 
 
 #: Outcomes after which the objects are at the destination.
@@ -154,6 +157,25 @@ def _rejection_detail(assoc: Any) -> tuple[str, bool]:
     return f"association rejected ({kind}) by {source}: {reason}", transient
 
 
+def _tls_args(destination: DestinationConfig) -> tuple[Any, str] | None:
+    """pynetdicom's ``tls_args`` for the destination, or ``None`` for plain TCP."""
+    tls = destination.tls
+    if not tls.enabled or tls.ca_certificates is None:
+        return None
+    for key, path in (
+        ("ca_certificates", tls.ca_certificates),
+        ("certificate", tls.certificate),
+        ("private_key", tls.private_key),
+    ):
+        if path is not None and not path.is_file():
+            raise TlsSetupError(f"tls.{key}: {path} does not exist or is not a file")
+    try:
+        context = client_context(tls.ca_certificates, tls.certificate, tls.private_key, tls.min_version)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise TlsSetupError(f"tls: cannot load the certificates: {exc}") from exc
+    return context, tls.server_hostname or destination.host
+
+
 def send_datasets(
     datasets: Sequence[Dataset],
     destination_name: str,
@@ -192,7 +214,13 @@ def send_datasets(
     for sop_class, syntaxes in _contexts(datasets):
         ae.add_requested_context(sop_class, syntaxes)
     try:
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        tls_args = _tls_args(destination)
+    except TlsSetupError as exc:
+        return done(SendOutcome.TLS_SETUP_FAILED, False, f"{where}: {exc.message}", [])
+    try:
+        assoc = ae.associate(
+            destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+        )
     except OSError as exc:  # e.g. an unresolvable host name
         return done(SendOutcome.PEER_UNREACHABLE, True, f"{where}: {exc}", [])
     if assoc.is_rejected:
