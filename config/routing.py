@@ -235,6 +235,16 @@ class SegConfig(BaseModel):
         default="auto",
         description="Check every SEG with dicom3tools' dciodvfy before sending: auto = when installed.",
     )
+    validation_max_frames: int | None = Field(
+        default=400,
+        ge=8,
+        description="dciodvfy's time grows faster than the frame count (about a minute for 2,500 frames): "
+        "a SEG with more frames is checked through a copy holding every module and this many of its frames "
+        "(the first and last of each segment, the rest spread evenly). Unset: always the whole file.",
+    )
+    validation_timeout_s: float = Field(
+        default=300.0, gt=0, description="Longest dciodvfy run; past it the job fails (validator_timeout)."
+    )
 
     @field_validator("uid_root")
     @classmethod

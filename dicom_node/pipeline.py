@@ -22,11 +22,9 @@ the end-to-end benchmark. The worker threads that run the stages are in ``dicom_
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -589,43 +587,6 @@ def load_label_map(ctx: PipelineContext, job_id: int, record: LabelMapRecord) ->
 # ------------------------------------------------------------------------------------------ encoding
 
 
-def _software_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("segnode")
-    except PackageNotFoundError:
-        return "0"
-
-
-def seg_options(seg: SegConfig, segmentation_type: str) -> Any:
-    """The SEG encoding options from the ``seg`` configuration section."""
-    from dicom_node.seg import Compression, SegmentationType, SegOptions
-
-    identity = json.dumps(
-        {
-            "series_description": seg.series_description,
-            "series_number": seg.series_number,
-            "series_number_offset": seg.series_number_offset,
-            "manufacturer": seg.manufacturer,
-        },
-        sort_keys=True,
-    )
-    return SegOptions(
-        segmentation_type=SegmentationType(segmentation_type),
-        compression=Compression(seg.compression),
-        series_description=seg.series_description,
-        series_number=seg.series_number,
-        series_number_offset=seg.series_number_offset,
-        manufacturer=seg.manufacturer,
-        manufacturer_model_name="SegNode",
-        software_version=_software_version(),
-        device_serial_number=seg.device_serial_number or socket.gethostname()[:64],
-        uid_root=seg.uid_root,
-        config_fingerprint=hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16],
-    )
-
-
 def algorithm_info(
     task: str, mode: str, models: Sequence[Mapping[str, Any]], roi_subset: Sequence[str] | None
 ) -> Any:
@@ -656,7 +617,7 @@ def encode_result_seg(
     segmentation_type: str,
 ) -> Any:
     """Encode the labels of an ``inference.engine.SegmentationResult`` on ``volume`` as a SEG."""
-    from dicom_node.seg import encode_seg, segments_from_catalog
+    from dicom_node.seg import SegmentationType, encode_seg, seg_options, segments_from_catalog
 
     algorithm = algorithm_info(
         str(result.task),
@@ -664,7 +625,7 @@ def encode_result_seg(
         [dict(vars(m)) for m in result.models],
         list(result.roi_subset) if result.roi_subset else None,
     )
-    options = seg_options(seg, segmentation_type)
+    options = seg_options(seg, SegmentationType(segmentation_type))
     return encode_seg(volume, labels, segments_from_catalog(str(result.task)), algorithm, options)
 
 
@@ -681,7 +642,11 @@ def _validate(ctx: PipelineContext, path: Path) -> int:
     mode = ctx.config.seg.validate_with_dciodvfy
     if mode == "never" or (mode == "auto" and shutil.which("dciodvfy") is None):
         return 0
-    return len(validate_with_dciodvfy(path).warnings)
+    seg = ctx.config.seg
+    report = validate_with_dciodvfy(
+        path, max_frames=seg.validation_max_frames, timeout_s=seg.validation_timeout_s
+    )
+    return len(report.warnings)
 
 
 def free_space_ok(ctx: PipelineContext, folder: Path) -> bool:
@@ -704,7 +669,13 @@ def check_free_space(ctx: PipelineContext, folder: Path, consequence: str) -> No
 def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
     """Encode every saved label map as DICOM-SEG (one per Segmentation Type the destinations want), write
     it atomically to the job's outbox and return the outputs (also stored in ``Job.outputs['seg']``)."""
-    from dicom_node.seg import EmptySegmentationError, encode_seg, segments_from_catalog
+    from dicom_node.seg import (
+        EmptySegmentationError,
+        SegmentationType,
+        encode_seg,
+        seg_options,
+        segments_from_catalog,
+    )
 
     plan = converted.plan
     ctx.faults.pause("encoding", plan.job_id)
@@ -726,7 +697,7 @@ def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
         segments = segments_from_catalog(record.task)
         algorithm = algorithm_info(record.task, record.mode, record.models, record.roi_subset)
         for target in plan_outputs(plan.action, ctx.config.destinations):
-            options = seg_options(ctx.config.seg, str(target.segmentation_type))
+            options = seg_options(ctx.config.seg, SegmentationType(str(target.segmentation_type)))
             started = time.perf_counter()
             try:
                 encoded = encode_seg(volume, labels, segments, algorithm, options)

@@ -216,7 +216,10 @@ def seg_options(
             software_version = version("segnode")
         except PackageNotFoundError:
             software_version = "unknown"
-    content = seg.model_dump(mode="json", exclude={"validate_with_dciodvfy", "uid_root"})
+    content = seg.model_dump(
+        mode="json",
+        exclude={"validate_with_dciodvfy", "validation_max_frames", "validation_timeout_s", "uid_root"},
+    )
     fingerprint = hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()[:16]
     return SegOptions(
         segmentation_type=segmentation_type,

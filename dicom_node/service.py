@@ -74,7 +74,11 @@ class NodeService:
         return int(self.server.server_address[1])
 
     def start(self) -> None:
-        """Migrate the database, clean the spool, restore open series, then listen."""
+        """Check the structure catalog, migrate the database, clean the spool, restore open series, then
+        listen."""
+        from inference.catalog import validate_catalog
+
+        validate_catalog()  # every label of every task has codes and a colour: its SEGs can be written
         private_sqlite_file(self.config.database.url)  # 0600 before SQLite creates it
         ssl_context = server_context(self.config.network.tls, self.config.network.acse_timeout_s)
         self.db.upgrade("head")
