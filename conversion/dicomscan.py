@@ -26,6 +26,14 @@ _LONG_VRS = frozenset(
     (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV", b"SV", b"UV")
 )
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+#: Explicit VRs with a 16-bit length, by their two bytes (the fast path of ``_scan``).
+_SHORT_VRS = {
+    vr.encode("ascii"): vr
+    for vr in ("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN", "SH", "SL")
+    + ("SS", "ST", "TM", "UI", "UL", "US")
+}
+#: ``tuple.__new__``: builds a ``RawDataElement`` without the Python-level ``__new__`` of the named tuple.
+_new_tuple = tuple.__new__
 _U32 = struct.Struct("<L").unpack_from
 _U16 = struct.Struct("<H").unpack_from
 _TAG = struct.Struct("<HH").unpack_from
@@ -72,7 +80,8 @@ def _scan(
     """Raw elements from ``pos`` to ``end_of_data`` (or the end of ``only_group``, the Pixel Data
     element, or an Item Delimitation Item, after which it returns)."""
     raw: dict[BaseTag, DataElement | RawDataElement] = {}
-    end_of_data = len(data) if end_of_data is None else end_of_data
+    size = len(data)
+    end_of_data = size if end_of_data is None else end_of_data
     while pos < end_of_data:
         group, elem = _TAG(data, pos)
         if only_group is not None and group != only_group:
@@ -84,7 +93,24 @@ def _scan(
             if elem == 0xE00D:  # end of an undefined-length item
                 return raw, pos + 8, None
             raise _Unsupported("item tag among the elements of a dataset")
-        end, vr, length, value_pos = _element(data, pos, implicit)
+        vr: str | None
+        if implicit:
+            length = _U32(data, pos + 4)[0]
+            value_pos = pos + 8
+            vr = None
+        else:
+            vr = _SHORT_VRS.get(data[pos + 4 : pos + 6])
+            if vr is not None:  # common case: a short VR with a 16-bit length
+                length = _U16(data, pos + 6)[0]
+                value_pos = pos + 8
+            else:
+                length = -1
+        if length == -1 or length == _UNDEFINED:
+            end, vr, length, value_pos = _element(data, pos, implicit)
+        else:
+            end = value_pos + length
+            if end > size:
+                raise _Unsupported("truncated element")
         if length == _UNDEFINED:
             # store the items without the sequence delimiter, as a defined-length value
             value = data[value_pos : end - 8]
@@ -92,7 +118,7 @@ def _scan(
         else:
             value = data[value_pos:end]
         key = BaseTag(tag)
-        raw[key] = RawDataElement(key, vr, length, value, value_pos, implicit, True)
+        raw[key] = _new_tuple(RawDataElement, (key, vr, length, value, value_pos, implicit, True))
         pos = end
     return raw, pos, None
 

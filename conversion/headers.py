@@ -163,9 +163,9 @@ def _is_pixel_tag(tag_bytes: bytes, little_endian: bool) -> bool:
 
 def _transfer_syntax(ds: Dataset) -> UID:
     meta = getattr(ds, "file_meta", None)
-    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    ts = text_value(meta, 0x00020010) if meta is not None else None  # raw text: no UI validation
     if ts:
-        return UID(str(ts))
+        return UID(ts)
     # Datasets received over the network without file meta: fall back on their original encoding.
     implicit, little = ds.original_encoding
     if implicit is None or implicit:
