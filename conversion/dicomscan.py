@@ -166,12 +166,25 @@ def _skip_items(data: bytes, pos: int, implicit: bool) -> int:
         if elem != 0xE000:
             raise _Unsupported("unexpected delimiter in a sequence")
         if length == _UNDEFINED:
+            size = len(data)
             while True:
                 group, elem = _TAG(data, pos)
                 if group == 0xFFFE and elem == 0xE00D:  # Item Delimitation Item
                     pos += 8
                     break
-                pos = _element(data, pos, implicit)[0]
+                # inline fast path of ``_element`` for defined lengths (implicit VR, short explicit VRs)
+                if implicit:
+                    length = _U32(data, pos + 4)[0]
+                    end = pos + 8 + length
+                elif data[pos + 4 : pos + 6] in _SHORT_VRS:
+                    length = _U16(data, pos + 6)[0]
+                    end = pos + 8 + length
+                else:
+                    length = _UNDEFINED
+                if length == _UNDEFINED or end > size:
+                    pos = _element(data, pos, implicit)[0]
+                else:
+                    pos = end
         else:
             pos += length
 
