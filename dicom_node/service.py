@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import select
 
 from config.model import SegNodeConfig
 from dicom_node.audit import AuditLog, Clock, utc_now
@@ -15,6 +16,7 @@ from dicom_node.completion import CompletionTimer, CompletionTracker, SeriesComp
 from dicom_node.db import Database
 from dicom_node.faults import FaultPlan
 from dicom_node.jobs import JobState, JobStore
+from dicom_node.models import Instance
 from dicom_node.pipeline import PipelineContext
 from dicom_node.retention import Housekeeping
 from dicom_node.scp import Receiver, build_ae, handler_table
@@ -83,6 +85,16 @@ class NodeService:
         ssl_context = server_context(self.config.network.tls, self.config.network.acse_timeout_s)
         self.db.upgrade("head")
         removed = self.spool.prepare()
+        with self.db.read() as session:
+            recorded = set(session.scalars(select(Instance.spool_path)))
+        for relative in self.spool.quarantine_unrecorded(recorded):
+            self.audit.event(
+                "instance_unacknowledged",
+                "warning",
+                "no_audit_row",
+                detail=f"{relative}: complete in the spool but not recorded (the node stopped before the "
+                "audit commit; the sender got no Success); moved to .unacknowledged/",
+            )
         restored = self.completer.restore_open_series()
         resumable = self.jobs.resumable_jobs()
         self.audit.event(

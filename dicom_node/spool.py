@@ -27,6 +27,8 @@ LOG = logging.getLogger(__name__)
 FreeSpaceProbe = Callable[[Path], int]
 TEMP_DIR = ".incoming"
 TEMP_SUFFIX = ".part"
+#: Complete files found in the spool without an audit row (see :meth:`Spool.quarantine_unrecorded`).
+UNACKNOWLEDGED_DIR = ".unacknowledged"
 
 
 def disk_free_bytes(path: Path) -> int:
@@ -80,6 +82,32 @@ class Spool:
         if removed:
             LOG.warning("removed %d incomplete temporary file(s) from the spool", removed)
         return removed
+
+    def quarantine_unrecorded(self, recorded: set[str]) -> list[str]:
+        """Move instance files that have no audit row into ``<root>/.unacknowledged/`` (same relative path);
+        returns their relative paths.
+
+        Such a file is complete (it was renamed into place after fsync) but the node stopped before the
+        audit row was committed, so the sender never got Success and will send the instance again. Moving
+        it aside keeps the bytes for inspection without letting an unacknowledged file into a job.
+        """
+        moved: list[str] = []
+        for path in sorted(self.root.glob("*/*/*.dcm")):
+            relative = path.relative_to(self.root)
+            if relative.parts[0].startswith(".") or relative.as_posix() in recorded:
+                continue
+            target = self.root / UNACKNOWLEDGED_DIR / relative
+            self._make_dirs(target.parent)
+            os.replace(path, target)
+            _fsync_dir(path.parent)
+            moved.append(relative.as_posix())
+        if moved:
+            LOG.warning(
+                "moved %d spool file(s) without an audit row to %s",
+                len(moved),
+                self.root / UNACKNOWLEDGED_DIR,
+            )
+        return moved
 
     def below_watermark(self, incoming: int = 0) -> bool:
         return self.probe(self.root) - incoming < self.min_free_bytes

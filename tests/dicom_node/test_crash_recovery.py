@@ -17,6 +17,8 @@ import pytest
 import yaml
 from node_support import T2_SAG, clone_series, dcmtk, node_settings, series_files
 
+from dicom_node.spool import UNACKNOWLEDGED_DIR
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 INSTANCES = 150
@@ -120,9 +122,13 @@ def test_kill_9_mid_transfer_loses_nothing_acknowledged(tmp_path: Path) -> None:
             stored = spool / spool_path
             assert hashlib.sha256(stored.read_bytes()).hexdigest() == digest
             assert (pydicom.dcmread(stored).pixel_array == source.pixel_array).all()
-        # every file in the spool is complete (a rename is atomic), with or without its audit row
+        # every file in the spool is complete (a rename is atomic), with or without its audit row; one
+        # renamed into place just before the kill, without its row, was moved aside (never acknowledged)
         for stored in spool.rglob("*.dcm"):
             pydicom.dcmread(stored).pixel_array  # noqa: B018 - decodes the whole file or raises
+        acknowledged_uids = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in acknowledged}
+        for aside in (spool / UNACKNOWLEDGED_DIR).rglob("*.dcm"):
+            assert aside.stem not in rows and aside.stem not in acknowledged_uids
 
         result = subprocess.run(
             [
@@ -143,7 +149,8 @@ def test_kill_9_mid_transfer_loses_nothing_acknowledged(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
         rows = db_rows(database)
         assert len(rows) == INSTANCES
-        assert len(list(spool.rglob("*.dcm"))) == INSTANCES
+        in_spool = [p for p in spool.rglob("*.dcm") if UNACKNOWLEDGED_DIR not in p.parts]
+        assert len(in_spool) == INSTANCES
         with sqlite3.connect(database) as conn:
             [(count,)] = conn.execute("SELECT instance_count FROM series")
             repeats = conn.execute("SELECT count(*) FROM instances WHERE times_received = 2").fetchone()[0]
