@@ -195,12 +195,29 @@ def sequence_items(elem: DataElement | RawDataElement) -> list[Dataset] | None:
     Nested sequences stay raw (decoded by pydicom on access, or by this function again). ``None`` when the
     element was already decoded or its encoding is not handled here: use ``element.value`` then.
     """
+    raw_items = sequence_item_elements(elem)
+    if raw_items is None or not isinstance(elem, RawDataElement):
+        return None
+    implicit = bool(elem.is_implicit_VR)
+    items: list[Dataset] = []
+    for raw in raw_items:
+        item = Dataset(raw)
+        item.set_original_encoding(implicit, True)
+        items.append(item)
+    return items
+
+
+def sequence_item_elements(
+    elem: DataElement | RawDataElement,
+) -> list[dict[BaseTag, DataElement | RawDataElement]] | None:
+    """Like :func:`sequence_items`, with each item as a plain ``{tag: raw element}`` dict (no dataset is
+    built: cheaper when only a few elements of many items are looked at)."""
     if not isinstance(elem, RawDataElement) or not isinstance(elem.value, bytes) or not elem.is_little_endian:
         return None
     if elem.VR not in ("SQ", None):
         return None
     data, implicit = elem.value, elem.is_implicit_VR
-    items: list[Dataset] = []
+    items: list[dict[BaseTag, DataElement | RawDataElement]] = []
     pos = 0
     try:
         while pos + 8 <= len(data):
@@ -218,9 +235,7 @@ def sequence_items(elem: DataElement | RawDataElement) -> list[Dataset] | None:
             else:
                 raw, _, _ = _scan(data, pos, implicit=implicit, only_group=None, end_of_data=pos + length)
                 pos += length
-            item = Dataset(raw)
-            item.set_original_encoding(implicit, True)
-            items.append(item)
+            items.append(raw)
     except (_Unsupported, struct.error, IndexError, ValueError):
         return None
     return items

@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from conversion.dicomscan import read_header, sequence_items
+from conversion.dicomscan import read_header, sequence_item_elements, sequence_items
 from conversion.errors import NotSegmentableError, Reason
 
 logger = logging.getLogger(__name__)
@@ -265,9 +265,9 @@ def _enhanced_frames(
     index: int, header: Dataset, rows: int, columns: int, sop: str, sop_class: str, instance_number: int
 ) -> list[FrameInfo]:
     n_frames = _int(header.get("NumberOfFrames"), 1)
-    shared_groups = _items(header, 0x52009229)  # Shared Functional Groups Sequence
+    shared_groups = _group_items(header, 0x52009229)  # Shared Functional Groups Sequence
     shared = shared_groups[0] if shared_groups else Dataset()
-    per_frame = _items(header, 0x52009230)  # Per-frame Functional Groups Sequence
+    per_frame = _group_items(header, 0x52009230)  # Per-frame Functional Groups Sequence
     top = _classic_attrs(header)
     frames: list[FrameInfo] = []
     shared_items = _first_items(shared)
@@ -340,14 +340,48 @@ _FUNCTIONAL_GROUPS = (
 )
 
 
-def _first_items(group: Dataset) -> dict[int, Dataset]:
+#: An item of a functional groups sequence: a dataset, or the raw elements of one (see ``_group_items``).
+_GroupItem = Dataset | dict[Any, Any]
+
+
+def _group_items(header: Dataset, tag: int) -> list[_GroupItem]:
+    """Items of a functional groups sequence, as raw element dicts when the fast reader can split them
+    (no dataset is built for each of thousands of per-frame items), else as datasets."""
+    if tag not in header:
+        return []
+    fast = sequence_item_elements(header.get_item(tag))
+    if fast is not None:
+        return list(fast)
+    return list(_items(header, tag))
+
+
+def _first_items(group: _GroupItem) -> dict[int, Dataset]:
     """The first item of each functional group sequence the loader reads, by tag."""
     out: dict[int, Dataset] = {}
+    if not isinstance(group, Dataset):
+        for tag in _FUNCTIONAL_GROUPS:
+            elem = group.get(tag)
+            if elem is None:
+                continue
+            items = sequence_items(elem)
+            if items is None:  # not splittable here: pydicom decodes it within a dataset
+                return _first_items(_as_dataset(group))
+            if items:
+                out[tag] = items[0]
+        return out
     for tag in _FUNCTIONAL_GROUPS:
         items = _items(group, tag)
         if items:
             out[tag] = items[0]
     return out
+
+
+def _as_dataset(raw: dict[Any, Any]) -> Dataset:
+    ds = Dataset(raw)
+    first = next(iter(raw.values()), None)
+    if first is not None:
+        ds.set_original_encoding(bool(first.is_implicit_VR), True)
+    return ds
 
 
 def _items(ds: Dataset, tag: int) -> list[Dataset]:
