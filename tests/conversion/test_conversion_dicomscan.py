@@ -10,7 +10,8 @@ import pytest
 from conversion_reference import series_folders
 from pydicom.uid import ImplicitVRLittleEndian
 
-from conversion.dicomscan import read_header, sequence_items
+from conversion.dicomscan import read_header, sequence_item_elements, sequence_items
+from conversion.headers import SourceImage, frames_of
 
 #: The Sunnybrook files carry UIDs with leading-zero components: pydicom warns, SegNode reads them.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
@@ -121,3 +122,36 @@ def test_functional_group_items_equal_pydicom(path: Path) -> None:
     decoded = header.PerFrameFunctionalGroupsSequence  # decoded by pydicom once accessed
     assert sequence_items(header.get_item(0x52009230)) is None
     assert len(decoded) == int(reference.NumberOfFrames)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        TEST_MRI / "dcm_qa_enh" / "Philips_EnhancedMR_fMAP" / "IM_0027_fMAP.dcm",
+        TEST_MRI / "dcm_qa_enh" / "Siemens_XA10_EnhancedMR_4vol" / "6_1.dcm",
+    ],
+    ids=["philips-fmap", "siemens-xa10"],
+)
+def test_functional_group_raw_items_match_datasets_and_decoded_path(path: Path) -> None:
+    scanned = read_header(path.read_bytes(), str(path))
+    assert scanned is not None
+    header = scanned[0]
+    raw_items = sequence_item_elements(header.get_item(0x52009230))
+    items = sequence_items(header.get_item(0x52009230))
+    assert raw_items is not None and items is not None
+    assert len(raw_items) == len(items) == int(header.NumberOfFrames)
+    for raw, item in zip(raw_items, items, strict=True):
+        assert list(raw) == list(item.keys())
+        assert all(raw[tag].value == item.get_item(tag).value for tag in raw)
+    # frames described from the raw items equal those described once pydicom decoded the sequences
+    fast = frames_of(0, SourceImage(header=header, transfer_syntax=header.file_meta.TransferSyntaxUID))
+    decoded = read_header(path.read_bytes(), str(path))
+    assert decoded is not None
+    _ = decoded[0].PerFrameFunctionalGroupsSequence, decoded[0].SharedFunctionalGroupsSequence
+    assert sequence_item_elements(decoded[0].get_item(0x52009230)) is None
+    slow = frames_of(0, SourceImage(header=decoded[0], transfer_syntax=header.file_meta.TransferSyntaxUID))
+    assert len(fast) == len(slow) == int(header.NumberOfFrames)
+    for a, b in zip(fast, slow, strict=True):
+        assert a.position is not None and b.position is not None
+        assert (a.position == b.position).all() and a.pixel_spacing == b.pixel_spacing
+        assert (a.slope, a.intercept, a.attrs) == (b.slope, b.intercept, b.attrs)
