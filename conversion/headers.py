@@ -211,9 +211,7 @@ def _values(header: Dataset, tag: int) -> list[str]:
     Reading the raw value avoids pydicom's per-value object creation and validation, which dominates the
     cost of describing thousands of slices; the element itself is left unconverted for later readers.
     """
-    if tag not in header:
-        return []
-    elem = header.get_item(tag)
+    elem = header.get_item(tag)  # ``None`` when absent (one lookup instead of a membership test first)
     if elem is None:
         return []
     value = elem.value
