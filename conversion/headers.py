@@ -26,8 +26,17 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from conversion.dicomscan import read_header, sequence_item_elements, sequence_items
+from conversion.dicomscan import read_header
 from conversion.errors import NotSegmentableError, Reason
+from conversion.rawheader import (
+    PRIVATE_GROUPS,
+    PRIVATE_VRS,
+    DatasetView,
+    HeaderView,
+    NeedsPydicom,
+    first_text,
+    scan_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +55,9 @@ _LOCALIZER_WORDS = re.compile(
 
 @dataclass
 class SourceImage:
-    """One instance of the series: its header (no pixel data) and where its pixels are."""
+    """One instance of the series: what the loader reads of its header, and where its pixels are."""
 
-    header: Dataset
+    view: HeaderView
     transfer_syntax: UID
     path: Path | None = None
     #: Byte offset of the Pixel Data element's tag in the file (``None`` when the file has none).
@@ -58,6 +67,27 @@ class SourceImage:
     #: Encoding of the dataset as read (also known for transfer syntaxes pydicom does not know).
     implicit_vr: bool = False
     little_endian: bool = True
+    #: The file's bytes before its Pixel Data element, parsed into :attr:`header` on first use.
+    header_bytes: bytes | None = None
+    #: The complete header (no pixel data), once parsed.
+    parsed_header: Dataset | None = None
+
+    @classmethod
+    def from_dataset(cls, header: Dataset, transfer_syntax: UID) -> SourceImage:
+        """A source described by a header dataset (no file behind it)."""
+        return cls(view=DatasetView(header), transfer_syntax=transfer_syntax, parsed_header=header)
+
+    @property
+    def header(self) -> Dataset:
+        """The complete header (no pixel data): parsed from the file's bytes on first use only, since the
+        loader itself reads through :attr:`view` (the DICOM-SEG writer needs the whole header)."""
+        if self.parsed_header is None:
+            assert self.header_bytes is not None
+            scanned = read_header(self.header_bytes, str(self.path or ""))
+            if scanned is None:  # the scanner read it; pydicom's reader is the tolerant fallback
+                scanned = (dcmread(io.BytesIO(self.header_bytes), stop_before_pixels=True, force=True), None)
+            self.parsed_header = scanned[0]
+        return self.parsed_header
 
     @property
     def has_pixels(self) -> bool:
@@ -69,7 +99,7 @@ class SourceImage:
     def name(self) -> str:
         if self.path is not None:
             return str(self.path)
-        return f"SOP Instance {self.header.get('SOPInstanceUID', '?')}"
+        return f"SOP Instance {first_text(self.view, 0x00080018) or '?'}"
 
 
 @dataclass
@@ -93,6 +123,10 @@ class FrameInfo:
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
+#: Bytes read first from each file: most headers end well before; longer ones are read in full.
+_FIRST_READ = 32768
+
+
 def read_sources(items: list[str | os.PathLike[str] | Dataset]) -> list[SourceImage]:
     """Read the header of every item once (files up to their Pixel Data element)."""
     sources: list[SourceImage] = []
@@ -105,51 +139,69 @@ def read_sources(items: list[str | os.PathLike[str] | Dataset]) -> list[SourceIm
             meta = getattr(item, "file_meta", None)
             if meta is not None:
                 header.file_meta = meta
-            ts = _transfer_syntax(item)
-            sources.append(SourceImage(header=header, transfer_syntax=ts, dataset=item))
+            ts = _transfer_syntax(header)
+            sources.append(
+                SourceImage(view=DatasetView(header), transfer_syntax=ts, dataset=item, parsed_header=header)
+            )
             continue
-        path = Path(item)
-        try:
-            # One read of the file, then parsing from memory (faster than many small file reads); the
-            # bytes are dropped once the header is parsed and pixels are read again at their offset.
-            data = path.read_bytes()
-            scanned = read_header(data, str(path))
-            if scanned is not None:
-                header, offset = scanned
-            else:  # uncommon encodings: pydicom's tolerant reader
-                buffer = io.BytesIO(data)
-                header = dcmread(buffer, stop_before_pixels=True, force=True)
-                pos = buffer.tell()
-                offset = (
-                    pos
-                    if _is_pixel_tag(data[pos : pos + 4], header.original_encoding[1] is not False)
-                    else None
-                )
-                del buffer
-            del data
-        except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, struct.error) as exc:
-            raise NotSegmentableError(
-                f"cannot read {path} as DICOM: {exc}", reason=Reason.UNREADABLE
-            ) from exc
-        if "SOPClassUID" not in header and "SOPInstanceUID" not in header:
-            raise NotSegmentableError(
-                f"cannot read {path} as a DICOM instance: it has no SOP Class or SOP Instance UID",
-                reason=Reason.UNREADABLE,
-            )
-        ts = _transfer_syntax(header)
-        implicit, little = header.original_encoding
-        implicit, little = bool(implicit), little is not False
-        sources.append(
-            SourceImage(
-                header=header,
-                transfer_syntax=ts,
-                path=path,
-                pixel_offset=offset,
-                implicit_vr=implicit,
-                little_endian=little,
-            )
-        )
+        sources.append(_read_file(Path(item)))
     return sources
+
+
+def _read_file(path: Path) -> SourceImage:
+    try:
+        # The first bytes of the file usually hold the whole header; the pixels are read later at their
+        # offset, straight into the volume.
+        with path.open("rb") as fp:
+            data = fp.read(_FIRST_READ)
+            complete = len(data) < _FIRST_READ
+            try:
+                scanned = scan_file(data, complete)
+            except EOFError:  # a longer header: read the whole file
+                data += fp.read()
+                complete = True
+                scanned = scan_file(data, complete)
+        if scanned is not None:
+            view = scanned.header
+            if not (view.has(0x00080016) or view.has(0x00080018)):
+                raise NotSegmentableError(
+                    f"cannot read {path} as a DICOM instance: it has no SOP Class or SOP Instance UID",
+                    reason=Reason.UNREADABLE,
+                )
+            return SourceImage(
+                view=view,
+                transfer_syntax=UID(scanned.transfer_syntax),
+                path=path,
+                pixel_offset=scanned.pixel_offset,
+                implicit_vr=scanned.implicit,
+                little_endian=True,
+                header_bytes=scanned.header_bytes,
+            )
+        if not complete:
+            data = path.read_bytes()
+        # uncommon encodings: pydicom's tolerant reader
+        buffer = io.BytesIO(data)
+        header = dcmread(buffer, stop_before_pixels=True, force=True)
+        pos = buffer.tell()
+        offset = pos if _is_pixel_tag(data[pos : pos + 4], header.original_encoding[1] is not False) else None
+        del buffer, data
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, struct.error) as exc:
+        raise NotSegmentableError(f"cannot read {path} as DICOM: {exc}", reason=Reason.UNREADABLE) from exc
+    if "SOPClassUID" not in header and "SOPInstanceUID" not in header:
+        raise NotSegmentableError(
+            f"cannot read {path} as a DICOM instance: it has no SOP Class or SOP Instance UID",
+            reason=Reason.UNREADABLE,
+        )
+    implicit, little = header.original_encoding
+    return SourceImage(
+        view=DatasetView(header),
+        transfer_syntax=_transfer_syntax(header),
+        path=path,
+        pixel_offset=offset,
+        implicit_vr=bool(implicit),
+        little_endian=little is not False,
+        parsed_header=header,
+    )
 
 
 def _is_pixel_tag(tag_bytes: bytes, little_endian: bool) -> bool:
@@ -163,7 +215,7 @@ def _is_pixel_tag(tag_bytes: bytes, little_endian: bool) -> bool:
 
 def _transfer_syntax(ds: Dataset) -> UID:
     meta = getattr(ds, "file_meta", None)
-    ts = text_value(meta, 0x00020010) if meta is not None else None  # raw text: no UI validation
+    ts = first_text(DatasetView(meta), 0x00020010) if meta is not None else None  # no UI validation
     if ts:
         return UID(ts)
     # Datasets received over the network without file meta: fall back on their original encoding.
@@ -173,73 +225,57 @@ def _transfer_syntax(ds: Dataset) -> UID:
     return UID("1.2.840.10008.1.2.1" if little is not False else "1.2.840.10008.1.2.2")
 
 
-def is_enhanced(header: Dataset) -> bool:
+def is_enhanced(view: HeaderView) -> bool:
     """Multi-frame object described by functional groups (not a classic object that carries one)."""
-    return (text_value(header, 0x00080016) or "") in ENHANCED_SOP_CLASSES or (
-        _int(text_value(header, 0x00280008), 1) > 1 and "PerFrameFunctionalGroupsSequence" in header
+    return (first_text(view, 0x00080016) or "") in ENHANCED_SOP_CLASSES or (
+        _int(first_text(view, 0x00280008), 1) > 1 and view.has(0x52009230)
     )
 
 
-def is_mosaic(header: Dataset) -> bool:
-    image_type = [v.upper() for v in _values(header, 0x00080008)]
-    return "MOSAIC" in image_type
+def is_mosaic(view: HeaderView) -> bool:
+    return "MOSAIC" in (v.upper() for v in view.text(0x00080008))
 
 
-def is_localizer(header: Dataset) -> bool:
-    image_type = [v.upper() for v in _values(header, 0x00080008)]
+def is_localizer(view: HeaderView) -> bool:
+    image_type = [v.upper() for v in view.text(0x00080008)]
     if "LOCALIZER" in image_type or "SCOUT" in image_type:
         return True
-    text = " ".join(text_value(header, tag) or "" for tag in (0x0008103E, 0x00181030))
+    text = " ".join(first_text(view, tag) or "" for tag in (0x0008103E, 0x00181030))
     return bool(_LOCALIZER_WORDS.search(text.replace("_", " ")))
 
 
-def series_name(header: Dataset) -> str:
+def series_name(view: HeaderView) -> str:
     """How a PACS admin finds the series: number, description and Series Instance UID."""
-    number = header.get("SeriesNumber", "")
-    desc = str(header.get("SeriesDescription", "") or header.get("ProtocolName", "") or "").strip()
-    uid = header.get("SeriesInstanceUID", "?")
-    parts = [f"series {number}" if number not in (None, "") else "series"]
-    if desc:
-        parts.append(f'"{desc}"')
+    number = first_text(view, 0x00200011)
+    desc = " ".join(view.text(0x0008103E)) or " ".join(view.text(0x00181030))
+    uid = first_text(view, 0x0020000E) or "?"
+    parts = [f"series {number}" if number else "series"]
+    if desc.strip():
+        parts.append(f'"{desc.strip()}"')
     parts.append(f"({uid})")
     return " ".join(parts)
 
 
-def _values(header: Dataset, tag: int) -> list[str]:
-    """Values of a text element (DS, IS, CS, UI, ...) as strings, parsed from the raw bytes when possible.
-
-    Reading the raw value avoids pydicom's per-value object creation and validation, which dominates the
-    cost of describing thousands of slices; the element itself is left unconverted for later readers.
-    """
-    elem = header.get_item(tag)  # ``None`` when absent (one lookup instead of a membership test first)
-    if elem is None:
-        return []
-    value = elem.value
-    if value is None:
-        return []
-    if isinstance(value, bytes):
-        text = value.decode("latin-1").strip(" \x00")
-        return [v.strip(" \x00") for v in text.split("\\")] if text else []
-    return [str(v).strip() for v in _as_list(value)]
-
-
-def text_value(header: Dataset, tag: int) -> str | None:
+def text_value(header: Dataset | HeaderView, tag: int) -> str | None:
     """The first value of a text element as a string (``None`` when absent or empty), without conversion."""
-    values = _values(header, tag)
-    return values[0] if values and values[0] != "" else None
+    view = DatasetView(header) if isinstance(header, Dataset) else header
+    return first_text(view, tag)
 
 
 def frames_of(index: int, src: SourceImage) -> list[FrameInfo]:
     """Describe every 2D image of one source instance."""
-    header = src.header
-    rows = int(header.get("Rows", 0) or 0)
-    columns = int(header.get("Columns", 0) or 0)
-    sop = text_value(header, 0x00080018) or ""
-    sop_class = text_value(header, 0x00080016) or ""
-    instance_number = _int(text_value(header, 0x00200013), 0)
-    if is_enhanced(header):
-        return _enhanced_frames(index, header, rows, columns, sop, sop_class, instance_number)
-    attrs = _classic_attrs(header)
+    view = src.view
+    rows = _int(view.number(0x00280010), 0)
+    columns = _int(view.number(0x00280011), 0)
+    sop = first_text(view, 0x00080018) or ""
+    sop_class = first_text(view, 0x00080016) or ""
+    instance_number = _int(first_text(view, 0x00200013), 0)
+    if is_enhanced(view):
+        try:
+            return _enhanced_frames(index, view, rows, columns, sop, sop_class, instance_number)
+        except NeedsPydicom:  # functional groups in an encoding the scanner leaves to pydicom
+            view = DatasetView(src.header)
+            return _enhanced_frames(index, view, rows, columns, sop, sop_class, instance_number)
     return [
         FrameInfo(
             source=index,
@@ -249,78 +285,14 @@ def frames_of(index: int, src: SourceImage) -> list[FrameInfo]:
             instance_number=instance_number,
             rows=rows,
             columns=columns,
-            orientation=_floats(_values(header, 0x00200037), 6),
-            position=_floats(_values(header, 0x00200032), 3),
-            pixel_spacing=_spacing(_values(header, 0x00280030)),
-            slope=_float(text_value(header, 0x00281053), 1.0),
-            intercept=_float(text_value(header, 0x00281052), 0.0),
-            attrs=attrs,
+            orientation=_floats(view.text(0x00200037), 6),
+            position=_floats(view.text(0x00200032), 3),
+            pixel_spacing=_spacing(view.text(0x00280030)),
+            slope=_float(first_text(view, 0x00281053), 1.0),
+            intercept=_float(first_text(view, 0x00281052), 0.0),
+            attrs=_classic_attrs(view),
         )
     ]
-
-
-def _enhanced_frames(
-    index: int, header: Dataset, rows: int, columns: int, sop: str, sop_class: str, instance_number: int
-) -> list[FrameInfo]:
-    n_frames = _int(header.get("NumberOfFrames"), 1)
-    shared_groups = _group_items(header, 0x52009229)  # Shared Functional Groups Sequence
-    shared = shared_groups[0] if shared_groups else Dataset()
-    per_frame = _group_items(header, 0x52009230)  # Per-frame Functional Groups Sequence
-    top = _classic_attrs(header)
-    frames: list[FrameInfo] = []
-    shared_items = _first_items(shared)
-    top_slope = _float(text_value(header, 0x00281053), 1.0)
-    top_intercept = _float(text_value(header, 0x00281052), 0.0)
-    for f in range(n_frames):
-        items = dict(shared_items)
-        if f < len(per_frame):
-            items.update(_first_items(per_frame[f]))
-        empty = Dataset()
-        plane_pos = items.get(0x00209113, empty)
-        plane_ori = items.get(0x00209116, empty)
-        measures = items.get(0x00289110, empty)
-        transform = items.get(0x00289145)
-        content = items.get(0x00209111, empty)
-        frame_type = items.get(0x00189226) or items.get(0x00189329) or empty
-        diffusion = items.get(0x00189117, empty)
-        echo = items.get(0x00189114, empty)
-        cardiac = items.get(0x00189118, empty)
-        attrs = dict(top)
-        if _values(frame_type, 0x00089007):
-            attrs["image_type"] = "\\".join(_values(frame_type, 0x00089007))
-        if diffusion.get("DiffusionBValue") is not None:  # FD: binary
-            attrs["b_value"] = _number(diffusion.DiffusionBValue)
-        if echo.get("EffectiveEchoTime") is not None:  # FD: binary
-            attrs["echo_time"] = _number(echo.EffectiveEchoTime)
-        if content.get("TemporalPositionIndex") is not None:  # UL: binary
-            attrs["temporal_position"] = _int(content.TemporalPositionIndex, 0)
-        stack_id = text_value(content, 0x00209056)
-        if stack_id is not None:
-            attrs["stack_id"] = stack_id
-        if content.get("FrameAcquisitionNumber") is not None:  # US: binary
-            attrs["acquisition_number"] = _int(content.FrameAcquisitionNumber, 0)
-        if cardiac.get("NominalCardiacTriggerDelayTime") is not None:  # FD: binary
-            attrs["trigger_time"] = _number(cardiac.NominalCardiacTriggerDelayTime)
-        frames.append(
-            FrameInfo(
-                source=index,
-                frame=f,
-                sop_instance_uid=sop,
-                sop_class_uid=sop_class,
-                instance_number=instance_number,
-                rows=rows,
-                columns=columns,
-                orientation=_floats(_values(plane_ori, 0x00200037), 6),
-                position=_floats(_values(plane_pos, 0x00200032), 3),
-                pixel_spacing=_spacing(_values(measures, 0x00280030)),
-                slope=top_slope if transform is None else _float(text_value(transform, 0x00281053), 1.0),
-                intercept=top_intercept
-                if transform is None
-                else _float(text_value(transform, 0x00281052), 0.0),
-                attrs=attrs,
-            )
-        )
-    return frames
 
 
 #: Functional group sequences the loader reads (first item of each).
@@ -336,69 +308,95 @@ _FUNCTIONAL_GROUPS = (
     0x00189114,  # MR Echo Sequence
     0x00189118,  # Cardiac Synchronization Sequence
 )
+_FUNCTIONAL_GROUP_TAGS = frozenset(_FUNCTIONAL_GROUPS)
 
 
-#: An item of a functional groups sequence: a dataset, or the raw elements of one (see ``_group_items``).
-_GroupItem = Dataset | dict[Any, Any]
+def _enhanced_frames(
+    index: int, view: HeaderView, rows: int, columns: int, sop: str, sop_class: str, instance_number: int
+) -> list[FrameInfo]:
+    n_frames = _int(first_text(view, 0x00280008), 1)
+    shared_groups = view.items(0x52009229, _FUNCTIONAL_GROUP_TAGS)  # Shared Functional Groups Sequence
+    per_frame = view.items(0x52009230, _FUNCTIONAL_GROUP_TAGS)  # Per-frame Functional Groups Sequence
+    top = _classic_attrs(view)
+    frames: list[FrameInfo] = []
+    shared_items = _first_items(shared_groups[0]) if shared_groups else {}
+    top_slope = _float(first_text(view, 0x00281053), 1.0)
+    top_intercept = _float(first_text(view, 0x00281052), 0.0)
+    empty = DatasetView(Dataset())
+    for f in range(n_frames):
+        items = dict(shared_items)
+        if f < len(per_frame):
+            items.update(_first_items(per_frame[f]))
+        plane_pos = items.get(0x00209113, empty)
+        plane_ori = items.get(0x00209116, empty)
+        measures = items.get(0x00289110, empty)
+        transform = items.get(0x00289145)
+        content = items.get(0x00209111, empty)
+        frame_type = items.get(0x00189226) or items.get(0x00189329) or empty
+        diffusion = items.get(0x00189117, empty)
+        echo = items.get(0x00189114, empty)
+        cardiac = items.get(0x00189118, empty)
+        attrs = dict(top)
+        image_type = frame_type.text(0x00089007)  # Frame Type
+        if image_type:
+            attrs["image_type"] = "\\".join(image_type)
+        b_value = diffusion.number(0x00189087)  # Diffusion b-value (FD)
+        if b_value is not None:
+            attrs["b_value"] = _number(b_value)
+        echo_time = echo.number(0x00189082)  # Effective Echo Time (FD)
+        if echo_time is not None:
+            attrs["echo_time"] = _number(echo_time)
+        temporal = content.number(0x00209128)  # Temporal Position Index (UL)
+        if temporal is not None:
+            attrs["temporal_position"] = int(temporal)
+        stack_id = first_text(content, 0x00209056)
+        if stack_id is not None:
+            attrs["stack_id"] = stack_id
+        acquisition = content.number(0x00209156)  # Frame Acquisition Number (US)
+        if acquisition is not None:
+            attrs["acquisition_number"] = int(acquisition)
+        trigger = cardiac.number(0x00209153)  # Nominal Cardiac Trigger Delay Time (FD)
+        if trigger is not None:
+            attrs["trigger_time"] = _number(trigger)
+        frames.append(
+            FrameInfo(
+                source=index,
+                frame=f,
+                sop_instance_uid=sop,
+                sop_class_uid=sop_class,
+                instance_number=instance_number,
+                rows=rows,
+                columns=columns,
+                orientation=_floats(plane_ori.text(0x00200037), 6),
+                position=_floats(plane_pos.text(0x00200032), 3),
+                pixel_spacing=_spacing(measures.text(0x00280030)),
+                slope=top_slope if transform is None else _float(first_text(transform, 0x00281053), 1.0),
+                intercept=top_intercept
+                if transform is None
+                else _float(first_text(transform, 0x00281052), 0.0),
+                attrs=attrs,
+            )
+        )
+    return frames
 
 
-def _group_items(header: Dataset, tag: int) -> list[_GroupItem]:
-    """Items of a functional groups sequence, as raw element dicts when the fast reader can split them
-    (no dataset is built for each of thousands of per-frame items), else as datasets."""
-    if tag not in header:
-        return []
-    fast = sequence_item_elements(header.get_item(tag))
-    if fast is not None:
-        return list(fast)
-    return list(_items(header, tag))
-
-
-def _first_items(group: _GroupItem) -> dict[int, Dataset]:
+def _first_items(group: HeaderView) -> dict[int, HeaderView]:
     """The first item of each functional group sequence the loader reads, by tag."""
-    out: dict[int, Dataset] = {}
-    if not isinstance(group, Dataset):
-        for tag in _FUNCTIONAL_GROUPS:
-            elem = group.get(tag)
-            if elem is None:
-                continue
-            items = sequence_items(elem)
-            if items is None:  # not splittable here: pydicom decodes it within a dataset
-                return _first_items(_as_dataset(group))
+    out: dict[int, HeaderView] = {}
+    for tag in _FUNCTIONAL_GROUPS:
+        if group.has(tag):
+            items = group.items(tag)
             if items:
                 out[tag] = items[0]
-        return out
-    for tag in _FUNCTIONAL_GROUPS:
-        items = _items(group, tag)
-        if items:
-            out[tag] = items[0]
     return out
 
 
-def _as_dataset(raw: dict[Any, Any]) -> Dataset:
-    ds = Dataset(raw)
-    first = next(iter(raw.values()), None)
-    if first is not None:
-        ds.set_original_encoding(bool(first.is_implicit_VR), True)
-    return ds
-
-
-def _items(ds: Dataset, tag: int) -> list[Dataset]:
-    """Items of a sequence; still-raw sequences are split with the fast reader, not decoded in full."""
-    if tag not in ds:
-        return []
-    fast = sequence_items(ds.get_item(tag))
-    if fast is not None:
-        return fast
-    value = ds[tag].value
-    return list(value) if value else []
-
-
-def _classic_attrs(header: Dataset) -> dict[str, Any]:
+def _classic_attrs(view: HeaderView) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
-    image_type = _values(header, 0x00080008)
+    image_type = view.text(0x00080008)
     if image_type:
         attrs["image_type"] = "\\".join(image_type)
-    b_value = diffusion_b_value(header)
+    b_value = diffusion_b_value(view)
     if b_value is not None:
         attrs["b_value"] = b_value
     for key, tag, parse in (
@@ -408,7 +406,7 @@ def _classic_attrs(header: Dataset) -> dict[str, Any]:
         ("acquisition_number", 0x00200012, _int_or_none),
         ("trigger_time", 0x00181060, _number_or_none),
     ):
-        value = parse(text_value(header, tag))
+        value = parse(first_text(view, tag))
         if value is not None:
             attrs[key] = value
     return attrs
@@ -422,49 +420,27 @@ def _number_or_none(text: str | None) -> float | int | None:
     return None if text is None else _number(text)
 
 
-def diffusion_b_value(header: Dataset) -> float | int | None:
+def diffusion_b_value(view: HeaderView) -> float | int | None:
     """The b-value: standard (0018,9087), then Siemens (0019,xx0C), GE (0043,xx39), Philips (2001,xx03)."""
-    if header.get("DiffusionBValue") not in (None, ""):  # FD: binary, read through pydicom
-        return _number(header.DiffusionBValue)
-    blocks = _private_blocks(header)
-    for group, creator, elem in (
-        (0x0019, "SIEMENS MR HEADER", 0x0C),
-        (0x0043, "GEMS_PARM_01", 0x39),
-        (0x2001, "Philips Imaging DD 001", 0x03),
-    ):
+    standard = view.number(0x00189087)  # FD
+    if standard is not None:
+        return _number(standard)
+    blocks = view.private_blocks(PRIVATE_GROUPS)
+    for (group, creator, elem), vr in PRIVATE_VRS.items():
         block = blocks.get((group, creator))
-        data_tag = (group << 16) | (block << 8) | elem if block is not None else None
-        value = header[data_tag].value if data_tag is not None and data_tag in header else None
-        if value is None:
+        if block is None:
             continue
-        if isinstance(value, bytes):
-            value = value.decode("ascii", errors="ignore").strip("\x00 ")
-        first = _as_list(value)[0] if not isinstance(value, str) else value.split("\\")[0]
-        try:
-            number = float(first)
-        except (TypeError, ValueError):
-            logger.warning("unreadable private b-value %r in (%04X,xx%02X)", value, group, elem)
+        data_tag = (group << 16) | (block << 8) | elem
+        if not view.has(data_tag):
+            continue
+        number = view.number(data_tag, vr)
+        if number is None:
+            logger.warning("unreadable private b-value %r in (%04X,xx%02X)", view.text(data_tag), group, elem)
             continue
         if group == 0x0043 and number >= 1e9:
             number %= 1e9  # GE encodes a flag in the high digits
         return int(number) if number.is_integer() else number
     return None
-
-
-#: Groups of the private b-value elements and their private creators.
-_B_VALUE_GROUPS = (0x0019, 0x0043, 0x2001)
-
-
-def _private_blocks(header: Dataset) -> dict[tuple[int, str], int]:
-    """Private creator blocks of the b-value groups: (group, creator) -> block number (0x10-0xFF)."""
-    out: dict[tuple[int, str], int] = {}
-    for tag in header.keys():
-        t = int(tag)
-        if t >> 16 in _B_VALUE_GROUPS and 0x10 <= (t & 0xFFFF) <= 0xFF:
-            creator = text_value(header, t)
-            if creator is not None:
-                out[(t >> 16, creator)] = t & 0xFF
-    return out
 
 
 def _as_list(value: Any) -> list[Any]:

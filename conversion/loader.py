@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -20,9 +20,9 @@ from conversion.headers import (
     is_mosaic,
     read_sources,
     series_name,
-    text_value,
 )
 from conversion.pixels import fill_slices
+from conversion.rawheader import first_text
 from conversion.stacks import (
     NonUniformPolicy,
     Stack,
@@ -32,7 +32,7 @@ from conversion.stacks import (
     plane_name,
     split_stacks,
 )
-from conversion.volume import SliceRef, Volume
+from conversion.volume import LazyHeaders, SliceRef, Volume
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +77,10 @@ def plan_series(
     sources = read_sources(list(items))
     if not sources:
         raise NotSegmentableError("no instances were given", reason=Reason.NO_PIXEL_DATA)
-    name = series_name(sources[0].header)
-    series_uids = {text_value(s.header, 0x0020000E) or "" for s in sources}
+    name = series_name(sources[0].view)
+    series_uids = {first_text(s.view, 0x0020000E) or "" for s in sources}
     if len(series_uids) > 1:
-        names = sorted({series_name(s.header) for s in sources})
+        names = sorted({series_name(s.view) for s in sources})
         raise NotSegmentableError(
             f"the instances belong to {len(series_uids)} different series: {'; '.join(names)}",
             reason=Reason.MIXED_SERIES,
@@ -93,7 +93,7 @@ def plan_series(
     if not images:
         raise NotSegmentableError(
             f"{name} has no images: none of its {len(sources)} instance(s) carries pixel data "
-            f"(SOP classes: {', '.join(sorted({str(s.header.get('SOPClassUID', '?')) for s in sources}))})",
+            f"(SOP classes: {', '.join(sorted({first_text(s.view, 0x00080016) or '?' for s in sources}))})",
             reason=Reason.NO_PIXEL_DATA,
             series=name,
         )
@@ -109,9 +109,9 @@ def plan_series(
             reason=Reason.MISSING_GEOMETRY,
             series=name,
         )
-    first = sources[images[0]].header
-    modality = str(first.get("Modality", ""))
-    tilt = float(first.get("GantryDetectorTilt", 0) or 0)
+    first = sources[images[0]].view
+    modality = first_text(first, 0x00080060) or ""
+    tilt = first.number(0x00181120) or 0.0  # Gantry/Detector Tilt
     groups = geometry_groups(frames)
     stacks: list[Stack] = []
     errors: list[NotSegmentableError] = []
@@ -146,7 +146,7 @@ def plan_series(
 
 def _check_series(sources: list[SourceImage], images: list[int], name: str) -> None:
     for i in images:
-        header = sources[i].header
+        header = sources[i].view
         if is_mosaic(header):
             raise NotSegmentableError(
                 f"{name} holds Siemens MOSAIC images ({sources[i].name}): several slices tiled in one image "
@@ -156,13 +156,13 @@ def _check_series(sources: list[SourceImage], images: list[int], name: str) -> N
             )
         if is_localizer(header):
             raise NotSegmentableError(
-                f"{name} is a localizer (ImageType {'/'.join(map(str, header.get('ImageType', [])))}): "
+                f"{name} is a localizer (ImageType {'/'.join(header.text(0x00080008))}): "
                 "scout images are not segmented",
                 reason=Reason.LOCALIZER,
                 series=name,
             )
-        spp = int(header.get("SamplesPerPixel", 1) or 1)
-        photometric = text_value(header, 0x00280004) or "MONOCHROME2"
+        spp = int(header.number(0x00280002) or 1)
+        photometric = first_text(header, 0x00280004) or "MONOCHROME2"
         if spp != 1 or not photometric.startswith("MONOCHROME"):
             raise NotSegmentableError(
                 f"{name} has {photometric} images with {spp} samples per pixel ({sources[i].name}); "
@@ -216,7 +216,7 @@ def _to_volume(stack: Stack, sources: list[SourceImage], name: str) -> Volume:
     frames = stack.frames
     if stack.resample_step is not None:
         buf, frames = _resample(buf, stack)
-    header = sources[ref.source].header
+    header = sources[ref.source].view
     refs = tuple(
         SliceRef(
             sop_instance_uid=fr.sop_instance_uid,
@@ -233,15 +233,20 @@ def _to_volume(stack: Stack, sources: list[SourceImage], name: str) -> Volume:
         voxels=voxels,
         affine=stack.affine,
         slice_refs=refs,
-        frame_of_reference_uid=str(header.get("FrameOfReferenceUID", "")),
-        modality=str(header.get("Modality", "")),
-        study_instance_uid=str(header.get("StudyInstanceUID", "")),
-        series_instance_uid=str(header.get("SeriesInstanceUID", "")),
-        source_headers=tuple(sources[i].header for i in seen),
+        frame_of_reference_uid=first_text(header, 0x00200052) or "",
+        modality=first_text(header, 0x00080060) or "",
+        study_instance_uid=first_text(header, 0x0020000D) or "",
+        series_instance_uid=first_text(header, 0x0020000E) or "",
+        # complete headers are parsed on first use (by the DICOM-SEG writer), not while loading
+        source_headers=LazyHeaders([_header_of(sources[i]) for i in seen]),
         stack_key=dict(stack.key),
         stack_label=stack.label,
         resampled=stack.resample_step is not None,
     )
+
+
+def _header_of(source: SourceImage) -> Callable[[], Dataset]:
+    return lambda: source.header
 
 
 def _resample(buf: npt.NDArray[np.float32], stack: Stack) -> tuple[npt.NDArray[np.float32], list[FrameInfo]]:

@@ -68,13 +68,13 @@ def _native_frames(src: SourceImage, frames: list[int | None]) -> list[npt.NDArr
         return None
     if src.transfer_syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
         return None
-    header = src.header
-    bits = int(header.get("BitsAllocated", 0) or 0)
-    signed = int(header.get("PixelRepresentation", 0) or 0) == 1
-    if int(header.get("SamplesPerPixel", 1) or 1) != 1 or bits not in (8, 16, 32):
+    view = src.view
+    bits = int(view.number(0x00280100) or 0)  # Bits Allocated
+    signed = int(view.number(0x00280103) or 0) == 1  # Pixel Representation
+    if int(view.number(0x00280002) or 1) != 1 or bits not in (8, 16, 32):  # Samples per Pixel
         return None
-    rows, columns = int(header.get("Rows", 0) or 0), int(header.get("Columns", 0) or 0)
-    n_frames = int(header.get("NumberOfFrames", 1) or 1)
+    rows, columns = int(view.number(0x00280010) or 0), int(view.number(0x00280011) or 0)
+    n_frames = int(view.number(0x00280008) or 1)  # Number of Frames
     dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
     frame_bytes = rows * columns * dtype.itemsize
     with src.path.open("rb") as fp:

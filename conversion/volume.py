@@ -18,14 +18,47 @@ one after the other into contiguous memory); call ``np.ascontiguousarray`` where
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class LazyHeaders(Sequence[Dataset]):
+    """Headers obtained on first use: reading every complete header costs more than building the
+    volume, and only the DICOM-SEG writer needs them."""
+
+    def __init__(self, getters: Sequence[Callable[[], Dataset]]) -> None:
+        self._getters = tuple(getters)
+        self._headers: tuple[Dataset, ...] | None = None
+
+    def _all(self) -> tuple[Dataset, ...]:
+        if self._headers is None:
+            self._headers = tuple(get() for get in self._getters)
+        return self._headers
+
+    def __len__(self) -> int:
+        return len(self._getters)
+
+    @overload
+    def __getitem__(self, index: int) -> Dataset: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Dataset, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> Dataset | tuple[Dataset, ...]:
+        return self._all()[index]
+
+    def __iter__(self) -> Iterator[Dataset]:
+        return iter(self._all())
+
+    def __repr__(self) -> str:
+        return f"LazyHeaders({len(self)} headers)"
 
 
 @dataclass(frozen=True)
@@ -50,7 +83,7 @@ class Volume:
     study_instance_uid: str
     series_instance_uid: str
     #: Headers (no pixel data) of the source instances in slice order, one per distinct SOP Instance.
-    source_headers: tuple[Dataset, ...]
+    source_headers: Sequence[Dataset]
     #: Attributes that tell this stack apart from the other stacks of its series
     #: (e.g. ``{"b_value": 800}``, ``{"image_type": "ORIGINAL\\PRIMARY\\M"}``, ``{"temporal_position": 3}``).
     stack_key: dict[str, Any] = field(default_factory=dict)

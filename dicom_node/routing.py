@@ -69,7 +69,7 @@ def _geometry(headers: Sequence[Dataset]) -> tuple[str | None, int]:
     for index, header in enumerate(headers):
         meta = getattr(header, "file_meta", None)
         ts = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
-        for frame in frames_of(index, SourceImage(header=header, transfer_syntax=ts)):
+        for frame in frames_of(index, SourceImage.from_dataset(header, ts)):
             if orientation is None and frame.orientation is not None:
                 orientation = np.asarray(frame.orientation, dtype=np.float64)
             if frame.position is None:

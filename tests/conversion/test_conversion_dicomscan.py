@@ -144,12 +144,12 @@ def test_functional_group_raw_items_match_datasets_and_decoded_path(path: Path) 
         assert list(raw) == list(item.keys())
         assert all(raw[tag].value == item.get_item(tag).value for tag in raw)
     # frames described from the raw items equal those described once pydicom decoded the sequences
-    fast = frames_of(0, SourceImage(header=header, transfer_syntax=header.file_meta.TransferSyntaxUID))
+    fast = frames_of(0, SourceImage.from_dataset(header, header.file_meta.TransferSyntaxUID))
     decoded = read_header(path.read_bytes(), str(path))
     assert decoded is not None
     _ = decoded[0].PerFrameFunctionalGroupsSequence, decoded[0].SharedFunctionalGroupsSequence
     assert sequence_item_elements(decoded[0].get_item(0x52009230)) is None
-    slow = frames_of(0, SourceImage(header=decoded[0], transfer_syntax=header.file_meta.TransferSyntaxUID))
+    slow = frames_of(0, SourceImage.from_dataset(decoded[0], header.file_meta.TransferSyntaxUID))
     assert len(fast) == len(slow) == int(header.NumberOfFrames)
     for a, b in zip(fast, slow, strict=True):
         assert a.position is not None and b.position is not None

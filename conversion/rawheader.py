@@ -1,0 +1,489 @@
+"""Reading only what the loader needs from a DICOM header, straight from the file's bytes.
+
+The loader looks at about forty attributes of each instance (identity, geometry, rescale, pixel format and
+the attributes that tell stacks apart). :func:`scan_file` walks the elements of a Part 10 file once and
+remembers, for those attributes only, where their values lie in the bytes; nothing is decoded until it is
+read, and no pydicom element or dataset is built. The values are then read with the element's VR (explicit
+VR) or the data dictionary's VR (implicit VR), as pydicom would read them.
+
+:class:`HeaderView` is what :mod:`conversion.headers` reads through: :class:`RawHeader` for files scanned
+here and :class:`DatasetView` for pydicom datasets (datasets given by the caller, or files in an encoding
+this scanner leaves to pydicom: big endian, deflate, no preamble, a VR that does not match the transfer
+syntax, truncated files). The complete header of a scanned file (for the DICOM-SEG writer) is built only
+when asked for, by :func:`conversion.dicomscan.read_header` on the same bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from functools import lru_cache
+from typing import Protocol
+
+from pydicom.charset import decode_bytes
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+
+from conversion.dicomscan import sequence_items
+
+_UNDEFINED = 0xFFFFFFFF
+_U32 = struct.Struct("<L").unpack_from
+_U16 = struct.Struct("<H").unpack_from
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_EXPLICIT_LE = "1.2.840.10008.1.2.1"
+#: Explicit VRs with a 16-bit length.
+_SHORT_VRS = frozenset(
+    vr.encode("ascii")
+    for vr in ("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN", "SH", "SL")
+    + ("SS", "ST", "TM", "UI", "UL", "US")
+)
+#: Binary numeric VRs (little endian).
+_BINARY = {
+    vr: struct.Struct("<" + code)
+    for vr, code in (("US", "H"), ("SS", "h"), ("UL", "L"), ("SL", "l"), ("FL", "f"), ("FD", "d"))
+    + (("UV", "Q"), ("SV", "q"))
+}
+#: Text VRs whose bytes follow the Specific Character Set (the others are plain ASCII).
+_CHARSET_VRS = frozenset(("LO", "SH", "PN", "LT", "ST", "UT", "UC"))
+
+
+def _swap(tag: int) -> int:
+    """The tag as read by one little-endian 32-bit load of its 4 bytes (element << 16 | group)."""
+    return ((tag & 0xFFFF) << 16) | (tag >> 16)
+
+
+#: Attributes of the main dataset the loader reads.
+TOP_LEVEL_TAGS = (
+    0x00080005,  # Specific Character Set
+    0x00080008,  # Image Type
+    0x00080016,  # SOP Class UID
+    0x00080018,  # SOP Instance UID
+    0x00080060,  # Modality
+    0x0008103E,  # Series Description
+    0x00180081,  # Echo Time
+    0x00180086,  # Echo Number(s)
+    0x00181030,  # Protocol Name
+    0x00181060,  # Trigger Time
+    0x00181120,  # Gantry/Detector Tilt
+    0x00189087,  # Diffusion b-value
+    0x0020000D,  # Study Instance UID
+    0x0020000E,  # Series Instance UID
+    0x00200011,  # Series Number
+    0x00200012,  # Acquisition Number
+    0x00200013,  # Instance Number
+    0x00200032,  # Image Position (Patient)
+    0x00200037,  # Image Orientation (Patient)
+    0x00200052,  # Frame of Reference UID
+    0x00200100,  # Temporal Position Identifier
+    0x00280002,  # Samples per Pixel
+    0x00280004,  # Photometric Interpretation
+    0x00280006,  # Planar Configuration
+    0x00280008,  # Number of Frames
+    0x00280010,  # Rows
+    0x00280011,  # Columns
+    0x00280030,  # Pixel Spacing
+    0x00280100,  # Bits Allocated
+    0x00280101,  # Bits Stored
+    0x00280102,  # High Bit
+    0x00280103,  # Pixel Representation
+    0x00281052,  # Rescale Intercept
+    0x00281053,  # Rescale Slope
+    0x52009229,  # Shared Functional Groups Sequence
+    0x52009230,  # Per-frame Functional Groups Sequence
+)
+#: Private groups whose elements are all kept (the vendors' b-values; see ``PRIVATE_VRS``).
+PRIVATE_GROUPS = frozenset((0x0019, 0x0043, 0x2001))
+#: VR of the private elements the loader reads, by (group, private creator, element offset).
+PRIVATE_VRS = {
+    (0x0019, "SIEMENS MR HEADER", 0x0C): "IS",
+    (0x0043, "GEMS_PARM_01", 0x39): "IS",
+    (0x2001, "Philips Imaging DD 001", 0x03): "FL",
+}
+_TOP_WANTED = frozenset(_swap(t) for t in TOP_LEVEL_TAGS)
+_PIXEL_KEYS = frozenset(_swap(t) for t in (0x7FE00010, 0x7FE00008, 0x7FE00009))
+_ITEM_GROUP = 0xFFFE
+_ITEM_END = _swap(0xFFFEE00D)
+_ITEM_START = _swap(0xFFFEE000)
+_SEQUENCE_END = _swap(0xFFFEE0DD)
+#: Explicit VRs with a 16-bit length, by their two bytes read as a little-endian 16-bit integer.
+_SHORT_VR_CODES = {int.from_bytes(vr, "little"): vr.decode("ascii") for vr in _SHORT_VRS}
+_TAG_VR_LENGTH = struct.Struct("<LHH").unpack_from
+_TAG_LENGTH = struct.Struct("<LL").unpack_from
+
+
+class NeedsPydicom(Exception):
+    """The bytes are not in an encoding this scanner reads (or are cut short): use pydicom's reader."""
+
+
+class HeaderView(Protocol):
+    """Read access to the attributes of a header (or of a sequence item) the loader uses."""
+
+    def has(self, tag: int) -> bool: ...
+
+    def text(self, tag: int) -> list[str]:
+        """The values of a text element (DS, IS, CS, UI, LO, ...) as stripped strings; [] when absent."""
+        ...
+
+    def number(self, tag: int, vr: str | None = None) -> float | None:
+        """The first value of a numeric element (binary or text) as a float; ``None`` when absent/empty.
+
+        ``vr`` names the VR when the encoding does not carry it and the data dictionary does not know the
+        tag (private elements)."""
+        ...
+
+    def items(self, tag: int, keep: frozenset[int] | None = None) -> list[HeaderView]:
+        """The items of a sequence element ([] when absent). ``keep``: the tags the caller will read in the
+        items (a hint; all elements may be kept)."""
+        ...
+
+    def private_blocks(self, groups: frozenset[int]) -> dict[tuple[int, str], int]:
+        """Private creator blocks in ``groups``: (group, creator) -> block number (0x10-0xFF)."""
+        ...
+
+
+def first_text(view: HeaderView, tag: int) -> str | None:
+    """The first value of a text element (``None`` when absent or empty)."""
+    values = view.text(tag)
+    return values[0] if values and values[0] != "" else None
+
+
+@lru_cache(maxsize=512)
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        vr = str(dictionary_VR(tag))
+    except KeyError:
+        return None
+    return vr.split(" or ")[0]
+
+
+class RawHeader:
+    """Elements of a dataset (or of a sequence item) located in a buffer, decoded on read."""
+
+    __slots__ = ("data", "implicit", "elements")
+
+    def __init__(self, data: bytes, implicit: bool, elements: dict[int, tuple[str | None, int, int]]) -> None:
+        self.data = data
+        self.implicit = implicit
+        #: tag -> (explicit VR or ``None``, value offset in ``data``, value length)
+        self.elements = elements
+
+    def has(self, tag: int) -> bool:
+        return tag in self.elements
+
+    def _charsets(self) -> list[str] | None:
+        entry = self.elements.get(0x00080005)
+        if entry is None:
+            return None
+        _, pos, length = entry
+        text = self.data[pos : pos + length].decode("ascii", "replace").strip(" \x00")
+        return [v.strip() for v in text.split("\\")] if text else None
+
+    def text(self, tag: int) -> list[str]:
+        entry = self.elements.get(tag)
+        if entry is None:
+            return []
+        vr, pos, length = entry
+        raw = self.data[pos : pos + length]
+        if raw.isascii():
+            text = raw.decode("ascii")
+        else:
+            vr = vr or _dictionary_vr(tag)
+            charsets = self._charsets() if vr in _CHARSET_VRS else None
+            text = decode_bytes(raw, charsets or ["ISO_IR 6"], set()) if charsets else raw.decode("latin-1")
+        text = text.strip(" \x00")
+        return [v.strip(" \x00") for v in text.split("\\")] if text else []
+
+    def number(self, tag: int, vr: str | None = None) -> float | None:
+        entry = self.elements.get(tag)
+        if entry is None:
+            return None
+        explicit_vr, pos, length = entry
+        vr = explicit_vr if explicit_vr not in (None, "UN") else (vr or _dictionary_vr(tag))
+        binary = _BINARY.get(vr or "")
+        if binary is not None:
+            if length < binary.size:
+                return None
+            return float(binary.unpack_from(self.data, pos)[0])
+        values = self.text(tag)
+        if not values or values[0] == "":
+            return None
+        try:
+            return float(values[0])
+        except ValueError:
+            return None
+
+    def items(self, tag: int, keep: frozenset[int] | None = None) -> list[HeaderView]:
+        entry = self.elements.get(tag)
+        if entry is None:
+            return []
+        _, pos, length = entry
+        wanted = None if keep is None else frozenset(_swap(t) for t in keep)
+        try:
+            return list(_sequence_items(self.data, pos, pos + length, self.implicit, wanted))
+        except (struct.error, IndexError) as exc:
+            raise NeedsPydicom(f"sequence {tag:08X} cannot be split here: {exc}") from exc
+
+    def private_blocks(self, groups: frozenset[int]) -> dict[tuple[int, str], int]:
+        out: dict[tuple[int, str], int] = {}
+        for tag in self.elements:
+            if tag >> 16 in groups and 0x10 <= (tag & 0xFFFF) <= 0xFF:
+                creator = first_text(self, tag)
+                if creator is not None:
+                    out[(tag >> 16, creator)] = tag & 0xFF
+        return out
+
+
+class DatasetView:
+    """:class:`HeaderView` over a pydicom dataset."""
+
+    __slots__ = ("dataset",)
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def has(self, tag: int) -> bool:
+        return tag in self.dataset
+
+    def text(self, tag: int) -> list[str]:
+        # raw values are parsed here (no per-value pydicom object creation and validation)
+        elem = self.dataset.get_item(tag)  # ``None`` when absent
+        if elem is None:
+            return []
+        value = elem.value
+        if value is None:
+            return []
+        if isinstance(value, bytes):
+            if not value.isascii() and tag in self.dataset:
+                value = self.dataset[tag].value  # decoded with the Specific Character Set
+            if isinstance(value, bytes):
+                text = value.decode("latin-1").strip(" \x00")
+                return [v.strip(" \x00") for v in text.split("\\")] if text else []
+        if isinstance(value, str):
+            return [str(value).strip()]
+        try:
+            return [str(v).strip() for v in value]
+        except TypeError:
+            return [str(value).strip()]
+
+    def number(self, tag: int, vr: str | None = None) -> float | None:
+        if tag not in self.dataset:
+            return None
+        value = self.dataset[tag].value
+        if isinstance(value, bytes):  # UN, or a private element pydicom has no VR for
+            binary = _BINARY.get(vr or "")
+            if binary is not None:
+                if len(value) < binary.size:
+                    return None
+                return float(binary.unpack_from(value)[0])
+            value = value.decode("ascii", "ignore").strip("\x00 ").split("\\")[0]
+        elif not isinstance(value, str | int | float):
+            try:
+                value = list(value)[0]
+            except (TypeError, IndexError):
+                return None
+        if value in (None, ""):
+            return None
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return None
+
+    def items(self, tag: int, keep: frozenset[int] | None = None) -> list[HeaderView]:
+        if tag not in self.dataset:
+            return []
+        fast = sequence_items(self.dataset.get_item(tag))
+        if fast is not None:
+            return [DatasetView(item) for item in fast]
+        value = self.dataset[tag].value
+        return [DatasetView(item) for item in value] if value else []
+
+    def private_blocks(self, groups: frozenset[int]) -> dict[tuple[int, str], int]:
+        out: dict[tuple[int, str], int] = {}
+        for tag in self.dataset.keys():
+            t = int(tag)
+            if t >> 16 in groups and 0x10 <= (t & 0xFFFF) <= 0xFF:
+                creator = first_text(self, t)
+                if creator is not None:
+                    out[(t >> 16, creator)] = t & 0xFF
+        return out
+
+
+class ScannedFile:
+    """What :func:`scan_file` finds in a file."""
+
+    __slots__ = ("header", "transfer_syntax", "implicit", "pixel_offset", "header_bytes")
+
+    def __init__(
+        self,
+        header: RawHeader,
+        transfer_syntax: str,
+        implicit: bool,
+        pixel_offset: int | None,
+        header_bytes: bytes,
+    ) -> None:
+        self.header = header
+        self.transfer_syntax = transfer_syntax
+        self.implicit = implicit
+        #: Offset of the Pixel Data element's tag in the file, ``None`` when the file has no pixel data.
+        self.pixel_offset = pixel_offset
+        #: The file's bytes before its Pixel Data element (everything :func:`read_header` needs).
+        self.header_bytes = header_bytes
+
+
+def scan_file(data: bytes, complete: bool) -> ScannedFile | None:
+    """Locate the loader's attributes in the first bytes of a Part 10 file.
+
+    ``complete``: ``data`` is the whole file. When it is not and the header runs past its end,
+    :class:`NeedsPydicom` is not raised: ``None`` is returned only for encodings left to pydicom, and
+    ``EOFError`` asks the caller for the whole file.
+    """
+    if len(data) < 144 or data[128:132] != b"DICM":
+        if not complete and len(data) >= 132:
+            return None
+        return None
+    try:
+        pos, transfer_syntax = _scan_meta(data)
+        if transfer_syntax == _IMPLICIT_LE:
+            implicit = True
+        elif transfer_syntax == _EXPLICIT_LE or _is_encapsulated(transfer_syntax):
+            implicit = False
+        else:
+            return None
+        elements, end, pixel_offset = _scan(data, pos, len(data), implicit, _TOP_WANTED, PRIVATE_GROUPS)
+    except (NeedsPydicom, struct.error, IndexError, UnicodeDecodeError):
+        if not complete:
+            raise EOFError("header continues past the bytes read") from None
+        return None
+    if pixel_offset is None and not complete:
+        raise EOFError("no Pixel Data element within the bytes read")
+    header_bytes = data[:pixel_offset] if pixel_offset is not None else data
+    header = RawHeader(header_bytes, implicit, elements)
+    return ScannedFile(header, transfer_syntax, implicit, pixel_offset, header_bytes)
+
+
+@lru_cache(maxsize=64)
+def _is_encapsulated(transfer_syntax: str) -> bool:
+    from pydicom.uid import UID
+
+    uid = UID(transfer_syntax)
+    return bool(uid.is_transfer_syntax and uid.is_encapsulated and not uid.is_deflated)
+
+
+def _scan_meta(data: bytes) -> tuple[int, str]:
+    """Walk the File Meta Information (explicit VR little endian); return (end offset, transfer syntax)."""
+    pos, transfer_syntax = 132, None
+    while True:
+        group, elem = struct.unpack_from("<HH", data, pos)
+        if group != 0x0002:
+            break
+        vr = data[pos + 4 : pos + 6]
+        if vr in _SHORT_VRS:
+            length, value_pos = _U16(data, pos + 6)[0], pos + 8
+        else:
+            length, value_pos = _U32(data, pos + 8)[0], pos + 12
+        if length == _UNDEFINED or value_pos + length > len(data):
+            raise NeedsPydicom("unusual file meta information")
+        if elem == 0x0010:
+            transfer_syntax = data[value_pos : value_pos + length].decode("ascii").strip(" \x00")
+        pos = value_pos + length
+    if not transfer_syntax:
+        raise NeedsPydicom("no transfer syntax")
+    return pos, transfer_syntax
+
+
+def _scan(
+    data: bytes,
+    pos: int,
+    end: int,
+    implicit: bool,
+    wanted: frozenset[int] | None,
+    private_groups: frozenset[int] = frozenset(),
+) -> tuple[dict[int, tuple[str | None, int, int]], int, int | None]:
+    """Walk the elements from ``pos`` to ``end`` (or to an Item Delimitation Item, or the Pixel Data
+    element); keep the location of those in ``wanted`` (swapped tags, see :func:`_swap`; ``None``: all)
+    and of every element of ``private_groups``. Returns (elements, offset after the last one, offset of the
+    Pixel Data element or ``None``)."""
+    found: dict[int, tuple[str | None, int, int]] = {}
+    tag_vr_length, u32, short_vrs = _TAG_VR_LENGTH, _U32, _SHORT_VR_CODES
+    vr: str | None = None
+    while pos < end:
+        key, vr_code, length = tag_vr_length(data, pos)
+        if implicit:
+            if key in _PIXEL_KEYS:
+                return found, pos, pos
+            if key & 0xFFFF == _ITEM_GROUP:
+                if key == _ITEM_END:
+                    return found, pos + 8, None
+                raise NeedsPydicom("item tag among the elements of a dataset")
+            length = u32(data, pos + 4)[0]
+            value_pos = pos + 8
+        else:
+            vr = short_vrs.get(vr_code)
+            if vr is not None:  # common case: a short VR with a 16-bit length
+                value_pos = pos + 8
+            else:
+                if key in _PIXEL_KEYS:
+                    return found, pos, pos
+                if key & 0xFFFF == _ITEM_GROUP:
+                    if key == _ITEM_END:
+                        return found, pos + 8, None
+                    raise NeedsPydicom("item tag among the elements of a dataset")
+                vr_bytes = data[pos + 4 : pos + 6]
+                if not (vr_bytes.isalpha() and vr_bytes.isupper()):
+                    raise NeedsPydicom("VR does not match the transfer syntax")
+                vr = vr_bytes.decode("ascii")
+                length = u32(data, pos + 8)[0]
+                value_pos = pos + 12
+        if length == _UNDEFINED:
+            if vr not in (None, "SQ"):
+                raise NeedsPydicom("undefined length outside a sequence")
+            next_pos = _skip_items(data, value_pos, implicit)
+            length = next_pos - 8 - value_pos  # the items, without the sequence delimiter
+        else:
+            next_pos = value_pos + length
+            if next_pos > end:
+                raise NeedsPydicom("element runs past the end of its data")
+        if wanted is None or key in wanted or (private_groups and key & 0xFFFF in private_groups):
+            found[((key & 0xFFFF) << 16) | (key >> 16)] = (vr, value_pos, length)
+        pos = next_pos
+    return found, pos, None
+
+
+def _skip_items(data: bytes, pos: int, implicit: bool) -> int:
+    """Walk the items of an undefined-length sequence; return the offset after its delimiter."""
+    size = len(data)
+    while True:
+        if pos + 8 > size:
+            raise NeedsPydicom("sequence runs past the end of the data")
+        key, length = _TAG_LENGTH(data, pos)
+        pos += 8
+        if key == _SEQUENCE_END:  # Sequence Delimitation Item
+            return pos
+        if key != _ITEM_START:
+            raise NeedsPydicom("no item tag in a sequence")
+        if length == _UNDEFINED:
+            _, pos, _ = _scan(data, pos, size, implicit, frozenset())
+            if data[pos - 8 : pos - 4] != b"\xfe\xff\x0d\xe0":
+                raise NeedsPydicom("item without its delimiter")
+        else:
+            pos += length
+
+
+def _sequence_items(
+    data: bytes, pos: int, end: int, implicit: bool, wanted: frozenset[int] | None
+) -> list[RawHeader]:
+    """The items of a sequence value spanning ``data[pos:end]`` (without its sequence delimiter)."""
+    items: list[RawHeader] = []
+    while pos + 8 <= end:
+        key, length = _TAG_LENGTH(data, pos)
+        pos += 8
+        if key == _SEQUENCE_END:
+            break
+        if key != _ITEM_START:
+            raise NeedsPydicom("no item tag in a sequence")
+        if length == _UNDEFINED:
+            found, pos, _ = _scan(data, pos, end, implicit, wanted)
+        else:
+            found, _, _ = _scan(data, pos, pos + length, implicit, wanted)
+            pos += length
+        items.append(RawHeader(data, implicit, found))
+    return items

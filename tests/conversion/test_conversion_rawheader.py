@@ -1,0 +1,175 @@
+"""The loader's header scanner reads the values pydicom reads, or leaves the file (or sequence) to pydicom."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from conversion_reference import series_folders
+from pydicom.dataelem import DataElement
+
+from conversion import load_series
+from conversion.headers import SourceImage, diffusion_b_value, frames_of, read_sources
+from conversion.rawheader import TOP_LEVEL_TAGS, DatasetView, NeedsPydicom, RawHeader, scan_file
+
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
+
+ROOT = Path(__file__).resolve().parents[2]
+TEST_MRI = ROOT / "tests" / "data" / "mri"
+SHARED_MRI = ROOT.parent / "shared" / "data" / "mri"
+FMAP = TEST_MRI / "dcm_qa_enh" / "Philips_EnhancedMR_fMAP" / "IM_0027_fMAP.dcm"
+XA10 = TEST_MRI / "dcm_qa_enh" / "Siemens_XA10_EnhancedMR_4vol" / "6_1.dcm"
+_SEQUENCES = {0x52009229, 0x52009230}
+
+
+def _frame_facts(frames: list[Any]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            f.frame,
+            f.sop_instance_uid,
+            f.sop_class_uid,
+            f.instance_number,
+            f.rows,
+            f.columns,
+            None if f.orientation is None else tuple(f.orientation),
+            None if f.position is None else tuple(f.position),
+            f.pixel_spacing,
+            f.slope,
+            f.intercept,
+            f.attrs,
+        )
+        for f in frames
+    ]
+
+
+def _check_folder(folder: Path) -> None:
+    for path in sorted(folder.glob("*.dcm")):
+        data = path.read_bytes()
+        reference = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        scanned = scan_file(data, complete=True)
+        if reference.original_encoding[1] is False:  # big endian: left to pydicom
+            assert scanned is None, path
+            continue
+        assert scanned is not None, path
+        ours, theirs = scanned.header, DatasetView(reference)
+        for tag in TOP_LEVEL_TAGS:
+            assert ours.has(tag) == theirs.has(tag), (path, f"{tag:08X}")
+            if tag in _SEQUENCES or not ours.has(tag):
+                continue
+            assert ours.text(tag) == theirs.text(tag) or ours.number(tag) == theirs.number(tag), (
+                path,
+                f"{tag:08X}",
+            )
+            assert ours.number(tag) == theirs.number(tag) or ours.number(tag) is theirs.number(tag) is None
+        assert diffusion_b_value(ours) == diffusion_b_value(theirs), path
+        assert str(scanned.transfer_syntax) == str(reference.file_meta.TransferSyntaxUID)
+        # the frames described from the scanned bytes equal those described from pydicom's dataset
+        (source,) = read_sources([path])
+        assert isinstance(source.view, RawHeader)
+        expected = frames_of(0, SourceImage.from_dataset(reference, reference.file_meta.TransferSyntaxUID))
+        assert _frame_facts(frames_of(0, source)) == _frame_facts(expected), path
+        # the complete header, parsed on demand from the kept bytes, is pydicom's header
+        assert list(source.header.keys()) == list(reference.keys())
+        assert source.header.SOPInstanceUID == reference.SOPInstanceUID
+
+
+def _params(root: Path, prefix: str) -> list[Any]:
+    if not root.is_dir():
+        return [
+            pytest.param(None, id=f"{prefix}-absent", marks=pytest.mark.skip(reason=f"{root} not present"))
+        ]
+    return [pytest.param(f, id=f"{prefix}-{f.relative_to(root)}") for f in series_folders(root)]
+
+
+@pytest.mark.parametrize("folder", _params(TEST_MRI, "tests-data"))
+def test_scanned_values_equal_pydicom_on_the_subset(folder: Path) -> None:
+    _check_folder(folder)
+
+
+@pytest.mark.parametrize("folder", _params(SHARED_MRI, "shared"))
+def test_scanned_values_equal_pydicom_on_the_full_set(folder: Path) -> None:
+    _check_folder(folder)
+
+
+def test_headers_longer_than_the_first_read_are_read_in_full() -> None:
+    data = FMAP.read_bytes()
+    whole = scan_file(data, complete=True)
+    assert whole is not None and whole.pixel_offset is not None and whole.pixel_offset > 32768
+    with pytest.raises(EOFError):
+        scan_file(data[:32768], complete=False)
+    (source,) = read_sources([FMAP])
+    assert source.pixel_offset == whole.pixel_offset
+    assert source.header_bytes == data[: whole.pixel_offset]
+
+
+def test_unusual_encodings_are_left_to_pydicom(tmp_path: Path) -> None:
+    data = XA10.read_bytes()
+    assert scan_file(data[132:], complete=True) is None  # no preamble
+    assert scan_file(data[:700], complete=True) is None  # cut inside the header
+    assert scan_file(b"not dicom", complete=True) is None
+    # a deflated file: read by pydicom, same frames
+    ds = pydicom.dcmread(XA10)
+    deflated = tmp_path / "deflated.dcm"
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    ds.save_as(deflated, enforce_file_format=True)
+    assert scan_file(deflated.read_bytes(), complete=True) is None
+    (source,) = read_sources([deflated])
+    assert isinstance(source.view, DatasetView)
+    (original,) = read_sources([XA10])
+    assert _frame_facts(frames_of(0, source)) == _frame_facts(frames_of(0, original))
+
+
+def _un_undefined_length_in_first_frame_item(tmp_path: Path, defined_outside: bool) -> Path:
+    """XA10 with a private element of VR UN and undefined length (implicit VR items inside, as a PACS
+    writes an unknown private sequence) in its first per-frame functional group item."""
+    ds = pydicom.dcmread(XA10)
+    # defined lengths around it: the top-level scan steps over the per-frame sequence without entering it
+    ds[0x52009230].is_undefined_length = not defined_outside
+    for frame_item in ds.PerFrameFunctionalGroupsSequence:
+        frame_item.is_undefined_length_sequence_item = not defined_outside
+    item = ds.PerFrameFunctionalGroupsSequence[0]
+    item.add(DataElement(0x00290010, "LO", "SEGNODE TEST"))
+    inner = struct.pack("<HHL", 0x0029, 0x0010, 4) + b"ABCD"  # implicit VR element
+    items = struct.pack("<HHL", 0xFFFE, 0xE000, len(inner)) + inner
+    marker = b"MARKER__"
+    item.add(DataElement(0x00291001, "UN", marker + items))
+    out = tmp_path / "un_undefined.dcm"
+    ds.save_as(out, enforce_file_format=True)
+    raw = out.read_bytes()
+    head = struct.pack("<HH", 0x0029, 0x1001) + b"UN\x00\x00"
+    at = raw.index(head)
+    length = struct.unpack_from("<L", raw, at + 8)[0]
+    assert raw[at + 12 : at + 20] == marker
+    patched = (
+        raw[: at + 8]
+        + struct.pack("<L", 0xFFFFFFFF)
+        + raw[at + 20 : at + 12 + length]
+        + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+        + raw[at + 12 + length :]
+    )
+    out.write_bytes(patched)
+    return out
+
+
+@pytest.mark.parametrize("defined_outside", [True, False], ids=["items-to-pydicom", "file-to-pydicom"])
+def test_functional_groups_the_scanner_cannot_split_are_read_by_pydicom(
+    tmp_path: Path, defined_outside: bool
+) -> None:
+    path = _un_undefined_length_in_first_frame_item(tmp_path, defined_outside)
+    reference = pydicom.dcmread(path, stop_before_pixels=True)
+    assert len(reference.PerFrameFunctionalGroupsSequence) == int(reference.NumberOfFrames)
+    (source,) = read_sources([path])
+    if defined_outside:  # the top level scans; the per-frame items go to pydicom
+        assert isinstance(source.view, RawHeader)
+        with pytest.raises(NeedsPydicom):
+            source.view.items(0x52009230)
+    else:  # the scanner meets the element while walking the top level: the whole file goes to pydicom
+        assert isinstance(source.view, DatasetView)
+    (original,) = read_sources([XA10])
+    assert _frame_facts(frames_of(0, source)) == _frame_facts(frames_of(0, original))
+    (volume,) = load_series([path])
+    (expected,) = load_series([XA10])
+    assert (volume.voxels == expected.voxels).all()
