@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import re
 import struct
@@ -29,6 +30,7 @@ from pydicom.uid import UID
 from conversion.dicomscan import read_header
 from conversion.errors import NotSegmentableError, Reason
 from conversion.rawheader import (
+    FUNCTIONAL_GROUP_TAGS,
     PRIVATE_GROUPS,
     PRIVATE_VRS,
     DatasetView,
@@ -296,19 +298,7 @@ def frames_of(index: int, src: SourceImage) -> list[FrameInfo]:
 
 
 #: Functional group sequences the loader reads (first item of each).
-_FUNCTIONAL_GROUPS = (
-    0x00209113,  # Plane Position Sequence
-    0x00209116,  # Plane Orientation Sequence
-    0x00289110,  # Pixel Measures Sequence
-    0x00289145,  # Pixel Value Transformation Sequence
-    0x00209111,  # Frame Content Sequence
-    0x00189226,  # MR Image Frame Type Sequence
-    0x00189329,  # CT Image Frame Type Sequence
-    0x00189117,  # MR Diffusion Sequence
-    0x00189114,  # MR Echo Sequence
-    0x00189118,  # Cardiac Synchronization Sequence
-)
-_FUNCTIONAL_GROUP_TAGS = frozenset(_FUNCTIONAL_GROUPS)
+_FUNCTIONAL_GROUP_TAGS = frozenset(FUNCTIONAL_GROUP_TAGS)
 
 
 def _enhanced_frames(
@@ -383,7 +373,7 @@ def _enhanced_frames(
 def _first_items(group: HeaderView) -> dict[int, HeaderView]:
     """The first item of each functional group sequence the loader reads, by tag."""
     out: dict[int, HeaderView] = {}
-    for tag in _FUNCTIONAL_GROUPS:
+    for tag in FUNCTIONAL_GROUP_TAGS:
         if group.has(tag):
             items = group.items(tag)
             if items:
@@ -459,10 +449,12 @@ def _floats(value: Any, n: int) -> npt.NDArray[np.float64] | None:
     if len(values) != n:
         return None
     try:
-        arr = np.array([float(v) for v in values], dtype=np.float64)
+        floats = [float(v) for v in values]
     except (TypeError, ValueError):
         return None
-    return arr if np.all(np.isfinite(arr)) else None  # NaN/inf geometry counts as missing
+    if not all(map(math.isfinite, floats)):  # NaN/inf geometry counts as missing
+        return None
+    return np.array(floats, dtype=np.float64)
 
 
 def _spacing(value: Any) -> tuple[float, float] | None:

@@ -99,6 +99,25 @@ PRIVATE_VRS = {
     (0x2001, "Philips Imaging DD 001", 0x03): "FL",
 }
 _TOP_WANTED = frozenset(_swap(t) for t in TOP_LEVEL_TAGS)
+#: Functional group sequences the loader reads in the items of the functional groups sequences.
+FUNCTIONAL_GROUP_TAGS = (
+    0x00189114,  # MR Echo Sequence
+    0x00189117,  # MR Diffusion Sequence
+    0x00189118,  # Cardiac Synchronization Sequence
+    0x00189226,  # MR Image Frame Type Sequence
+    0x00189329,  # CT Image Frame Type Sequence
+    0x00209111,  # Frame Content Sequence
+    0x00209113,  # Plane Position Sequence
+    0x00209116,  # Plane Orientation Sequence
+    0x00289110,  # Pixel Measures Sequence
+    0x00289145,  # Pixel Value Transformation Sequence
+)
+#: Elements kept in the items of a sequence split while scanning, by the sequence's swapped tag (others:
+#: all elements).
+_ITEM_FILTERS = {
+    _swap(0x52009229): frozenset(_swap(t) for t in FUNCTIONAL_GROUP_TAGS),
+    _swap(0x52009230): frozenset(_swap(t) for t in FUNCTIONAL_GROUP_TAGS),
+}
 _PIXEL_KEYS = frozenset(_swap(t) for t in (0x7FE00010, 0x7FE00008, 0x7FE00009))
 _ITEM_GROUP = 0xFFFE
 _ITEM_END = _swap(0xFFFEE00D)
@@ -106,6 +125,11 @@ _ITEM_START = _swap(0xFFFEE000)
 _SEQUENCE_END = _swap(0xFFFEE0DD)
 #: Explicit VRs with a 16-bit length, by their two bytes read as a little-endian 16-bit integer.
 _SHORT_VR_CODES = {int.from_bytes(vr, "little"): vr.decode("ascii") for vr in _SHORT_VRS}
+#: Explicit VRs with a reserved field and a 32-bit length, likewise.
+_LONG_VR_CODES = {
+    int.from_bytes(vr.encode("ascii"), "little"): vr
+    for vr in ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV")
+}
 _TAG_VR_LENGTH = struct.Struct("<LHH").unpack_from
 _TAG_LENGTH = struct.Struct("<LL").unpack_from
 
@@ -158,13 +182,21 @@ def _dictionary_vr(tag: int) -> str | None:
 class RawHeader:
     """Elements of a dataset (or of a sequence item) located in a buffer, decoded on read."""
 
-    __slots__ = ("data", "implicit", "elements")
+    __slots__ = ("data", "implicit", "elements", "sequences")
 
-    def __init__(self, data: bytes, implicit: bool, elements: dict[int, tuple[str | None, int, int]]) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        implicit: bool,
+        elements: dict[int, tuple[str | None, int, int]],
+        sequences: dict[int, list[RawHeader]] | None = None,
+    ) -> None:
         self.data = data
         self.implicit = implicit
         #: tag -> (explicit VR or ``None``, value offset in ``data``, value length)
         self.elements = elements
+        #: Items of the undefined-length sequences among ``elements``, split while they were walked.
+        self.sequences = sequences or {}
 
     def has(self, tag: int) -> bool:
         return tag in self.elements
@@ -212,6 +244,9 @@ class RawHeader:
             return None
 
     def items(self, tag: int, keep: frozenset[int] | None = None) -> list[HeaderView]:
+        split = self.sequences.get(tag)
+        if split is not None:
+            return list(split)
         entry = self.elements.get(tag)
         if entry is None:
             return []
@@ -348,7 +383,10 @@ def scan_file(data: bytes, complete: bool) -> ScannedFile | None:
             implicit = False
         else:
             return None
-        elements, end, pixel_offset = _scan(data, pos, len(data), implicit, _TOP_WANTED, PRIVATE_GROUPS)
+        sequences: dict[int, list[RawHeader]] = {}
+        elements, end, pixel_offset = _scan(
+            data, pos, len(data), implicit, _TOP_WANTED, PRIVATE_GROUPS, sequences
+        )
     except (NeedsPydicom, struct.error, IndexError, UnicodeDecodeError):
         if not complete:
             raise EOFError("header continues past the bytes read") from None
@@ -356,8 +394,19 @@ def scan_file(data: bytes, complete: bool) -> ScannedFile | None:
     if pixel_offset is None and not complete:
         raise EOFError("no Pixel Data element within the bytes read")
     header_bytes = data[:pixel_offset] if pixel_offset is not None else data
-    header = RawHeader(header_bytes, implicit, elements)
+    header = RawHeader(header_bytes, implicit, elements, sequences)
+    if header_bytes is not data:
+        _rebind(header, header_bytes)  # keep only the header's bytes alive, not the whole file
     return ScannedFile(header, transfer_syntax, implicit, pixel_offset, header_bytes)
+
+
+def _rebind(header: RawHeader, data: bytes) -> None:
+    """Point ``header`` and the items split from it at ``data`` (a prefix of the bytes they were read from,
+    with the same offsets)."""
+    header.data = data
+    for items in header.sequences.values():
+        for item in items:
+            _rebind(item, data)
 
 
 @lru_cache(maxsize=64)
@@ -397,52 +446,59 @@ def _scan(
     implicit: bool,
     wanted: frozenset[int] | None,
     private_groups: frozenset[int] = frozenset(),
+    sequences: dict[int, list[RawHeader]] | None = None,
 ) -> tuple[dict[int, tuple[str | None, int, int]], int, int | None]:
     """Walk the elements from ``pos`` to ``end`` (or to an Item Delimitation Item, or the Pixel Data
     element); keep the location of those in ``wanted`` (swapped tags, see :func:`_swap`; ``None``: all)
     and of every element of ``private_groups``. Returns (elements, offset after the last one, offset of the
-    Pixel Data element or ``None``)."""
+    Pixel Data element or ``None``).
+
+    Undefined-length sequences must be walked to find their end: those kept are split into items on the
+    way (into ``sequences``, by tag) so that reading them later needs no second walk."""
     found: dict[int, tuple[str | None, int, int]] = {}
-    tag_vr_length, u32, short_vrs = _TAG_VR_LENGTH, _U32, _SHORT_VR_CODES
+    tag_vr_length, u32, short_vrs, long_vrs = _TAG_VR_LENGTH, _U32, _SHORT_VR_CODES, _LONG_VR_CODES
+    undefined, pixel_keys = _UNDEFINED, _PIXEL_KEYS
     vr: str | None = None
     while pos < end:
         key, vr_code, length = tag_vr_length(data, pos)
         if implicit:
-            if key in _PIXEL_KEYS:
+            if key in pixel_keys:
                 return found, pos, pos
             if key & 0xFFFF == _ITEM_GROUP:
                 if key == _ITEM_END:
                     return found, pos + 8, None
                 raise NeedsPydicom("item tag among the elements of a dataset")
-            length = u32(data, pos + 4)[0]
+            length = vr_code | (length << 16)  # the 32-bit length read as two 16-bit halves
             value_pos = pos + 8
         else:
             vr = short_vrs.get(vr_code)
             if vr is not None:  # common case: a short VR with a 16-bit length
                 value_pos = pos + 8
             else:
-                if key in _PIXEL_KEYS:
-                    return found, pos, pos
-                if key & 0xFFFF == _ITEM_GROUP:
-                    if key == _ITEM_END:
+                vr = long_vrs.get(vr_code)
+                if vr is None:
+                    if key & 0xFFFF == _ITEM_GROUP and key == _ITEM_END:
                         return found, pos + 8, None
-                    raise NeedsPydicom("item tag among the elements of a dataset")
-                vr_bytes = data[pos + 4 : pos + 6]
-                if not (vr_bytes.isalpha() and vr_bytes.isupper()):
-                    raise NeedsPydicom("VR does not match the transfer syntax")
-                vr = vr_bytes.decode("ascii")
+                    raise NeedsPydicom(f"no valid explicit VR at offset {pos}")
+                if key in pixel_keys:
+                    return found, pos, pos
                 length = u32(data, pos + 8)[0]
                 value_pos = pos + 12
-        if length == _UNDEFINED:
+        keep = wanted is None or key in wanted or (private_groups and key & 0xFFFF in private_groups)
+        if length == undefined:
             if vr not in (None, "SQ"):
                 raise NeedsPydicom("undefined length outside a sequence")
-            next_pos = _skip_items(data, value_pos, implicit)
+            if keep and sequences is not None:
+                items, next_pos = _split_items(data, value_pos, implicit, _ITEM_FILTERS.get(key))
+                sequences[((key & 0xFFFF) << 16) | (key >> 16)] = items
+            else:
+                next_pos = _skip_items(data, value_pos, implicit)
             length = next_pos - 8 - value_pos  # the items, without the sequence delimiter
         else:
             next_pos = value_pos + length
             if next_pos > end:
                 raise NeedsPydicom("element runs past the end of its data")
-        if wanted is None or key in wanted or (private_groups and key & 0xFFFF in private_groups):
+        if keep:
             found[((key & 0xFFFF) << 16) | (key >> 16)] = (vr, value_pos, length)
         pos = next_pos
     return found, pos, None
@@ -480,10 +536,40 @@ def _sequence_items(
             break
         if key != _ITEM_START:
             raise NeedsPydicom("no item tag in a sequence")
+        sequences: dict[int, list[RawHeader]] = {}
         if length == _UNDEFINED:
-            found, pos, _ = _scan(data, pos, end, implicit, wanted)
+            found, pos, _ = _scan(data, pos, end, implicit, wanted, sequences=sequences)
         else:
-            found, _, _ = _scan(data, pos, pos + length, implicit, wanted)
+            found, _, _ = _scan(data, pos, pos + length, implicit, wanted, sequences=sequences)
             pos += length
-        items.append(RawHeader(data, implicit, found))
+        items.append(RawHeader(data, implicit, found, sequences))
     return items
+
+
+def _split_items(
+    data: bytes, pos: int, implicit: bool, wanted: frozenset[int] | None
+) -> tuple[list[RawHeader], int]:
+    """The items of an undefined-length sequence starting at ``pos`` (keeping the elements in ``wanted``,
+    all when ``None``), and the offset after its Sequence Delimitation Item."""
+    size = len(data)
+    items: list[RawHeader] = []
+    while True:
+        if pos + 8 > size:
+            raise NeedsPydicom("sequence runs past the end of the data")
+        key, length = _TAG_LENGTH(data, pos)
+        pos += 8
+        if key == _SEQUENCE_END:
+            return items, pos
+        if key != _ITEM_START:
+            raise NeedsPydicom("no item tag in a sequence")
+        sequences: dict[int, list[RawHeader]] = {}
+        if length == _UNDEFINED:
+            found, pos, _ = _scan(data, pos, size, implicit, wanted, sequences=sequences)
+            if data[pos - 8 : pos - 4] != b"\xfe\xff\x0d\xe0":
+                raise NeedsPydicom("item without its delimiter")
+        else:
+            if pos + length > size:
+                raise NeedsPydicom("item runs past the end of the data")
+            found, _, _ = _scan(data, pos, pos + length, implicit, wanted, sequences=sequences)
+            pos += length
+        items.append(RawHeader(data, implicit, found, sequences))

@@ -72,10 +72,16 @@ def geometry_groups(frames: list[FrameInfo]) -> list[list[FrameInfo]]:
         for group in groups:
             ref = group[0]
             assert ref.orientation is not None and ref.pixel_spacing is not None
-            if (
-                (fr.rows, fr.columns) == (ref.rows, ref.columns)
-                and np.max(np.abs(fr.orientation - ref.orientation)) < ORIENTATION_TOLERANCE
-                and np.allclose(fr.pixel_spacing, ref.pixel_spacing, rtol=1e-4, atol=1e-4)
+            if (fr.rows, fr.columns) == (ref.rows, ref.columns) and (
+                # exact equality first: cheap, and the common case within a stack
+                (
+                    fr.pixel_spacing == ref.pixel_spacing
+                    and fr.orientation.tobytes() == ref.orientation.tobytes()
+                )
+                or (
+                    np.max(np.abs(fr.orientation - ref.orientation)) < ORIENTATION_TOLERANCE
+                    and np.allclose(fr.pixel_spacing, ref.pixel_spacing, rtol=1e-4, atol=1e-4)
+                )
             ):
                 group.append(fr)
                 break

@@ -103,6 +103,11 @@ def test_headers_longer_than_the_first_read_are_read_in_full() -> None:
     (source,) = read_sources([FMAP])
     assert source.pixel_offset == whole.pixel_offset
     assert source.header_bytes == data[: whole.pixel_offset]
+    # the items split while scanning refer to the header's bytes only, not to the whole file's
+    assert isinstance(source.view, RawHeader)
+    per_frame = source.view.items(0x52009230)
+    assert len(per_frame) == 64
+    assert all(isinstance(item, RawHeader) and item.data is source.header_bytes for item in per_frame)
 
 
 def test_unusual_encodings_are_left_to_pydicom(tmp_path: Path) -> None:
