@@ -1,11 +1,13 @@
 """Reading the headers of a series once, and describing every frame it holds.
 
-Each source file is read once, its header parsed up to the Pixel Data element (by
-:mod:`conversion.dicomscan`, or ``pydicom.dcmread(stop_before_pixels=True)`` for uncommon encodings); the
-file offset of its Pixel Data element is kept so that :mod:`conversion.pixels` can later decode frames
-straight into the output volume without parsing the header again. Classic single-frame and Enhanced
-multi-frame objects are both described as a flat list of :class:`FrameInfo` (one per 2D image) carrying
-geometry, rescale and the attributes that can tell stacks apart.
+The header of each source file is walked once, up to its Pixel Data element, by
+:func:`conversion.rawheader.scan_file`, which only notes where the attributes the loader reads lie in the
+bytes (``pydicom.dcmread(stop_before_pixels=True)`` reads the uncommon encodings). The file offset of the
+Pixel Data element is kept so that :mod:`conversion.pixels` can later decode frames straight into the
+output volume without parsing the header again, and the header's bytes are kept so that the complete
+pydicom header can be built if a later stage asks for it (:attr:`SourceImage.header`). Classic
+single-frame and Enhanced multi-frame objects are both described as a flat list of :class:`FrameInfo` (one
+per 2D image) carrying geometry, rescale and the attributes that can tell stacks apart.
 """
 
 from __future__ import annotations
@@ -125,8 +127,10 @@ class FrameInfo:
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
-#: Bytes read first from each file: most headers end well before; longer ones are read in full.
-_FIRST_READ = 32768
+#: Files up to this size are read whole at once (cheaper than walking a header twice); of larger files the
+#: first ``_FIRST_READ`` bytes are read, which usually hold the whole header, and the rest only if not.
+_WHOLE_FILE = 262144
+_FIRST_READ = 65536
 
 
 def read_sources(items: list[str | os.PathLike[str] | Dataset]) -> list[SourceImage]:
@@ -155,8 +159,9 @@ def _read_file(path: Path) -> SourceImage:
         # The first bytes of the file usually hold the whole header; the pixels are read later at their
         # offset, straight into the volume.
         with path.open("rb") as fp:
-            data = fp.read(_FIRST_READ)
-            complete = len(data) < _FIRST_READ
+            size = os.fstat(fp.fileno()).st_size
+            data = fp.read(-1 if size <= _WHOLE_FILE else _FIRST_READ)
+            complete = len(data) >= size
             try:
                 scanned = scan_file(data, complete)
             except EOFError:  # a longer header: read the whole file

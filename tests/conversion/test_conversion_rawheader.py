@@ -11,7 +11,7 @@ import pytest
 from conversion_reference import series_folders
 from pydicom.dataelem import DataElement
 
-from conversion import load_series
+from conversion import headers, load_series
 from conversion.headers import SourceImage, diffusion_b_value, frames_of, read_sources
 from conversion.rawheader import TOP_LEVEL_TAGS, DatasetView, NeedsPydicom, RawHeader, scan_file
 
@@ -100,6 +100,7 @@ def test_headers_longer_than_the_first_read_are_read_in_full() -> None:
     assert whole is not None and whole.pixel_offset is not None and whole.pixel_offset > 32768
     with pytest.raises(EOFError):
         scan_file(data[:32768], complete=False)
+    assert len(data) > headers._WHOLE_FILE > headers._FIRST_READ  # read in two parts
     (source,) = read_sources([FMAP])
     assert source.pixel_offset == whole.pixel_offset
     assert source.header_bytes == data[: whole.pixel_offset]
