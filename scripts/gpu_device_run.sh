@@ -12,8 +12,8 @@
 #   bench    - tests/bench/bench_inference.py on CUDA vs the official command with -d gpu, default and --fast.
 # Everything is also written to $OUT/gpu_log.txt ($OUT defaults to /tmp/segnode_gpu_out).
 # Knobs (environment): SKIP_INSTALL=1 (reuse $SEGNODE_SITE, e.g. on a warm machine), BENCH_RUNS (3),
-# OFFICIAL_RUNS (1), PYTEST_TIMEOUT (140 s), BENCH_TIMEOUT (260 s each), BENCH_ARGS (extra bench arguments,
-# e.g. "--series DIR ..."); worst case about 11 min, typically about 4
+# OFFICIAL_RUNS (1), PYTEST_TIMEOUT (140 s), BENCH_TIMEOUT (200 s each), BENCH_ARGS (extra bench arguments,
+# e.g. "--series DIR ..."); worst case about 10 min, typically about 4
 # (2026-11-28, H200: official default run 43 s and --fast 37 s each, CUDA start included).
 #
 # Carried dependencies: either wheels (.whl/*.whl, installed with pip --no-index --no-deps --target) or,
@@ -40,7 +40,7 @@ SITE="${SEGNODE_SITE:-/tmp/site}"
 BENCH_RUNS="${BENCH_RUNS:-3}"
 OFFICIAL_RUNS="${OFFICIAL_RUNS:-1}"
 PYTEST_TIMEOUT="${PYTEST_TIMEOUT:-140}"
-BENCH_TIMEOUT="${BENCH_TIMEOUT:-260}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-200}"
 mkdir -p "$OUT"
 
 FAILED=()
