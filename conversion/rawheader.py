@@ -16,6 +16,7 @@ when asked for, by :func:`conversion.dicomscan.read_header` on the same bytes.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Protocol
 
@@ -131,6 +132,7 @@ _LONG_VR_CODES = {
     for vr in ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV")
 }
 _TAG_VR_LENGTH = struct.Struct("<LHH").unpack_from
+_SQ_CODE = int.from_bytes(b"SQ", "little")
 _TAG_LENGTH = struct.Struct("<LL").unpack_from
 
 
@@ -258,13 +260,7 @@ class RawHeader:
             raise NeedsPydicom(f"sequence {tag:08X} cannot be split here: {exc}") from exc
 
     def private_blocks(self, groups: frozenset[int]) -> dict[tuple[int, str], int]:
-        out: dict[tuple[int, str], int] = {}
-        for tag in self.elements:
-            if tag >> 16 in groups and 0x10 <= (tag & 0xFFFF) <= 0xFF:
-                creator = first_text(self, tag)
-                if creator is not None:
-                    out[(tag >> 16, creator)] = tag & 0xFF
-        return out
+        return _private_blocks(self, self.elements, groups)
 
 
 class DatasetView:
@@ -332,14 +328,19 @@ class DatasetView:
         return [DatasetView(item) for item in value] if value else []
 
     def private_blocks(self, groups: frozenset[int]) -> dict[tuple[int, str], int]:
-        out: dict[tuple[int, str], int] = {}
-        for tag in self.dataset.keys():
-            t = int(tag)
-            if t >> 16 in groups and 0x10 <= (t & 0xFFFF) <= 0xFF:
-                creator = first_text(self, t)
-                if creator is not None:
-                    out[(t >> 16, creator)] = t & 0xFF
-        return out
+        return _private_blocks(self, (int(tag) for tag in self.dataset.keys()), groups)
+
+
+def _private_blocks(
+    view: HeaderView, tags: Iterable[int], groups: frozenset[int]
+) -> dict[tuple[int, str], int]:
+    out: dict[tuple[int, str], int] = {}
+    for tag in tags:
+        if tag >> 16 in groups and 0x10 <= (tag & 0xFFFF) <= 0xFF:  # a Private Creator element
+            creator = first_text(view, tag)
+            if creator is not None:
+                out[(tag >> 16, creator)] = tag & 0xFF
+    return out
 
 
 class ScannedFile:
@@ -507,6 +508,8 @@ def _scan(
 def _skip_items(data: bytes, pos: int, implicit: bool) -> int:
     """Walk the items of an undefined-length sequence; return the offset after its delimiter."""
     size = len(data)
+    tag_vr_length, u32, short_vrs, long_vrs = _TAG_VR_LENGTH, _U32, _SHORT_VR_CODES, _LONG_VR_CODES
+    undefined, item_end = _UNDEFINED, _ITEM_END
     while True:
         if pos + 8 > size:
             raise NeedsPydicom("sequence runs past the end of the data")
@@ -516,12 +519,32 @@ def _skip_items(data: bytes, pos: int, implicit: bool) -> int:
             return pos
         if key != _ITEM_START:
             raise NeedsPydicom("no item tag in a sequence")
-        if length == _UNDEFINED:
-            _, pos, _ = _scan(data, pos, size, implicit, frozenset())
-            if data[pos - 8 : pos - 4] != b"\xfe\xff\x0d\xe0":
-                raise NeedsPydicom("item without its delimiter")
-        else:
+        if length != undefined:
             pos += length
+            continue
+        while True:  # the elements of an undefined-length item, up to its Item Delimitation Item
+            if pos + 8 > size:
+                raise NeedsPydicom("item without its delimiter")
+            key, vr_code, length = tag_vr_length(data, pos)
+            if key == item_end:
+                pos += 8
+                break
+            if implicit:
+                length = vr_code | (length << 16)
+                value_pos = pos + 8
+            elif vr_code in short_vrs:
+                value_pos = pos + 8
+            elif vr_code in long_vrs:
+                length = u32(data, pos + 8)[0]
+                value_pos = pos + 12
+            else:
+                raise NeedsPydicom(f"no valid explicit VR at offset {pos}")
+            if length == undefined:
+                if not implicit and vr_code != _SQ_CODE:
+                    raise NeedsPydicom("undefined length outside a sequence")
+                pos = _skip_items(data, value_pos, implicit)
+            else:
+                pos = value_pos + length
 
 
 def _sequence_items(

@@ -19,6 +19,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from conversion import Volume
 
@@ -47,6 +48,19 @@ def series_folders(root: Path) -> list[Path]:
 
 def series_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.dcm"))
+
+
+def folder_params(root: Path, prefix: str, *, segmentable_only: bool = False) -> list[Any]:
+    """pytest parameters, one per series folder under ``root`` (only the series SegNode segments when
+    ``segmentable_only``); a single skipped parameter saying so when ``root`` is absent."""
+    if not root.is_dir():
+        reason = f"MRI test set not present at {root}"
+        return [pytest.param(None, id=f"{prefix}-absent", marks=pytest.mark.skip(reason=reason))]
+    return [
+        pytest.param(f, id=f"{prefix}-{f.relative_to(root)}")
+        for f in series_folders(root)
+        if not (segmentable_only and f.name in EXPECTED_REJECTIONS)
+    ]
 
 
 @dataclass

@@ -9,7 +9,6 @@ are listed in ``EXPECTED_REJECTIONS`` with their reason code.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conversion_reference import (
@@ -17,10 +16,10 @@ from conversion_reference import (
     EXPECTED_REJECTIONS,
     RefVolume,
     corner_distance,
+    folder_params,
     index_mapping,
     run_dcm2niix,
     series_files,
-    series_folders,
     values_equal,
 )
 
@@ -32,18 +31,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarn
 ROOT = Path(__file__).resolve().parents[2]
 TEST_MRI = ROOT / "tests" / "data" / "mri"
 SHARED_MRI = ROOT.parent / "shared" / "data" / "mri"
-
-
-def _params(root: Path, prefix: str) -> list[Any]:
-    if not root.is_dir():
-        return [
-            pytest.param(
-                None,
-                id=f"{prefix}-absent",
-                marks=pytest.mark.skip(reason=f"full MRI test set not present at {root}"),
-            )
-        ]
-    return [pytest.param(f, id=f"{prefix}-{f.relative_to(root)}") for f in series_folders(root)]
 
 
 def _check_against_dcm2niix(folder: Path, tmp_path: Path) -> None:
@@ -79,11 +66,11 @@ def _match(volume: Volume, refs: list[RefVolume]) -> RefVolume | None:
     return None
 
 
-@pytest.mark.parametrize("folder", _params(TEST_MRI, "tests-data"))
+@pytest.mark.parametrize("folder", folder_params(TEST_MRI, "tests-data"))
 def test_subset_matches_dcm2niix(folder: Path, tmp_path: Path) -> None:
     _check_against_dcm2niix(folder, tmp_path)
 
 
-@pytest.mark.parametrize("folder", _params(SHARED_MRI, "shared"))
+@pytest.mark.parametrize("folder", folder_params(SHARED_MRI, "shared"))
 def test_full_set_matches_dcm2niix(folder: Path, tmp_path: Path) -> None:
     _check_against_dcm2niix(folder, tmp_path)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from conversion_reference import series_folders
+from conversion_reference import folder_params
 from pydicom.dataelem import DataElement
 
 from conversion import headers, load_series
@@ -76,20 +76,12 @@ def _check_folder(folder: Path) -> None:
         assert source.header.SOPInstanceUID == reference.SOPInstanceUID
 
 
-def _params(root: Path, prefix: str) -> list[Any]:
-    if not root.is_dir():
-        return [
-            pytest.param(None, id=f"{prefix}-absent", marks=pytest.mark.skip(reason=f"{root} not present"))
-        ]
-    return [pytest.param(f, id=f"{prefix}-{f.relative_to(root)}") for f in series_folders(root)]
-
-
-@pytest.mark.parametrize("folder", _params(TEST_MRI, "tests-data"))
+@pytest.mark.parametrize("folder", folder_params(TEST_MRI, "tests-data"))
 def test_scanned_values_equal_pydicom_on_the_subset(folder: Path) -> None:
     _check_folder(folder)
 
 
-@pytest.mark.parametrize("folder", _params(SHARED_MRI, "shared"))
+@pytest.mark.parametrize("folder", folder_params(SHARED_MRI, "shared"))
 def test_scanned_values_equal_pydicom_on_the_full_set(folder: Path) -> None:
     _check_folder(folder)
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from conversion_reference import EXPECTED_REJECTIONS, series_files, series_folders
+from conversion_reference import folder_params, series_files
 
 from conversion import Volume, load_series
 
@@ -22,18 +22,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarn
 ROOT = Path(__file__).resolve().parents[2]
 TEST_MRI = ROOT / "tests" / "data" / "mri"
 SHARED_MRI = ROOT.parent / "shared" / "data" / "mri"
-
-
-def _params(root: Path, prefix: str) -> list[Any]:
-    if not root.is_dir():
-        return [
-            pytest.param(None, id=f"{prefix}-absent", marks=pytest.mark.skip(reason=f"{root} not present"))
-        ]
-    return [
-        pytest.param(f, id=f"{prefix}-{f.relative_to(root)}")
-        for f in series_folders(root)
-        if f.name not in EXPECTED_REJECTIONS
-    ]
 
 
 def _rescale(ds: pydicom.Dataset, frame: int | None) -> tuple[float, float]:
@@ -84,11 +72,11 @@ def _round_trip(folder: Path) -> None:
         }
 
 
-@pytest.mark.parametrize("folder", _params(TEST_MRI, "tests-data"))
+@pytest.mark.parametrize("folder", folder_params(TEST_MRI, "tests-data", segmentable_only=True))
 def test_subset_round_trip(folder: Path) -> None:
     _round_trip(folder)
 
 
-@pytest.mark.parametrize("folder", _params(SHARED_MRI, "shared"))
+@pytest.mark.parametrize("folder", folder_params(SHARED_MRI, "shared", segmentable_only=True))
 def test_full_set_round_trip(folder: Path) -> None:
     _round_trip(folder)
