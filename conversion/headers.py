@@ -19,6 +19,7 @@ import os
 import re
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,12 +33,14 @@ from pydicom.uid import UID
 from conversion.dicomscan import read_header
 from conversion.errors import NotSegmentableError, Reason
 from conversion.rawheader import (
+    ENHANCED_SOP_CLASSES,
     FUNCTIONAL_GROUP_TAGS,
     PRIVATE_GROUPS,
     PRIVATE_VRS,
     DatasetView,
     HeaderView,
     NeedsPydicom,
+    RawHeader,
     first_text,
     scan_file,
 )
@@ -45,13 +48,6 @@ from conversion.rawheader import (
 logger = logging.getLogger(__name__)
 
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
-ENHANCED_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image Storage
-    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
-    "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color Image Storage
-    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT
-    "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR
-}
 _LOCALIZER_WORDS = re.compile(
     r"\b(localizer|localiser|scout|survey|locator|3[- ]?plane|tri[- ]?pilot)\b", re.I
 )
@@ -128,7 +124,9 @@ class FrameInfo:
 
 
 #: Files up to this size are read whole at once (cheaper than walking a header twice); of larger files the
-#: first ``_FIRST_READ`` bytes are read, which usually hold the whole header, and the rest only if not.
+#: first ``_FIRST_READ`` bytes are read, which usually hold the whole header, then 16 times as much at a
+#: time while the header goes on (Enhanced objects start at ``ENHANCED_FIRST_READ``: their per-frame
+#: headers are long).
 _WHOLE_FILE = 262144
 _FIRST_READ = 65536
 
@@ -162,12 +160,15 @@ def _read_file(path: Path) -> SourceImage:
             size = os.fstat(fp.fileno()).st_size
             data = fp.read(-1 if size <= _WHOLE_FILE else _FIRST_READ)
             complete = len(data) >= size
-            try:
-                scanned = scan_file(data, complete)
-            except EOFError:  # a longer header: read the whole file
-                data += fp.read()
-                complete = True
-                scanned = scan_file(data, complete)
+            while True:
+                try:
+                    scanned = scan_file(data, complete)
+                    break
+                except EOFError as more:  # a longer header: read on
+                    hint = more.args[0] if more.args and isinstance(more.args[0], int) else 0
+                    chunk = fp.read(max(len(data) * 15, hint))
+                    data += chunk
+                    complete = not chunk or len(data) >= size
         if scanned is not None:
             view = scanned.header
             if not (view.has(0x00080016) or view.has(0x00080018)):
@@ -317,7 +318,7 @@ def _enhanced_frames(
     shared_items = _first_items(shared_groups[0]) if shared_groups else {}
     top_slope = _float(first_text(view, 0x00281053), 1.0)
     top_intercept = _float(first_text(view, 0x00281052), 0.0)
-    empty = DatasetView(Dataset())
+    empty = RawHeader(b"", False, {})
     for f in range(n_frames):
         items = dict(shared_items)
         if f < len(per_frame):
@@ -453,20 +454,30 @@ def _floats(value: Any, n: int) -> npt.NDArray[np.float64] | None:
     values = _as_list(value)
     if len(values) != n:
         return None
+    return _parsed_floats(tuple(values))
+
+
+@lru_cache(maxsize=4096)
+def _parsed_floats(values: tuple[str, ...]) -> npt.NDArray[np.float64] | None:
+    """Numbers of a multi-valued DS (shared by the frames of a series that carry the same text: the
+    array is read-only)."""
     try:
         floats = [float(v) for v in values]
     except (TypeError, ValueError):
         return None
     if not all(map(math.isfinite, floats)):  # NaN/inf geometry counts as missing
         return None
-    return np.array(floats, dtype=np.float64)
+    arr = np.array(floats, dtype=np.float64)
+    arr.flags.writeable = False
+    return arr
 
 
 def _spacing(value: Any) -> tuple[float, float] | None:
     arr = _floats(value, 2)
-    if arr is None or not np.all(arr > 0):
+    if arr is None:
         return None
-    return (float(arr[0]), float(arr[1]))
+    row, column = float(arr[0]), float(arr[1])
+    return (row, column) if row > 0 and column > 0 else None
 
 
 def _float(value: Any, default: float) -> float:

@@ -100,6 +100,18 @@ PRIVATE_VRS = {
     (0x2001, "Philips Imaging DD 001", 0x03): "FL",
 }
 _TOP_WANTED = frozenset(_swap(t) for t in TOP_LEVEL_TAGS)
+#: Multi-frame objects described by functional groups.
+ENHANCED_SOP_CLASSES = frozenset(
+    (
+        "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image Storage
+        "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
+        "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color Image Storage
+        "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT
+        "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR
+    )
+)
+#: Bytes read before walking the header of an Enhanced object (when the file is larger).
+ENHANCED_FIRST_READ = 1 << 20
 #: Functional group sequences the loader reads in the items of the functional groups sequences.
 FUNCTIONAL_GROUP_TAGS = (
     0x00189114,  # MR Echo Sequence
@@ -377,7 +389,9 @@ def scan_file(data: bytes, complete: bool) -> ScannedFile | None:
             return None
         return None
     try:
-        pos, transfer_syntax = _scan_meta(data)
+        pos, transfer_syntax, sop_class = _scan_meta(data)
+        if not complete and sop_class in ENHANCED_SOP_CLASSES and len(data) < ENHANCED_FIRST_READ:
+            raise EOFError(ENHANCED_FIRST_READ - len(data))  # per-frame headers: read more before walking
         if transfer_syntax == _IMPLICIT_LE:
             implicit = True
         elif transfer_syntax == _EXPLICIT_LE or _is_encapsulated(transfer_syntax):
@@ -418,9 +432,10 @@ def _is_encapsulated(transfer_syntax: str) -> bool:
     return bool(uid.is_transfer_syntax and uid.is_encapsulated and not uid.is_deflated)
 
 
-def _scan_meta(data: bytes) -> tuple[int, str]:
-    """Walk the File Meta Information (explicit VR little endian); return (end offset, transfer syntax)."""
-    pos, transfer_syntax = 132, None
+def _scan_meta(data: bytes) -> tuple[int, str, str]:
+    """Walk the File Meta Information (explicit VR little endian); return (end offset, transfer syntax,
+    media storage SOP class)."""
+    pos, transfer_syntax, sop_class = 132, None, ""
     while True:
         group, elem = struct.unpack_from("<HH", data, pos)
         if group != 0x0002:
@@ -434,10 +449,12 @@ def _scan_meta(data: bytes) -> tuple[int, str]:
             raise NeedsPydicom("unusual file meta information")
         if elem == 0x0010:
             transfer_syntax = data[value_pos : value_pos + length].decode("ascii").strip(" \x00")
+        elif elem == 0x0002:
+            sop_class = data[value_pos : value_pos + length].decode("ascii").strip(" \x00")
         pos = value_pos + length
     if not transfer_syntax:
         raise NeedsPydicom("no transfer syntax")
-    return pos, transfer_syntax
+    return pos, transfer_syntax, sop_class
 
 
 def _scan(
@@ -523,9 +540,7 @@ def _skip_items(data: bytes, pos: int, implicit: bool) -> int:
             pos += length
             continue
         while True:  # the elements of an undefined-length item, up to its Item Delimitation Item
-            if pos + 8 > size:
-                raise NeedsPydicom("item without its delimiter")
-            key, vr_code, length = tag_vr_length(data, pos)
+            key, vr_code, length = tag_vr_length(data, pos)  # struct.error past the end of the data
             if key == item_end:
                 pos += 8
                 break

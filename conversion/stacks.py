@@ -100,7 +100,10 @@ def normal_of(frame: FrameInfo) -> npt.NDArray[np.float64]:
 
 def _position_keys(frames: list[FrameInfo], normal: npt.NDArray[np.float64]) -> list[int]:
     """A key per frame, equal for frames within POSITION_TOLERANCE of each other along the normal."""
-    along = [float(np.dot(f.position, normal)) if f.position is not None else 0.0 for f in frames]
+    positions = np.array([f.position if f.position is not None else (0.0, 0.0, 0.0) for f in frames])
+    along = [
+        0.0 if f.position is None else a for f, a in zip(frames, (positions @ normal).tolist(), strict=True)
+    ]
     keys = [0] * len(frames)
     cluster, previous = 0, None
     for i in sorted(range(len(frames)), key=along.__getitem__):

@@ -9,9 +9,9 @@ Run: ``python tests/bench/bench_conversion.py [--repeat N] [ROOT ...]`` (default
 * dcm2niix: the Debian binary as a subprocess writing uncompressed NIfTI into a temporary folder (the way a
   pipeline would call it; its process start and file write are part of what it costs).
 
-The best of ``--repeat`` runs is reported (warm file cache), as wall time and as CPU time (user + system of
-this process for the Python tools, of the child process for dcm2niix): on a shared machine the CPU time is
-the steadier figure. Ratios > 1 mean SegNode is faster. Series a tool cannot convert show its error.
+The best of ``--repeat`` runs is reported (warm file cache; the three tools take turns run by run), as wall
+time and as CPU time (user + system of this process for the Python tools, of the child process for
+dcm2niix). Ratios > 1 mean SegNode is faster. Series a tool cannot convert show its error.
 """
 
 from __future__ import annotations
@@ -67,22 +67,31 @@ def _cpu_now() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def _best(fn: Callable[[], object], repeat: int) -> Timing:
-    timing = Timing()
+def _best(fns: list[Callable[[], object]], repeat: int) -> list[Timing]:
+    """Best of ``repeat`` runs of each function, the functions taking turns (run 1 of each, then run 2 of
+    each, ...), so that a slow spell of a shared machine weighs on all of them alike."""
+    timings = [Timing() for _ in fns]
     for _ in range(repeat):
-        wall0, cpu0 = time.perf_counter(), _cpu_now()
-        try:
-            result = fn()
-        except NotSegmentableError as exc:
-            return Timing(note=f"rejected: {exc.reason}")
-        except ConversionError as exc:
-            return Timing(note=f"fails: {type(exc).__name__}")
-        wall, cpu = time.perf_counter() - wall0, _cpu_now() - cpu0
-        timing.wall = wall if timing.wall is None else min(timing.wall, wall)
-        timing.cpu = cpu if timing.cpu is None else min(timing.cpu, cpu)
-        if isinstance(result, list):
-            timing.note = f"{len(result)} vol"
-    return timing
+        for fn, timing in zip(fns, timings, strict=True):
+            if timing.note.startswith(("rejected", "fails")):
+                continue
+            wall0, cpu0 = time.perf_counter(), _cpu_now()
+            try:
+                result = fn()
+            except NotSegmentableError as exc:
+                timing.wall = timing.cpu = None
+                timing.note = f"rejected: {exc.reason}"
+                continue
+            except ConversionError as exc:
+                timing.wall = timing.cpu = None
+                timing.note = f"fails: {type(exc).__name__}"
+                continue
+            wall, cpu = time.perf_counter() - wall0, _cpu_now() - cpu0
+            timing.wall = wall if timing.wall is None else min(timing.wall, wall)
+            timing.cpu = cpu if timing.cpu is None else min(timing.cpu, cpu)
+            if isinstance(result, list):
+                timing.note = f"{len(result)} vol"
+    return timings
 
 
 def _segnode(files: list[Path]) -> Callable[[], object]:
@@ -138,9 +147,7 @@ def main() -> int:
     for root in roots:
         for folder in sorted({p.parent for p in root.rglob("*.dcm")}):
             files = sorted(folder.glob("*.dcm"))
-            ours = _best(_segnode(files), args.repeat)
-            d2n = _best(_dicom2nifti(files), args.repeat)
-            niix = _best(_dcm2niix(folder), args.repeat)
+            ours, d2n, niix = _best([_segnode(files), _dicom2nifti(files), _dcm2niix(folder)], args.repeat)
             cells = [
                 f"{t.wall:8.4f}" if t.wall is not None else f"{t.note[:8]:>8}" for t in (ours, d2n, niix)
             ]

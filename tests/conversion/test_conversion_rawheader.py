@@ -107,6 +107,11 @@ def test_unusual_encodings_are_left_to_pydicom(tmp_path: Path) -> None:
     data = XA10.read_bytes()
     assert scan_file(data[132:], complete=True) is None  # no preamble
     assert scan_file(data[:700], complete=True) is None  # cut inside the header
+    fmap = FMAP.read_bytes()
+    for cut in (60000, 100000, 145000):  # cut inside undefined-length per-frame items
+        assert scan_file(fmap[:cut], complete=True) is None
+        with pytest.raises(EOFError):
+            scan_file(fmap[:cut], complete=False)
     assert scan_file(b"not dicom", complete=True) is None
     # a deflated file: read by pydicom, same frames
     ds = pydicom.dcmread(XA10)
