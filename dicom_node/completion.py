@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -221,15 +222,24 @@ class SeriesCompleter:
 class CompletionTimer(threading.Thread):
     """Polls the completer every ``interval_s`` seconds until :meth:`stop`."""
 
-    def __init__(self, completer: SeriesCompleter, interval_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        completer: SeriesCompleter,
+        interval_s: float = 0.5,
+        also: Sequence[Callable[[], object]] = (),
+    ) -> None:
         super().__init__(name="segnode-completion", daemon=True)
         self.completer = completer
         self.interval_s = interval_s
+        #: Other periodic checks run at each tick (ending dropped associations).
+        self.also = tuple(also)
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval_s):
             try:
+                for check in self.also:
+                    check()
                 self.completer.run_once()
             except SQLAlchemyError:
                 LOG.exception("series completion failed; retrying at the next tick")

@@ -160,20 +160,38 @@ class Receiver:
         self.audit = audit
         self.tracker = tracker
         self.policy = AccessPolicy(config.node)
-        self._ids: dict[int, int] = {}
+        #: Accepted associations not yet closed: id(association) -> (association, audit row id).
+        self._ids: dict[int, tuple[Association, int]] = {}
         self._lock = threading.Lock()
 
     def association_id(self, assoc: Association) -> int | None:
         with self._lock:
-            return self._ids.get(id(assoc))
+            entry = self._ids.get(id(assoc))
+        return None if entry is None else entry[1]
 
     def _remember(self, assoc: Association, association_id: int) -> None:
         with self._lock:
-            self._ids[id(assoc)] = association_id
+            self._ids[id(assoc)] = (assoc, association_id)
 
     def _forget(self, assoc: Association) -> int | None:
         with self._lock:
-            return self._ids.pop(id(assoc), None)
+            entry = self._ids.pop(id(assoc), None)
+        return None if entry is None else entry[1]
+
+    def end_dead_associations(self) -> list[int]:
+        """End, as aborted, the associations whose thread has ended without a release, abort or connection
+        close event (pynetdicom's association thread can die on a malformed PDU without any). Run
+        periodically; returns the audit ids of the associations it ended."""
+        with self._lock:
+            dead = [key for key, (assoc, _) in self._ids.items() if not assoc.is_alive()]
+            ended = [self._ids.pop(key)[1] for key in dead]
+        for association_id in ended:
+            LOG.warning(
+                "association %d ended without release or abort (its connection was dropped)", association_id
+            )
+            self.tracker.association_ended(association_id, released=False)
+            self.audit.association_ended(association_id, "aborted")
+        return ended
 
 
 # -- handlers ---------------------------------------------------------------------------------------------
@@ -278,7 +296,9 @@ def handle_conn_close(event: evt.Event, receiver: Receiver) -> None:
             "A-ASSOCIATE-RQ (malformed PDU, failed TLS handshake, or no request)",
         )
         return
-    if event.assoc.is_established is False and not event.assoc.is_rejected:
+    if not event.assoc.is_rejected:
+        # Normally A-RELEASE or A-ABORT has already ended it (both calls are then no-ops); where pynetdicom's
+        # state machine gave up on a malformed PDU without such an event, the closed connection ends it.
         receiver.tracker.association_ended(association_id, released=False)
         receiver.audit.association_ended(association_id, "aborted")
 

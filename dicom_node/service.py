@@ -50,6 +50,7 @@ class NodeService:
     tracker: CompletionTracker = field(init=False)
     completer: SeriesCompleter = field(init=False)
     server: ThreadedAssociationServer | None = field(init=False, default=None)
+    receiver: Receiver | None = field(init=False, default=None)
     _timer: CompletionTimer | None = field(init=False, default=None)
     pipeline: Pipeline | None = field(init=False, default=None)
     context: PipelineContext = field(init=False)
@@ -114,7 +115,7 @@ class NodeService:
                     series=job.series_instance_uid,
                     detail=f"the node stopped while the job was in {job.state}; it resumes there",
                 )
-        receiver = Receiver(self.config, self.spool, self.audit, self.tracker)
+        receiver = self.receiver = Receiver(self.config, self.spool, self.audit, self.tracker)
         ae = build_ae(self.config)
         net = self.config.network
         self.server = ae.start_server(
@@ -124,7 +125,9 @@ class NodeService:
             ssl_context=ssl_context,
         )
         if self.completion_interval_s > 0:  # 0: the caller drives completer.run_once() (tests)
-            self._timer = CompletionTimer(self.completer, self.completion_interval_s)
+            self._timer = CompletionTimer(
+                self.completer, self.completion_interval_s, also=[receiver.end_dead_associations]
+            )
             self._timer.start()
         if self.process_jobs:
             self.pipeline = Pipeline(self.context)

@@ -243,17 +243,21 @@ def test_zero_length_data_set(node: NodeService) -> None:
     ids=["unknown_context", "garbage_command", "pdv_length_overrun"],
 )
 def test_bad_p_data_in_an_accepted_association(node: NodeService, value: bytes) -> None:
-    """The node closes the association. Where pynetdicom's state machine fails on the PDU it ends the
-    association without any event (depending on timing for the overrun), so the audit row may keep result
-    "accepted" without an end time instead of "aborted": a known pynetdicom limitation."""
+    """The node closes the association and the audit records it as aborted, with its end time (where
+    pynetdicom's state machine gives up on the PDU without an abort event, the closed connection ends it)."""
     with raw_association(node, syntax=ImplicitVRLittleEndian) as sock:
         sock.sendall(p_data(value))
         assert closed_by_node(sock)
-    wait_for(
-        lambda: [r.result for r in _associations(node)] in (["accepted"], ["aborted"]),
-        what="association recorded",
-    )
-    assert [r.instances_received for r in _associations(node)] == [0]
+    assert node.receiver is not None
+
+    def ended() -> bool:
+        node.receiver.end_dead_associations()  # what the completion timer runs at each tick
+        return [r.result for r in _associations(node)] == ["aborted"]
+
+    wait_for(ended, what="association aborted")
+    [row] = _associations(node)
+    assert row.instances_received == 0 and row.ended_at is not None
+    assert [e.association_id for e in events(node, "association_aborted")] == [row.id]
     assert echo_works(node)
     assert not [p for p in node.spool.root.rglob("*") if p.is_file()]
 
@@ -261,3 +265,22 @@ def test_bad_p_data_in_an_accepted_association(node: NodeService, value: bytes) 
 def _associations(node: NodeService) -> list[AssociationRow]:
     with node.db.read() as session:
         return list(session.scalars(select(AssociationRow).order_by(AssociationRow.id)))
+
+
+def test_the_completion_timer_ends_associations_dropped_without_an_event(
+    make_config: Callable[..., SegNodeConfig], start_node: StartNode
+) -> None:
+    """With the node's own timer running, a dropped association is ended without any manual step, and a
+    regular association that follows is recorded as released, not touched by the sweep."""
+    node = start_node(
+        make_config(**{"network.acse_timeout_s": 2, "network.network_timeout_s": 5}),
+        completion_interval_s=0.2,
+    )
+    with raw_association(node, syntax=ImplicitVRLittleEndian) as sock:
+        sock.sendall(p_data(pdv(1, 0x03, b"not a command set")))
+        assert closed_by_node(sock)
+    wait_for(lambda: [r.result for r in _associations(node)] == ["aborted"], what="association aborted")
+    assert echo_works(node)
+    wait_for(lambda: [r.result for r in _associations(node)] == ["aborted", "released"], what="echo released")
+    time.sleep(0.6)  # a few more ticks of the timer
+    assert [r.result for r in _associations(node)] == ["aborted", "released"]
