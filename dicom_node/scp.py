@@ -35,7 +35,13 @@ from dicom_node import status
 from dicom_node.audit import AuditLog, InstanceHeader
 from dicom_node.completion import CompletionTracker
 from dicom_node.logs import association_id_var
-from dicom_node.security import MalformedDatasetError, check_encoding, check_series
+from dicom_node.security import (
+    MalformedDatasetError,
+    SeriesRefusal,
+    check_encoding,
+    check_series,
+    series_conflict,
+)
 from dicom_node.spool import Spool, SpoolFullError, SpoolWriteError
 from dicom_node.uids import InvalidUIDError, path_safe_uid
 
@@ -163,6 +169,41 @@ class Receiver:
         #: Accepted associations not yet closed: id(association) -> (association, audit row id).
         self._ids: dict[int, tuple[Association, int]] = {}
         self._lock = threading.Lock()
+        #: Series whose instances are admitted but not yet recorded in the database (see :meth:`admit`).
+        self._in_flight: dict[str, _InFlight] = {}
+        self._admit_lock = threading.Lock()
+
+    def admit(self, header: InstanceHeader) -> SeriesRefusal | None:
+        """Whether an instance may join its series (``None``) or is refused: the database's series, and
+        the instances of that series other associations are storing right now (not in the database yet),
+        so that two associations starting one series with different studies cannot both be accepted.
+        Each admitted instance must be passed to :meth:`settle` once recorded or refused."""
+        with self._admit_lock:
+            refusal = check_series(
+                self.audit.db, header, self.config.storage.max_series_instances, self.audit._patient_id
+            )
+            if refusal is not None:
+                return refusal
+            patient = self.audit._patient_id(header.patient_id)
+            pending = self._in_flight.get(header.series_instance_uid)
+            if pending is None:
+                self._in_flight[header.series_instance_uid] = _InFlight(header.study_instance_uid, patient)
+                return None
+            conflict = series_conflict(header, patient, pending.study_instance_uid, pending.patient)
+            if conflict is None:
+                pending.count += 1
+                if pending.patient is None:
+                    pending.patient = patient
+            return conflict
+
+    def settle(self, header: InstanceHeader) -> None:
+        """An admitted instance is recorded in the database (or was refused after all)."""
+        with self._admit_lock:
+            pending = self._in_flight.get(header.series_instance_uid)
+            if pending is not None:
+                pending.count -= 1
+                if pending.count <= 0:
+                    del self._in_flight[header.series_instance_uid]
 
     def association_id(self, assoc: Association) -> int | None:
         with self._lock:
@@ -192,6 +233,15 @@ class Receiver:
             self.tracker.association_ended(association_id, released=False)
             self.audit.association_ended(association_id, "aborted")
         return ended
+
+
+@dataclass
+class _InFlight:
+    """A series with admitted instances not yet in the database: what they name, and how many they are."""
+
+    study_instance_uid: str
+    patient: str | None
+    count: int = 1
 
 
 # -- handlers ---------------------------------------------------------------------------------------------
@@ -361,27 +411,28 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
             f"{request.AffectedSOPClassUID}",
             sop_instance,
         )
-    refusal = check_series(
-        receiver.audit.db, header, receiver.config.storage.max_series_instances, receiver.audit._patient_id
-    )
+    refusal = receiver.admit(header)
     if refusal is not None:
         return _refuse(receiver, association_id, refusal.status, refusal.reason, sop_instance)
-    relative = receiver.spool.path_for(
-        header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
-    )
     try:
-        stored = receiver.spool.store(data, relative)
-    except SpoolFullError as exc:
-        return _refuse(receiver, association_id, status.OUT_OF_RESOURCES, exc.message, sop_instance)
-    except SpoolWriteError as exc:
-        return _refuse(receiver, association_id, status.PROCESSING_FAILURE, exc.message, sop_instance)
-    try:
-        result = receiver.audit.record_instance(
-            association_id, header, stored.relative_path, stored.size, stored.sha256
+        relative = receiver.spool.path_for(
+            header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         )
-    except SQLAlchemyError as exc:
-        LOG.error("audit database write failed for %s: %s", sop_instance, exc)
-        return status.PROCESSING_FAILURE
+        try:
+            stored = receiver.spool.store(data, relative)
+        except SpoolFullError as exc:
+            return _refuse(receiver, association_id, status.OUT_OF_RESOURCES, exc.message, sop_instance)
+        except SpoolWriteError as exc:
+            return _refuse(receiver, association_id, status.PROCESSING_FAILURE, exc.message, sop_instance)
+        try:
+            result = receiver.audit.record_instance(
+                association_id, header, stored.relative_path, stored.size, stored.sha256
+            )
+        except SQLAlchemyError as exc:
+            LOG.error("audit database write failed for %s: %s", sop_instance, exc)
+            return status.PROCESSING_FAILURE
+    finally:
+        receiver.settle(header)
     receiver.tracker.instance_received(header, association_id, result.series_instance_count)
     return status.SUCCESS
 

@@ -228,8 +228,8 @@ def check_series(
     """Whether ``header``'s instance may join its series in the spool (``None``) or must be refused.
 
     ``patient_key`` maps a Patient ID to the form the audit database keeps (plain or keyed hash). The
-    check reads the database without a lock: two associations racing to start one series with different
-    studies can both pass it (the first recorded keeps the series row).
+    check reads the database: instances still on their way into it (another association's) are checked by
+    the caller (:meth:`dicom_node.scp.Receiver.admit`).
     """
     series_uid = header.series_instance_uid
     with db.read() as session:
@@ -244,21 +244,11 @@ def check_series(
         series = session.get(Series, series_uid)
         if series is None:
             return None
-        if series.study_instance_uid != header.study_instance_uid:
-            return SeriesRefusal(
-                status.CANNOT_UNDERSTAND,
-                "mixed_series",
-                f"Series Instance UID {series_uid} belongs to study {series.study_instance_uid}; this "
-                f"instance names study {header.study_instance_uid}",
-            )
-        incoming = patient_key(header.patient_id)
-        if series.patient_id is not None and incoming is not None and incoming != series.patient_id:
-            return SeriesRefusal(
-                status.CANNOT_UNDERSTAND,
-                "mixed_series",
-                f"Series Instance UID {series_uid}: this instance names a different Patient ID than the "
-                f"{series.instance_count} instance(s) received before",
-            )
+        conflict = series_conflict(
+            header, patient_key(header.patient_id), series.study_instance_uid, series.patient_id
+        )
+        if conflict is not None:
+            return conflict
         if existing is None and series.instance_count >= max_instances:
             return SeriesRefusal(
                 status.OUT_OF_RESOURCES,
@@ -266,6 +256,29 @@ def check_series(
                 f"series {series_uid} already holds {series.instance_count} instances, the limit of "
                 f"storage.max_series_instances ({max_instances})",
             )
+    return None
+
+
+def series_conflict(
+    header: InstanceHeader, incoming_patient: str | None, study_uid: str, patient: str | None
+) -> SeriesRefusal | None:
+    """``mixed_series`` when ``header`` names another study or Patient ID (in the audit database's form)
+    than the instances of its series received before (``study_uid``, ``patient``)."""
+    series_uid = header.series_instance_uid
+    if study_uid != header.study_instance_uid:
+        return SeriesRefusal(
+            status.CANNOT_UNDERSTAND,
+            "mixed_series",
+            f"Series Instance UID {series_uid} belongs to study {study_uid}; this instance names study "
+            f"{header.study_instance_uid}",
+        )
+    if patient is not None and incoming_patient is not None and incoming_patient != patient:
+        return SeriesRefusal(
+            status.CANNOT_UNDERSTAND,
+            "mixed_series",
+            f"Series Instance UID {series_uid}: this instance names a different Patient ID than the "
+            "instance(s) received before",
+        )
     return None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import itertools
 import struct
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -412,3 +413,51 @@ def test_non_ascii_digits_and_control_characters_are_not_uids(value: str) -> Non
     """Digits of other scripts match ``\\d`` in Python regular expressions; a UID takes ASCII digits only."""
     with pytest.raises(InvalidUIDError):
         path_safe_uid(value, "SOP Instance UID")
+
+
+def test_two_associations_starting_one_series_with_two_studies_at_once(node: NodeService) -> None:
+    """The first instances of one Series Instance UID arrive at the same moment over two associations,
+    naming two studies: exactly one is stored, the other is refused as mixed_series (the check covers the
+    instances still on their way into the database, not only those recorded)."""
+    source = series_files(T2_SAG)[0]
+    first, second = associate(node), associate(node)
+    rounds = 8
+    for _ in range(rounds):
+        series_uid = generate_uid()
+        datasets = []
+        for patient in ("PATIENT-A", "PATIENT-B"):
+            ds = pydicom.dcmread(source)
+            ds.SeriesInstanceUID, ds.StudyInstanceUID = series_uid, generate_uid()
+            ds.SOPInstanceUID, ds.PatientID = generate_uid(), patient
+            datasets.append(ds)
+        barrier = threading.Barrier(2)
+        statuses: dict[int, int] = {}
+        threads = [
+            threading.Thread(target=_send_together, args=(barrier, statuses, n, assoc, ds))
+            for n, (assoc, ds) in enumerate(zip((first, second), datasets, strict=True))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert sorted(statuses.values()) == sorted([status.SUCCESS, status.CANNOT_UNDERSTAND]), statuses
+        winner = datasets[0] if statuses[0] == status.SUCCESS else datasets[1]
+        with node.db.read() as session:
+            series = session.get(Series, series_uid)
+            instances = list(
+                session.scalars(select(Instance).where(Instance.series_instance_uid == series_uid))
+            )
+        assert series is not None and series.study_instance_uid == winner.StudyInstanceUID
+        assert [i.sop_instance_uid for i in instances] == [winner.SOPInstanceUID]
+    first.release()
+    second.release()
+    assert len(refusals(node)) == rounds
+    assert all((e.reason or "").startswith("mixed_series: ") for e in refusals(node))
+    assert len(stored_files(node)) == rounds
+
+
+def _send_together(
+    barrier: threading.Barrier, statuses: dict[int, int], n: int, assoc: Association, ds: pydicom.Dataset
+) -> None:
+    barrier.wait()
+    statuses[n] = int(assoc.send_c_store(ds).Status)
