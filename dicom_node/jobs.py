@@ -39,15 +39,15 @@ _ENDS = {S.failed, S.cancelled, S.superseded}
 
 #: Allowed transitions: each working state moves to the next stage or ends (failed, cancelled,
 #: superseded); a working state may go back to queued when the node restarts mid-stage; a failed job may
-#: be queued again or resume at a stage (retry); a done or failed job may be superseded by the job of a
-#: re-opened series.
+#: be queued again or resume at a stage (retry); a done job may be sent again (resend); a done or failed job
+#: may be superseded by the job of a re-opened series.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.queued: frozenset({S.converting} | _ENDS),
     S.converting: frozenset({S.segmenting, S.queued} | _ENDS),
     S.segmenting: frozenset({S.encoding, S.queued} | _ENDS),
     S.encoding: frozenset({S.sending, S.queued} | _ENDS),
     S.sending: frozenset({S.done, S.queued} | _ENDS),
-    S.done: frozenset({S.superseded}),
+    S.done: frozenset({S.superseded, S.sending}),
     S.failed: frozenset({S.queued, S.superseded, *STAGES}),
     S.superseded: frozenset(),
     S.cancelled: frozenset(),

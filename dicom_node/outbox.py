@@ -301,6 +301,19 @@ def retry_deliveries(ctx: PipelineContext, job_id: int) -> list[str]:
     return names
 
 
+def reopen_deliveries(ctx: PipelineContext, job_id: int, destinations: Sequence[str]) -> None:
+    """Make the deliveries of a job to ``destinations`` pending again, due now, with a fresh budget
+    (delivered ones included: sending the same SEG objects again)."""
+    now = ctx.now()
+    with ctx.db.write() as session:
+        for row in session.scalars(select(Delivery).where(Delivery.job_id == job_id)):
+            if row.destination in destinations:
+                row.state = PENDING
+                row.attempts = 0
+                row.first_attempt_at = None
+                row.next_attempt_at = now
+
+
 def cancel_deliveries(ctx: PipelineContext, job_id: int) -> int:
     with ctx.db.write() as session:
         rows = list(

@@ -1,4 +1,4 @@
-"""What an operator does with jobs (``segnode jobs``): look at them, retry them, cancel them.
+"""What an operator does with jobs (``segnode jobs``): look at them, retry, resend or cancel them.
 
 These functions only change the database; a running node picks the change up at its next poll (the
 dispatcher for jobs resumed at a processing stage, the sender for deliveries due again).
@@ -7,6 +7,7 @@ dispatcher for jobs resumed at a processing stage, the sender for deliveries due
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,8 +17,14 @@ from sqlalchemy import select
 from config.errors import SegNodeError
 from dicom_node.jobs import JobNotFoundError, JobState
 from dicom_node.models import Event, Job
-from dicom_node.outbox import cancel_deliveries, deliveries_of, describe, retry_deliveries
-from dicom_node.pipeline import PipelineContext
+from dicom_node.outbox import (
+    cancel_deliveries,
+    deliveries_of,
+    describe,
+    reopen_deliveries,
+    retry_deliveries,
+)
+from dicom_node.pipeline import PipelineContext, seg_outputs
 
 
 class JobActionError(SegNodeError):
@@ -117,6 +124,48 @@ def retry_job(ctx: PipelineContext, job_id: int) -> str:
         f"job {job_id} is {info.state}; only a failed job, or one waiting to resend, can be retried",
         reason="not_retryable",
     )
+
+
+def resend_job(ctx: PipelineContext, job_id: int, destinations: Sequence[str] = ()) -> str:
+    """Send the SEG objects of a done job again (all its destinations, or the named ones of them), e.g.
+    after the PACS lost them. The job goes back to ``sending`` and ends ``done`` again once delivered."""
+    info = ctx.jobs.get(job_id)
+    if info.state is not JobState.done:
+        raise JobActionError(
+            f"job {job_id} is {info.state}; only a done job can be sent again (use retry for a failed one)",
+            reason="not_resendable",
+        )
+    outputs = seg_outputs(ctx, job_id)
+    known = list(dict.fromkeys(name for output in outputs for name in output.destinations))
+    if not known:
+        raise JobActionError(
+            f"job {job_id} produced no SEG object (nothing was segmented): there is nothing to send",
+            reason="nothing_to_send",
+        )
+    unknown = [name for name in destinations if name not in known]
+    if unknown:
+        raise JobActionError(
+            f"job {job_id} was not routed to {', '.join(unknown)}; its destinations: {', '.join(known)}",
+            reason="unknown_destination",
+        )
+    chosen = [name for name in known if not destinations or name in destinations]
+    missing = [
+        output.file
+        for output in outputs
+        if set(output.destinations) & set(chosen) and not (ctx.outbox_dir(job_id) / output.file).is_file()
+    ]
+    if missing:
+        raise JobActionError(
+            f"job {job_id}: its SEG object(s) {', '.join(missing)} are no longer in the outbox "
+            f"({ctx.outbox_dir(job_id)}; deleted by retention after delivery): send the series to the node "
+            "again to segment it anew",
+            reason="outbox_purged",
+        )
+    reopen_deliveries(ctx, job_id, chosen)
+    ctx.jobs.transition(
+        job_id, JobState.sending, reason="resend_requested", detail=f"sending again to {', '.join(chosen)}"
+    )
+    return f"job {job_id}: sending again to {', '.join(chosen)}"
 
 
 def _not_routed(ctx: PipelineContext, job_id: int) -> bool:

@@ -1,4 +1,4 @@
-"""``segnode jobs list|show|retry|cancel``: the jobs of the node, their stages, timings and deliveries."""
+"""``segnode jobs list|show|retry|resend|cancel``: the jobs of the node, their stages and deliveries."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ class JobsCommandError(SegNodeError):
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "jobs",
-        help="list, show, retry or cancel jobs (state, stage timings, reason, destinations)",
+        help="list, show, retry, resend or cancel jobs (state, stage timings, reason, destinations)",
         description="The jobs of the node's database (the one of --config, or of the embedded defaults). "
-        "retry and cancel change the database; a running node picks the change up at its next poll.",
+        "retry, resend and cancel change the database; a running node picks the change up at its next poll.",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
@@ -47,6 +47,18 @@ def register(subparsers: Any) -> None:
     retry = actions.add_parser("retry", help="retry a failed job at its failed stage, or resend now")
     common(retry)
     retry.add_argument("job_id", type=int, metavar="JOB_ID")
+    resend = actions.add_parser(
+        "resend", help="send the SEG objects of a done job again (e.g. the PACS lost them)"
+    )
+    common(resend)
+    resend.add_argument("job_id", type=int, metavar="JOB_ID")
+    resend.add_argument(
+        "--destination",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this destination of the job (repeatable; default: all its destinations)",
+    )
     cancel = actions.add_parser("cancel", help="cancel a job that is not finished")
     common(cancel)
     cancel.add_argument("job_id", type=int, metavar="JOB_ID")
@@ -147,7 +159,7 @@ def _show(ctx: Any, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dicom_node.pipeline_admin import cancel_job, retry_job
+    from dicom_node.pipeline_admin import cancel_job, resend_job, retry_job
 
     ctx = _context(args)
     try:
@@ -157,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
             text = _show(ctx, args)
         elif args.action == "retry":
             text = retry_job(ctx, args.job_id) + "\n"
+        elif args.action == "resend":
+            text = resend_job(ctx, args.job_id, args.destination) + "\n"
         else:
             text = cancel_job(ctx, args.job_id) + "\n"
     finally:

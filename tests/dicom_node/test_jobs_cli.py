@@ -1,4 +1,4 @@
-"""``segnode jobs list|show|retry|cancel`` on a real node database, series received over real associations."""
+"""``segnode jobs list|show|retry|resend|cancel`` on a real node database, with series received over TCP."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from node_support import T2_SAG, free_port, series_files
+from node_support import T2_SAG, dcmtk_storescp, free_port, series_files
 from test_pipeline import Node, receive, start_receiving_node
 
 from dicom_node.cli import main
@@ -176,3 +176,50 @@ def test_unknown_job_and_missing_database_are_clear_errors(
     code = run_main(["jobs", "list", "--database", f"sqlite:///{empty}"])
     err = capsys.readouterr().err
     assert code == 1 and "no jobs table (has the node run there?)" in err
+
+
+def test_resend_sends_a_done_jobs_seg_again_and_explains_what_it_cannot(
+    tmp_path: Path, make_node: Callable[..., Node], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A PACS lost the SEG: ``jobs resend`` delivers the same object again (to a real DCMTK storescp) and the
+    job ends done again; jobs in other states, unknown destinations and purged outboxes are refused."""
+    received = tmp_path / "pacs"
+    with dcmtk_storescp(received) as port:
+        node = make_node(tmp_path / "node", port)
+        ctx = node.ctx
+        job_id = sending_job(node)
+        code, _, err = cli(capsys, node, "resend", str(job_id))
+        assert code == 1 and err.startswith(f"error [not_resendable]: job {job_id} is sending;")
+        [delivery_id] = due_deliveries(ctx)
+        assert attempt_delivery(ctx, delivery_id).state == "delivered"
+        assert settle_job(ctx, job_id) is JobState.done
+        assert len(list(received.iterdir())) == 1
+        shutil.rmtree(received)
+        received.mkdir()
+
+        code, _, err = cli(capsys, node, "resend", str(job_id), "--destination", "archive")
+        assert (code, err) == (
+            1,
+            f"error [unknown_destination]: job {job_id} was not routed to archive; its destinations: pacs\n",
+        )
+        code, out, _ = cli(capsys, node, "resend", str(job_id), "--destination", "pacs")
+        assert (code, out) == (0, f"job {job_id}: sending again to pacs\n")
+        job = ctx.jobs.get(job_id)
+        assert (job.state, job.reason) == (JobState.sending, "resend_requested")
+        assert due_deliveries(ctx) == [delivery_id]
+        info = attempt_delivery(ctx, delivery_id)
+        assert (info.state, info.attempts) == ("delivered", 1)
+        assert settle_job(ctx, job_id) is JobState.done
+        [again] = list(received.iterdir())
+        assert again.read_bytes()[128:] and again.stat().st_size > 0
+        code, out, _ = cli(capsys, node, "show", str(job_id), "--format", "json")
+        whats = [e["what"] for e in json.loads(out)["events"]]
+        assert whats.count("send_attempt") == 2 and whats[-1] == "job_transition"
+
+        shutil.rmtree(ctx.outbox_dir(job_id))  # what retention does after delivered_hours
+        code, _, err = cli(capsys, node, "resend", str(job_id))
+        assert code == 1 and err.startswith(
+            f"error [outbox_purged]: job {job_id}: its SEG object(s) object.dcm"
+        )
+        assert "send the series to the node again" in err
+        assert ctx.jobs.get(job_id).state is JobState.done
