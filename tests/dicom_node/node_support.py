@@ -16,6 +16,10 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from config.loader import parse_config
+from config.model import SegNodeConfig
+from dicom_node.service import NodeService
+
 ROOT = Path(__file__).resolve().parents[2]
 MRI = ROOT / "tests" / "data" / "mri"
 #: 19 sagittal T2 slices, Siemens Skyra, Explicit VR Little Endian.
@@ -154,3 +158,32 @@ def dcmtk_storescp(folder: Path, ae_title: str = "STORESCP") -> Iterator[int]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def config_maker(tmp_path: Path) -> Callable[..., SegNodeConfig]:
+    """``make(**overrides)``: a node configuration with its files under ``tmp_path`` (see node_settings)."""
+
+    def make(**overrides: Any) -> SegNodeConfig:
+        return parse_config(node_settings(tmp_path, **overrides), "test.yaml", environ={})
+
+    return make
+
+
+@contextlib.contextmanager
+def running_nodes(**defaults: Any) -> Iterator[Callable[..., NodeService]]:
+    """``start(config, **kwargs)`` starts a node (``defaults`` fill the keyword arguments not given); every
+    node started is stopped on leaving."""
+    started: list[NodeService] = []
+
+    def start(config: SegNodeConfig, **kwargs: Any) -> NodeService:
+        service = NodeService(config, **{**defaults, **kwargs})
+        service.start()
+        started.append(service)
+        return service
+
+    try:
+        yield start
+    finally:
+        for service in started:
+            if service.server is not None:
+                service.stop()
