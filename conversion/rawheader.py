@@ -380,13 +380,12 @@ class ScannedFile:
 def scan_file(data: bytes, complete: bool) -> ScannedFile | None:
     """Locate the loader's attributes in the first bytes of a Part 10 file.
 
-    ``complete``: ``data`` is the whole file. When it is not and the header runs past its end,
-    :class:`NeedsPydicom` is not raised: ``None`` is returned only for encodings left to pydicom, and
-    ``EOFError`` asks the caller for the whole file.
+    ``complete``: ``data`` is the whole file. Returns ``None`` for what is left to pydicom (no preamble,
+    an encoding not read here, bytes that do not parse). When ``data`` is only the start of the file and
+    the header may go on past it, raises ``EOFError`` (with, as its argument, how many more bytes to read
+    at least, where known): the caller reads more and calls again.
     """
     if len(data) < 144 or data[128:132] != b"DICM":
-        if not complete and len(data) >= 132:
-            return None
         return None
     try:
         pos, transfer_syntax, sop_class = _scan_meta(data)
@@ -399,7 +398,7 @@ def scan_file(data: bytes, complete: bool) -> ScannedFile | None:
         else:
             return None
         sequences: dict[int, list[RawHeader]] = {}
-        elements, end, pixel_offset = _scan(
+        elements, _, pixel_offset = _scan(
             data, pos, len(data), implicit, _TOP_WANTED, PRIVATE_GROUPS, sequences
         )
     except (NeedsPydicom, struct.error, IndexError, UnicodeDecodeError):
