@@ -291,18 +291,26 @@ def fail_job(ctx: PipelineContext, job_id: int, exc: BaseException) -> None:
 
 @dataclass(frozen=True)
 class SeriesInput:
-    """The instances of a job's series read from the spool, and the AE titles they arrived with."""
+    """The stored instances of a job's series (spool files), and the AE titles they arrived with."""
 
-    datasets: list[Dataset]
+    paths: list[Path]
     called_ae_title: str
     calling_ae_title: str
 
+    def headers(self) -> list[Dataset]:
+        """The instances' headers without pixel data (what routing looks at), each file's header read once."""
+        from conversion.errors import NotSegmentableError
+        from conversion.headers import read_sources
+
+        try:
+            return [source.header for source in read_sources(list(self.paths))]
+        except NotSegmentableError as exc:
+            raise PipelineError(exc.message, reason="spool_file_unreadable") from exc
+
 
 def read_series(ctx: PipelineContext, job: Job) -> SeriesInput:
-    """Read every stored instance of the job's series from the spool (pixel data included)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
+    """The spool files of the job's series (checked to exist; they are read by the conversion, which reads
+    each header once and decodes the pixels straight into the volumes)."""
     with ctx.db.read() as session:
         rows = list(
             session.execute(
@@ -322,21 +330,13 @@ def read_series(ctx: PipelineContext, job: Job) -> SeriesInput:
             f"series {job.series_instance_uid}: no stored instances in the audit database",
             reason="no_instances",
         )
-    datasets: list[Dataset] = []
-    for row in rows:
-        path = ctx.spool_root / row.spool_path
-        try:
-            datasets.append(pydicom.dcmread(path))
-        except FileNotFoundError as exc:
+    paths = [ctx.spool_root / row.spool_path for row in rows]
+    for path in paths:
+        if not path.is_file():
             raise PipelineError(
                 f"series {job.series_instance_uid}: spool file {path} is missing", reason="spool_file_missing"
-            ) from exc
-        except (InvalidDicomError, OSError) as exc:
-            raise PipelineError(
-                f"series {job.series_instance_uid}: spool file {path} cannot be read: {exc}",
-                reason="spool_file_unreadable",
-            ) from exc
-    return SeriesInput(datasets, called, calling)
+            )
+    return SeriesInput(paths, called, calling)
 
 
 def action_of(ctx: PipelineContext, route: str) -> RouteAction:
@@ -357,7 +357,7 @@ def route_job(ctx: PipelineContext, job: Job, series: SeriesInput) -> JobPlan | 
     """Route a job's series: the job takes the first matching action; each further action of a fan-out
     becomes a new ``queued`` job of the same series; an ``ignore`` cancels the job (reason ``route_ignore``).
     """
-    facts = SeriesFacts.from_headers(series.datasets, series.called_ae_title, series.calling_ae_title)
+    facts = SeriesFacts.from_headers(series.headers(), series.called_ae_title, series.calling_ae_title)
     decision = route_series(facts, ctx.config.routes, ctx.config.default_route)
     explanation = "; ".join(
         f"{ev.name}: {'matched' if ev.matched else 'no match'} ({ev.explain()})"
@@ -420,7 +420,7 @@ def route_job(ctx: PipelineContext, job: Job, series: SeriesInput) -> JobPlan | 
 def _volumes(ctx: PipelineContext, plan: JobPlan, series: SeriesInput) -> list[Volume]:
     from conversion import load_series
 
-    volumes = load_series(series.datasets)
+    volumes = load_series(series.paths)
     selected = select_stacks(volumes, plan.action)
     if not selected:
         labels = ", ".join(v.stack_label or f"stack {n + 1}" for n, v in enumerate(volumes))

@@ -553,6 +553,21 @@ def test_a_missing_spool_file_fails_the_job_naming_the_file(
     assert caught.value.reason == "spool_file_missing"
 
 
+def test_an_unreadable_spool_file_fails_the_job_naming_the_file(
+    tmp_path: Path, make_node: Callable[..., Node]
+) -> None:
+    node = make_node(tmp_path, free_port())
+    job_id = receive(node.service, series_files(T2_SAG))
+    victim = sorted((tmp_path / "spool").rglob("*.dcm"))[5]
+    victim.write_bytes(b"\x00" * 200 + b"not a DICOM file")
+    from dicom_node.pipeline import PipelineError
+
+    node.ctx.jobs.transition(job_id, JobState.converting)
+    with pytest.raises(PipelineError, match=f"cannot read .*{victim.name}") as caught:
+        convert_stage(node.ctx, job_id)
+    assert caught.value.reason == "spool_file_unreadable"
+
+
 def test_a_label_map_that_vanished_fails_encoding_with_its_reason(
     delivered: Delivered, tmp_path: Path
 ) -> None:
