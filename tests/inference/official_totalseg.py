@@ -77,9 +77,11 @@ def run_totalsegmentator(
     fast: bool = False,
     task: str = "total_mr",
     device: str = "cpu",
+    roi_subset: list[str] | None = None,
     timeout: float = 900,
 ) -> OfficialRun:
-    """``TotalSegmentator -i DICOM_DIR -o OUT.nii.gz --ml -ta TASK -d DEVICE [--fast]`` (cpu | gpu)."""
+    """``TotalSegmentator -i DICOM_DIR -o OUT.nii.gz --ml -ta TASK -d DEVICE [--fast] [--roi_subset ...]``
+    (device cpu | gpu)."""
     env = dict(os.environ)
     env["TOTALSEG_WEIGHTS_PATH"] = str(weights_dir)
     env["TOTALSEG_HOME_DIR"] = str(private_home(home_dir))
@@ -87,6 +89,8 @@ def run_totalsegmentator(
     args = ["-i", str(dicom_dir), "-o", str(out_file), "--ml", "-ta", task, "-d", device]
     if fast:
         args.append("--fast")
+    if roi_subset:
+        args += ["--roi_subset", *roi_subset]
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", _RUNNER, *args],
