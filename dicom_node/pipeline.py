@@ -48,7 +48,7 @@ from dicom_node.audit import AuditLog
 from dicom_node.db import Database
 from dicom_node.faults import FaultPlan
 from dicom_node.jobs import JobState, JobStore
-from dicom_node.models import Association, Instance, Job
+from dicom_node.models import Association, Event, Instance, Job
 from dicom_node.routing import DEFAULT_ROUTE_NAME, SeriesFacts, plan_outputs, route_series, select_stacks
 from dicom_node.spool import FreeSpaceProbe, disk_free_bytes
 from dicom_node.uids import path_safe_uid
@@ -331,12 +331,33 @@ def read_series(ctx: PipelineContext, job: Job) -> SeriesInput:
             reason="no_instances",
         )
     paths = [ctx.spool_root / row.spool_path for row in rows]
-    for path in paths:
-        if not path.is_file():
-            raise PipelineError(
-                f"series {job.series_instance_uid}: spool file {path} is missing", reason="spool_file_missing"
-            )
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        _raise_missing(ctx, job, missing, len(paths))
     return SeriesInput(paths, called, calling)
+
+
+def _raise_missing(ctx: PipelineContext, job: Job, missing: list[Path], total: int) -> None:
+    """Why the job cannot read its series: retention deleted the earlier instances (a late instance re-opened
+    a series already delivered or given up), or files vanished from the spool."""
+    with ctx.db.read() as session:
+        purge = session.scalars(
+            select(Event)
+            .where(Event.what == "retention_purged", Event.series_instance_uid == job.series_instance_uid)
+            .order_by(Event.id.desc())
+        ).first()
+    if purge is not None:
+        raise PipelineError(
+            f"series {job.series_instance_uid}: {len(missing)} of its {total} instance(s) were deleted by "
+            f"retention on {purge.at:%Y-%m-%d %H:%M} UTC ({purge.reason}); the instance(s) received since "
+            "cannot be segmented without them: send the complete series again",
+            reason="spool_purged",
+        )
+    raise PipelineError(
+        f"series {job.series_instance_uid}: spool file {missing[0]} is missing"
+        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+        reason="spool_file_missing",
+    )
 
 
 def action_of(ctx: PipelineContext, route: str) -> RouteAction:

@@ -553,6 +553,32 @@ def test_a_missing_spool_file_fails_the_job_naming_the_file(
     assert caught.value.reason == "spool_file_missing"
 
 
+def test_a_late_instance_after_retention_purged_its_series_fails_with_what_to_do(
+    tmp_path: Path, make_node: Callable[..., Node]
+) -> None:
+    """The series ended (here: its job failed), retention deleted its files after failed_days, then one
+    more instance arrives: the new job cannot segment it alone and says so (``spool_purged``)."""
+    from dicom_node.pipeline import PipelineError
+    from dicom_node.retention import RetentionSweeper
+
+    node = make_node(tmp_path, free_port())
+    files = series_files(T2_SAG)
+    first_job = receive(node.service, files[:-1])
+    node.ctx.jobs.transition(first_job, JobState.failed, reason="inference_failed", detail="test")
+    swept = RetentionSweeper(node.ctx).sweep(now=node.ctx.now() + timedelta(days=31))
+    assert swept.files == len(files) - 1
+    late_job = receive(node.service, files[-1:])
+    assert late_job != first_job
+    node.ctx.jobs.transition(late_job, JobState.converting)
+    with pytest.raises(PipelineError) as caught:
+        convert_stage(node.ctx, late_job)
+    assert caught.value.reason == "spool_purged"
+    assert (
+        f"{len(files) - 1} of its {len(files)} instance(s) were deleted by retention" in caught.value.message
+    )
+    assert "send the complete series again" in caught.value.message
+
+
 def test_an_unreadable_spool_file_fails_the_job_naming_the_file(
     tmp_path: Path, make_node: Callable[..., Node]
 ) -> None:
