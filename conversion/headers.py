@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import re
-import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +32,7 @@ from pydicom.uid import UID
 from conversion.dicomscan import read_header
 from conversion.errors import NotSegmentableError, Reason
 from conversion.rawheader import (
+    DECODE_ERRORS,
     ENHANCED_SOP_CLASSES,
     FUNCTIONAL_GROUP_TAGS,
     PRIVATE_GROUPS,
@@ -193,7 +193,7 @@ def _read_file(path: Path) -> SourceImage:
         pos = buffer.tell()
         offset = pos if _is_pixel_tag(data[pos : pos + 4], header.original_encoding[1] is not False) else None
         del buffer, data
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, struct.error) as exc:
+    except (InvalidDicomError, OSError, EOFError, *DECODE_ERRORS) as exc:
         raise NotSegmentableError(f"cannot read {path} as DICOM: {exc}", reason=Reason.UNREADABLE) from exc
     if "SOPClassUID" not in header and "SOPInstanceUID" not in header:
         raise NotSegmentableError(
@@ -202,7 +202,7 @@ def _read_file(path: Path) -> SourceImage:
         )
     implicit, little = header.original_encoding
     return SourceImage(
-        view=DatasetView(header),
+        view=DatasetView(header, str(path)),
         transfer_syntax=_transfer_syntax(header),
         path=path,
         pixel_offset=offset,
@@ -271,7 +271,16 @@ def text_value(header: Dataset | HeaderView, tag: int) -> str | None:
 
 
 def frames_of(index: int, src: SourceImage) -> list[FrameInfo]:
-    """Describe every 2D image of one source instance."""
+    """Describe every 2D image of one source instance (``unreadable`` when its header is damaged)."""
+    try:
+        return _frames_of(index, src)
+    except DECODE_ERRORS as exc:
+        raise NotSegmentableError(
+            f"cannot read the header of {src.name}: {type(exc).__name__}: {exc}", reason=Reason.UNREADABLE
+        ) from exc
+
+
+def _frames_of(index: int, src: SourceImage) -> list[FrameInfo]:
     view = src.view
     rows = _int(view.number(0x00280010), 0)
     columns = _int(view.number(0x00280011), 0)
@@ -282,7 +291,7 @@ def frames_of(index: int, src: SourceImage) -> list[FrameInfo]:
         try:
             return _enhanced_frames(index, view, rows, columns, sop, sop_class, instance_number)
         except NeedsPydicom:  # functional groups in an encoding the scanner leaves to pydicom
-            view = DatasetView(src.header)
+            view = DatasetView(src.header, src.name)
             return _enhanced_frames(index, view, rows, columns, sop, sop_class, instance_number)
     return [
         FrameInfo(

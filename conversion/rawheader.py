@@ -18,13 +18,15 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydicom.charset import decode_bytes
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 
 from conversion.dicomscan import sequence_items
+from conversion.errors import NotSegmentableError, Reason
 
 _UNDEFINED = 0xFFFFFFFF
 _U32 = struct.Struct("<L").unpack_from
@@ -146,6 +148,19 @@ _LONG_VR_CODES = {
 _TAG_VR_LENGTH = struct.Struct("<LHH").unpack_from
 _SQ_CODE = int.from_bytes(b"SQ", "little")
 _TAG_LENGTH = struct.Struct("<LL").unpack_from
+
+
+#: What pydicom can raise decoding a damaged element.
+DECODE_ERRORS = (
+    NotImplementedError,
+    ValueError,
+    KeyError,
+    TypeError,
+    IndexError,
+    AttributeError,
+    BytesLengthException,
+    struct.error,
+)
 
 
 class NeedsPydicom(Exception):
@@ -276,12 +291,25 @@ class RawHeader:
 
 
 class DatasetView:
-    """:class:`HeaderView` over a pydicom dataset."""
+    """:class:`HeaderView` over a pydicom dataset. An element pydicom cannot decode (a damaged value, a VR it
+    does not know) raises :class:`~conversion.errors.NotSegmentableError` ``unreadable`` naming ``source``."""
 
-    __slots__ = ("dataset",)
+    __slots__ = ("dataset", "source")
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Dataset, source: str = "") -> None:
         self.dataset = dataset
+        self.source = source
+
+    def _value(self, tag: int) -> Any:
+        """The decoded value of a present element."""
+        try:
+            return self.dataset[tag].value
+        except DECODE_ERRORS as exc:
+            where = f" of {self.source}" if self.source else ""
+            element = f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+            raise NotSegmentableError(
+                f"cannot read element {element}{where}: {type(exc).__name__}: {exc}", reason=Reason.UNREADABLE
+            ) from exc
 
     def has(self, tag: int) -> bool:
         return tag in self.dataset
@@ -296,7 +324,7 @@ class DatasetView:
             return []
         if isinstance(value, bytes):
             if not value.isascii() and tag in self.dataset:
-                value = self.dataset[tag].value  # decoded with the Specific Character Set
+                value = self._value(tag)  # decoded with the Specific Character Set
             if isinstance(value, bytes):
                 text = value.decode("latin-1").strip(" \x00")
                 return [v.strip(" \x00") for v in text.split("\\")] if text else []
@@ -310,7 +338,7 @@ class DatasetView:
     def number(self, tag: int, vr: str | None = None) -> float | None:
         if tag not in self.dataset:
             return None
-        value = self.dataset[tag].value
+        value = self._value(tag)
         if isinstance(value, bytes):  # UN, or a private element pydicom has no VR for
             binary = _BINARY.get(vr or "")
             if binary is not None:
@@ -335,9 +363,9 @@ class DatasetView:
             return []
         fast = sequence_items(self.dataset.get_item(tag))
         if fast is not None:
-            return [DatasetView(item) for item in fast]
-        value = self.dataset[tag].value
-        return [DatasetView(item) for item in value] if value else []
+            return [DatasetView(item, self.source) for item in fast]
+        value = self._value(tag)
+        return [DatasetView(item, self.source) for item in value] if value else []
 
     def private_blocks(self, groups: frozenset[int]) -> dict[tuple[int, str], int]:
         return _private_blocks(self, (int(tag) for tag in self.dataset.keys()), groups)

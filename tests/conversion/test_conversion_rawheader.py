@@ -11,7 +11,7 @@ import pytest
 from conversion_reference import folder_params
 from pydicom.dataelem import DataElement
 
-from conversion import headers, load_series
+from conversion import NotSegmentableError, headers, load_series
 from conversion.headers import SourceImage, diffusion_b_value, frames_of, read_sources
 from conversion.rawheader import TOP_LEVEL_TAGS, DatasetView, NeedsPydicom, RawHeader, scan_file
 
@@ -176,3 +176,27 @@ def test_functional_groups_the_scanner_cannot_split_are_read_by_pydicom(
     (volume,) = load_series([path])
     (expected,) = load_series([XA10])
     assert (volume.voxels == expected.voxels).all()
+
+
+def test_damaged_headers_are_unreadable_with_the_file_and_element_named(tmp_path: Path) -> None:
+    """Damage found by fuzzing: an unknown VR in the file meta (pydicom's reader refuses the file) and an
+    unknown VR in a functional group (pydicom fails when the element is read) give ``unreadable``."""
+    dwi = sorted((TEST_MRI / "prostatex" / "ProstateX-0000_6.000000-ep2ddifftraDYNDIST-69284").glob("*.dcm"))[
+        0
+    ]
+    data = dwi.read_bytes()
+    at = data.index(b"\x02\x00\x10\x00UI")  # Transfer Syntax UID
+    meta = tmp_path / "meta.dcm"
+    meta.write_bytes(data[: at + 4] + b"U\x0c" + data[at + 6 :])
+    with pytest.raises(NotSegmentableError) as caught:
+        load_series([meta])
+    assert caught.value.reason == "unreadable" and str(meta) in caught.value.message
+
+    data = FMAP.read_bytes()
+    at = data.index(b"\x18\x00\x82\x90FD")  # Effective Echo Time in the first per-frame item
+    fg = tmp_path / "functional_group.dcm"
+    fg.write_bytes(data[: at + 4] + b"ND" + data[at + 6 :])
+    with pytest.raises(NotSegmentableError) as caught:
+        load_series([fg])
+    assert caught.value.reason == "unreadable"
+    assert str(fg) in caught.value.message and "(0018,9082)" in caught.value.message
