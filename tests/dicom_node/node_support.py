@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import itertools
 import shutil
 import socket
 import subprocess
@@ -14,7 +16,10 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
 from config.loader import parse_config
 from config.model import SegNodeConfig
@@ -187,3 +192,37 @@ def running_nodes(**defaults: Any) -> Iterator[Callable[..., NodeService]]:
         for service in started:
             if service.server is not None:
                 service.stop()
+
+
+_MESSAGE_IDS = itertools.count(1)
+
+
+def raw_store(
+    assoc: Association,
+    payload: bytes,
+    sop_instance: str,
+    sop_class: str = MRImageStorage,
+    syntax: str = ExplicitVRLittleEndian,
+) -> int:
+    """Send ``payload`` as the data set of a C-STORE-RQ, byte for byte, and return the response status."""
+    [context] = [
+        cx
+        for cx in assoc.accepted_contexts
+        if cx.abstract_syntax == sop_class and cx.transfer_syntax[0] == syntax
+    ]
+    request = C_STORE()
+    request.MessageID = next(_MESSAGE_IDS) % 65536
+    request.AffectedSOPClassUID = sop_class
+    request.AffectedSOPInstanceUID = sop_instance
+    request.Priority = 2
+    request.DataSet = io.BytesIO(payload)
+    # pause the requestor's reactor (as pynetdicom's send_c_store does) so the response reaches us
+    assoc._reactor_checkpoint.clear()
+    wait_for(lambda: assoc._is_paused, what="requestor reactor paused")
+    try:
+        assoc.dimse.send_msg(request, context.context_id)
+        _cx, response = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    assert response is not None, "no C-STORE-RSP"
+    return int(response.Status)

@@ -8,8 +8,6 @@ would refuse to encode them.
 
 from __future__ import annotations
 
-import io
-import itertools
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -17,12 +15,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from node_support import T2_SAG, clone_series, dataset_bytes, series_files, wait_for
+from node_support import T2_SAG, clone_series, dataset_bytes, raw_store, series_files
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     BasicTextSRStorage,
@@ -42,7 +39,6 @@ from dicom_node.service import NodeService
 from dicom_node.uids import InvalidUIDError, path_safe_uid
 
 StartNode = Callable[..., NodeService]
-_MESSAGE_IDS = itertools.count(1)
 
 
 def associate(node: NodeService, contexts: list[tuple[str, list[str]]] | None = None) -> Association:
@@ -54,37 +50,6 @@ def associate(node: NodeService, contexts: list[tuple[str, list[str]]] | None = 
     assoc = ae.associate("127.0.0.1", node.port, ae_title="SEGNODE")
     assert assoc.is_established
     return assoc
-
-
-def raw_store(
-    assoc: Association,
-    payload: bytes,
-    sop_instance: str,
-    sop_class: str = MRImageStorage,
-    syntax: str = ExplicitVRLittleEndian,
-) -> int:
-    """Send ``payload`` as the data set of a C-STORE-RQ, byte for byte, and return the response status."""
-    [context] = [
-        cx
-        for cx in assoc.accepted_contexts
-        if cx.abstract_syntax == sop_class and cx.transfer_syntax[0] == syntax
-    ]
-    request = C_STORE()
-    request.MessageID = next(_MESSAGE_IDS)
-    request.AffectedSOPClassUID = sop_class
-    request.AffectedSOPInstanceUID = sop_instance
-    request.Priority = 2
-    request.DataSet = io.BytesIO(payload)
-    # pause the requestor's reactor (as pynetdicom's send_c_store does) so the response reaches us
-    assoc._reactor_checkpoint.clear()
-    wait_for(lambda: assoc._is_paused, what="requestor reactor paused")
-    try:
-        assoc.dimse.send_msg(request, context.context_id)
-        _cx, response = assoc.dimse.get_msg(block=True)
-    finally:
-        assoc._reactor_checkpoint.set()
-    assert response is not None, "no C-STORE-RSP"
-    return int(response.Status)
 
 
 def refusals(node: NodeService) -> list[Event]:

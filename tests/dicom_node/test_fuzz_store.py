@@ -10,8 +10,6 @@ is left. Afterwards the node still answers a C-ECHO. Bounded: about 250 examples
 from __future__ import annotations
 
 import hashlib
-import io
-import itertools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +18,11 @@ import pydicom
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from node_support import dataset_bytes, node_settings, wait_for
+from node_support import dataset_bytes, node_settings, raw_store
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
 
@@ -44,7 +41,6 @@ FUZZ = settings(
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-_IDS = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
@@ -76,25 +72,6 @@ def spool_state(node: NodeService) -> dict[str, str]:
         for p in node.spool.root.rglob("*")
         if p.is_file()
     }
-
-
-def raw_store(assoc: Association, payload: bytes, sop_instance: str) -> int:
-    [context] = [cx for cx in assoc.accepted_contexts if cx.abstract_syntax == MRImageStorage]
-    request = C_STORE()
-    request.MessageID = next(_IDS) % 65536
-    request.AffectedSOPClassUID = MRImageStorage
-    request.AffectedSOPInstanceUID = sop_instance
-    request.Priority = 2
-    request.DataSet = io.BytesIO(payload)
-    assoc._reactor_checkpoint.clear()
-    wait_for(lambda: assoc._is_paused, what="requestor reactor paused")
-    try:
-        assoc.dimse.send_msg(request, context.context_id)
-        _cx, response = assoc.dimse.get_msg(block=True)
-    finally:
-        assoc._reactor_checkpoint.set()
-    assert response is not None, "no C-STORE-RSP"
-    return int(response.Status)
 
 
 def check_example(node: NodeService, assoc: Association, payload: bytes, sop_instance: str) -> None:
