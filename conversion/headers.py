@@ -85,7 +85,14 @@ class SourceImage:
             assert self.header_bytes is not None
             scanned = read_header(self.header_bytes, str(self.path or ""))
             if scanned is None:  # the scanner read it; pydicom's reader is the tolerant fallback
-                scanned = (dcmread(io.BytesIO(self.header_bytes), stop_before_pixels=True, force=True), None)
+                try:
+                    header = dcmread(io.BytesIO(self.header_bytes), stop_before_pixels=True, force=True)
+                except (InvalidDicomError, EOFError, *DECODE_ERRORS) as exc:
+                    raise NotSegmentableError(
+                        f"cannot read the header of {self.name}: {type(exc).__name__}: {exc}",
+                        reason=Reason.UNREADABLE,
+                    ) from exc
+                scanned = (header, None)
             self.parsed_header = scanned[0]
         return self.parsed_header
 
@@ -131,10 +138,14 @@ _WHOLE_FILE = 262144
 _FIRST_READ = 65536
 
 
-def read_sources(items: list[str | os.PathLike[str] | Dataset]) -> list[SourceImage]:
-    """Read the header of every item once (files up to their Pixel Data element)."""
+def read_sources(items: list[str | os.PathLike[str] | Dataset | SourceImage]) -> list[SourceImage]:
+    """Read the header of every item once (files up to their Pixel Data element); sources already read are
+    taken as they are."""
     sources: list[SourceImage] = []
     for item in items:
+        if isinstance(item, SourceImage):
+            sources.append(item)
+            continue
         if isinstance(item, Dataset):
             header = Dataset()
             for elem in item:
@@ -264,23 +275,8 @@ def series_name(view: HeaderView) -> str:
     return " ".join(parts)
 
 
-def text_value(header: Dataset | HeaderView, tag: int) -> str | None:
-    """The first value of a text element as a string (``None`` when absent or empty), without conversion."""
-    view = DatasetView(header) if isinstance(header, Dataset) else header
-    return first_text(view, tag)
-
-
 def frames_of(index: int, src: SourceImage) -> list[FrameInfo]:
-    """Describe every 2D image of one source instance (``unreadable`` when its header is damaged)."""
-    try:
-        return _frames_of(index, src)
-    except DECODE_ERRORS as exc:
-        raise NotSegmentableError(
-            f"cannot read the header of {src.name}: {type(exc).__name__}: {exc}", reason=Reason.UNREADABLE
-        ) from exc
-
-
-def _frames_of(index: int, src: SourceImage) -> list[FrameInfo]:
+    """Describe every 2D image of one source instance."""
     view = src.view
     rows = _int(view.number(0x00280010), 0)
     columns = _int(view.number(0x00280011), 0)

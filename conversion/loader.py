@@ -47,13 +47,14 @@ _PRIORITY = [
 
 
 def load_series(
-    items: Iterable[str | os.PathLike[str] | Dataset],
+    items: Iterable[str | os.PathLike[str] | Dataset | SourceImage],
     *,
     non_uniform: NonUniformPolicy = "reject",
 ) -> list[Volume]:
     """Build every segmentable stack of one series.
 
-    ``items`` are the instances of the series, as file paths or datasets (with pixel data). Returns the
+    ``items`` are the instances of the series, as file paths or datasets (with pixel data), or sources
+    already read by :func:`conversion.headers.read_sources`. Returns the
     stacks in a stable order (geometry group, then the distinguishing attributes ascending), each with its
     ``stack_key``/``stack_label``. Stacks that cannot be segmented while others can are left out and logged;
     when none can, :class:`NotSegmentableError` is raised with the reason of the series.
@@ -67,7 +68,7 @@ def load_series(
 
 
 def plan_series(
-    items: Iterable[str | os.PathLike[str] | Dataset],
+    items: Iterable[str | os.PathLike[str] | Dataset | SourceImage],
     *,
     non_uniform: NonUniformPolicy = "reject",
 ) -> tuple[list[Stack], list[SourceImage], str]:

@@ -150,7 +150,8 @@ _SQ_CODE = int.from_bytes(b"SQ", "little")
 _TAG_LENGTH = struct.Struct("<LL").unpack_from
 
 
-#: What pydicom can raise decoding a damaged element.
+#: What pydicom can raise decoding a damaged element (NotImplementedError: a VR it does not know). Callers
+#: turn these into NotSegmentableError ``unreadable`` naming the file and element, never swallow them.
 DECODE_ERRORS = (
     NotImplementedError,
     ValueError,

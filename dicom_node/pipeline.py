@@ -43,6 +43,7 @@ from sqlalchemy import select
 from config.errors import SegNodeError
 from config.model import SegNodeConfig
 from config.routing import RouteAction, SegConfig
+from conversion.headers import SourceImage
 from conversion.volume import Volume
 from dicom_node.audit import AuditLog
 from dicom_node.db import Database
@@ -289,21 +290,30 @@ def fail_job(ctx: PipelineContext, job_id: int, exc: BaseException) -> None:
 # ---------------------------------------------------------------------------------------- converting
 
 
-@dataclass(frozen=True)
+@dataclass
 class SeriesInput:
     """The stored instances of a job's series (spool files), and the AE titles they arrived with."""
 
     paths: list[Path]
     called_ae_title: str
     calling_ae_title: str
+    _sources: list[SourceImage] | None = field(default=None, init=False, repr=False)
 
-    def headers(self) -> list[Dataset]:
-        """The instances' headers without pixel data (what routing looks at), each file's header read once."""
-        from conversion.errors import NotSegmentableError
+    def sources(self) -> list[SourceImage]:
+        """The files' headers, each read once for routing and conversion (``NotSegmentableError``
+        ``unreadable`` for a file that is not DICOM)."""
         from conversion.headers import read_sources
 
+        if self._sources is None:
+            self._sources = read_sources(list(self.paths))
+        return self._sources
+
+    def headers(self) -> list[Dataset]:
+        """The instances' complete headers without pixel data (what routing looks at)."""
+        from conversion.errors import NotSegmentableError
+
         try:
-            return [source.header for source in read_sources(list(self.paths))]
+            return [source.header for source in self.sources()]
         except NotSegmentableError as exc:
             raise PipelineError(exc.message, reason="spool_file_unreadable") from exc
 
@@ -441,7 +451,7 @@ def route_job(ctx: PipelineContext, job: Job, series: SeriesInput) -> JobPlan | 
 def _volumes(ctx: PipelineContext, plan: JobPlan, series: SeriesInput) -> list[Volume]:
     from conversion import load_series
 
-    volumes = load_series(series.paths)
+    volumes = load_series(series.sources())
     selected = select_stacks(volumes, plan.action)
     if not selected:
         labels = ", ".join(v.stack_label or f"stack {n + 1}" for n, v in enumerate(volumes))
