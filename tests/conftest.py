@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,3 +30,13 @@ def shared_mri() -> Path:
             f"full MRI test set not present at {SHARED_MRI} (only in a checkout with ../shared beside it)"
         )
     return SHARED_MRI
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging_handlers() -> Iterator[None]:
+    """Tests that run ``segnode`` in-process get the handler its logging set-up binds to their captured
+    stderr; it is removed afterwards so that no later test logs into a closed stream."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    root.handlers[:] = before
