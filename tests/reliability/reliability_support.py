@@ -3,9 +3,11 @@ queries of a node's audit database."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,3 +164,24 @@ def seg_instances_of(orthanc: object, study_uid: str, source_series_uid: str) ->
             if ds.ReferencedSeriesSequence[0].SeriesInstanceUID == source_series_uid:
                 found.append((str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)))
     return sorted(found)
+
+
+@contextlib.contextmanager
+def orthanc_and_segnode(tmp_path: Path, **keys: Any) -> Iterator[tuple[Any, Any]]:
+    """A real Orthanc that knows SegNode as ``segnode``, and ``segnode serve`` (a subprocess) sending its
+    results to that Orthanc, with the configuration ``keys`` set; both stopped on leaving."""
+    from orthanc_server import Orthanc, free_port
+    from segnode_process import SegNode
+
+    port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", {"segnode": ("SEGNODE", "127.0.0.1", port)})
+    orthanc.start()
+    node = SegNode(tmp_path / "segnode", port, orthanc.dicom_port)
+    set_keys(node.config_path, **keys)
+    try:
+        node.start()
+        yield orthanc, node
+    finally:
+        node.stop()
+        node.close()
+        orthanc.stop()

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from orthanc_server import Orthanc, free_port
+from orthanc_server import Orthanc
 from pynetdicom.association import Association
 from reliability_support import (
     PD_TRA,
@@ -21,9 +21,9 @@ from reliability_support import (
     StoreLog,
     associate,
     jobs_of,
+    orthanc_and_segnode,
     renamed_series,
     seg_instances_of,
-    set_keys,
     spooled,
     store,
 )
@@ -53,25 +53,13 @@ def rss_mib(pid: int) -> float:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[Orthanc, SegNode]]:
-    port = free_port()
-    orthanc = Orthanc(tmp_path / "orthanc", {"segnode": ("SEGNODE", "127.0.0.1", port)})
-    orthanc.start()
-    node = SegNode(tmp_path / "segnode", port, orthanc.dicom_port)
-    set_keys(
-        node.config_path,
-        **{
-            "network.max_associations": ASSOCIATIONS,
-            "completion.quiet_period_s": 5,
-            "pipeline.queue_size": 1,
-        },
-    )
-    try:
-        node.start()
-        yield orthanc, node
-    finally:
-        node.stop()
-        node.close()
-        orthanc.stop()
+    keys = {
+        "network.max_associations": ASSOCIATIONS,
+        "completion.quiet_period_s": 5,
+        "pipeline.queue_size": 1,
+    }
+    with orthanc_and_segnode(tmp_path, **keys) as pair:
+        yield pair
 
 
 def test_four_concurrent_associations_while_jobs_run_store_everything_and_the_fifth_is_refused(

@@ -8,8 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from orthanc_server import Orthanc, free_port
-from reliability_support import T2_SAG, jobs_of, renamed_series, seg_instances_of, set_keys
+from orthanc_server import Orthanc
+from reliability_support import (
+    T2_SAG,
+    jobs_of,
+    orthanc_and_segnode,
+    renamed_series,
+    seg_instances_of,
+)
 from segnode_process import SegNode, wait_until
 
 from dicom_node.jobs import JobState
@@ -25,18 +31,8 @@ FAILED_ATTEMPTS = 5
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[Orthanc, SegNode]]:
-    port = free_port()
-    orthanc = Orthanc(tmp_path / "orthanc", {"segnode": ("SEGNODE", "127.0.0.1", port)})
-    orthanc.start()
-    node = SegNode(tmp_path / "segnode", port, orthanc.dicom_port)
-    set_keys(node.config_path, **{"destinations.orthanc.retry": RETRY})
-    try:
-        node.start()
-        yield orthanc, node
-    finally:
-        node.stop()
-        node.close()
-        orthanc.stop()
+    with orthanc_and_segnode(tmp_path, **{"destinations.orthanc.retry": RETRY}) as pair:
+        yield pair
 
 
 def test_a_long_pacs_outage_backs_off_keeps_the_result_and_delivers_when_the_pacs_returns(
