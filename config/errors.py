@@ -1,7 +1,8 @@
 """The root of SegNode's exception hierarchy.
 
 Every error SegNode raises on purpose derives from :class:`SegNodeError`. Errors that reach the network
-carry a DICOM status (see ``dicom_node.status``); errors of a job carry the stage and a stable reason code.
+carry a DICOM status (see ``dicom_node.receiving.statuses``); errors of a job carry the stage and a
+stable reason code.
 """
 
 from __future__ import annotations

@@ -292,7 +292,7 @@ class CompletionConfig(BaseModel):
 
 
 class RetentionConfig(BaseModel):
-    """How long received instances and results stay on disk (``dicom_node/retention.py``)."""
+    """How long received instances and results stay on disk (``dicom_node/jobs/retention.py``)."""
 
     model_config = ConfigDict(extra="forbid")
 

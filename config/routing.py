@@ -112,7 +112,7 @@ class SendingConfig(BaseModel):
 
 
 class PipelineConfig(BaseModel):
-    """Where jobs keep their results and how many workers process them (see ``dicom_node/pipeline.py``)."""
+    """Where jobs keep their results and how many workers process them (``dicom_node/jobs``)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -11,19 +11,19 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
 
 from config.model import SegNodeConfig
-from dicom_node.audit import AuditLog, Clock, utc_now
-from dicom_node.completion import CompletionTimer, CompletionTracker, SeriesCompleter
-from dicom_node.db import Database
-from dicom_node.faults import FaultPlan
-from dicom_node.jobs import JobState, JobStore
-from dicom_node.models import Instance
-from dicom_node.pipeline import PipelineContext
-from dicom_node.retention import Housekeeping
-from dicom_node.scp import Receiver, build_ae, handler_table
-from dicom_node.security import private_sqlite_file
-from dicom_node.spool import FreeSpaceProbe, Spool, disk_free_bytes
+from dicom_node.audit.database import Database
+from dicom_node.audit.log import AuditLog, Clock, utc_now
+from dicom_node.audit.tables import Instance
+from dicom_node.failpoints import FaultPlan
+from dicom_node.jobs.pipeline import PipelineContext
+from dicom_node.jobs.retention import Housekeeping
+from dicom_node.jobs.store import JobState, JobStore
+from dicom_node.jobs.workers import Pipeline
+from dicom_node.receiving.admission import private_sqlite_file
+from dicom_node.receiving.completion import CompletionTimer, CompletionTracker, SeriesCompleter
+from dicom_node.receiving.scp import Receiver, build_ae, handler_table
+from dicom_node.receiving.spool import FreeSpaceProbe, Spool, disk_free_bytes
 from dicom_node.tls import server_context
-from dicom_node.workers import Pipeline
 
 LOG = logging.getLogger(__name__)
 
@@ -39,9 +39,9 @@ class NodeService:
     shutdown_grace_s: float = 5.0
     #: Run the job pipeline (routing, conversion, inference, SEG, sending); False: receive only (tests).
     process_jobs: bool = True
-    #: Test-only fault injection, from ``SEGNODE_TEST_FAULTS`` (``dicom_node.faults``); inert when unset.
+    #: Test-only fault injection, from ``SEGNODE_TEST_FAULTS`` (``dicom_node.failpoints``); inert when unset.
     faults: FaultPlan = field(default_factory=lambda: FaultPlan.from_environment(os.environ))
-    #: Retention sweep and disk space check (``dicom_node.retention``); 0: the caller drives it (tests).
+    #: Retention sweep and disk space check (``dicom_node.jobs.retention``); 0: the caller drives it (tests).
     housekeeping_interval_s: float | None = None
     db: Database = field(init=False)
     audit: AuditLog = field(init=False)

@@ -16,8 +16,8 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from config.errors import SegNodeError
 from config.loader import default_config, load_config
-from dicom_node.db import Database
-from dicom_node.models import Association, Base, Event, Instance, Job, Series
+from dicom_node.audit.database import Database
+from dicom_node.audit.tables import Association, Base, Event, Instance, Job, Series
 
 TABLES: dict[str, type[Base]] = {
     "events": Event,

@@ -13,7 +13,7 @@ from sqlalchemy import inspect
 
 from config.errors import SegNodeError
 from config.loader import default_config, load_config
-from dicom_node.jobs import JobState
+from dicom_node.jobs.store import JobState
 
 
 class JobsCommandError(SegNodeError):
@@ -66,10 +66,10 @@ def register(subparsers: Any) -> None:
 
 
 def _context(args: argparse.Namespace) -> Any:
-    from dicom_node.audit import AuditLog
-    from dicom_node.db import Database
-    from dicom_node.jobs import JobStore
-    from dicom_node.pipeline import PipelineContext
+    from dicom_node.audit.database import Database
+    from dicom_node.audit.log import AuditLog
+    from dicom_node.jobs.pipeline import PipelineContext
+    from dicom_node.jobs.store import JobStore
 
     config = load_config(args.config) if args.config else default_config()
     url = args.database or config.database.url
@@ -104,7 +104,7 @@ def _table(rows: list[list[str]], columns: list[str]) -> str:
 
 
 def _list(ctx: Any, args: argparse.Namespace) -> str:
-    from dicom_node.pipeline_admin import list_jobs
+    from dicom_node.jobs.admin import list_jobs
 
     jobs = list_jobs(ctx, args.state, args.series, args.limit)
     if args.format == "json":
@@ -115,7 +115,7 @@ def _list(ctx: Any, args: argparse.Namespace) -> str:
 
 
 def _show(ctx: Any, args: argparse.Namespace) -> str:
-    from dicom_node.pipeline_admin import show_job
+    from dicom_node.jobs.admin import show_job
 
     data = show_job(ctx, args.job_id)
     if args.format == "json":
@@ -159,7 +159,7 @@ def _show(ctx: Any, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dicom_node.pipeline_admin import cancel_job, resend_job, retry_job
+    from dicom_node.jobs.admin import cancel_job, resend_job, retry_job
 
     ctx = _context(args)
     try:

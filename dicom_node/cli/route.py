@@ -67,7 +67,7 @@ def read_series_headers(folder: Path) -> dict[str, list[Any]]:
 
 
 def simulate_folder(args: argparse.Namespace) -> int:
-    from dicom_node.routing import SeriesFacts, describe_decision, route_series
+    from dicom_node.jobs.routing import SeriesFacts, describe_decision, route_series
 
     config = load_config(args.config)
     called = args.called_ae or config.node.ae_titles[0].ae_title

@@ -86,8 +86,8 @@ def _stack_name(task: str, index: int, count: int, label: str) -> str:
 def _write_seg(args: argparse.Namespace, volume: Any, result: Any, path: Path) -> None:
     """Encode the stack's label map as DICOM-SEG (``seg`` section of --config) and write it atomically."""
     from config.routing import SegConfig
-    from dicom_node.pipeline import encode_result_seg, write_dicom_atomically
-    from dicom_node.seg import EmptySegmentationError
+    from dicom_node.jobs.pipeline import encode_result_seg, write_dicom_atomically
+    from dicom_node.outputs.seg import EmptySegmentationError
 
     seg_config = SegConfig()
     if args.config is not None:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from orthanc_server import Orthanc, free_port  # noqa: E402
 from segnode_process import SegNode, wait_until  # noqa: E402
 
-from dicom_node.models import Event, Instance, Series  # noqa: E402
+from dicom_node.audit.tables import Event, Instance, Series  # noqa: E402
 
 logger = logging.getLogger("bench_e2e")
 

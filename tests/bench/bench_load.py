@@ -46,7 +46,7 @@ from reliability_support import (  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 from config.loader import parse_config  # noqa: E402
-from dicom_node.models import Job  # noqa: E402
+from dicom_node.audit.tables import Job  # noqa: E402
 from dicom_node.service import NodeService  # noqa: E402
 
 MODELS = ROOT / "tests" / "data" / "models"

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from conversion.volume import SliceRef, Volume  # noqa: E402
-from dicom_node.seg import (  # noqa: E402
+from dicom_node.outputs.seg import (  # noqa: E402
     AlgorithmInfo,
     Compression,
     SegmentationType,

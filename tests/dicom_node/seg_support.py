@@ -17,7 +17,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from conversion.volume import SliceRef, Volume
-from dicom_node.seg import CodeTriple, SegmentSpec
+from dicom_node.outputs.seg import CodeTriple, SegmentSpec
 
 _ANATOMICAL_STRUCTURE = CodeTriple("91723000", "SCT", "Anatomical Structure")
 _LEFT = CodeTriple("7771000", "SCT", "Left")

@@ -17,7 +17,7 @@ from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from config.model import SegNodeConfig
-from dicom_node.models import Association
+from dicom_node.audit.tables import Association
 from dicom_node.service import NodeService
 
 StartNode = Callable[..., NodeService]

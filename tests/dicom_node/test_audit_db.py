@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import select
 
 from config.node import PatientIdMode, PrivacyConfig
-from dicom_node.audit import AuditLog, InstanceHeader
-from dicom_node.db import Database
-from dicom_node.models import AppendOnlyError, Event, Series
+from dicom_node.audit.database import Database
+from dicom_node.audit.log import AuditLog, InstanceHeader
+from dicom_node.audit.tables import AppendOnlyError, Event, Series
 
 
 def make_audit(tmp_path: Path, privacy: PrivacyConfig) -> AuditLog:

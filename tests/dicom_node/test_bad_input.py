@@ -33,8 +33,8 @@ from sqlalchemy import select
 
 from config.model import SegNodeConfig
 from conversion import NotSegmentableError, Reason, load_series
-from dicom_node import status
-from dicom_node.models import Event, Instance, Series
+from dicom_node.audit.tables import Event, Instance, Series
+from dicom_node.receiving import statuses as status
 from dicom_node.service import NodeService
 from dicom_node.uids import InvalidUIDError, path_safe_uid
 

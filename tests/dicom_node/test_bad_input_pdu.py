@@ -21,9 +21,9 @@ from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[at
 from sqlalchemy import select
 
 from config.model import SegNodeConfig
-from dicom_node import status
-from dicom_node.models import Association as AssociationRow
-from dicom_node.models import Event
+from dicom_node.audit.tables import Association as AssociationRow
+from dicom_node.audit.tables import Event
+from dicom_node.receiving import statuses as status
 from dicom_node.service import NodeService
 
 StartNode = Callable[..., NodeService]

@@ -15,10 +15,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from config.model import SegNodeConfig
 from config.node import CompletionConfig
-from dicom_node.audit import InstanceHeader
-from dicom_node.completion import CompletionTracker
-from dicom_node.jobs import JobState
-from dicom_node.models import Association, Event, Job, Series
+from dicom_node.audit.log import InstanceHeader
+from dicom_node.audit.tables import Association, Event, Job, Series
+from dicom_node.jobs.store import JobState
+from dicom_node.receiving.completion import CompletionTracker
 from dicom_node.service import NodeService
 
 StartNode = Callable[..., NodeService]

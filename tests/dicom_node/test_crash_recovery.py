@@ -17,7 +17,7 @@ import pytest
 import yaml
 from node_support import T2_SAG, clone_series, dcmtk, node_settings, series_files
 
-from dicom_node.spool import UNACKNOWLEDGED_DIR
+from dicom_node.receiving.spool import UNACKNOWLEDGED_DIR
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

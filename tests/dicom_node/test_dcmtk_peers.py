@@ -12,7 +12,7 @@ from node_support import CINE, T2_SAG, TS9, dataset_bytes, dcmtk, dcmtk_storescp
 from sqlalchemy import select
 
 from config.model import SegNodeConfig
-from dicom_node.models import Association, Event, Instance, Series
+from dicom_node.audit.tables import Association, Event, Instance, Series
 from dicom_node.service import NodeService
 
 StartNode = Callable[..., NodeService]

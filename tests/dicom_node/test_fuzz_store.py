@@ -27,8 +27,8 @@ from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
 
 from config.loader import parse_config
-from dicom_node import status
-from dicom_node.models import Instance
+from dicom_node.audit.tables import Instance
+from dicom_node.receiving import statuses as status
 from dicom_node.service import NodeService
 
 #: A real 64 x 64 MR image shipped with pydicom (small, so that many examples fit in the time budget).

@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import select
 
 from config.node import PrivacyConfig
-from dicom_node.audit import AuditLog, InstanceHeader
-from dicom_node.db import Database
-from dicom_node.jobs import (
+from dicom_node.audit.database import Database
+from dicom_node.audit.log import AuditLog, InstanceHeader
+from dicom_node.audit.tables import Event
+from dicom_node.jobs.store import (
     STAGES,
     TRANSITIONS,
     IllegalTransitionError,
@@ -19,7 +20,6 @@ from dicom_node.jobs import (
     JobState,
     JobStore,
 )
-from dicom_node.models import Event
 
 
 def make_store(tmp_path: Path) -> JobStore:

@@ -14,9 +14,9 @@ from node_support import T2_SAG, dcmtk_storescp, free_port, series_files
 from test_pipeline import Node, receive, start_receiving_node
 
 from dicom_node.cli import main
-from dicom_node.jobs import JobState
-from dicom_node.outbox import attempt_delivery, due_deliveries, open_deliveries, settle_job
-from dicom_node.pipeline import SegOutput, update_outputs
+from dicom_node.jobs.pipeline import SegOutput, update_outputs
+from dicom_node.jobs.store import JobState
+from dicom_node.outputs.outbox import attempt_delivery, due_deliveries, open_deliveries, settle_job
 
 
 @pytest.fixture

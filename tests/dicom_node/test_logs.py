@@ -13,8 +13,8 @@ from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from config.model import SegNodeConfig
+from dicom_node.audit.tables import Association
 from dicom_node.logs import ContextFilter, association_context, job_context
-from dicom_node.models import Association
 from dicom_node.service import NodeService
 
 StartNode = Callable[..., NodeService]
@@ -47,6 +47,8 @@ def test_association_id_travels_in_records_and_no_patient_name_is_logged(
     assoc.release()
     with node.db.read() as session:
         association_id = session.scalars(select(Association.id)).one()
-    refused = [r for r in caplog.records if r.name == "dicom_node.scp" and "refused" in r.getMessage()]
+    refused = [
+        r for r in caplog.records if r.name == "dicom_node.receiving.scp" and "refused" in r.getMessage()
+    ]
     assert refused and refused[0].association_id == str(association_id)  # type: ignore[attr-defined]
     assert "Zyxwv" not in caplog.text and "Quentin" not in caplog.text

@@ -9,8 +9,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-from dicom_node.db import Database, alembic_config
-from dicom_node.models import Base
+from dicom_node.audit.database import Database, alembic_config
+from dicom_node.audit.tables import Base
 
 
 def test_upgrade_from_the_first_schema_keeps_existing_rows(tmp_path: Path) -> None:

@@ -42,10 +42,8 @@ from config.inference import InferenceConfig
 from config.loader import parse_config
 from config.model import SegNodeConfig
 from conversion import load_series
-from dicom_node.jobs import JobState
-from dicom_node.models import Association, Delivery, Event, Instance, Job
-from dicom_node.outbox import attempt_delivery, deliveries_of, due_deliveries, open_deliveries, settle_job
-from dicom_node.pipeline import (
+from dicom_node.audit.tables import Association, Delivery, Event, Instance, Job
+from dicom_node.jobs.pipeline import (
     PipelineContext,
     convert_stage,
     encode_stage,
@@ -54,9 +52,17 @@ from dicom_node.pipeline import (
     seg_outputs,
     update_outputs,
 )
-from dicom_node.seg import segments_from_catalog
+from dicom_node.jobs.store import JobState
+from dicom_node.jobs.workers import Pipeline
+from dicom_node.outputs.outbox import (
+    attempt_delivery,
+    deliveries_of,
+    due_deliveries,
+    open_deliveries,
+    settle_job,
+)
+from dicom_node.outputs.seg import segments_from_catalog
 from dicom_node.service import NodeService
-from dicom_node.workers import Pipeline
 from inference.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -442,7 +448,7 @@ def test_an_unreachable_destination_is_retried_with_back_off_then_the_job_fails_
     assert [e.reason for e in attempts] == ["success"] + ["peer_unreachable"] * 3
     assert "next attempt at" in (attempts[1].detail or "") and "giving up" in (attempts[3].detail or "")
 
-    from dicom_node.pipeline_admin import retry_job
+    from dicom_node.jobs.admin import retry_job
 
     with storescp_on(port, tmp_path / "late"):
         assert retry_job(ctx, job_id) == f"job {job_id}: sending again to pacs"
@@ -545,7 +551,7 @@ def test_a_missing_spool_file_fails_the_job_naming_the_file(
     job_id = receive(node.service, series_files(T2_SAG))
     victim = sorted((tmp_path / "spool").rglob("*.dcm"))[3]
     victim.unlink()
-    from dicom_node.pipeline import PipelineError
+    from dicom_node.jobs.pipeline import PipelineError
 
     node.ctx.jobs.transition(job_id, JobState.converting)
     with pytest.raises(PipelineError, match=f"spool file .*{victim.name} is missing") as caught:
@@ -558,8 +564,8 @@ def test_a_late_instance_after_retention_purged_its_series_fails_with_what_to_do
 ) -> None:
     """The series ended (here: its job failed), retention deleted its files after failed_days, then one
     more instance arrives: the new job cannot segment it alone and says so (``spool_purged``)."""
-    from dicom_node.pipeline import PipelineError
-    from dicom_node.retention import RetentionSweeper
+    from dicom_node.jobs.pipeline import PipelineError
+    from dicom_node.jobs.retention import RetentionSweeper
 
     node = make_node(tmp_path, free_port())
     files = series_files(T2_SAG)
@@ -586,7 +592,7 @@ def test_an_unreadable_spool_file_fails_the_job_naming_the_file(
     job_id = receive(node.service, series_files(T2_SAG))
     victim = sorted((tmp_path / "spool").rglob("*.dcm"))[5]
     victim.write_bytes(b"\x00" * 200 + b"not a DICOM file")
-    from dicom_node.pipeline import PipelineError
+    from dicom_node.jobs.pipeline import PipelineError
 
     node.ctx.jobs.transition(job_id, JobState.converting)
     with pytest.raises(PipelineError, match=f"cannot read .*{victim.name}") as caught:
@@ -600,7 +606,7 @@ def test_a_label_map_that_vanished_fails_encoding_with_its_reason(
     node, job_id = _resumable_copy(delivered, tmp_path, JobState.encoding, free_port())
     [record] = job_outputs(node.ctx, job_id)["label_maps"]
     (node.ctx.work_dir(job_id) / record["file"]).unlink()
-    from dicom_node.pipeline import PipelineError
+    from dicom_node.jobs.pipeline import PipelineError
 
     with pytest.raises(PipelineError, match="label map .* is missing") as caught:
         encode_stage(node.ctx, reload_volumes(node.ctx, job_id))
@@ -634,7 +640,7 @@ def test_segnode_segment_also_writes_the_seg(tmp_path: Path, capsys: pytest.Capt
     import yaml
 
     from dicom_node.cli import main
-    from dicom_node.seg import validate_with_dciodvfy
+    from dicom_node.outputs.seg import validate_with_dciodvfy
 
     config = tmp_path / "segnode.yaml"
     settings = {

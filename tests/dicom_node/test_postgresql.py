@@ -18,8 +18,8 @@ from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from config.model import SegNodeConfig
-from dicom_node.jobs import JobState
-from dicom_node.models import Association, Event, Instance, Series
+from dicom_node.audit.tables import Association, Event, Instance, Series
+from dicom_node.jobs.store import JobState
 from dicom_node.service import NodeService
 
 pytest.importorskip(

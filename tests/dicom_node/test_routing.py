@@ -13,14 +13,14 @@ import yaml
 
 from config import ConfigError, SegNodeConfig, parse_config
 from dicom_node.cli import main
-from dicom_node.routing import (
+from dicom_node.jobs.routing import (
     DEFAULT_ROUTE_NAME,
     SeriesFacts,
     plan_outputs,
     route_series,
     select_stacks,
 )
-from dicom_node.seg import SegmentationType
+from dicom_node.outputs.seg import SegmentationType
 from tests.dicom_node.seg_support import volumes_of
 
 PROSTATEX = "prostatex"

@@ -30,9 +30,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from config.model import SegNodeConfig
-from dicom_node import status
-from dicom_node.models import Association as AssociationRow
-from dicom_node.models import Event, Instance, Series
+from dicom_node.audit.tables import Association as AssociationRow
+from dicom_node.audit.tables import Event, Instance, Series
+from dicom_node.receiving import statuses as status
 from dicom_node.service import NodeService
 
 StartNode = Callable[..., NodeService]

@@ -15,7 +15,7 @@ import pytest
 from pydicom.uid import PYDICOM_ROOT_UID
 
 from conversion.volume import Volume
-from dicom_node.seg import (
+from dicom_node.outputs.seg import (
     AlgorithmInfo,
     Compression,
     EmptySegmentationError,
@@ -387,12 +387,12 @@ def test_invalid_source_dates_are_left_empty(
         copy.StudyDate = "20120000"
         headers.append(copy)
     broken = dataclasses.replace(volume, source_headers=tuple(headers))
-    with caplog.at_level("WARNING", logger="dicom_node.seg"):
+    with caplog.at_level("WARNING", logger="dicom_node.outputs.seg"):
         encoded, path = _encode_write_validate(
             tmp_path, broken, synthetic_label_map(volume.shape, LABELS), SegOptions()
         )
     ds = pydicom.dcmread(path)
     assert ds.PatientBirthDate == "" and ds.StudyDate == ""
-    ours = [r.getMessage() for r in caplog.records if r.name == "dicom_node.seg"]
+    ours = [r.getMessage() for r in caplog.records if r.name == "dicom_node.outputs.seg"]
     assert any("PatientBirthDate is not a valid DICOM date" in m for m in ours)
     assert not any("00000000" in m for m in ours)

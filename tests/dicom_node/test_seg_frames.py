@@ -1,4 +1,5 @@
-"""The fast BINARY frame assembly (dicom_node.seg_frames) gives the SEG highdicom's own constructor gives."""
+"""The fast BINARY frame assembly (dicom_node.outputs.seg_frames) gives the SEG highdicom's own constructor
+gives."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pydicom.dataset import Dataset
 from pynetdicom.dsutils import decode, encode
 
 from conversion.volume import Volume
-from dicom_node import seg_frames
-from dicom_node.seg import (
+from dicom_node.outputs import seg_frames
+from dicom_node.outputs.seg import (
     Compression,
     EncodedSeg,
     SegmentationType,

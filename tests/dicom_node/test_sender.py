@@ -23,8 +23,8 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import SegmentationStorage
 
 from config.routing import DestinationConfig, RetryConfig, SendingConfig
-from dicom_node.seg import AlgorithmInfo, Compression, SegmentationType, SegOptions, encode_seg
-from dicom_node.sender import (
+from dicom_node.outputs.seg import AlgorithmInfo, Compression, SegmentationType, SegOptions, encode_seg
+from dicom_node.outputs.sender import (
     SendError,
     SendOutcome,
     decide_retry,
@@ -344,7 +344,7 @@ def test_default_policy_retries_for_hours() -> None:
 
 
 def test_decide_retry_and_per_destination_policy(seg_binary: Dataset) -> None:
-    from dicom_node.sender import SendResult
+    from dicom_node.outputs.sender import SendResult
 
     policy = RetryConfig(initial_delay_s=10)
     down = SendResult("pacs", SendOutcome.PEER_UNREACHABLE, True, "down")

@@ -14,10 +14,10 @@ from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from config.model import SegNodeConfig
-from dicom_node import status
-from dicom_node.models import Event, Instance
+from dicom_node.audit.tables import Event, Instance
+from dicom_node.receiving import statuses as status
+from dicom_node.receiving.spool import UNACKNOWLEDGED_DIR
 from dicom_node.service import NodeService
-from dicom_node.spool import UNACKNOWLEDGED_DIR
 
 StartNode = Callable[..., NodeService]
 

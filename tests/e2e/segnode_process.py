@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 from sqlalchemy import select
 
-from dicom_node.db import Database
-from dicom_node.models import Delivery, Event, Job
+from dicom_node.audit.database import Database
+from dicom_node.audit.tables import Delivery, Event, Job
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "tests" / "data" / "models"

@@ -24,7 +24,7 @@ from orthanc_server import Orthanc, free_port
 from segnode_process import SegNode, wait_until
 
 from conversion import load_series
-from dicom_node.jobs import JobState
+from dicom_node.jobs.store import JobState
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -19,8 +19,8 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from sqlalchemy import select
 
-from dicom_node.db import Database
-from dicom_node.models import Event, Instance, Job
+from dicom_node.audit.database import Database
+from dicom_node.audit.tables import Event, Instance, Job
 
 ROOT = Path(__file__).resolve().parents[2]
 MRI = ROOT / "tests" / "data" / "mri"

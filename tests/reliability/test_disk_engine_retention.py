@@ -4,7 +4,7 @@ on one series, and the retention sweep with an injected clock.
 
 The free-space probe of the node is injected (the one seam the service offers for it), so the disk "fills"
 and "empties" at the moment the test chooses; the engine failure is the test-only fault plan
-(``dicom_node.faults``) raising inside prediction for one Series Instance UID, as a CUDA error would.
+(``dicom_node.failpoints``) raising inside prediction for one Series Instance UID, as a CUDA error would.
 """
 
 from __future__ import annotations
@@ -38,14 +38,14 @@ from sqlalchemy import func, select
 from config.inference import InferenceConfig
 from config.loader import parse_config
 from config.model import SegNodeConfig
-from dicom_node import status
-from dicom_node.faults import FaultPlan
-from dicom_node.jobs import JobState
-from dicom_node.models import Event, Instance
-from dicom_node.retention import RetentionSweeper
+from dicom_node.audit.tables import Event, Instance
+from dicom_node.failpoints import FaultPlan
+from dicom_node.jobs.retention import RetentionSweeper
+from dicom_node.jobs.store import JobState
+from dicom_node.jobs.workers import Pipeline
+from dicom_node.receiving import statuses as status
+from dicom_node.receiving.spool import FreeSpaceProbe, disk_free_bytes
 from dicom_node.service import NodeService
-from dicom_node.spool import FreeSpaceProbe, disk_free_bytes
-from dicom_node.workers import Pipeline
 from inference.engine import Engine
 
 pytestmark = [
@@ -235,7 +235,7 @@ def test_disk_full_while_receiving_and_while_encoding_refuses_keeps_and_recovers
 
 
 def _outputs(service: NodeService, job_id: int) -> list[dict[str, Any]]:
-    from dicom_node.pipeline import job_outputs
+    from dicom_node.jobs.pipeline import job_outputs
 
     seg: list[dict[str, Any]] = job_outputs(service.context, job_id)["seg"]
     return seg

@@ -6,7 +6,7 @@ import pytest
 
 from config.errors import ConfigError
 from config.loader import parse_config
-from dicom_node.faults import ENVIRONMENT_VARIABLE, FaultPlan, FaultPlanError
+from dicom_node.failpoints import ENVIRONMENT_VARIABLE, FaultPlan, FaultPlanError
 
 
 def test_without_the_variable_nothing_is_injected() -> None:

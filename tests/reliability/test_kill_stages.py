@@ -2,7 +2,7 @@
 lost, the job finishes exactly once, Orthanc holds exactly one SEG of the series, the audit log shows the
 interruption and the recovery.
 
-The node runs as a subprocess with the test-only fault plan (``dicom_node.faults``, environment variable
+The node runs as a subprocess with the test-only fault plan (``dicom_node.failpoints``, environment variable
 ``SEGNODE_TEST_FAULTS``) that holds a job a few seconds inside the stage under test, so the kill lands there
 deterministically: the test polls the audit database and kills the node when the job is in the stage. The
 restarted node runs without the plan. Receiving is interrupted by killing the node after a real SCU got
@@ -31,7 +31,7 @@ from reliability_support import (
 )
 from segnode_process import SegNode, wait_until
 
-from dicom_node.jobs import JobState
+from dicom_node.jobs.store import JobState
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

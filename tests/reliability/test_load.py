@@ -29,8 +29,8 @@ from reliability_support import (
 )
 from segnode_process import SegNode, wait_until
 
-from dicom_node import status
-from dicom_node.jobs import JobState
+from dicom_node.jobs.store import JobState
+from dicom_node.receiving import statuses as status
 
 pytestmark = [
     pytest.mark.e2e,

@@ -18,7 +18,7 @@ from reliability_support import (
 )
 from segnode_process import SegNode, wait_until
 
-from dicom_node.jobs import JobState
+from dicom_node.jobs.store import JobState
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

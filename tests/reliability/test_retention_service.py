@@ -23,7 +23,7 @@ from segnode_process import wait_until
 from sqlalchemy import func, select
 
 from config.loader import parse_config
-from dicom_node.models import Instance
+from dicom_node.audit.tables import Instance
 from dicom_node.service import NodeService
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Invalid value for VR UI")]

@@ -15,8 +15,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from config.model import SegNodeConfig
-from dicom_node import status
-from dicom_node.models import Event
+from dicom_node.audit.tables import Event
+from dicom_node.receiving import statuses as status
 from dicom_node.service import NodeService
 
 StartNode = Callable[..., NodeService]
@@ -119,7 +119,7 @@ def test_accept_any_caller_does_not_open_the_other_ae_titles(node: NodeService) 
 
 
 def test_unresolvable_host_is_logged(node: NodeService, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="dicom_node.scp"):
+    with caplog.at_level(logging.WARNING, logger="dicom_node.receiving.scp"):
         assert associate(node, "NOWHERE").is_rejected
     assert any(
         "cannot resolve configured peer host 'no-such-host.invalid'" in r.getMessage() for r in caplog.records

@@ -14,10 +14,10 @@ from node_support import T2_SAG, dcmtk_storescp, series_files, wait_for
 from test_pipeline import MODELS, make_config, receive, state
 
 from config.inference import InferenceConfig
-from dicom_node.jobs import JobState
-from dicom_node.pipeline import PipelineContext
+from dicom_node.jobs.pipeline import PipelineContext
+from dicom_node.jobs.store import JobState
+from dicom_node.jobs.workers import Pipeline
 from dicom_node.service import NodeService
-from dicom_node.workers import Pipeline
 from inference.engine import Engine
 
 _seen: list[tuple[str, Any]] | None = None

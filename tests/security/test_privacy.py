@@ -18,8 +18,8 @@ from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from config.model import SegNodeConfig
-from dicom_node import status
-from dicom_node.models import Job, Series
+from dicom_node.audit.tables import Job, Series
+from dicom_node.receiving import statuses as status
 from dicom_node.service import NodeService
 
 StartNode = Callable[..., NodeService]
@@ -82,10 +82,10 @@ def test_existing_wide_permissions_are_tightened_with_a_warning(
     database.touch(mode=0o644)
     os.chmod(spool, 0o755)
     os.chmod(database, 0o644)
-    with caplog.at_level(logging.WARNING, logger="dicom_node.security"):
+    with caplog.at_level(logging.WARNING, logger="dicom_node.receiving.admission"):
         start_node(make_config())
     assert mode(spool) == 0o700 and mode(database) == 0o600
-    messages = [r.getMessage() for r in caplog.records if r.name == "dicom_node.security"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "dicom_node.receiving.admission"]
     assert any(str(spool) in m and "755" in m for m in messages)
     assert any(str(database) in m and "644" in m for m in messages)
 

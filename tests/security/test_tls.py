@@ -25,8 +25,8 @@ from config.errors import ConfigError
 from config.loader import parse_config
 from config.model import SegNodeConfig
 from config.node import TlsVersion
-from dicom_node import status
-from dicom_node.models import Event, Instance
+from dicom_node.audit.tables import Event, Instance
+from dicom_node.receiving import statuses as status
 from dicom_node.service import NodeService
 from dicom_node.tls import TlsSetupError, client_context
 

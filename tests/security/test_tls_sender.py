@@ -17,8 +17,8 @@ from config.errors import ConfigError
 from config.loader import parse_config
 from config.model import SegNodeConfig
 from config.routing import DestinationConfig, SendingConfig
-from dicom_node.models import Instance
-from dicom_node.sender import SendOutcome, send_datasets
+from dicom_node.audit.tables import Instance
+from dicom_node.outputs.sender import SendOutcome, send_datasets
 from dicom_node.service import NodeService
 
 StartNode = Callable[..., NodeService]

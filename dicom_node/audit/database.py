@@ -36,7 +36,7 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
 def alembic_config(url: str | None = None) -> AlembicConfig:
     """Alembic configuration pointing at the packaged migration scripts."""
     cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(resources.files("dicom_node").joinpath("migrations")))
+    cfg.set_main_option("script_location", str(resources.files("dicom_node.audit").joinpath("migrations")))
     if url is not None:
         cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg

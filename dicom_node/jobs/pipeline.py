@@ -1,8 +1,9 @@
-"""The job pipeline's stages: routing and conversion, segmentation, encoding (sending: ``dicom_node.outbox``).
+"""The job pipeline's stages: routing and conversion, segmentation, encoding (sending:
+``dicom_node.outputs.outbox``).
 
 A job (one per completed series and matched route) moves through ``queued -> converting -> segmenting ->
 encoding -> sending -> done`` or ends ``failed`` with the stage and a stable reason code
-(``dicom_node.jobs.TRANSITIONS``). A job's state is the stage whose result is still missing: a job in
+(``dicom_node.jobs.store.TRANSITIONS``). A job's state is the stage whose result is still missing: a job in
 ``segmenting`` has been routed and converted and waits for (or is in) inference. Each stage is a plain
 function that reads what it needs by job id from the database and the spool and records its result:
 
@@ -13,10 +14,10 @@ function that reads what it needs by job id from the database and the spool and 
 * **segmenting** (:func:`segment_stage`): each selected stack x task through the warm engine; label maps are
   saved as ``.npy`` in the job's work folder (``<work_dir>/<job id>/``) and listed in ``Job.outputs``.
 * **encoding** (:func:`encode_stage`): one DICOM-SEG per label map and Segmentation Type, written atomically
-  to ``<outbox_dir>/<job id>/``, validated, and one delivery per destination (``dicom_node.outbox``).
+  to ``<outbox_dir>/<job id>/``, validated, and one delivery per destination (``dicom_node.outputs.outbox``).
 
 Each stage's start, end and duration are kept in ``Job.stage_timings`` (JSON) for ``segnode jobs show`` and
-the end-to-end benchmark. The worker threads that run the stages are in ``dicom_node.workers``.
+the end-to-end benchmark. The worker threads that run the stages are in ``dicom_node.jobs.workers``.
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ from config.model import SegNodeConfig
 from config.routing import RouteAction, SegConfig
 from conversion.headers import SourceImage
 from conversion.volume import Volume
-from dicom_node.audit import AuditLog
-from dicom_node.db import Database
-from dicom_node.faults import FaultPlan
-from dicom_node.jobs import JobState, JobStore
-from dicom_node.models import Association, Event, Instance, Job
-from dicom_node.routing import DEFAULT_ROUTE_NAME, SeriesFacts, plan_outputs, route_series, select_stacks
-from dicom_node.spool import FreeSpaceProbe, disk_free_bytes
+from dicom_node.audit.database import Database
+from dicom_node.audit.log import AuditLog
+from dicom_node.audit.tables import Association, Event, Instance, Job
+from dicom_node.failpoints import FaultPlan
+from dicom_node.jobs.routing import DEFAULT_ROUTE_NAME, SeriesFacts, plan_outputs, route_series, select_stacks
+from dicom_node.jobs.store import JobState, JobStore
+from dicom_node.receiving.spool import FreeSpaceProbe, disk_free_bytes
 from dicom_node.uids import path_safe_uid
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ logger = logging.getLogger(__name__)
 #: Algorithm name written in the SEG's Algorithm Identification.
 ALGORITHM_NAME = "TotalSegmentator"
 #: Failure reason of a stage that found no room on disk; the node retries such jobs when space returns
-#: (``dicom_node.retention.resume_after_space_freed``).
+#: (``dicom_node.jobs.retention.resume_after_space_freed``).
 OUT_OF_RESOURCES = "out_of_resources"
 
 
@@ -95,7 +96,7 @@ class PipelineContext:
     outbox_root: Path
     #: Free bytes of the file system of a folder (the outbox's is checked before a SEG is written).
     free_space_probe: FreeSpaceProbe = disk_free_bytes
-    #: Test-only fault injection (``dicom_node.faults``); inert by default.
+    #: Test-only fault injection (``dicom_node.failpoints``); inert by default.
     faults: FaultPlan = field(default_factory=FaultPlan)
 
     @classmethod
@@ -622,7 +623,7 @@ def algorithm_info(
     task: str, mode: str, models: Sequence[Mapping[str, Any]], roi_subset: Sequence[str] | None
 ) -> Any:
     """Algorithm Identification of a label map: task, reference version, models and their checkpoints."""
-    from dicom_node.seg import AlgorithmInfo
+    from dicom_node.outputs.seg import AlgorithmInfo
     from inference.registry import TOTALSEGMENTATOR_REFERENCE_VERSION
 
     parameters = {
@@ -648,7 +649,7 @@ def encode_result_seg(
     segmentation_type: str,
 ) -> Any:
     """Encode the labels of an ``inference.engine.SegmentationResult`` on ``volume`` as a SEG."""
-    from dicom_node.seg import SegmentationType, encode_seg, seg_options, segments_from_catalog
+    from dicom_node.outputs.seg import SegmentationType, encode_seg, seg_options, segments_from_catalog
 
     algorithm = algorithm_info(
         str(result.task),
@@ -668,7 +669,7 @@ def _validate(ctx: PipelineContext, path: Path) -> int:
     """dciodvfy per ``seg.validate_with_dciodvfy``; returns the number of warnings."""
     import shutil
 
-    from dicom_node.seg import validate_with_dciodvfy
+    from dicom_node.outputs.seg import validate_with_dciodvfy
 
     mode = ctx.config.seg.validate_with_dciodvfy
     if mode == "never" or (mode == "auto" and shutil.which("dciodvfy") is None):
@@ -700,7 +701,7 @@ def check_free_space(ctx: PipelineContext, folder: Path, consequence: str) -> No
 def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
     """Encode every saved label map as DICOM-SEG (one per Segmentation Type the destinations want), write
     it atomically to the job's outbox and return the outputs (also stored in ``Job.outputs['seg']``)."""
-    from dicom_node.seg import (
+    from dicom_node.outputs.seg import (
         EmptySegmentationError,
         SegmentationType,
         encode_seg,

@@ -2,7 +2,8 @@
 
 After encoding, :func:`open_deliveries` creates a ``pending`` delivery per destination of the job's SEG
 objects and moves the job to ``sending``. :func:`attempt_delivery` sends the destination's objects from the
-job's outbox folder with ``dicom_node.sender.send_datasets`` and records the attempt on the delivery row
+job's outbox folder with ``dicom_node.outputs.sender.send_datasets`` and records the attempt on the delivery
+row
 (attempt count, first/last attempt time, outcome, the peer's statuses, a warning status) and as a
 ``send_attempt`` audit event; a failed attempt gets its next attempt time from the destination's retry
 policy, or the delivery ``failed`` when the policy is exhausted or the failure is permanent.
@@ -23,9 +24,8 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 
 from config.routing import DestinationConfig, SendingConfig
-from dicom_node.jobs import JobState
-from dicom_node.models import Delivery, Job
-from dicom_node.pipeline import (
+from dicom_node.audit.tables import Delivery, Job
+from dicom_node.jobs.pipeline import (
     PipelineContext,
     PipelineError,
     SegOutput,
@@ -33,7 +33,8 @@ from dicom_node.pipeline import (
     record_stage_timing,
     seg_outputs,
 )
-from dicom_node.sender import SendResult, decide_retry, retry_policy, send_datasets
+from dicom_node.jobs.store import JobState
+from dicom_node.outputs.sender import SendResult, decide_retry, retry_policy, send_datasets
 
 logger = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import SQLAlchemyError
 
 from config.node import CompletionConfig
-from dicom_node.audit import AuditLog, Clock, InstanceHeader, utc_now
-from dicom_node.jobs import JobInfo, JobStore
-from dicom_node.models import Series
+from dicom_node.audit.log import AuditLog, Clock, InstanceHeader, utc_now
+from dicom_node.audit.tables import Series
+from dicom_node.jobs.store import JobInfo, JobStore
 
 LOG = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ so that encoding the same series with the same model and settings again gives th
 Instance UIDs: a re-run replaces the earlier SEG in the PACS instead of adding a second one.
 
 highdicom is the encoder of record. For BINARY SEGs it builds the object around a one-voxel-per-plane
-skeleton and :mod:`dicom_node.seg_frames` adds the frames in bulk (tested equal to highdicom's own
+skeleton and :mod:`dicom_node.outputs.seg_frames` adds the frames in bulk (tested equal to highdicom's own
 constructor): about 1 s instead of 9 s for 50 segments on 512x512x120 (``tests/bench/bench_seg.py``).
 
 highdicom is imported lazily (inside the functions) so that importing this module stays cheap.
@@ -44,7 +44,7 @@ from pydicom.uid import generate_uid
 from config.errors import SegNodeError
 from config.routing import SegConfig
 from conversion.volume import SliceRef, Volume
-from dicom_node import seg_frames
+from dicom_node.outputs import seg_frames
 
 if TYPE_CHECKING:
     import highdicom as hd
@@ -432,7 +432,7 @@ def encode_seg(
     label map does not fit the volume, a label has no description, the geometry of the headers disagrees
     with the Volume, or highdicom refuses the inputs.
 
-    BINARY SEGs get their frames from :mod:`dicom_node.seg_frames` (highdicom builds the SEG
+    BINARY SEGs get their frames from :mod:`dicom_node.outputs.seg_frames` (highdicom builds the SEG
     around a one-voxel-per-plane skeleton; the frames are packed and their functional groups encoded in
     bulk): the same object as highdicom's constructor gives, in a fraction of the time. With
     ``highdicom_frames=True`` highdicom's constructor builds every frame itself (the reference the tests
@@ -769,7 +769,7 @@ def validate_with_dciodvfy(
     with only some of its frames (the first and last frame of every segment, then frames spread evenly up to
     ``max_frames``) and their per-frame functional groups. Every other attribute, sequence and module is
     checked as written; the frames left out were made by the same code as those kept (see
-    ``dicom_node.seg_frames``). ``None`` (the default) checks the whole file.
+    ``dicom_node.outputs.seg_frames``). ``None`` (the default) checks the whole file.
     """
     import tempfile
 

@@ -28,10 +28,10 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Imp
 from sqlalchemy.engine import make_url
 
 from config.errors import SegNodeError
-from dicom_node import status
-from dicom_node.audit import InstanceHeader
-from dicom_node.db import Database
-from dicom_node.models import Instance, Series
+from dicom_node.audit.database import Database
+from dicom_node.audit.log import InstanceHeader
+from dicom_node.audit.tables import Instance, Series
+from dicom_node.receiving import statuses as status
 
 LOG = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def check_series(
 
     ``patient_key`` maps a Patient ID to the form the audit database keeps (plain or keyed hash). The
     check reads the database: instances still on their way into it (another association's) are checked by
-    the caller (:meth:`dicom_node.scp.Receiver.admit`).
+    the caller (:meth:`dicom_node.receiving.scp.Receiver.admit`).
     """
     series_uid = header.series_instance_uid
     with db.read() as session:

@@ -13,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from config.node import PatientIdMode, PrivacyConfig
-from dicom_node.db import Database
-from dicom_node.models import Association, Event, Instance, Series
+from dicom_node.audit.database import Database
+from dicom_node.audit.tables import Association, Event, Instance, Series
 
 LOG = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from config.errors import SegNodeError
-from dicom_node.audit import AuditLog
-from dicom_node.models import Job
+from dicom_node.audit.log import AuditLog
+from dicom_node.audit.tables import Job
 
 
 class JobState(StrEnum):

@@ -1,6 +1,6 @@
 """The audit database schema (SQLAlchemy 2.x typed ORM); the same models work on SQLite and PostgreSQL.
 
-Changes to this schema go with an Alembic migration in ``dicom_node/migrations/versions``.
+Changes to this schema go with an Alembic migration in ``dicom_node/audit/migrations/versions``.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class Instance(Base):
 
 
 class Job(Base):
-    """The processing of one completed series; its state follows ``dicom_node.jobs.TRANSITIONS``."""
+    """The processing of one completed series; its state follows ``dicom_node.jobs.store.TRANSITIONS``."""
 
     __tablename__ = "jobs"
 
@@ -135,7 +135,7 @@ class Job(Base):
     route: Mapped[str | None] = mapped_column(String(64), nullable=True)
     #: Human-readable detail of the last failure (the stable code is ``reason``).
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
-    #: JSON: per stage, when it started and ended and how long it took (see ``dicom_node.pipeline``).
+    #: JSON: per stage, when it started and ended and how long it took (see ``dicom_node.jobs.pipeline``).
     stage_timings: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: JSON: the result files of the job (label maps, SEG objects in the outbox) and where each goes.
     outputs: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -158,7 +158,7 @@ class Delivery(Base):
     first_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    #: Outcome code of the last attempt (``dicom_node.sender.SendOutcome``).
+    #: Outcome code of the last attempt (``dicom_node.outputs.sender.SendOutcome``).
     last_outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)
     #: What the peer answered (statuses) or why the attempt failed.
     last_status: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config.errors import SegNodeError
-from dicom_node.security import PRIVATE_DIR_MODE, private_dir
+from dicom_node.receiving.admission import PRIVATE_DIR_MODE, private_dir
 from dicom_node.uids import path_safe_uid
 
 LOG = logging.getLogger(__name__)

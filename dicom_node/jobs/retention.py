@@ -31,9 +31,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from config.errors import SegNodeError
-from dicom_node.jobs import IllegalTransitionError, JobState
-from dicom_node.models import Instance, Job, Series
-from dicom_node.pipeline import OUT_OF_RESOURCES, PipelineContext, free_space_ok
+from dicom_node.audit.tables import Instance, Job, Series
+from dicom_node.jobs.pipeline import OUT_OF_RESOURCES, PipelineContext, free_space_ok
+from dicom_node.jobs.store import IllegalTransitionError, JobState
 
 logger = logging.getLogger(__name__)
 

@@ -15,16 +15,16 @@ from typing import Any
 from sqlalchemy import select
 
 from config.errors import SegNodeError
-from dicom_node.jobs import JobNotFoundError, JobState
-from dicom_node.models import Event, Job
-from dicom_node.outbox import (
+from dicom_node.audit.tables import Event, Job
+from dicom_node.jobs.pipeline import PipelineContext, seg_outputs
+from dicom_node.jobs.store import JobNotFoundError, JobState
+from dicom_node.outputs.outbox import (
     cancel_deliveries,
     deliveries_of,
     describe,
     reopen_deliveries,
     retry_deliveries,
 )
-from dicom_node.pipeline import PipelineContext, seg_outputs
 
 
 class JobActionError(SegNodeError):

@@ -35,19 +35,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from config.errors import SegNodeError
-from dicom_node.jobs import IllegalTransitionError, JobState
-from dicom_node.logs import job_context
-from dicom_node.models import Job
-from dicom_node.outbox import (
-    SendFunction,
-    attempt_delivery,
-    due_deliveries,
-    jobs_to_settle,
-    next_due_at,
-    open_deliveries,
-    settle_job,
-)
-from dicom_node.pipeline import (
+from dicom_node.audit.tables import Job
+from dicom_node.jobs.pipeline import (
     Converted,
     EngineLike,
     PipelineContext,
@@ -58,7 +47,18 @@ from dicom_node.pipeline import (
     segment_stage,
     timed_stage,
 )
-from dicom_node.sender import send_datasets
+from dicom_node.jobs.store import IllegalTransitionError, JobState
+from dicom_node.logs import job_context
+from dicom_node.outputs.outbox import (
+    SendFunction,
+    attempt_delivery,
+    due_deliveries,
+    jobs_to_settle,
+    next_due_at,
+    open_deliveries,
+    settle_job,
+)
+from dicom_node.outputs.sender import send_datasets
 
 logger = logging.getLogger(__name__)
 

@@ -31,18 +31,18 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from config.model import SegNodeConfig
 from config.node import NodeConfig
-from dicom_node import status
-from dicom_node.audit import AuditLog, InstanceHeader
-from dicom_node.completion import CompletionTracker
+from dicom_node.audit.log import AuditLog, InstanceHeader
 from dicom_node.logs import association_id_var
-from dicom_node.security import (
+from dicom_node.receiving import statuses as status
+from dicom_node.receiving.admission import (
     MalformedDatasetError,
     SeriesRefusal,
     check_encoding,
     check_series,
     series_conflict,
 )
-from dicom_node.spool import Spool, SpoolFullError, SpoolWriteError
+from dicom_node.receiving.completion import CompletionTracker
+from dicom_node.receiving.spool import Spool, SpoolFullError, SpoolWriteError
 from dicom_node.uids import InvalidUIDError, path_safe_uid
 
 LOG = logging.getLogger(__name__)
@@ -374,7 +374,7 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
     disk full; nothing is left in the spool; or the series already holds ``storage.max_series_instances``);
     :data:`status.CANNOT_UNDERSTAND` (empty, truncated or unparseable data set, missing/invalid Study,
     Series or SOP Instance UID, or an instance that contradicts its series: see
-    :func:`dicom_node.security.check_series`); :data:`status.DATASET_DOES_NOT_MATCH_SOP_CLASS`;
+    :func:`dicom_node.receiving.admission.check_series`); :data:`status.DATASET_DOES_NOT_MATCH_SOP_CLASS`;
     :data:`status.PROCESSING_FAILURE` (I/O or database failure).
     """
     association_id = receiver.association_id(event.assoc)

@@ -30,7 +30,7 @@ from config.routing import (
     StackFilter,
 )
 from conversion.volume import Volume
-from dicom_node.seg import SegmentationType
+from dicom_node.outputs.seg import SegmentationType
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Audit: the database (engine, ORM tables, Alembic migrations) and the append-only audit log."""
