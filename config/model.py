@@ -7,6 +7,7 @@ import json
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from config.http import HttpConfig
 from config.inference import InferenceConfig
 from config.node import (
     AcceptConfig,
@@ -18,6 +19,7 @@ from config.node import (
     RetentionConfig,
     StorageConfig,
 )
+from config.notifications import NotificationsConfig
 from config.routing import (
     IGNORE,
     DefaultRoute,
@@ -56,6 +58,8 @@ class SegNodeConfig(BaseModel):
     default_route: DefaultRoute = Field(
         default=IGNORE, description="What happens to a series that no route matches: ignore, or an action."
     )
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
 
     @model_validator(mode="after")
     def _routing_references(self) -> SegNodeConfig:

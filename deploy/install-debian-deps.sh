@@ -1,9 +1,10 @@
 #!/bin/sh
 # Installs the Debian/Ubuntu packages SegNode's test suite talks to as real peers:
 # dcmtk (storescu, echoscu, storescp, dcmdump), orthanc (a real PACS), dicom3tools (dciodvfy), dcm2niix,
-# postgresql (the audit database on PostgreSQL; the test starts its own server on a free loopback port).
+# postgresql (the audit database on PostgreSQL; the test starts its own server on a free loopback port),
+# chromium + chromium-driver (a real browser for the dashboard and viewer tests, driven by selenium).
 set -eu
-PACKAGES="dcmtk orthanc dicom3tools dcm2niix postgresql"
+PACKAGES="dcmtk orthanc dicom3tools dcm2niix postgresql chromium chromium-driver"
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
     SUDO="sudo"

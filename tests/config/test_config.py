@@ -188,10 +188,13 @@ def test_bad_environment_override_names_the_variable(tmp_path: Path) -> None:
 
 def test_defaults_are_those_of_the_example_file() -> None:
     """example.yaml documents the defaults: every section equals the model's default except the listed
-    calling AE title (the model's default node accepts no caller)."""
+    calling AE title (the model's default node accepts no caller) and the HTTP service, which the example
+    turns on with its users (the model's default runs none: a test node opens no HTTP port)."""
     example = load_config(EXAMPLE, environ={})
     defaults = SegNodeConfig()
-    assert example.model_dump(exclude={"node"}) == defaults.model_dump(exclude={"node"})
+    assert example.model_dump(exclude={"node", "http"}) == defaults.model_dump(exclude={"node", "http"})
+    http = example.http.model_copy(update={"enabled": False, "users": [], "tokens": []})
+    assert http == defaults.http
     assert [a.ae_title for a in example.node.ae_titles] == [a.ae_title for a in defaults.node.ae_titles]
     assert [c.ae_title for c in example.node.ae_titles[0].allowed_callers] == ["PACS"]
     assert default_config(environ={}) == example
