@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +40,11 @@ from inference.registry import (
     get_task,
 )
 from inference.weights import MissingWeightsError, find_model_folder, resolve_weights_dir
+
+if TYPE_CHECKING:  # pragma: no cover - typing only (torch and nnunetv2 are imported lazily)
+    import torch
+
+    from inference.nnunet_models import Predictor
 
 __all__ = [
     "DeviceUnavailableError",
@@ -112,11 +117,15 @@ class SegmentationResult:
     """A label map on the source grid with what made it."""
 
     #: Same shape as the input voxels; 0 = background, other values as in ``class_map``.
-    labels: np.ndarray
+    labels: npt.NDArray[np.uint8]
+    #: Label value -> structure name (only the ``roi_subset`` structures when one was asked for).
     class_map: Mapping[int, str]
+    #: Registry name of the task that ran (``total_mr``).
     task: str
     mode: Mode
+    #: The part models that ran, in the order their outputs were merged.
     models: tuple[ModelInfo, ...]
+    #: The torch device the networks ran on (``cpu``, ``cuda:0``).
     device: str
     #: Seconds per stage (``reorient``, ``resample``, ``predict_850`` ..., ``resample_back``, ``total``).
     timings: dict[str, float]
@@ -141,7 +150,7 @@ class _Timer:
         self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.start
 
 
-def resolve_device(spec: str) -> Any:
+def resolve_device(spec: str) -> torch.device:
     """``auto | cuda | cuda:N | cpu`` -> ``torch.device``.
 
     :class:`DeviceUnavailableError` where the device asked for is not there."""
@@ -185,8 +194,8 @@ class Engine:
     def __init__(self, config: InferenceConfig | None = None) -> None:
         self.config = config or InferenceConfig()
         self.weights_dir = resolve_weights_dir(self.config)
-        self._device: Any = None
-        self._predictors: dict[tuple[int, str, float], Any] = {}
+        self._device: torch.device | None = None
+        self._predictors: dict[tuple[int, str, float], Predictor] = {}
         self._model_info: dict[int, ModelInfo] = {}
         self._checked: set[int] = set()
         self._lock = threading.RLock()
@@ -194,15 +203,16 @@ class Engine:
     # -- devices and predictors -------------------------------------------------------------------------
 
     @property
-    def device(self) -> Any:
+    def device(self) -> torch.device:
         """The ``torch.device`` inference runs on (resolved on first use)."""
         if self._device is None:
             import torch
 
-            self._device = resolve_device(self.config.device)
-            if self._device.type == "cpu":
+            device = resolve_device(self.config.device)
+            if device.type == "cpu":
                 torch.set_num_threads(self.config.cpu_threads or os.cpu_count() or 1)
-            logger.info("inference device: %s", self._device)
+            logger.info("inference device: %s", device)
+            self._device = device
         return self._device
 
     def check_weights(self, task: Task, models: Iterable[PartModel]) -> None:
@@ -212,7 +222,7 @@ class Engine:
                 find_model_folder(model, self.weights_dir, task=task.name)
                 self._checked.add(model.dataset_id)
 
-    def predictor(self, model: PartModel, device: Any, step_size: float) -> Any:
+    def predictor(self, model: PartModel, device: torch.device, step_size: float) -> Predictor:
         """The warm predictor of ``model`` on ``device`` (built on first use)."""
         from inference.nnunet_models import build_predictor
 
@@ -366,9 +376,9 @@ class Engine:
         affine_ras: npt.NDArray[np.float64],
         timings: dict[str, float],
         events: list[str],
-        device: Any,
+        device: torch.device,
         prefix: str,
-    ) -> np.ndarray:
+    ) -> npt.NDArray[np.uint8]:
         """TotalSegmentator's ``nnUNet_predict_image`` without crop: canonical, zoom, predict, merge, back."""
         spacing = models[0].spacing_mm
         on_gpu = device.type == "cuda"
@@ -434,8 +444,8 @@ class Engine:
         affine_ras: npt.NDArray[np.float64],
         timings: dict[str, float],
         events: list[str],
-        device: Any,
-    ) -> tuple[np.ndarray, tuple[PartModel, ...]]:
+        device: torch.device,
+    ) -> tuple[npt.NDArray[np.uint8], tuple[PartModel, ...]]:
         """``roi_subset`` as TotalSegmentator does it for MRI: 3 mm model 852 finds the crop, then only the
         part models holding the structures run on the crop (int32 cast, 20 mm margin)."""
         crop_model = get_part_model(ROI_CROP_MODEL)
@@ -463,16 +473,16 @@ class Engine:
         model: PartModel,
         image: np.ndarray,
         zooms: npt.NDArray[np.float32],
-        device: Any,
+        device: torch.device,
         step: float,
         events: list[str],
-    ) -> np.ndarray:
+    ) -> npt.NDArray[np.uint8]:
         """One part model on one image, with the out-of-memory fallbacks on a GPU."""
         import torch
 
         from inference.nnunet_models import predict_labels
 
-        attempts: list[tuple[Any, bool]] = [(device, device.type == "cuda")]
+        attempts: list[tuple[torch.device, bool]] = [(device, device.type == "cuda")]
         if device.type == "cuda" and self.config.gpu_oom_fallback:
             attempts += [(device, False), (torch.device("cpu"), False)]
         last: BaseException | None = None

@@ -11,13 +11,23 @@ torch is imported lazily.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
 
-def _coords(n_in: int, n_out: int, torch: Any, device: Any) -> Any:
+    #: A device as torch accepts it (``torch.device("cuda:0")`` or ``"cuda"``).
+    Device = torch.device | str
+
+T = TypeVar("T", bound=np.generic)
+
+
+def _coords(n_in: int, n_out: int, device: Device) -> torch.Tensor:
+    import torch
+
     k = torch.arange(n_out, dtype=torch.float64, device=device)
     if n_out > 1:
         factor = torch.tensor((n_in - 1) / (n_out - 1), dtype=torch.float64, device=device)
@@ -25,8 +35,12 @@ def _coords(n_in: int, n_out: int, torch: Any, device: Any) -> Any:
     return torch.zeros_like(k)
 
 
-def _linear_axis(n_in: int, n_out: int, torch: Any, device: Any) -> tuple[Any, Any, Any, Any]:
-    x = _coords(n_in, n_out, torch, device)
+def _linear_axis(
+    n_in: int, n_out: int, device: Device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    import torch
+
+    x = _coords(n_in, n_out, device)
     lo = torch.floor(x)
     w0 = 1.0 - (x - lo)
     w1 = 1.0 - w0  # scipy makes the weights add up to exactly 1 this way
@@ -35,14 +49,12 @@ def _linear_axis(n_in: int, n_out: int, torch: Any, device: Any) -> tuple[Any, A
     return i0, i1, w0, w1
 
 
-def zoom_linear(data: np.ndarray, out_shape: tuple[int, int, int], device: Any) -> npt.NDArray[np.int32]:
+def zoom_linear(data: np.ndarray, out_shape: tuple[int, int, int], device: Device) -> npt.NDArray[np.int32]:
     """Order-1 zoom of ``data`` (3D) to ``out_shape`` on ``device``, cast to int32 (truncation)."""
     import torch
 
     src = torch.as_tensor(np.ascontiguousarray(data, dtype=np.float64), device=device)
-    axes = [
-        _linear_axis(n_in, n_out, torch, device) for n_in, n_out in zip(data.shape, out_shape, strict=True)
-    ]
+    axes = [_linear_axis(n_in, n_out, device) for n_in, n_out in zip(data.shape, out_shape, strict=True)]
     total = torch.zeros(out_shape, dtype=torch.float64, device=device)
     # corners in scipy's order: the last axis varies fastest
     for c0 in (0, 1):
@@ -62,7 +74,7 @@ def zoom_linear(data: np.ndarray, out_shape: tuple[int, int, int], device: Any) 
     return out
 
 
-def zoom_nearest(labels: np.ndarray, out_shape: tuple[int, int, int], device: Any) -> np.ndarray:
+def zoom_nearest(labels: npt.NDArray[T], out_shape: tuple[int, int, int], device: Device) -> npt.NDArray[T]:
     """Order-0 zoom of a label map to ``out_shape`` on ``device``."""
     import torch
 
@@ -70,8 +82,8 @@ def zoom_nearest(labels: np.ndarray, out_shape: tuple[int, int, int], device: An
         return labels
     src = torch.as_tensor(np.ascontiguousarray(labels), device=device)
     for axis, (n_in, n_out) in enumerate(zip(labels.shape, out_shape, strict=True)):
-        x = _coords(n_in, n_out, torch, device)
+        x = _coords(n_in, n_out, device)
         idx = torch.floor(x + 0.5).to(torch.int64).clamp(0, n_in - 1)
         src = src.index_select(axis, idx)
-    out: np.ndarray = src.cpu().numpy()
+    out: npt.NDArray[T] = src.cpu().numpy()
     return out

@@ -15,9 +15,13 @@ import importlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +46,36 @@ KNOWN_TRAINERS: dict[str, str] = {
 }
 
 
-def trainer_class(name: str) -> Any:
+class Predictor(Protocol):
+    """What SegNode uses of nnunetv2's ``nnUNetPredictor`` (nnunetv2 ships no type information)."""
+
+    #: Keep the logits on the device (``False``: sliding-window results gathered on the CPU).
+    perform_everything_on_device: bool
+
+    def predict_single_npy_array(
+        self,
+        input_image: npt.NDArray[np.float32],
+        image_properties: dict[str, list[float]],
+        segmentation_previous_stage: np.ndarray | None,
+        output_file_truncated: str | None,
+        save_or_return_probabilities: bool,
+    ) -> np.ndarray: ...
+
+
+class TrainerClass(Protocol):
+    """What SegNode uses of an nnU-Net trainer class: building its network."""
+
+    def build_network_architecture(
+        self,
+        plans_manager: object,
+        configuration_manager: object,
+        num_input_channels: int,
+        num_output_channels: int,
+        enable_deep_supervision: bool = True,
+    ) -> torch.nn.Module: ...
+
+
+def trainer_class(name: str) -> TrainerClass:
     """The nnU-Net trainer class called ``name``."""
     module_name = KNOWN_TRAINERS.get(name)
     if module_name is not None:
@@ -51,13 +84,15 @@ def trainer_class(name: str) -> Any:
         except ImportError:
             module = None
         if module is not None and hasattr(module, name):
-            return getattr(module, name)
+            known: TrainerClass = getattr(module, name)
+            return known
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    return recursive_find_trainer_class_by_name(name)
+    found: TrainerClass = recursive_find_trainer_class_by_name(name)
+    return found
 
 
-def build_predictor(model_dir: Path, fold: int, device: Any, tile_step_size: float) -> Any:
+def build_predictor(model_dir: Path, fold: int, device: torch.device, tile_step_size: float) -> Predictor:
     """An ``nnUNetPredictor`` with the weights of ``model_dir/fold_<fold>`` loaded on ``device``.
 
     Settings as TotalSegmentator's: Gaussian weighting, no mirroring, everything on the device (CUDA).
@@ -105,10 +140,13 @@ def build_predictor(model_dir: Path, fold: int, device: Any, tile_step_size: flo
         trainer_name,
         checkpoint.get("inference_allowed_mirroring_axes"),
     )
-    return predictor
+    built: Predictor = predictor
+    return built
 
 
-def predict_labels(predictor: Any, data_xyz: np.ndarray, spacing_xyz: np.ndarray) -> np.ndarray:
+def predict_labels(
+    predictor: Predictor, data_xyz: np.ndarray, spacing_xyz: npt.NDArray[np.floating]
+) -> npt.NDArray[np.uint8]:
     """Run ``predictor`` on a canonical image (x, y, z) and return its argmax label map (x, y, z), uint8.
 
     The image goes in as nnU-Net's NIfTI readers hand it over: axes reversed to (z, y, x), one channel,
@@ -118,5 +156,5 @@ def predict_labels(predictor: Any, data_xyz: np.ndarray, spacing_xyz: np.ndarray
     image = np.ascontiguousarray(np.asarray(data_xyz).transpose(2, 1, 0)[None].astype(np.float32))
     props = {"spacing": [float(s) for s in np.asarray(spacing_xyz, dtype=np.float64)[::-1]]}
     seg = predictor.predict_single_npy_array(image, props, None, None, False)
-    labels: np.ndarray = np.ascontiguousarray(np.asarray(seg).transpose(2, 1, 0)).astype(np.uint8)
+    labels: npt.NDArray[np.uint8] = np.ascontiguousarray(np.asarray(seg).transpose(2, 1, 0)).astype(np.uint8)
     return labels

@@ -22,14 +22,15 @@ arithmetic; on CPU they run in scipy.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
-import nibabel.orientations as _orientations
 import numpy as np
 import numpy.typing as npt
+from nibabel import orientations as _ornt
 from scipy import ndimage
 
-_ornt: Any = _orientations  # nibabel's orientation helpers are untyped
+#: Element type of a label map (kept through reorientation and nearest-neighbour resampling).
+T = TypeVar("T", bound=np.generic)
 
 #: TotalSegmentator's margin around the ROI crop for ``roi_subset`` (mm per side).
 ROI_CROP_ADDON_MM = (20.0, 20.0, 20.0)
@@ -57,20 +58,21 @@ class Canonical:
 
 def to_canonical(data: np.ndarray, affine_ras: npt.NDArray[np.float64]) -> Canonical:
     """``nibabel.as_closest_canonical`` on an array with its RAS affine."""
-    ornt = _ornt.io_orientation(affine_ras)
+    ornt: npt.NDArray[np.float64] = _ornt.io_orientation(affine_ras)
     if np.array_equal(ornt, _ornt.axcodes2ornt("RAS")):
         return Canonical(data, affine_ras, ornt)
-    out = _ornt.apply_orientation(data, ornt)
-    affine = affine_ras @ _ornt.inv_ornt_aff(ornt, data.shape)
-    return Canonical(out, affine, ornt)
+    out: np.ndarray = _ornt.apply_orientation(data, ornt)
+    to_source: npt.NDArray[np.float64] = _ornt.inv_ornt_aff(ornt, data.shape)
+    return Canonical(out, affine_ras @ to_source, ornt)
 
 
-def from_canonical(data: np.ndarray, source_ornt: npt.NDArray[np.float64]) -> np.ndarray:
+def from_canonical(data: npt.NDArray[T], source_ornt: npt.NDArray[np.float64]) -> npt.NDArray[T]:
     """Undo :func:`to_canonical` (TotalSegmentator's ``undo_canonical``)."""
-    back = _ornt.ornt_transform(_ornt.axcodes2ornt("RAS"), source_ornt)
+    back: npt.NDArray[np.float64] = _ornt.ornt_transform(_ornt.axcodes2ornt("RAS"), source_ornt)
     if np.array_equal(back, _ornt.axcodes2ornt("RAS")):
         return data
-    return np.ascontiguousarray(_ornt.apply_orientation(data, back))
+    out: npt.NDArray[T] = np.ascontiguousarray(_ornt.apply_orientation(data, back))
+    return out
 
 
 def zoom_factors(zooms: npt.NDArray[np.float32], spacing_mm: float) -> npt.NDArray[np.float64] | None:
@@ -95,12 +97,12 @@ def resample_image_cpu(data: np.ndarray, zoom: npt.NDArray[np.float64]) -> npt.N
     return result
 
 
-def resample_labels_cpu(labels: np.ndarray, target_shape: tuple[int, int, int]) -> np.ndarray:
+def resample_labels_cpu(labels: npt.NDArray[T], target_shape: tuple[int, int, int]) -> npt.NDArray[T]:
     """Nearest-neighbour zoom of a label map to ``target_shape`` (TotalSegmentator's way back)."""
     if tuple(labels.shape) == tuple(target_shape):
         return labels
     zoom = np.array(target_shape, dtype=np.float64) / np.array(labels.shape, dtype=np.float64)
-    out: np.ndarray = ndimage.zoom(labels, zoom, mode="nearest", order=0)
+    out: npt.NDArray[T] = ndimage.zoom(labels, zoom, mode="nearest", order=0)
     return out
 
 
@@ -134,7 +136,7 @@ def triple_split_bounds(depth: int) -> tuple[tuple[int, int], tuple[int, int], t
     return ((0, third + margin), (third + 1 - margin, third * 2 + margin), (third * 2 + 1 - margin, depth))
 
 
-def triple_split_merge(parts: list[np.ndarray], depth: int) -> np.ndarray:
+def triple_split_merge(parts: list[npt.NDArray[T]], depth: int) -> npt.NDArray[T]:
     """Put the three z parts back together as TotalSegmentator does (it drops the margins)."""
     third = depth // 3
     margin = 20

@@ -24,6 +24,8 @@ from config.errors import SegNodeError
 
 #: Sub-modes of a task, as TotalSegmentator names them.
 Mode = Literal["default", "fast", "fastest"]
+#: Every mode, in the order :attr:`Task.all_models` lists their models.
+MODES: tuple[Mode, ...] = ("default", "fast", "fastest")
 
 #: TotalSegmentator version whose pre/post-processing and model facts SegNode reproduces.
 TOTALSEGMENTATOR_REFERENCE_VERSION = "2.18.0"
@@ -129,6 +131,20 @@ class Task:
         if not chosen:
             raise UnsupportedModeError(f"task {self.name} has no {mode} mode")
         return chosen
+
+
+def parse_mode(name: str) -> Mode:
+    """The :data:`Mode` called ``name``.
+
+    Raises
+    ------
+    UnsupportedModeError
+        ``name`` is not one of ``default``, ``fast``, ``fastest``.
+    """
+    for mode in MODES:
+        if name == mode:
+            return mode
+    raise UnsupportedModeError(f"unknown mode {name!r}; use {', '.join(MODES)}")
 
 
 def _int_keys(raw: Mapping[str, str]) -> Mapping[int, str]:

@@ -40,10 +40,12 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email.message import Message
 from functools import cache
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any, TextIO
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Protocol, Self, TextIO
 
 from config.errors import SegNodeError
 from inference import registry
@@ -195,7 +197,7 @@ def get_command(task: str, licensed: bool) -> str:
     )
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path) -> object:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -298,7 +300,7 @@ class TaskStatus:
     def size_bytes(self) -> int:
         return sum(m.size_bytes for m in self.models)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "task": self.task,
             "state": self.state,
@@ -404,10 +406,26 @@ def _license_refusal(body: bytes) -> str | None:
     return None
 
 
-def _open(request: urllib.request.Request, timeout: float, licensed: bool) -> Any:
+class _Response(Protocol):
+    """What :func:`fetch` uses of ``urlopen``'s answer (typeshed types ``urlopen`` as returning ``Any``)."""
+
+    @property
+    def headers(self) -> Message: ...
+
+    def read(self, amt: int, /) -> bytes: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None, /
+    ) -> None: ...
+
+
+def _open(request: urllib.request.Request, timeout: float, licensed: bool) -> _Response:
     url = request.full_url
     try:
-        return urllib.request.urlopen(request, timeout=timeout)
+        response: _Response = urllib.request.urlopen(request, timeout=timeout)
+        return response
     except urllib.error.HTTPError as exc:
         body = exc.read(4096) if exc.fp is not None else b""
         refusal = _license_refusal(body) if licensed else None
@@ -519,12 +537,7 @@ def download_task(
     ``offline`` or ``download_failed``), :class:`InvalidWeightsError` (corrupt zip, wrong layout).
     """
     task = registry.get_task(task_name)
-    if mode is None:
-        models = task.all_models
-    elif mode in ("default", "fast", "fastest"):
-        models = task.models(mode)  # type: ignore[arg-type]  # checked just above
-    else:
-        raise registry.UnsupportedModeError(f"unknown mode {mode!r}; use default, fast or fastest")
+    models = task.all_models if mode is None else task.models(registry.parse_mode(mode))
     locations = DownloadLocations.from_config() if locations is None else locations
     if task.licensed and not license_key:
         raise LicenseError(
