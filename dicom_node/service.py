@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
@@ -15,6 +16,7 @@ from dicom_node.audit.database import Database
 from dicom_node.audit.log import AuditLog, Clock, utc_now
 from dicom_node.audit.tables import Instance
 from dicom_node.failpoints import FaultPlan
+from dicom_node.http.metrics import NodeMetrics
 from dicom_node.jobs.pipeline import PipelineContext
 from dicom_node.jobs.retention import Housekeeping
 from dicom_node.jobs.store import JobState, JobStore
@@ -55,10 +57,15 @@ class NodeService:
     pipeline: Pipeline | None = field(init=False, default=None)
     context: PipelineContext = field(init=False)
     housekeeping: Housekeeping | None = field(init=False, default=None)
+    #: Prometheus metrics of this node (``dicom_node.http.metrics``); its hooks sit in the code paths.
+    metrics: NodeMetrics = field(init=False)
+    #: HTTP service, destination checks and notifications (``dicom_node.http.runtime``).
+    operations: Any = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         cfg = self.config
         self.db = Database(cfg.database.url)
+        self.metrics = NodeMetrics(cfg.destinations, self.clock)
         self.audit = AuditLog(self.db, cfg.config_hash(), cfg.privacy, self.clock)
         self.jobs = JobStore(self.audit)
         self.spool = Spool(
@@ -140,6 +147,11 @@ class NodeService:
                 self.context, interval, on_resumed=pipeline.wake if pipeline is not None else None
             )
             self.housekeeping.start()
+        try:
+            self._start_operations()
+        except BaseException:
+            self.stop()
+            raise
         LOG.warning(
             "SegNode listening on %s:%d%s as %s",
             net.bind_address,
@@ -148,8 +160,37 @@ class NodeService:
             ", ".join(a.ae_title for a in self.config.node.ae_titles),
         )
 
+    def _start_operations(self) -> None:
+        from dicom_node.http.runtime import Operations
+
+        self.operations = Operations(
+            self.config,
+            self.audit,
+            self.metrics,
+            self.context,
+            self._spool_free_bytes,
+            self.pipeline,
+        )
+        self.operations.start()
+
+    def _spool_free_bytes(self) -> int | None:
+        try:
+            return self.free_space_probe(self.spool.root)
+        except OSError:
+            return None
+
+    @property
+    def http_port(self) -> int:
+        """The HTTP service's port (``http.enabled``)."""
+        if self.operations is None:
+            raise RuntimeError("the node is not started")
+        return int(self.operations.http_port)
+
     def stop(self) -> None:
         """Stop listening, finish the completion timer, record the stop and release the engine."""
+        if self.operations is not None:
+            self.operations.stop()
+            self.operations = None
         if self.server is not None:
             server, self.server = self.server, None
             active = list(server.active_associations)

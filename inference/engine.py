@@ -268,6 +268,11 @@ class Engine:
         for model in models:
             self.predictor(model, self.device, self._step_size(spec))
 
+    def loaded_models(self) -> list[str]:
+        """The predictors built so far, as ``<dataset id>@<device>`` (the health check shows them)."""
+        with self._lock:
+            return [f"{dataset_id}@{device}" for dataset_id, device, _ in self._predictors]
+
     @staticmethod
     def _step_size(task: Task) -> float:
         return 0.8 if task.name in STEP_08_TASKS else 0.5

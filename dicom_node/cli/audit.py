@@ -7,38 +7,17 @@ import csv
 import json
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, inspect, or_, select
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy import inspect
 
-from config.errors import SegNodeError
 from config.loader import default_config, load_config
 from dicom_node.audit.database import Database
-from dicom_node.audit.tables import Association, Base, Event, Instance, Job, Series
+from dicom_node.audit.query import TABLES, AuditFilter, AuditQueryError, columns_of, parse_time, query_rows
 
-TABLES: dict[str, type[Base]] = {
-    "events": Event,
-    "associations": Association,
-    "instances": Instance,
-    "series": Series,
-    "jobs": Job,
-}
-#: The time column each table is filtered and ordered by.
-_TIME: dict[str, str] = {
-    "events": "at",
-    "associations": "started_at",
-    "instances": "received_at",
-    "series": "last_received_at",
-    "jobs": "created_at",
-}
-_STATE: dict[str, str] = {"events": "outcome", "associations": "result", "series": "state", "jobs": "state"}
-
-
-class AuditQueryError(SegNodeError):
-    reason = "invalid_audit_query"
+__all__ = ["AuditQueryError", "register", "run"]
 
 
 def register(subparsers: Any) -> None:
@@ -64,57 +43,17 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_time(text: str, option: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise AuditQueryError(f"{option}: {text!r} is not an ISO 8601 date or time") from exc
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-def _column(model: type[Base], name: str) -> InstrumentedAttribute[Any]:
-    column: InstrumentedAttribute[Any] = getattr(model, name)
-    return column
-
-
-def query_rows(db: Database, table: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The rows of ``table`` matching the filters in ``args``, as dictionaries of column values."""
-    model = TABLES[table]
-    time_col = _column(model, _TIME[table])
-    conditions: list[ColumnElement[bool]] = []
-    if args.since:
-        conditions.append(time_col >= parse_time(args.since, "--since"))
-    if args.until:
-        conditions.append(time_col < parse_time(args.until, "--until"))
-    if args.state:
-        if table not in _STATE:
-            raise AuditQueryError(f"--state does not apply to {table}")
-        conditions.append(_column(model, _STATE[table]) == args.state)
-    for option, column in (("study", "study_instance_uid"), ("series", "series_instance_uid")):
-        value = getattr(args, option)
-        if value:
-            if not hasattr(model, column):
-                raise AuditQueryError(f"--{option} does not apply to {table}")
-            conditions.append(_column(model, column) == value)
-    statement = select(model)
-    if args.ae:
-        if model is Association:
-            conditions.append(
-                or_(Association.calling_ae_title == args.ae, Association.called_ae_title == args.ae)
-            )
-        elif model is Event:
-            conditions.append(Event.calling_ae_title == args.ae)
-        elif model is Instance:
-            statement = statement.join(Association, Instance.association_id == Association.id)
-            conditions.append(
-                or_(Association.calling_ae_title == args.ae, Association.called_ae_title == args.ae)
-            )
-        else:
-            raise AuditQueryError(f"--ae does not apply to {table}")
-    statement = statement.where(*conditions).order_by(time_col).limit(args.limit)
-    columns = [c.key for c in model.__table__.columns]
-    with db.read() as session:
-        return [{c: getattr(row, c) for c in columns} for row in session.scalars(statement)]
+def audit_filter(args: argparse.Namespace) -> AuditFilter:
+    """The command line's filters."""
+    return AuditFilter(
+        since=parse_time(args.since, "--since") if args.since else None,
+        until=parse_time(args.until, "--until") if args.until else None,
+        ae=args.ae,
+        study=args.study,
+        series=args.series,
+        state=args.state,
+        limit=args.limit,
+    )
 
 
 def _text(value: Any) -> str:
@@ -161,9 +100,13 @@ def run(args: argparse.Namespace) -> int:
             raise AuditQueryError(
                 f"{db.engine.url.render_as_string()}: no audit tables (has the node run there?)"
             )
-        rows = query_rows(db, args.table, args)
+        conditions = audit_filter(args)
+        try:
+            rows = query_rows(db, args.table, conditions)
+        except AuditQueryError as exc:
+            raise AuditQueryError("--" + exc.message) from exc
     finally:
         db.dispose()
-    columns = [c.key for c in TABLES[args.table].__table__.columns]
+    columns = columns_of(args.table)
     sys.stdout.write(render(rows, columns, args.format))
     return 0

@@ -86,6 +86,9 @@ class Pipeline:
         self.settings = ctx.config.pipeline
         self._engine_factory = engine_factory or self._default_engine
         self._engine: EngineLike | None = None
+        #: loading | loaded | failed (the models of inference.default_task at start) | lazy (no warm-up)
+        self.warm_up_state = "loading" if self.settings.warm_up else "lazy"
+        self.warm_up_error: str | None = None
         self._send = send
         size = self.settings.queue_size
         self._convert_q: queue.Queue[Any] = queue.Queue(maxsize=size)
@@ -146,6 +149,19 @@ class Pipeline:
         """Look for new work now (a job was created or retried)."""
         self._wake_dispatcher.set()
         self._wake_sender.set()
+
+    def queue_depth(self) -> dict[str, int]:
+        """Jobs waiting in this process between the stages, by the stage they wait for (for /metrics)."""
+        return {
+            "converting": self._convert_q.qsize(),
+            "segmenting": self._segment_q.qsize(),
+            "encoding": self._encode_q.qsize(),
+        }
+
+    @property
+    def loaded_engine(self) -> EngineLike | None:
+        """The engine if it has been built (never builds it)."""
+        return self._engine
 
     @property
     def engine(self) -> EngineLike:
@@ -275,11 +291,15 @@ class Pipeline:
         task = self.ctx.config.inference.default_task
         warm_up = getattr(self.engine, "warm_up", None)
         if warm_up is None:
+            self.warm_up_state = "loaded"
             return
         try:
             warm_up(task)
         except SegNodeError as exc:
             logger.warning("models of task %s not loaded at start: [%s] %s", task, exc.reason, exc.message)
+            self.warm_up_state, self.warm_up_error = "failed", f"[{exc.reason}] {exc.message}"
+            return
+        self.warm_up_state = "loaded"
 
     def _segment(self, item: _Item) -> bool:
         if self._state(item.job_id) is not JobState.segmenting or item.converted is None:

@@ -157,7 +157,7 @@ def _rejection_detail(assoc: Any) -> tuple[str, bool]:
     return f"association rejected ({kind}) by {source}: {reason}", transient
 
 
-def _tls_args(destination: DestinationConfig) -> tuple[Any, str] | None:
+def tls_args_for(destination: DestinationConfig) -> tuple[Any, str] | None:
     """pynetdicom's ``tls_args`` for the destination, or ``None`` for plain TCP."""
     tls = destination.tls
     if not tls.enabled or tls.ca_certificates is None:
@@ -214,7 +214,7 @@ def send_datasets(
     for sop_class, syntaxes in _contexts(datasets):
         ae.add_requested_context(sop_class, syntaxes)
     try:
-        tls_args = _tls_args(destination)
+        tls_args = tls_args_for(destination)
     except TlsSetupError as exc:
         return done(SendOutcome.TLS_SETUP_FAILED, False, f"{where}: {exc.message}", [])
     try:

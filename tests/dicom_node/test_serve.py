@@ -8,6 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,8 @@ def test_serve_on_embedded_defaults_answers_echo_and_stops_cleanly_on_sigterm(tm
         "SEGNODE__NETWORK__BIND_ADDRESS": "127.0.0.1",
         "SEGNODE__NETWORK__PORT": "0",
         "SEGNODE__STORAGE__MIN_FREE_SPACE_MB": "0",
+        "SEGNODE__HTTP__PORT": "0",
+        "SEGNODE_ADMIN_PASSWORD": "correct horse",
     }
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
@@ -37,6 +42,18 @@ def test_serve_on_embedded_defaults_answers_echo_and_stops_cleanly_on_sigterm(tm
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
         port = found.group(1)
+        # the embedded defaults run the dashboard and the API on loopback, behind the admin's password
+        web = re.search(r"dashboard, API and metrics on http://127\.0\.0\.1:(\d+)/", log.read_text())
+        assert web, log.read_text()
+        url = f"http://127.0.0.1:{web.group(1)}/api/health"
+        with pytest.raises(urllib.error.HTTPError) as refused_http:
+            urllib.request.urlopen(url, timeout=30)
+        assert refused_http.value.code == 401
+        request = urllib.request.Request(
+            url, headers={"Authorization": "Basic " + b64encode(b"admin:correct horse").decode()}
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert answer.status == 200
         # example.yaml lets the calling AE title PACS send to SEGNODE, and nobody else
         ok = subprocess.run(
             [dcmtk("echoscu"), "-aet", "PACS", "-aec", "SEGNODE", "127.0.0.1", port], check=False

@@ -1,0 +1,276 @@
+"""What an operator looks at: jobs with their stages and deliveries, associations, series, destinations.
+
+Read-only queries shared by ``segnode jobs`` and the HTTP API/dashboard (one implementation each). Results
+are plain dictionaries of JSON-friendly values (datetimes stay datetimes; the callers format them).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, select
+
+from config.model import SegNodeConfig
+from dicom_node.audit.database import Database
+from dicom_node.audit.query import PATIENT_COLUMNS
+from dicom_node.audit.tables import Association, Delivery, Event, Job, Series
+from dicom_node.jobs.store import JobNotFoundError, JobState
+
+#: The stages shown in a job's timing columns, in order.
+TIMED_STAGES: tuple[str, ...] = ("converting", "segmenting", "encoding", "sending")
+#: Work states in the order a job goes through them (the queue depth of each).
+WORK_STATES: tuple[str, ...] = ("queued", "converting", "segmenting", "encoding", "sending")
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs to list; ``None`` means no condition."""
+
+    state: str | None = None
+    series: str | None = None
+    study: str | None = None
+    route: str | None = None
+    reason: str | None = None
+    failed_stage: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+def _timings(raw: str | None) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(raw) if raw else {}
+    return data
+
+
+def job_row(row: Job) -> dict[str, Any]:
+    """The columns of a job an operator reads, with the seconds of each stage that ran."""
+    timings = _timings(row.stage_timings)
+    return {
+        "id": row.id,
+        "state": row.state,
+        "failed_stage": row.failed_stage,
+        "reason": row.reason,
+        "detail": row.detail,
+        "route": row.route,
+        "series_instance_uid": row.series_instance_uid,
+        "study_instance_uid": row.study_instance_uid,
+        "superseded_by": row.superseded_by,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "stage_seconds": {
+            stage: timings[stage]["seconds"]
+            for stage in TIMED_STAGES
+            if isinstance(timings.get(stage), dict) and "seconds" in timings[stage]
+        },
+    }
+
+
+def _job_conditions(f: JobFilter) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if f.state:
+        conditions.append(Job.state == JobState(f.state).value)
+    if f.failed_stage:
+        conditions.append(Job.failed_stage == JobState(f.failed_stage).value)
+    for value, column in (
+        (f.series, Job.series_instance_uid),
+        (f.study, Job.study_instance_uid),
+        (f.route, Job.route),
+        (f.reason, Job.reason),
+    ):
+        if value:
+            conditions.append(column == value)
+    if f.since:
+        conditions.append(Job.updated_at >= f.since)
+    if f.until:
+        conditions.append(Job.updated_at < f.until)
+    return conditions
+
+
+def list_jobs(db: Database, f: JobFilter | None = None) -> list[dict[str, Any]]:
+    """Jobs matching ``f``, newest first (``ValueError`` for an unknown state)."""
+    f = f or JobFilter()
+    statement = (
+        select(Job)
+        .where(*_job_conditions(f))
+        .order_by(Job.id.desc())
+        .limit(max(0, f.limit))
+        .offset(max(0, f.offset))
+    )
+    with db.read() as session:
+        return [job_row(r) for r in session.scalars(statement)]
+
+
+def jobs_by_state(db: Database) -> dict[str, int]:
+    """How many jobs are in each state (every state listed, zeros included)."""
+    counts = {state.value: 0 for state in JobState}
+    with db.read() as session:
+        for state, count in session.execute(select(Job.state, func.count()).group_by(Job.state)):
+            counts[str(state)] = int(count)
+    return counts
+
+
+def pending_deliveries(db: Database) -> int:
+    """Deliveries waiting to be sent (due now or in back-off)."""
+    with db.read() as session:
+        return int(session.scalar(select(func.count()).where(Delivery.state == "pending")) or 0)
+
+
+def delivery_row(row: Delivery) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "job_id": row.job_id,
+        "destination": row.destination,
+        "state": row.state,
+        "attempts": row.attempts,
+        "first_attempt_at": row.first_attempt_at,
+        "last_attempt_at": row.last_attempt_at,
+        "next_attempt_at": row.next_attempt_at,
+        "last_outcome": row.last_outcome,
+        "last_status": row.last_status,
+        "warning": row.warning,
+    }
+
+
+def event_row(row: Event) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "at": row.at,
+        "what": row.what,
+        "outcome": row.outcome,
+        "reason": row.reason,
+        "detail": row.detail,
+    }
+
+
+def show_job(db: Database, job_id: int) -> dict[str, Any]:
+    """Everything about a job: its row, every stage run, outputs, deliveries and audit events."""
+    with db.read() as session:
+        row = session.get(Job, job_id)
+        if row is None:
+            raise JobNotFoundError(f"job {job_id} does not exist")
+        timings = _timings(row.stage_timings)
+        deliveries = session.scalars(select(Delivery).where(Delivery.job_id == job_id).order_by(Delivery.id))
+        events = session.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.id))
+        return {
+            **job_row(row),
+            "stage_timings": {k: v for k, v in timings.items() if k != "runs"},
+            "stage_runs": timings.get("runs", []),
+            "outputs": json.loads(row.outputs) if row.outputs else {},
+            "deliveries": [delivery_row(d) for d in deliveries],
+            "events": [event_row(e) for e in events],
+        }
+
+
+def list_associations(
+    db: Database,
+    since: datetime | None = None,
+    ae: str | None = None,
+    result: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Associations, newest first."""
+    conditions: list[ColumnElement[bool]] = []
+    if since:
+        conditions.append(Association.started_at >= since)
+    if ae:
+        conditions.append((Association.calling_ae_title == ae) | (Association.called_ae_title == ae))
+    if result:
+        conditions.append(Association.result == result)
+    statement = select(Association).where(*conditions).order_by(Association.id.desc()).limit(max(0, limit))
+    columns = [c.key for c in Association.__table__.columns]
+    with db.read() as session:
+        return [{c: getattr(r, c) for c in columns} for r in session.scalars(statement)]
+
+
+def list_series(
+    db: Database,
+    state: str | None = None,
+    study: str | None = None,
+    limit: int = 100,
+    patient_data: bool = False,
+) -> list[dict[str, Any]]:
+    """Series, most recently received first; patient columns only with ``patient_data``."""
+    conditions: list[ColumnElement[bool]] = []
+    if state:
+        conditions.append(Series.state == state)
+    if study:
+        conditions.append(Series.study_instance_uid == study)
+    statement = (
+        select(Series).where(*conditions).order_by(Series.last_received_at.desc()).limit(max(0, limit))
+    )
+    columns = [c.key for c in Series.__table__.columns if patient_data or c.key not in PATIENT_COLUMNS]
+    with db.read() as session:
+        return [{c: getattr(r, c) for c in columns} for r in session.scalars(statement)]
+
+
+def destinations_overview(
+    db: Database, config: SegNodeConfig, health: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each configured destination: where it is, whether it answers (``health``: name -> state), and its
+    deliveries: how many wait (and when the next attempt is due: the back-off), failed, the last delivery."""
+    with db.read() as session:
+        pending = {
+            name: (int(count), nxt)
+            for name, count, nxt in session.execute(
+                select(Delivery.destination, func.count(), func.min(Delivery.next_attempt_at))
+                .where(Delivery.state == "pending")
+                .group_by(Delivery.destination)
+            )
+        }
+        failed = {
+            name: int(count)
+            for name, count in session.execute(
+                select(Delivery.destination, func.count())
+                .where(Delivery.state == "failed")
+                .group_by(Delivery.destination)
+            )
+        }
+        delivered = {
+            name: last
+            for name, last in session.execute(
+                select(Delivery.destination, func.max(Delivery.last_attempt_at))
+                .where(Delivery.state == "delivered")
+                .group_by(Delivery.destination)
+            )
+        }
+        waiting = _waiting_deliveries(session)
+    out = []
+    for name, destination in config.destinations.items():
+        count, next_at = pending.get(name, (0, None))
+        out.append(
+            {
+                "name": name,
+                "ae_title": destination.ae_title,
+                "host": destination.host,
+                "port": destination.port,
+                "tls": destination.tls.enabled,
+                "health": dict(health.get(name, {"state": "unknown"})),
+                "pending_deliveries": count,
+                "next_attempt_at": next_at,
+                "failed_deliveries": int(failed.get(name, 0)),
+                "last_delivered_at": delivered.get(name),
+                "waiting": waiting.get(name, []),
+            }
+        )
+    return out
+
+
+def _waiting_deliveries(session: Any) -> dict[str, list[dict[str, Any]]]:
+    """Pending deliveries that already failed at least once (in back-off), per destination (20 at most)."""
+    rows = session.scalars(
+        select(Delivery)
+        .where(Delivery.state == "pending", Delivery.attempts > 0)
+        .order_by(Delivery.next_attempt_at)
+        .limit(200)
+    )
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        items = out.setdefault(row.destination, [])
+        if len(items) < 20:
+            items.append(delivery_row(row))
+    return out
