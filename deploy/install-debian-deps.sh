@@ -4,7 +4,7 @@
 # postgresql (the audit database on PostgreSQL; the test starts its own server on a free loopback port),
 # chromium + chromium-driver (a real browser for the dashboard and viewer tests, driven by selenium).
 set -eu
-PACKAGES="dcmtk orthanc dicom3tools dcm2niix postgresql chromium chromium-driver"
+PACKAGES="python3-venv dcmtk orthanc dicom3tools dcm2niix postgresql chromium chromium-driver"
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
     SUDO="sudo"
