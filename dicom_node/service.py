@@ -72,7 +72,7 @@ class NodeService:
             cfg.storage.spool_dir, cfg.storage.min_free_space_mb * 1024 * 1024, self.free_space_probe
         )
         self.tracker = CompletionTracker(cfg.completion, self.clock)
-        self.completer = SeriesCompleter(self.tracker, self.audit, self.jobs)
+        self.completer = SeriesCompleter(self.tracker, self.audit, self.jobs, self.metrics)
         self.context = PipelineContext.create(
             cfg, self.audit, self.jobs, free_space_probe=self.free_space_probe, faults=self.faults
         )
@@ -122,7 +122,7 @@ class NodeService:
                     series=job.series_instance_uid,
                     detail=f"the node stopped while the job was in {job.state}; it resumes there",
                 )
-        receiver = self.receiver = Receiver(self.config, self.spool, self.audit, self.tracker)
+        receiver = self.receiver = Receiver(self.config, self.spool, self.audit, self.tracker, self.metrics)
         ae = build_ae(self.config)
         net = self.config.network
         self.server = ae.start_server(

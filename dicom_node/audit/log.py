@@ -159,11 +159,12 @@ class AuditLog:
                     detail=text,
                 )
 
-    def association_ended(self, association_id: int, result: str) -> None:
+    def association_ended(self, association_id: int, result: str) -> bool:
+        """Record the end of an association (released or aborted); False when it had already ended."""
         with self.db.write() as session:
             row = session.get_one(Association, association_id)
             if row.result in {"released", "aborted", "rejected"}:
-                return
+                return False
             row.result = result
             row.ended_at = self.clock()
             self.add_event(
@@ -175,6 +176,7 @@ class AuditLog:
                 calling_ae_title=row.calling_ae_title,
                 detail=f"{row.instances_received} instances, {row.bytes_received} bytes",
             )
+            return True
 
     # -- instances ------------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from config.node import CompletionConfig
 from dicom_node.audit.log import AuditLog, Clock, InstanceHeader, utc_now
 from dicom_node.audit.tables import Series
+from dicom_node.http.metrics import NodeMetrics
 from dicom_node.jobs.store import JobInfo, JobStore
 
 LOG = logging.getLogger(__name__)
@@ -165,10 +166,13 @@ class CompletionTracker:
 class SeriesCompleter:
     """Marks ready series complete and creates their ``queued`` job, in one transaction each."""
 
-    def __init__(self, tracker: CompletionTracker, audit: AuditLog, jobs: JobStore) -> None:
+    def __init__(
+        self, tracker: CompletionTracker, audit: AuditLog, jobs: JobStore, metrics: NodeMetrics | None = None
+    ) -> None:
         self.tracker = tracker
         self.audit = audit
         self.jobs = jobs
+        self.metrics = metrics or NodeMetrics()
 
     def restore_open_series(self) -> int:
         series = self.audit.open_series()
@@ -197,6 +201,7 @@ class SeriesCompleter:
                 return None
             series.state = "complete"
             series.completed_at = self.audit.clock()
+            waited_s = (series.completed_at - series.first_received_at).total_seconds()
             series.completed_by = ready.rule
             series.expected_count = (
                 ready.instance_count if ready.rule == "expected_count" else series.expected_count
@@ -216,6 +221,7 @@ class SeriesCompleter:
                 ready.study_instance_uid,
                 f"series complete ({ready.rule})",
             )
+        self.metrics.stage_finished("completion", waited_s)
         return job
 
 

@@ -32,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from config.model import SegNodeConfig
 from config.node import NodeConfig
 from dicom_node.audit.log import AuditLog, InstanceHeader
+from dicom_node.http.metrics import NodeMetrics
 from dicom_node.logs import association_id_var
 from dicom_node.receiving import statuses as status
 from dicom_node.receiving.admission import (
@@ -159,9 +160,16 @@ class Receiver:
     """State shared by the handlers: the spool, the audit log, the completion tracker, the policy."""
 
     def __init__(
-        self, config: SegNodeConfig, spool: Spool, audit: AuditLog, tracker: CompletionTracker
+        self,
+        config: SegNodeConfig,
+        spool: Spool,
+        audit: AuditLog,
+        tracker: CompletionTracker,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.config = config
+        #: Counters of received/refused instances and associations (``/metrics``).
+        self.metrics = metrics or NodeMetrics()
         self.spool = spool
         self.audit = audit
         self.tracker = tracker
@@ -231,8 +239,13 @@ class Receiver:
                 "association %d ended without release or abort (its connection was dropped)", association_id
             )
             self.tracker.association_ended(association_id, released=False)
-            self.audit.association_ended(association_id, "aborted")
+            self.ended(association_id, "aborted")
         return ended
+
+    def ended(self, association_id: int, result: str) -> None:
+        """Record the end of an association (released or aborted), once."""
+        if self.audit.association_ended(association_id, result):
+            self.metrics.association(result)
 
 
 @dataclass
@@ -285,6 +298,7 @@ def handle_requested(event: evt.Event, receiver: Receiver) -> None:
     if rejection is not None:
         LOG.warning("rejecting association %s -> %s from %s: %s", calling, called, address, rejection.detail)
         assoc.acse.send_reject(rejection.result, rejection.source, rejection.reason)
+        receiver.metrics.association("rejected")
         receiver.audit.association_rejected(
             association_id,
             rejection.code,
@@ -307,6 +321,7 @@ def handle_accepted(event: evt.Event, receiver: Receiver) -> None:
         for cx in event.assoc.rejected_contexts
     ]
     receiver.audit.association_accepted(association_id, refused)
+    receiver.metrics.association("accepted")
     LOG.info("association accepted (%d presentation context(s) refused)", len(refused))
 
 
@@ -315,6 +330,7 @@ def handle_rejected(event: evt.Event, receiver: Receiver) -> None:
     association_id = receiver.association_id(event.assoc)
     if association_id is not None:
         primitive = event.assoc.acceptor.primitive
+        receiver.metrics.association("rejected")
         receiver.audit.association_rejected(
             association_id,
             "local_limit_exceeded" if primitive is not None and primitive.diagnostic == 0x02 else "rejected",
@@ -350,7 +366,7 @@ def handle_conn_close(event: evt.Event, receiver: Receiver) -> None:
         # Normally A-RELEASE or A-ABORT has already ended it (both calls are then no-ops); where pynetdicom's
         # state machine gave up on a malformed PDU without such an event, the closed connection ends it.
         receiver.tracker.association_ended(association_id, released=False)
-        receiver.audit.association_ended(association_id, "aborted")
+        receiver.ended(association_id, "aborted")
 
 
 def _ended(event: evt.Event, receiver: Receiver, released: bool) -> None:
@@ -358,7 +374,7 @@ def _ended(event: evt.Event, receiver: Receiver, released: bool) -> None:
     if association_id is None:
         return
     receiver.tracker.association_ended(association_id, released=released)
-    receiver.audit.association_ended(association_id, "released" if released else "aborted")
+    receiver.ended(association_id, "released" if released else "aborted")
 
 
 def handle_echo(event: evt.Event, receiver: Receiver) -> int:
@@ -430,15 +446,18 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
             )
         except SQLAlchemyError as exc:
             LOG.error("audit database write failed for %s: %s", sop_instance, exc)
+            receiver.metrics.instance_refused(status.PROCESSING_FAILURE)
             return status.PROCESSING_FAILURE
     finally:
         receiver.settle(header)
     receiver.tracker.instance_received(header, association_id, result.series_instance_count)
+    receiver.metrics.instance_received()
     return status.SUCCESS
 
 
 def _refuse(receiver: Receiver, association_id: int | None, code: int, reason: str, sop: str) -> int:
     LOG.warning("C-STORE of %s refused with %s: %s", sop or "?", status.describe(code), reason)
+    receiver.metrics.instance_refused(code)
     try:
         receiver.audit.store_failed(association_id, status.describe(code), reason, sop or None)
     except SQLAlchemyError as exc:
