@@ -67,7 +67,7 @@ class NodeService:
         self.db = Database(cfg.database.url)
         self.metrics = NodeMetrics(cfg.destinations, self.clock)
         self.audit = AuditLog(self.db, cfg.config_hash(), cfg.privacy, self.clock)
-        self.jobs = JobStore(self.audit)
+        self.jobs = JobStore(self.audit, self.metrics)
         self.spool = Spool(
             cfg.storage.spool_dir, cfg.storage.min_free_space_mb * 1024 * 1024, self.free_space_probe
         )

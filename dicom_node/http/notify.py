@@ -139,12 +139,11 @@ class Notifier:
             self._thread = None
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.wait(self.settings.check_interval_s):
             try:
                 self.run_once()
             except Exception:  # a bug must not end the notifier; it is logged and runs again
                 LOG.exception("notifications: look for incidents failed")
-            self._stop.wait(self.settings.check_interval_s)
 
     def _load_history(self) -> None:
         """Incidents already notified (from the audit log) and where to start looking for failures."""

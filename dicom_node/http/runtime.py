@@ -98,13 +98,15 @@ class Operations:
         http = self.config.http
         if http.enabled:
             self._start_http()
-        if http.destination_echo_interval_s > 0 and self.config.destinations:
-            self.echo = EchoMonitor(self.config, self.metrics.destinations, http.destination_echo_interval_s)
-            self.echo.start()
         notifier = Notifier(self.config, self.audit, self.metrics, self.spool_free_bytes)
         if notifier.active:
             self.notifier = notifier
             notifier.start()
+        # the C-ECHO checks feed the dashboard, readiness and notifications: only where one of them runs
+        watched = http.enabled or self.notifier is not None
+        if watched and http.destination_echo_interval_s > 0 and self.config.destinations:
+            self.echo = EchoMonitor(self.config, self.metrics.destinations, http.destination_echo_interval_s)
+            self.echo.start()
 
     def _start_http(self) -> None:
         from dicom_node.http.app import create_app

@@ -50,6 +50,7 @@ from dicom_node.audit.database import Database
 from dicom_node.audit.log import AuditLog
 from dicom_node.audit.tables import Association, Event, Instance, Job
 from dicom_node.failpoints import FaultPlan
+from dicom_node.http.metrics import NodeMetrics
 from dicom_node.jobs.routing import DEFAULT_ROUTE_NAME, SeriesFacts, plan_outputs, route_series, select_stacks
 from dicom_node.jobs.store import JobState, JobStore
 from dicom_node.receiving.spool import FreeSpaceProbe, disk_free_bytes
@@ -98,6 +99,8 @@ class PipelineContext:
     free_space_probe: FreeSpaceProbe = disk_free_bytes
     #: Test-only fault injection (``dicom_node.failpoints``); inert by default.
     faults: FaultPlan = field(default_factory=FaultPlan)
+    #: Stage latencies, inference times and send attempts for ``/metrics``.
+    metrics: NodeMetrics = field(default_factory=NodeMetrics)
 
     @classmethod
     def create(
@@ -107,6 +110,7 @@ class PipelineContext:
         jobs: JobStore,
         free_space_probe: FreeSpaceProbe = disk_free_bytes,
         faults: FaultPlan | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> PipelineContext:
         return cls(
             config=config,
@@ -117,6 +121,7 @@ class PipelineContext:
             outbox_root=Path(config.pipeline.outbox_dir),
             free_space_probe=free_space_probe,
             faults=faults or FaultPlan(),
+            metrics=metrics or jobs.metrics,
         )
 
     @property
@@ -278,6 +283,7 @@ def record_stage_timing(
         runs.append({"stage": timer.stage, **entry})
         timings[timer.stage] = entry
         job.stage_timings = json.dumps(timings, sort_keys=True)
+    ctx.metrics.stage_finished(timer.stage, seconds)
 
 
 def fail_job(ctx: PipelineContext, job_id: int, exc: BaseException) -> None:
@@ -593,6 +599,9 @@ def segment_stage(ctx: PipelineContext, converted: Converted, engine: EngineLike
                     device=str(result.device),
                     timings={k: round(float(v), 4) for k, v in result.timings.items()},
                 )
+            )
+            ctx.metrics.inference_finished(
+                records[-1].task, records[-1].device, result.timings.get("total", 0.0)
             )
             for event in result.events:
                 ctx.audit.event(

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from config.errors import SegNodeError
 from dicom_node.audit.log import AuditLog
 from dicom_node.audit.tables import Job
+from dicom_node.http.metrics import NodeMetrics
 
 
 class JobState(StrEnum):
@@ -39,8 +40,8 @@ _ENDS = {S.failed, S.cancelled, S.superseded}
 
 #: Allowed transitions: each working state moves to the next stage or ends (failed, cancelled,
 #: superseded); a working state may go back to queued when the node restarts mid-stage; a failed job may
-#: be queued again or resume at a stage (retry); a done job may be sent again (resend); a done or failed job
-#: may be superseded by the job of a re-opened series.
+#: be queued again or resume at a stage (retry), or be cancelled by an operator who gives it up; a done job
+#: may be sent again (resend); a done or failed job may be superseded by the job of a re-opened series.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.queued: frozenset({S.converting} | _ENDS),
     S.converting: frozenset({S.segmenting, S.queued} | _ENDS),
@@ -48,7 +49,7 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.encoding: frozenset({S.sending, S.queued} | _ENDS),
     S.sending: frozenset({S.done, S.queued} | _ENDS),
     S.done: frozenset({S.superseded, S.sending}),
-    S.failed: frozenset({S.queued, S.superseded, *STAGES}),
+    S.failed: frozenset({S.queued, S.superseded, S.cancelled, *STAGES}),
     S.superseded: frozenset(),
     S.cancelled: frozenset(),
 }
@@ -97,9 +98,11 @@ class JobInfo:
 class JobStore:
     """Creates jobs and moves them through :data:`TRANSITIONS`, recording an audit event for each move."""
 
-    def __init__(self, audit: AuditLog) -> None:
+    def __init__(self, audit: AuditLog, metrics: NodeMetrics | None = None) -> None:
         self.audit = audit
         self.db = audit.db
+        #: Counts the jobs that end failed (``/metrics``).
+        self.metrics = metrics or NodeMetrics()
 
     def create(self, series_instance_uid: str, study_instance_uid: str, reason: str) -> JobInfo:
         """Create a ``queued`` job for a completed series; earlier jobs of the series are superseded."""
@@ -193,7 +196,10 @@ class JobStore:
                 series=job.series_instance_uid,
                 detail=f"{current} -> {new_state}" + (f": {detail}" if detail else ""),
             )
-            return JobInfo.of(job)
+            info = JobInfo.of(job)
+        if new_state is S.failed:
+            self.metrics.job_failed(current.value, reason)
+        return info
 
     def get(self, job_id: int) -> JobInfo:
         with self.db.read() as session:

@@ -225,6 +225,7 @@ def attempt_delivery(
             detail=f"{name}: attempt {row.attempts}: {(row.last_status or '').splitlines()[0]}{then}"[:4000],
         )
         info = DeliveryInfo.of(row)
+    ctx.metrics.send_attempt(name, info.last_outcome or "", (info.last_status or "").split("\n", 1)[0])
     log = logger.info if info.state == DELIVERED else logger.warning
     log(
         "job %d: delivery to %s attempt %d: %s (%s)",
