@@ -104,9 +104,12 @@ class SourceImage:
 
     @property
     def name(self) -> str:
-        if self.path is not None:
-            return str(self.path)
-        return f"SOP Instance {first_text(self.view, 0x00080018) or '?'}"
+        """How messages name the instance: its SOP Instance UID, else its file name (never the folder it
+        lies in: for the node that is the internal spool)."""
+        uid = first_text(self.view, 0x00080018)
+        if uid:
+            return f"instance {uid}"
+        return f"file {self.path.name}" if self.path is not None else "an instance without SOP Instance UID"
 
 
 @dataclass
@@ -184,7 +187,8 @@ def _read_file(path: Path) -> SourceImage:
             view = scanned.header
             if not (view.has(0x00080016) or view.has(0x00080018)):
                 raise NotSegmentableError(
-                    f"cannot read {path} as a DICOM instance: it has no SOP Class or SOP Instance UID",
+                    f"cannot read file {path.name} as a DICOM instance: it has no SOP Class or SOP "
+                    "Instance UID",
                     reason=Reason.UNREADABLE,
                 )
             return SourceImage(
@@ -205,15 +209,18 @@ def _read_file(path: Path) -> SourceImage:
         offset = pos if _is_pixel_tag(data[pos : pos + 4], header.original_encoding[1] is not False) else None
         del buffer, data
     except (InvalidDicomError, OSError, EOFError, *DECODE_ERRORS) as exc:
-        raise NotSegmentableError(f"cannot read {path} as DICOM: {exc}", reason=Reason.UNREADABLE) from exc
+        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        raise NotSegmentableError(
+            f"cannot read file {path.name} as DICOM ({cause})", reason=Reason.UNREADABLE
+        ) from exc
     if "SOPClassUID" not in header and "SOPInstanceUID" not in header:
         raise NotSegmentableError(
-            f"cannot read {path} as a DICOM instance: it has no SOP Class or SOP Instance UID",
+            f"cannot read file {path.name} as a DICOM instance: it has no SOP Class or SOP Instance UID",
             reason=Reason.UNREADABLE,
         )
     implicit, little = header.original_encoding
     return SourceImage(
-        view=DatasetView(header, str(path)),
+        view=DatasetView(header, f"file {path.name}"),
         transfer_syntax=_transfer_syntax(header),
         path=path,
         pixel_offset=offset,

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
-from conversion.errors import NotSegmentableError, Reason
+from conversion.errors import ADVICE, NotSegmentableError, Reason, summarise
 from conversion.headers import (
     FrameInfo,
     SourceImage,
@@ -115,7 +115,7 @@ def plan_series(
     tilt = first.number(0x00181120) or 0.0  # Gantry/Detector Tilt
     groups = geometry_groups(frames)
     stacks: list[Stack] = []
-    errors: list[NotSegmentableError] = []
+    errors: list[tuple[dict[str, Any], NotSegmentableError]] = []
     for g_index, group in enumerate(groups):
         for members, key in split_stacks(group):
             full_key: dict[str, Any] = dict(key)
@@ -135,11 +135,11 @@ def plan_series(
                     )
                 )
             except NotSegmentableError as exc:
-                errors.append(exc)
+                errors.append((full_key, exc))
     if not stacks:
         raise _series_error(errors, groups, name)
-    for error in errors:
-        logger.warning("%s: stack left out (%s): %s", name, error.reason, error.message)
+    if errors:
+        logger.warning("%s: %d stack(s) left out: %s", name, len(errors), summarise(errors))
     if len(stacks) == 1 and not stacks[0].label:
         stacks[0].label = plane_name(stacks[0].frames[0])
     return stacks, sources, name
@@ -188,8 +188,9 @@ def _unique_frames(frames: list[FrameInfo], name: str) -> list[FrameInfo]:
 
 
 def _series_error(
-    errors: list[NotSegmentableError], groups: list[list[FrameInfo]], name: str
+    failures: list[tuple[dict[str, Any], NotSegmentableError]], groups: list[list[FrameInfo]], name: str
 ) -> NotSegmentableError:
+    errors = [e for _, e in failures]
     reasons = [e.reason for e in errors]
     if len(groups) > 1 and all(r == Reason.SINGLE_SLICE for r in reasons):
         return NotSegmentableError(
@@ -201,9 +202,10 @@ def _series_error(
     if len(errors) == 1:
         return errors[0]
     first = min(errors, key=lambda e: _PRIORITY.index(Reason(e.reason)) if e.reason in _PRIORITY else 99)
-    detail = "; ".join(f"{e.stack_label or 'stack'}: {e.reason}" for e in errors)
+    advice = ADVICE.get(first.reason)
     return NotSegmentableError(
-        f"none of the {len(errors)} stacks of {name} can be segmented ({detail}). {first.message}",
+        f"none of the {len(errors)} stacks of {name} can be segmented: {summarise(failures)}"
+        + (f"; {advice}" if advice else ""),
         reason=Reason(first.reason),
         series=name,
     )

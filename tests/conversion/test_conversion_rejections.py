@@ -221,7 +221,8 @@ def test_unreadable_file(tmp_path: Path) -> None:
     bad.write_bytes(b"\x00" * 10)
     err = _reason([bad])
     assert err.reason == "unreadable"
-    assert str(bad) in err.message
+    assert "file not_dicom.dcm" in err.message
+    assert str(tmp_path) not in err.message  # names the file, not the folder (the node's spool)
 
 
 def test_undecodable_transfer_syntax_without_decoder(tmp_path: Path) -> None:
@@ -254,7 +255,9 @@ def test_undecodable_corrupt_jpeg2000(tmp_path: Path) -> None:
         paths.append(path)
     err = _reason(paths)
     assert err.reason == "undecodable_pixels"
-    assert "4.dcm" in err.message and "cannot be decoded" in err.message
+    victim = pydicom.dcmread(paths[4], stop_before_pixels=True).SOPInstanceUID
+    assert f"instance {victim}" in err.message and "cannot be decoded" in err.message
+    assert str(tmp_path) not in err.message
 
 
 def test_a_bad_stack_is_left_out_when_others_are_segmentable(caplog: pytest.LogCaptureFixture) -> None:
@@ -264,7 +267,7 @@ def test_a_bad_stack_is_left_out_when_others_are_segmentable(caplog: pytest.LogC
     kept = [ds for ds in datasets if ds is not victim]
     volumes = load_series(copy.deepcopy(kept))
     assert [v.stack_label for v in volumes] == ["b=400", "b=800"]
-    assert "b=50" in caplog.text and "missing_slices" in caplog.text
+    assert "1 stack(s) left out: b=50: missing slices" in caplog.text
 
 
 def test_bad_policy_value() -> None:
@@ -282,4 +285,24 @@ def test_undecodable_truncated_uncompressed_file(tmp_path: Path) -> None:
         paths.append(path)
     err = _reason(paths)
     assert err.reason == "undecodable_pixels"
-    assert "3.dcm" in err.message
+    assert f"instance {pydicom.dcmread(paths[3], stop_before_pixels=True).SOPInstanceUID}" in err.message
+    assert str(tmp_path) not in err.message
+
+
+def test_a_single_slice_cine_gets_one_reason_for_all_its_temporal_positions() -> None:
+    """19 images at one slice position, one per temporal position (a 2D cine): one stack per temporal
+    position, each a single slice. The reason says so once instead of 19 times, and what to do."""
+    base = _datasets(SAG)[5]
+    cine = []
+    for n in range(19):
+        ds = copy.deepcopy(base)
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.TemporalPositionIdentifier = n + 1
+        cine.append(ds)
+    err = _reason(cine)
+    assert err.reason == "single_slice"
+    assert err.message == (
+        'none of the 19 stacks of series 3 "t2_tse_sag" (1.3.6.1.4.1.14519.5.2.1.7311.5101.2509118588407678'
+        "91342974687368) can be segmented: 19 temporal positions, each a single slice; there is no volume to "
+        "segment (route such series to ignore)"
+    )
