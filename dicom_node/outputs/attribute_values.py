@@ -29,7 +29,7 @@ TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "PN", "UC", "UT"})
 _FREE_TEXT_VRS = frozenset({"ST", "LT", "UT"})
 _FREE_TEXT_CONTROLS = frozenset("\t\n\r\f\x1b")
 #: String VRs whose values pydicom's validators check or whose length PS3.5 limits.
-_STRING_VRS = TEXT_VRS | {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "UR"}
+STRING_VRS = TEXT_VRS | {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "UR"}
 #: Value length limits that pydicom's table leaves out (PS3.5 Table 6.2-1), in characters.
 _MORE_LIMITS = {"AS": 4, "DA": 18, "DT": 54, "TM": 28, "UC": 0, "UR": 0, "UT": 0}
 
@@ -146,9 +146,11 @@ def _one_value_problem(vr: str, value: str) -> str | None:
         return f"control character in {vr}"
     if vr == "PN":
         groups = value.split("=")
-        if len(groups) > 3 or any(len(g) > 64 for g in groups):
-            longest = max(len(g) for g in groups)
-            return f"person name with {len(groups)} component groups, the longest {longest} > 64 characters"
+        if len(groups) > 3:
+            return f"person name with {len(groups)} component groups (at most 3)"
+        longest = max(len(g) for g in groups)
+        if longest > 64:
+            return f"person name component group of {longest} characters exceeds 64 (PN)"
         if any(g.count("^") > 4 for g in groups):
             return "person name with more than 5 components"
         return None
@@ -197,7 +199,7 @@ def value_problem(dataset: Dataset, tag: BaseTag) -> str | None:
     vr = str(element.VR) if element.VR and element.VR != "UN" else (expected or "UN")
     if expected is not None and " or " not in expected and vr != expected:
         return f"VR {vr} where the dictionary has {expected}"
-    if vr in _STRING_VRS:
+    if vr in STRING_VRS:
         values = string_values(element, vr)
         if isinstance(values, str):
             return values

@@ -259,6 +259,7 @@ def sanitize_source(header: Dataset, copied: CopiedAttributes, where: str) -> Sa
     """
     work = _Work(private_copy(header), copied, where)
     work.types = _types(copied)
+    _fix_value_representations(work)
     _fix_character_set(work)
     for keyword, (_, module) in work.types.items():
         tag = _tag(keyword)
@@ -280,6 +281,33 @@ def private_copy(header: Dataset) -> Dataset:
     if "file_meta" in header.__dict__:
         out.file_meta = header.file_meta
     return out
+
+
+def _fix_value_representations(work: _Work) -> None:
+    """Elements stored with another VR than the dictionary's (UN after an implicit-to-explicit conversion,
+    LO for an SH attribute) are read with the dictionary's VR where the bytes mean the same (string VRs;
+    UN, whose bytes are those of the dictionary VR); their values are then checked as that VR."""
+    ds = work.dataset
+    for keyword in work.types:
+        tag = _tag(keyword)
+        element = ds.get_item(tag) if tag in ds else None
+        if not isinstance(element, RawDataElement) or not element.VR:
+            continue
+        expected = values.dictionary_vr(tag)
+        if expected is None or " or " in expected or element.VR == expected or expected == "SQ":
+            continue
+        if element.VR != "UN" and not {element.VR, expected} <= values.STRING_VRS:
+            continue  # e.g. a number stored as text: the value check reports the VR, the Type decides
+        ds[tag] = RawDataElement(
+            tag,
+            expected,
+            element.length,
+            element.value,
+            element.value_tell,
+            element.is_implicit_VR,
+            element.is_little_endian,
+        )
+        work.note(keyword, f"VR {element.VR} where the dictionary has {expected}", f"read as {expected}")
 
 
 def _problem(work: _Work, tag: BaseTag, module: CopiedModule | None) -> str | None:

@@ -94,7 +94,7 @@ FAULTS: dict[str, tuple[bytes, str, str]] = {
     "tab in LO": (b"KNEE\tLEFT", "StudyDescription", "control character in LO -> dropped (Type 3)"),
     "NUL in SH": (b"A\x00B ", "AccessionNumber", "control character in SH -> emptied (Type 2)"),
     "six name components": (b"A^B^C^D^E^F ", "ReferringPhysicianName", "more than 5 components -> emptied"),
-    "name of 70": (b"N" * 70, "PatientName", "longest 70 > 64 characters -> emptied (Type 2)"),
+    "name of 70": (b"N" * 70, "PatientName", "group of 70 characters exceeds 64 (PN) -> emptied (Type 2)"),
     "position reference of 70": (b"P" * 70, "PositionReferenceIndicator", "exceeds 64 (LO) -> emptied"),
 }
 
@@ -245,3 +245,20 @@ def test_value_checks_and_value_multiplicity() -> None:
         value_problem(header, tag_for_keyword("PatientSex"))
         == "characters outside the default repertoire of CS"
     )
+
+
+@pytest.mark.parametrize(
+    ("vr", "keyword", "data"), [("LO", "StudyID", b"STUDY-42"), ("UN", "StudyDescription", b"MR ")]
+)
+def test_a_value_stored_with_another_vr_is_read_with_the_dictionarys(
+    vr: str, keyword: str, data: bytes
+) -> None:
+    header = source()
+    tag = tag_for_keyword(keyword)
+    assert tag is not None
+    header._dict[tag] = RawDataElement(tag, vr, len(data), data, 0, False, True)
+    result = sanitize_source(header, COPIED, "series 1")
+    expected = str(dictionary_VR(tag))
+    found = {c.keyword: f"{c.problem} -> {c.action}" for c in result.corrections}
+    assert found[keyword] == f"VR {vr} where the dictionary has {expected} -> read as {expected}"
+    assert (result.header[keyword].VR, result.header[keyword].value) == (expected, data.decode().strip())
