@@ -2,9 +2,11 @@
 # Installs the Debian/Ubuntu packages SegNode's test suite talks to as real peers:
 # dcmtk (storescu, echoscu, storescp, dcmdump), orthanc (a real PACS), dicom3tools (dciodvfy), dcm2niix,
 # postgresql (the audit database on PostgreSQL; the test starts its own server on a free loopback port),
-# chromium + chromium-driver (a real browser for the dashboard and viewer tests, driven by selenium).
+# chromium + chromium-driver (a real browser for the dashboard and viewer tests, driven by selenium),
+# orthanc-dicomweb (Orthanc's DICOMweb plugin, read by the OHIF Viewer in the viewer test). Then the
+# npm-packaged peers (deploy/install-test-peers.sh: the prebuilt OHIF Viewer).
 set -eu
-PACKAGES="python3-venv dcmtk orthanc dicom3tools dcm2niix postgresql chromium chromium-driver"
+PACKAGES="python3-venv dcmtk orthanc dicom3tools dcm2niix postgresql chromium chromium-driver orthanc-dicomweb"
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
     SUDO="sudo"
@@ -19,3 +21,4 @@ if [ -n "$missing" ]; then
 fi
 # Orthanc's Debian package starts a system service on port 4242/8042; the tests start their own instances
 # on ephemeral loopback ports and do not need it.
+sh "$(dirname "$0")/install-test-peers.sh"
