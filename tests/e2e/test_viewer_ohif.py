@@ -37,7 +37,7 @@ from viewer_projection import (
     project,
     shown_on_page,
 )
-from viewer_support import OhifPage, chromium, enable_dicomweb, require_viewer_peers, viewer_server
+from viewer_support import OhifPage, enable_dicomweb, require_viewer_peers, viewer_browser, viewer_server
 
 from conversion import load_series
 from conversion.volume import Volume
@@ -149,7 +149,7 @@ def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewer]:
             orthanc.upload(sorted(folder.glob("*.dcm")))
         for path in seg_files:
             orthanc.upload([path])
-        with viewer_server(orthanc) as url, chromium(tmp / "chromium-profile") as driver:
+        with viewer_server(orthanc) as url, viewer_browser(tmp / "chromium-profile") as driver:
             yield Viewer(OhifPage(driver, url), studies.pop(), volumes, truths, segs)
     finally:
         orthanc.stop()

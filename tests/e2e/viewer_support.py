@@ -2,7 +2,7 @@
 ``@ohif/app`` (installed by ``deploy/install-test-peers.sh`` into ``.test-peers/ohif/dist``) served from a
 local HTTP server that also forwards ``/dicom-web/`` to a real Orthanc with its DICOMweb plugin (Debian
 ``orthanc-dicomweb``), so that the viewer and its data share one origin (no CORS); and Debian's headless
-Chromium driven through its ChromeDriver with selenium.
+Chromium (``tests.support.browser``) with WebGL.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import base64
 import http.client
 import http.server
 import json
-import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,29 +20,11 @@ from urllib.parse import urlsplit
 
 from orthanc_server import Orthanc
 
+from tests.support.browser import WEBGL_FLAGS, chromium, require_chromium
+
 ROOT = Path(__file__).resolve().parents[2]
 OHIF_DIST = ROOT / ".test-peers" / "ohif" / "dist"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-
-#: Flags that let Chromium run headless on a machine without a display, GPU or outside network: no
-#: background connections, no component updates; WebGL through ANGLE's software renderer (SwiftShader),
-#: which OHIF's cornerstone3D rendering needs.
-CHROMIUM_FLAGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--use-angle=swiftshader",
-    "--enable-unsafe-swiftshader",
-    "--force-device-scale-factor=1",
-)
 
 
 def require_viewer_peers() -> None:
@@ -53,11 +34,9 @@ def require_viewer_peers() -> None:
         missing.append(f"OHIF Viewer at {OHIF_DIST} (run: sh deploy/install-test-peers.sh)")
     if not DICOMWEB_PLUGIN.is_file():
         missing.append(f"Orthanc DICOMweb plugin {DICOMWEB_PLUGIN} (apt-get install orthanc-dicomweb)")
-    for binary, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not binary.is_file():
-            missing.append(f"{binary} (apt-get install {package})")
     if missing:
         raise AssertionError("viewer test peers missing: " + "; ".join(missing))
+    require_chromium()
 
 
 def enable_dicomweb(orthanc: Orthanc) -> None:
@@ -188,25 +167,10 @@ def viewer_server(orthanc: Orthanc) -> Iterator[str]:
 
 
 @contextmanager
-def chromium(profile: Path, width: int = 1400, height: int = 1000) -> Iterator[Any]:
-    """A headless Chromium (selenium WebDriver) with a fresh profile folder; quit on exit."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    if profile.exists():
-        shutil.rmtree(profile)
-    profile.mkdir(parents=True)
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = Service(executable_path=str(CHROMEDRIVER), log_output=str(profile.parent / "chromedriver.log"))
-    driver = webdriver.Chrome(options=options, service=service)
-    try:
+def viewer_browser(profile: Path) -> Iterator[Any]:
+    """Headless Chromium with WebGL (ANGLE's software renderer), which OHIF's cornerstone3D needs."""
+    with chromium(profile, extra_flags=WEBGL_FLAGS) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 #: JavaScript run in the page: OHIF exposes its services and cornerstone3D on ``window`` (``window.services``,
