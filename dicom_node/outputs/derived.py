@@ -1,0 +1,122 @@
+"""What the derived objects beside the SEG share (volumetry SR, overlay images, RTSTRUCT): UIDs derived from
+what determines their content, the patient and study attributes copied through the one sanitiser, the
+equipment that made them, and text fit for DICOM string elements.
+
+Every derived object of a stack is derived from the same identity as the stack's SEG: the SEG's SOP Instance
+UID (:func:`dicom_node.outputs.seg.seg_uids`), a function of the source series, the stack, the task, the
+algorithm and the SEG settings. A derived object's UIDs add its kind and the fingerprint of its own
+settings, so that encoding the same stack again gives the same UIDs (a re-run replaces the objects in the
+PACS instead of adding new ones), whether the SEG itself is sent or not.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cached_property
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
+
+from config.errors import SegNodeError
+from conversion.volume import Volume
+from dicom_node.outputs.derived_attributes import CopiedAttributes, sanitize_source
+from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, seg_uids
+
+logger = logging.getLogger(__name__)
+
+#: The words every derived object carries in its header (and the overlay images in their pixels).
+NOT_FOR_DIAGNOSIS = "AI-generated, not for diagnostic use"
+
+
+class OutputKind(StrEnum):
+    """The DICOM objects a route can ask for."""
+
+    SEG = "seg"
+    SR = "sr"
+    OVERLAY = "overlay"
+    RTSTRUCT = "rtstruct"
+
+
+class DerivedEncodingError(SegNodeError):
+    """A derived object (SR, overlay, RTSTRUCT) cannot be produced from the given inputs."""
+
+    reason = "output_encoding_failed"
+
+
+@dataclass(frozen=True)
+class DerivedContext:
+    """The stack and settings a derived object is made for."""
+
+    volume: Volume
+    algorithm: AlgorithmInfo
+    options: SegOptions
+
+    @property
+    def where(self) -> str:
+        label = f" stack {self.volume.stack_label}" if self.volume.stack_label else ""
+        return f"series {self.volume.series_instance_uid}{label}"
+
+    @cached_property
+    def identity(self) -> str:
+        """The SOP Instance UID the stack's SEG has (or would have) with these settings."""
+        return seg_uids(self.volume, self.algorithm, self.options)[1]
+
+    def uid(self, kind: OutputKind, part: str, settings: Mapping[str, Any] | None = None) -> str:
+        """A UID of a derived object: ``kind`` (``sr``...), ``part`` (``series``, ``instance-3``...) and the
+        fingerprint of the object's own ``settings`` on top of the SEG's identity."""
+        prefix = self.options.uid_root or PYDICOM_ROOT_UID
+        if not prefix.endswith("."):
+            prefix += "."
+        fingerprint = fingerprint_of(settings or {})
+        return str(generate_uid(prefix, entropy_srcs=[f"segnode-{kind}-{part}", self.identity, fingerprint]))
+
+    def source_header(self, iod: str) -> Dataset:
+        """The first source header with the Patient and Study modules of ``iod`` (a key of the standard's
+        module tables, e.g. ``"comprehensive-3d-sr"``) made valid by the sanitiser; corrections are logged
+        (keyword and rule, never the value)."""
+        copied = CopiedAttributes.of_iod(iod, ("Patient", "Study"))
+        sanitized = sanitize_source(self.volume.first_header, copied, self.where)
+        for correction in sanitized.corrections:
+            logger.info("%s: source attribute corrected for %s: %s", self.where, iod, correction)
+        return sanitized.header
+
+    def series_number(self, offset: int) -> int:
+        source = self.volume.first_header.get("SeriesNumber")
+        base = int(source) if source not in (None, "") else 0
+        return base + offset
+
+
+def fingerprint_of(settings: Mapping[str, Any]) -> str:
+    """A short, stable hash of settings that change an object's content."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def lo(text: str, limit: int = 64) -> str:
+    """A value fit for a LO (or shorter) element: no backslash or control characters, single spaces."""
+    return " ".join(re.sub(r"[\\\x00-\x1f]", " ", text).split())[:limit]
+
+
+def set_equipment(dataset: Dataset, options: SegOptions) -> None:
+    """General Equipment of the node that made the object."""
+    dataset.Manufacturer = lo(options.manufacturer)
+    dataset.ManufacturerModelName = lo(options.manufacturer_model_name)
+    dataset.SoftwareVersions = lo(options.software_version)
+    dataset.DeviceSerialNumber = lo(options.device_serial_number)
+
+
+def set_creation_time(dataset: Dataset, now: datetime.datetime | None = None) -> None:
+    """Instance Creation, Series and Content Date/Time of a newly made object."""
+    now = now or datetime.datetime.now()
+    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    for prefix in ("InstanceCreation", "Series", "Content"):
+        setattr(dataset, f"{prefix}Date", date)
+        setattr(dataset, f"{prefix}Time", time)

@@ -1,0 +1,179 @@
+"""The volumetry report: a Comprehensive 3D SR following TID 1500 (Measurement Report), one per stack.
+
+One Volumetric ROI measurement group (TID 1411) per structure of the stack's SEG, holding:
+
+* a Tracking Identifier (the structure's display name) and Tracking Unique Identifier (derived UID);
+* the referenced SEG segment (the SEG's SOP Instance UID and segment number) and the source series;
+* Finding Category and Finding Type from the structure catalog, and the Finding Site with its laterality;
+* the volume (SCT 118565006 "Volume") in UCUM ``ml``: voxel count x voxel volume;
+* two qualitative evaluations answered Yes or No, coded in SegNode's local coding scheme ``99SEGNODE``
+  (identified in the Coding Scheme Identification Sequence): ``BORDER`` "touches the image border: the
+  volume is a lower bound" and, for structures with a cut-off, ``IMPLAUSIBLE`` "below the plausibility
+  cut-off: likely failed segmentation" (see :mod:`dicom_node.outputs.volumetry`).
+
+The procedure reported is LOINC 25056-3 "MRI unspecified body region" (CID 100); the observer is the node
+as a device. Patient and study attributes come from the first source image through the sanitiser; the
+evidence is the source images and the SEG (Current Requested Procedure Evidence Sequence). UIDs are derived
+from the SEG's identity (:class:`dicom_node.outputs.derived.DerivedContext`).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pydicom.dataset import Dataset
+
+from dicom_node.outputs.derived import (
+    DerivedContext,
+    DerivedEncodingError,
+    OutputKind,
+    lo,
+    set_equipment,
+)
+from dicom_node.outputs.seg import CodeTriple, EncodedSeg, SegmentSpec
+from dicom_node.outputs.volumetry import StructureVolume, Volumetry
+
+if TYPE_CHECKING:
+    import highdicom as hd
+
+logger = logging.getLogger(__name__)
+
+#: SegNode's local coding scheme (a "99" designator: PS3.3 8.2) for the two qualitative evaluations.
+LOCAL_SCHEME = "99SEGNODE"
+BORDER_CODE = CodeTriple("BORDER", LOCAL_SCHEME, "Touches image border: volume is a lower bound")
+IMPLAUSIBLE_CODE = CodeTriple("IMPLAUSIBLE", LOCAL_SCHEME, "Below plausibility cut-off: likely failed")
+ML = CodeTriple("ml", "UCUM", "milliliter")
+#: Series Number offset of the SR (the SEG uses the ``seg.series_number_offset``, 1000 by default).
+SR_SERIES_NUMBER_OFFSET = 2000
+
+
+@dataclass(frozen=True)
+class EncodedSr:
+    """A volumetry SR ready to be written or sent."""
+
+    dataset: Dataset
+    series_instance_uid: str
+    sop_instance_uid: str
+
+
+def _concept(code: CodeTriple) -> hd.sr.CodedConcept:
+    import highdicom as hd
+
+    return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
+
+
+def _yes_no(flag: bool) -> hd.sr.CodedConcept:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    return hd.sr.CodedConcept.from_code(codes.SCT.Yes if flag else codes.SCT.No)
+
+
+def _group(
+    context: DerivedContext, structure: StructureVolume, spec: SegmentSpec, seg: EncodedSeg, number: int
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    algorithm = context.algorithm
+    algorithm_id = hd.sr.AlgorithmIdentification(
+        name=lo(f"{algorithm.name} {algorithm.task}"),
+        version=lo(algorithm.version),
+        parameters=[lo(f"{k}={v}") for k, v in sorted(algorithm.parameters.items())] or None,
+    )
+    site = hd.sr.FindingSite(
+        anatomic_location=_concept(spec.type),
+        laterality=None if spec.modifier is None else _concept(spec.modifier),
+    )
+    evaluations = [hd.sr.QualitativeEvaluation(_concept(BORDER_CODE), _yes_no(structure.touches_border))]
+    if structure.cutoff_ml is not None:
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(_concept(IMPLAUSIBLE_CODE), _yes_no(structure.below_cutoff))
+        )
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=context.uid(OutputKind.SR, f"tracking-{structure.label}"), identifier=lo(spec.name)
+        ),
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=str(seg.dataset.SOPClassUID),
+            sop_instance_uid=seg.sop_instance_uid,
+            segment_number=number,
+            source_series=hd.sr.SourceSeriesForSegmentation(context.volume.series_instance_uid),
+        ),
+        finding_category=_concept(spec.category),
+        finding_type=_concept(spec.type),
+        algorithm_id=algorithm_id,
+        finding_sites=[site],
+        measurements=[hd.sr.Measurement(name=codes.SCT.Volume, value=structure.volume_ml, unit=_concept(ML))],
+        qualitative_evaluations=evaluations,
+    )
+
+
+def encode_volumetry_sr(
+    context: DerivedContext,
+    volumetry: Volumetry,
+    seg: EncodedSeg,
+    segments: Mapping[int, SegmentSpec],
+) -> EncodedSr:
+    """The TID 1500 volumetry SR of one stack, whose SEG is ``seg`` (the report references its segments)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    numbers = {label: number for number, label in seg.segment_labels.items()}
+    missing = [s.label for s in volumetry.structures if s.label not in numbers or s.label not in segments]
+    if missing:
+        raise DerivedEncodingError(f"{context.where}: labels {missing} have no segment in the SEG")
+    options = context.options
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=context.uid(OutputKind.SR, "device", {"serial": options.device_serial_number}),
+        name=lo(options.manufacturer_model_name),
+        manufacturer_name=lo(options.manufacturer),
+        model_name=lo(options.manufacturer_model_name),
+        serial_number=lo(options.device_serial_number),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(
+            observer_device_context=hd.sr.ObserverContext(
+                observer_type=codes.DCM.Device, observer_identifying_attributes=device
+            )
+        ),
+        procedure_reported=codes.LN.MRIUnspecifiedBodyRegion,
+        imaging_measurements=[
+            _group(context, s, segments[s.label], seg, numbers[s.label]) for s in volumetry.structures
+        ],
+    )
+    series_uid = context.uid(OutputKind.SR, "series")
+    sop_uid = context.uid(OutputKind.SR, "instance")
+    evidence = [context.source_header("comprehensive-3d-sr"), *context.volume.source_headers[1:], seg.dataset]
+    try:
+        with warnings.catch_warnings():
+            # highdicom puts one-component person names (copied from the source) into its warning text:
+            # that would put patient names in the log.
+            warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+            sr = hd.sr.Comprehensive3DSR(
+                evidence=evidence,
+                content=report,
+                series_instance_uid=series_uid,
+                series_number=context.series_number(SR_SERIES_NUMBER_OFFSET),
+                sop_instance_uid=sop_uid,
+                instance_number=1,
+                manufacturer=lo(options.manufacturer),
+                is_complete=True,
+                coding_schemes=[
+                    hd.coding_schemes.CodingSchemeIdentificationItem(
+                        designator=LOCAL_SCHEME,
+                        name="SegNode local codes",
+                        responsible_organization="SegNode",
+                    )
+                ],
+                series_description=lo(f"{context.algorithm.name} {context.algorithm.task} volumes (AI)"),
+            )
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise DerivedEncodingError(f"{context.where}: highdicom refused the volumetry SR: {exc}") from exc
+    set_equipment(sr, options)
+    logger.info("encoded volumetry SR for %s: %d structures", context.where, len(volumetry.structures))
+    return EncodedSr(dataset=sr, series_instance_uid=series_uid, sop_instance_uid=sop_uid)

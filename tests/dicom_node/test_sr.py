@@ -1,0 +1,229 @@
+"""The TID 1500 volumetry SR and the volumes behind it (dicom_node.outputs.volumetry, dicom_node.outputs.sr):
+valid for dciodvfy, read back by highdicom, volumes equal to voxel count x voxel volume (computed here from
+the source headers, not from the Volume affine), border and plausibility flags on crafted label maps, and the
+SR stored in a real Orthanc next to its SEG and sources."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from config.routing import DestinationConfig, SendingConfig
+from conversion.volume import Volume
+from dicom_node.outputs import volumetry
+from dicom_node.outputs.derived import DerivedContext, DerivedEncodingError
+from dicom_node.outputs.seg import (
+    AlgorithmInfo,
+    EncodedSeg,
+    SegOptions,
+    encode_seg,
+    segments_from_catalog,
+    validate_with_dciodvfy,
+)
+from dicom_node.outputs.sender import send_datasets
+from dicom_node.outputs.sr import BORDER_CODE, IMPLAUSIBLE_CODE, encode_volumetry_sr
+from tests.dicom_node.seg_support import volumes_of
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+from orthanc_server import Orthanc  # noqa: E402
+
+PD_TRA = ROOT / "tests/data/mri/prostatex/ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276"
+ALGORITHM = AlgorithmInfo("TotalSegmentator", "total_mr", "2.0")
+SPLEEN, KIDNEY_RIGHT, KIDNEY_LEFT, LIVER, ADRENAL_RIGHT, PROSTATE = 1, 2, 3, 5, 8, 17
+SEGMENTS = segments_from_catalog("total_mr")
+
+
+@pytest.fixture(scope="module")
+def volume() -> Volume:
+    return volumes_of(PD_TRA)[0]
+
+
+def header_voxel_ml(volume: Volume) -> float:
+    """Voxel volume from the source headers: Pixel Spacing x the distance between neighbouring slices."""
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(PD_TRA.glob("*.dcm"))]
+    spacing = [float(v) for v in headers[0].PixelSpacing]
+    normal = np.cross(*np.reshape([float(v) for v in headers[0].ImageOrientationPatient], (2, 3)))
+    along = sorted(float(np.dot([float(v) for v in h.ImagePositionPatient], normal)) for h in headers)
+    steps = np.diff(along)
+    assert len(steps) == volume.shape[2] - 1 and np.allclose(steps, steps[0], rtol=1e-4)
+    return spacing[0] * spacing[1] * float(steps[0]) / 1000.0
+
+
+def crafted(volume: Volume) -> npt.NDArray[np.uint8]:
+    """Spleen 30 ml (implausible) inside; liver 150 ml inside; right kidney 60 ml touching the first column
+    (a lower bound, plausible); left kidney 25 ml touching the last slice (both flags); right adrenal 2 ml;
+    prostate (no cut-off) touching the first row."""
+    out = np.zeros(volume.shape, dtype=np.uint8)
+    voxel_ml = header_voxel_ml(volume)
+
+    def fill(label: int, ml: float, box: tuple[slice, slice, slice]) -> None:
+        """The first round(ml / voxel volume) voxels of ``box`` (C order)."""
+        n = int(round(ml / voxel_ml))
+        region = out[box]
+        assert region.size >= n and not region.any(), f"label {label}: box too small or taken"
+        flat = region.reshape(-1).copy()
+        flat[:n] = label
+        out[box] = flat.reshape(region.shape)
+
+    ni, nj, nk = volume.shape
+    fill(SPLEEN, 30.0, np.s_[30:60, 20:60, 2:8])
+    fill(LIVER, 150.0, np.s_[60:110, 20:70, 2:12])
+    fill(KIDNEY_RIGHT, 60.0, np.s_[0:30, 80:125, 2:12])
+    fill(KIDNEY_LEFT, 25.0, np.s_[30:60, 80:125, nk - 3 : nk])
+    fill(ADRENAL_RIGHT, 2.0, np.s_[112:120, 60:80, 5:8])
+    out[20:30, 0:4, 4:6] = PROSTATE
+    return out
+
+
+def encode(volume: Volume, label_map: npt.NDArray[np.uint8], **options: Any) -> tuple[EncodedSeg, Dataset]:
+    seg_options = SegOptions(**options)
+    seg = encode_seg(volume, label_map, SEGMENTS, ALGORITHM, seg_options)
+    context = DerivedContext(volume, ALGORITHM, seg_options)
+    report = volumetry.measure(volume, label_map, "total_mr", volumetry.catalog_names("total_mr"))
+    return seg, encode_volumetry_sr(context, report, seg, SEGMENTS).dataset
+
+
+@pytest.fixture(scope="module")
+def encoded(volume: Volume) -> tuple[npt.NDArray[np.uint8], EncodedSeg, Dataset]:
+    label_map = crafted(volume)
+    seg, sr = encode(volume, label_map)
+    return label_map, seg, sr
+
+
+def groups_by_name(sr: Dataset) -> dict[str, Any]:
+    document = hd.sr.Comprehensive3DSR.from_dataset(sr)
+    groups = document.content.get_volumetric_roi_measurement_groups()
+    return {g.tracking_identifier: g for g in groups}
+
+
+def evaluation(group: Any, code: Any) -> str:
+    found = [e for e in group.get_qualitative_evaluations() if e.name.value == code.value]
+    assert len(found) <= 1
+    return "" if not found else str(found[0].value.meaning)
+
+
+def test_sr_is_valid(tmp_path: Path, encoded: tuple[Any, EncodedSeg, Dataset]) -> None:
+    path = tmp_path / "sr.dcm"
+    encoded[2].save_as(path, enforce_file_format=True)
+    report = validate_with_dciodvfy(path)  # raises on any Error line
+    assert report.witness_frames is None
+    assert encoded[2].SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert pydicom.dcmread(path).ContentTemplateSequence[0].TemplateIdentifier == "1500"
+
+
+def test_volumes_are_voxel_count_times_voxel_volume(
+    volume: Volume, encoded: tuple[npt.NDArray[np.uint8], EncodedSeg, Dataset]
+) -> None:
+    label_map, seg, sr = encoded
+    groups = groups_by_name(sr)
+    voxel_ml = header_voxel_ml(volume)
+    assert set(groups) == {SEGMENTS[label].name for label in np.unique(label_map) if label}
+    numbers = {label: number for number, label in seg.segment_labels.items()}
+    for label in (int(v) for v in np.unique(label_map) if v):
+        spec = SEGMENTS[label]
+        group = groups[spec.name]
+        (measurement,) = group.get_measurements()
+        assert measurement.name.value == "118565006" and measurement.unit.value == "ml"
+        expected = int((label_map == label).sum()) * voxel_ml
+        assert measurement.value == pytest.approx(expected, rel=1e-3), spec.name
+        segment = group.referenced_segment
+        assert segment.referenced_sop_instance_uid == seg.sop_instance_uid
+        assert segment.referenced_segment_numbers == [numbers[label]]
+        assert segment.source_series_for_segmentation.value == volume.series_instance_uid
+        (site,) = group.finding_sites
+        assert site.value.value == spec.type.value
+        if spec.modifier is None:
+            assert site.laterality is None
+        else:
+            assert site.laterality.value == spec.modifier.value
+
+
+@pytest.mark.parametrize(
+    ("label", "border", "implausible"),
+    [
+        (SPLEEN, "No", "Yes"),  # 30 ml < 40 ml
+        (LIVER, "No", "No"),  # 150 ml >= 100 ml
+        (KIDNEY_RIGHT, "Yes", "No"),  # on the first column; 60 ml >= 50 ml
+        (KIDNEY_LEFT, "Yes", "Yes"),  # on the last slice; 25 ml < 30 ml
+        (ADRENAL_RIGHT, "No", "No"),  # 2 ml >= 1 ml
+        (PROSTATE, "Yes", ""),  # on the first row; no cut-off: no plausibility evaluation
+    ],
+)
+def test_border_and_plausibility_flags(
+    encoded: tuple[Any, EncodedSeg, Dataset], label: int, border: str, implausible: str
+) -> None:
+    group = groups_by_name(encoded[2])[SEGMENTS[label].name]
+    assert evaluation(group, BORDER_CODE) == border
+    assert evaluation(group, IMPLAUSIBLE_CODE) == implausible
+
+
+def test_results_rows_are_the_sr_numbers(volume: Volume, encoded: tuple[Any, Any, Dataset]) -> None:
+    label_map, _, sr = encoded
+    report = volumetry.measure(volume, label_map, "total_mr", volumetry.catalog_names("total_mr"))
+    groups = groups_by_name(sr)
+    rows = volumetry.result_rows([report])
+    assert len(rows) == len(groups)
+    for row in rows:
+        (measurement,) = groups[row["display_name"]].get_measurements()
+        assert float(measurement.value) == pytest.approx(row["volume_ml"], rel=1e-9)
+    csv_text = volumetry.to_csv([report])
+    assert csv_text.splitlines()[0] == ",".join(volumetry.RESULT_COLUMNS)
+    assert len(csv_text.splitlines()) == len(rows) + 1
+
+
+def test_uids_are_deterministic(volume: Volume, encoded: tuple[npt.NDArray[np.uint8], Any, Dataset]) -> None:
+    label_map, _, sr = encoded
+    _, again = encode(volume, label_map)
+    assert (again.SeriesInstanceUID, again.SOPInstanceUID) == (sr.SeriesInstanceUID, sr.SOPInstanceUID)
+    _, other = encode(volume, label_map, config_fingerprint="other")  # other SEG settings: other identity
+    assert other.SOPInstanceUID != sr.SOPInstanceUID
+
+
+def test_a_label_outside_the_catalog_is_refused(volume: Volume) -> None:
+    label_map = np.zeros(volume.shape, dtype=np.uint8)
+    label_map[10:20, 10:20, 5] = 200
+    with pytest.raises(DerivedEncodingError, match="label 200 of task 'total_mr' is not in the structure"):
+        volumetry.measure(volume, label_map, "total_mr", volumetry.catalog_names("total_mr"))
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    server = Orthanc(tmp_path / "orthanc", {})
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.e2e
+def test_sr_lands_in_orthanc_in_the_study_and_references_the_seg(
+    orthanc: Orthanc, volume: Volume, encoded: tuple[Any, EncodedSeg, Dataset]
+) -> None:
+    _, seg, sr = encoded
+    orthanc.upload(sorted(PD_TRA.glob("*.dcm")))
+    destination = DestinationConfig(ae_title=Orthanc.AE_TITLE, host="127.0.0.1", port=orthanc.dicom_port)
+    result = send_datasets([seg.dataset, sr], "orthanc", destination, SendingConfig())
+    assert result.delivered, result
+    (found,) = orthanc.lookup(str(sr.SOPInstanceUID))
+    stored = pydicom.dcmread(pydicom.filebase.DicomBytesIO(orthanc.instance_file(found["ID"])))
+    study = orthanc.get(f"/instances/{found['ID']}/study")
+    assert study["MainDicomTags"]["StudyInstanceUID"] == volume.study_instance_uid
+    source_study = orthanc.lookup(volume.study_instance_uid)[0]["ID"]
+    assert study["ID"] == source_study
+    groups = groups_by_name(stored)
+    assert {g.referenced_segment.referenced_sop_instance_uid for g in groups.values()} == {
+        seg.sop_instance_uid
+    }
+    evidence = stored.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+    assert seg.series_instance_uid in {str(item.SeriesInstanceUID) for item in evidence}
