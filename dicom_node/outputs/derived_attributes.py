@@ -310,6 +310,35 @@ def _fix_value_representations(work: _Work) -> None:
         work.note(keyword, f"VR {element.VR} where the dictionary has {expected}", f"read as {expected}")
 
 
+def correct_derived(
+    dataset: Dataset, reported: dict[str, str], copied: CopiedAttributes, where: str
+) -> tuple[tuple[Correction, ...], list[str]]:
+    """Apply the Type rules, in a written derived object, to attributes its validator reports as invalid
+    where the object copied them from its source (a fault of the source the checks here did not know).
+
+    ``reported`` maps keywords to the validator's problem (without values). Returns the corrections made
+    (``dataset`` is changed in place) and the keywords that are not copied attributes (faults of the
+    object's own content, which the caller must not correct). Raises :class:`SourceAttributeError` for a
+    Type 1 attribute of a mandatory module or a single Type 1 attribute.
+    """
+    work = _Work(dataset, copied, where)
+    work.types = _types(copied)
+    own = []
+    for keyword, problem in reported.items():
+        if keyword not in work.types:
+            own.append(keyword)
+            continue
+        type_ = work.types[keyword][0]
+        tag = _tag(keyword)
+        if tag not in dataset and type_ in ("2", "2C"):
+            vr = values.dictionary_vr(tag) or "UN"
+            dataset[tag] = DataElement(tag, vr, empty_value_for_VR(vr))
+            work.note(keyword, f"{problem} (reported by the validator)", f"added empty (Type {type_})")
+        else:
+            apply_type_rule(work, keyword, f"{problem} (reported by the validator)")
+    return tuple(work.corrections), own
+
+
 def _problem(work: _Work, tag: BaseTag, module: CopiedModule | None) -> str | None:
     element = work.dataset.get_item(tag)
     vr = element.VR or values.dictionary_vr(tag)

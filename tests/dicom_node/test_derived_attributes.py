@@ -17,6 +17,7 @@ from dicom_node.outputs.attribute_values import value_problem, vm_allows
 from dicom_node.outputs.derived_attributes import (
     CopiedAttributes,
     SourceAttributeError,
+    correct_derived,
     describe,
     root_attributes,
     sanitize_source,
@@ -29,7 +30,12 @@ COPIED = CopiedAttributes.of_iod(
     "segmentation",
     ("Patient", "Study"),
     modules=("specimen",),
-    attributes=(("FrameOfReferenceUID", "1"), ("PositionReferenceIndicator", "2"), ("SeriesNumber", "3")),
+    attributes=(
+        ("FrameOfReferenceUID", "1"),
+        ("PositionReferenceIndicator", "2"),
+        ("SeriesNumber", "3"),
+        ("StudyInstanceUID", "1"),
+    ),
 )
 
 
@@ -262,3 +268,29 @@ def test_a_value_stored_with_another_vr_is_read_with_the_dictionarys(
     found = {c.keyword: f"{c.problem} -> {c.action}" for c in result.corrections}
     assert found[keyword] == f"VR {vr} where the dictionary has {expected} -> read as {expected}"
     assert (result.header[keyword].VR, result.header[keyword].value) == (expected, data.decode().strip())
+
+
+def test_attributes_a_validator_reports_in_the_derived_object_are_corrected_by_their_type() -> None:
+    """What the checks here do not know but the validator of the written object reports, on attributes the
+    object copied, gets the same rules; its own attributes are handed back untouched."""
+    derived = source()
+    derived.ContentLabel = "LIVER"
+    reported = {
+        "PatientSexNeutered": "Missing attribute Type 2C Conditional",
+        "StudyDescription": "Value invalid for this VR",
+        "PatientName": "Value invalid for this VR",
+        "ContentLabel": "Value invalid for this VR",
+    }
+    corrections, own = correct_derived(derived, reported, COPIED, "series 1")
+    assert own == ["ContentLabel"] and derived.ContentLabel == "LIVER"
+    assert [str(c) for c in corrections] == [
+        "PatientSexNeutered: Missing attribute Type 2C Conditional (reported by the validator) -> "
+        "added empty (Type 2C)",
+        "StudyDescription: Value invalid for this VR (reported by the validator) -> dropped (Type 3)",
+        "PatientName: Value invalid for this VR (reported by the validator) -> emptied (Type 2)",
+    ]
+    assert (
+        derived.PatientSexNeutered == "" and "StudyDescription" not in derived and derived.PatientName == ""
+    )
+    with pytest.raises(SourceAttributeError, match=r"Study Instance UID \(0020,000D\)"):
+        correct_derived(derived, {"StudyInstanceUID": "Value invalid for this VR"}, COPIED, "series 1")
