@@ -104,20 +104,20 @@ def _table(rows: list[list[str]], columns: list[str]) -> str:
 
 
 def _list(ctx: Any, args: argparse.Namespace) -> str:
-    from dicom_node.jobs.admin import list_jobs
+    from dicom_node.jobs.queries import JobFilter, list_jobs
 
-    jobs = list_jobs(ctx, args.state, args.series, args.limit)
+    jobs = list_jobs(ctx.db, JobFilter(state=args.state, series=args.series, limit=args.limit))
     if args.format == "json":
-        return json.dumps([j.__dict__ for j in jobs], default=_json_default, indent=2) + "\n"
+        return json.dumps(jobs, default=_json_default, indent=2) + "\n"
     columns = ["id", "state", "failed_stage", "reason", "route", "series_instance_uid", "updated_at"]
-    rows = [[_text(getattr(j, c)) for c in columns] for j in jobs]
+    rows = [[_text(j[c]) for c in columns] for j in jobs]
     return _table(rows, columns) + f"({len(jobs)} job{'s' if len(jobs) != 1 else ''})\n"
 
 
 def _show(ctx: Any, args: argparse.Namespace) -> str:
-    from dicom_node.jobs.admin import show_job
+    from dicom_node.jobs.queries import show_job
 
-    data = show_job(ctx, args.job_id)
+    data = show_job(ctx.db, args.job_id)
     if args.format == "json":
         return json.dumps(data, default=_json_default, indent=2) + "\n"
     out = [f"job {data['id']}: {data['state']}"]

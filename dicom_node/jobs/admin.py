@@ -1,4 +1,5 @@
-"""What an operator does with jobs (``segnode jobs``): look at them, retry, resend or cancel them.
+"""What an operator does with jobs (``segnode jobs``, the HTTP API and dashboard): retry, resend or cancel
+them (what they look at is in ``dicom_node.jobs.queries``).
 
 These functions only change the database; a running node picks the change up at its next poll (the
 dispatcher for jobs resumed at a processing stage, the sender for deliveries due again).
@@ -6,22 +7,14 @@ dispatcher for jobs resumed at a processing stage, the sender for deliveries due
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
-
-from sqlalchemy import select
 
 from config.errors import SegNodeError
-from dicom_node.audit.tables import Event, Job
+from dicom_node.audit.tables import Job
 from dicom_node.jobs.pipeline import PipelineContext, seg_outputs
-from dicom_node.jobs.store import JobNotFoundError, JobState
+from dicom_node.jobs.store import JobState
 from dicom_node.outputs.outbox import (
     cancel_deliveries,
-    deliveries_of,
-    describe,
     reopen_deliveries,
     retry_deliveries,
 )
@@ -31,73 +24,6 @@ class JobActionError(SegNodeError):
     """The job is not in a state where the action applies."""
 
     reason = "job_action_refused"
-
-
-@dataclass(frozen=True)
-class JobSummary:
-    id: int
-    state: str
-    failed_stage: str | None
-    reason: str | None
-    route: str | None
-    series_instance_uid: str
-    study_instance_uid: str
-    created_at: datetime
-    updated_at: datetime
-
-    @classmethod
-    def of(cls, row: Job) -> JobSummary:
-        return cls(
-            id=row.id,
-            state=row.state,
-            failed_stage=row.failed_stage,
-            reason=row.reason,
-            route=row.route,
-            series_instance_uid=row.series_instance_uid,
-            study_instance_uid=row.study_instance_uid,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
-
-
-def list_jobs(
-    ctx: PipelineContext, state: str | None = None, series: str | None = None, limit: int = 100
-) -> list[JobSummary]:
-    """Jobs, newest first, optionally of one state or series."""
-    statement = select(Job).order_by(Job.id.desc()).limit(limit)
-    if state:
-        statement = statement.where(Job.state == JobState(state).value)
-    if series:
-        statement = statement.where(Job.series_instance_uid == series)
-    with ctx.db.read() as session:
-        return [JobSummary.of(r) for r in session.scalars(statement)]
-
-
-def show_job(ctx: PipelineContext, job_id: int) -> dict[str, Any]:
-    """Everything about a job: its row, stage timings, outputs, deliveries and audit events."""
-    with ctx.db.read() as session:
-        row = session.get(Job, job_id)
-        if row is None:
-            raise JobNotFoundError(f"job {job_id} does not exist")
-        events = [
-            {"at": e.at, "what": e.what, "outcome": e.outcome, "reason": e.reason, "detail": e.detail}
-            for e in session.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.id))
-        ]
-        summary = JobSummary.of(row)
-        timings = json.loads(row.stage_timings) if row.stage_timings else {}
-        outputs = json.loads(row.outputs) if row.outputs else {}
-        detail = row.detail
-        superseded_by = row.superseded_by
-    return {
-        **summary.__dict__,
-        "detail": detail,
-        "superseded_by": superseded_by,
-        "stage_timings": {k: v for k, v in timings.items() if k != "runs"},
-        "stage_runs": timings.get("runs", []),
-        "outputs": outputs,
-        "deliveries": [describe(d) for d in deliveries_of(ctx, job_id)],
-        "events": events,
-    }
 
 
 def retry_job(ctx: PipelineContext, job_id: int) -> str:

@@ -212,7 +212,8 @@ def destinations_overview(
     db: Database, config: SegNodeConfig, health: Mapping[str, Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
     """Each configured destination: where it is, whether it answers (``health``: name -> state), and its
-    deliveries: how many wait (and when the next attempt is due: the back-off), failed, the last delivery."""
+    deliveries: how many wait (and when the next attempt is due: the back-off), how many failed (of jobs
+    still failed: a retried or cancelled job's are not counted), the last delivery."""
     with db.read() as session:
         pending = {
             name: (int(count), nxt)
@@ -226,7 +227,8 @@ def destinations_overview(
             name: int(count)
             for name, count in session.execute(
                 select(Delivery.destination, func.count())
-                .where(Delivery.state == "failed")
+                .join(Job, Job.id == Delivery.job_id)
+                .where(Delivery.state == "failed", Job.state == JobState.failed.value)
                 .group_by(Delivery.destination)
             )
         }

@@ -271,8 +271,9 @@ def _record_sending_timing(ctx: PipelineContext, job_id: int, deliveries: Sequen
     if not firsts or not lasts:
         return
     timer = StageTimer("sending", min(firsts), 0.0, {"attempts": sum(d.attempts for d in deliveries)})
+    ok = not any(d.state == FAILED for d in deliveries)
     record_stage_timing(
-        ctx, job_id, timer, (max(lasts) - min(firsts)).total_seconds(), ok=True, ended_at=max(lasts)
+        ctx, job_id, timer, (max(lasts) - min(firsts)).total_seconds(), ok=ok, ended_at=max(lasts)
     )
 
 

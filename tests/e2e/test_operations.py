@@ -59,7 +59,7 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpsStack]:
 
 
 def _refused(api: Api, what: str) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = api.admin(f"/api/audit?what={what}&limit=5000")
+    rows: list[dict[str, object]] = api.admin(f"/api/audit?what={what}&limit=5000&newest_first=false")
     return rows
 
 

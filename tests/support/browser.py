@@ -85,9 +85,18 @@ def wait_for(driver: Any, what: str, condition: Any, timeout_s: float = 120) -> 
         ) from None
 
 
-def screenshot(driver: Any, *paths: Path) -> None:
-    """Save a PNG of the page to each path (test artefacts, and the pictures in docs/)."""
-    data = driver.get_screenshot_as_png()
+def screenshot(driver: Any, *paths: Path, full_page: bool = True) -> None:
+    """Save a PNG of the page to each path (test artefacts, and the pictures in docs/); ``full_page``: the
+    whole page, not only the window."""
+    size = driver.get_window_size()
+    if full_page:
+        height = int(driver.execute_script("return document.documentElement.scrollHeight"))
+        driver.set_window_size(size["width"], max(size["height"], height + 140))
+    try:
+        data = driver.get_screenshot_as_png()
+    finally:
+        if full_page:
+            driver.set_window_size(size["width"], size["height"])
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
