@@ -161,12 +161,14 @@ def test_dashboard_shows_the_failure_and_a_retry_in_the_browser_brings_the_job_t
         _login(driver, base, "admin")
         row = wait_for(driver, f"job {a} failed", lambda d: d.find_elements("id", f"job-{a}"))[0]
         assert "failed" in row.text and "sending: peer_unreachable" in row.text, row.text
-        screenshot(driver, artefacts / "jobs-failed.png", DOC_IMAGES / "dashboard-jobs.png")
+        screenshot(driver, artefacts / "jobs-failed.png", DOC_IMAGES / "dashboard-jobs.png", full_page=True)
         driver.find_element("link text", str(a)).click()
         reason = wait_for(driver, "the failure reason", lambda d: d.find_elements("id", "failure-reason"))[0]
         assert reason.text == "peer_unreachable"
         assert "peer_unreachable" in driver.find_element("id", "events").text  # the audit trail
-        screenshot(driver, artefacts / "job-failed.png", DOC_IMAGES / "dashboard-job-failed.png")
+        screenshot(
+            driver, artefacts / "job-failed.png", DOC_IMAGES / "dashboard-job-failed.png", full_page=True
+        )
         # a form posted from another site, or without the page's CSRF token, is refused (and audited)
         cookie = driver.get_cookie("segnode_session")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
@@ -193,7 +195,7 @@ def test_dashboard_shows_the_failure_and_a_retry_in_the_browser_brings_the_job_t
             lambda d: d.find_element("id", "job-state").get_attribute("data-state") == "done",
             timeout_s=JOB_TIMEOUT_S,
         )
-        screenshot(driver, artefacts / "job-done.png", DOC_IMAGES / "dashboard-job-done.png")
+        screenshot(driver, artefacts / "job-done.png", DOC_IMAGES / "dashboard-job-done.png", full_page=True)
         driver.get(base + "/dashboard/destinations")
         wait_for(
             driver,
@@ -201,7 +203,9 @@ def test_dashboard_shows_the_failure_and_a_retry_in_the_browser_brings_the_job_t
             lambda d: "yes" in d.find_element("id", "destination-orthanc").text,
             timeout_s=120,
         )
-        screenshot(driver, artefacts / "destinations.png", DOC_IMAGES / "dashboard-destinations.png")
+        screenshot(
+            driver, artefacts / "destinations.png", DOC_IMAGES / "dashboard-destinations.png", full_page=True
+        )
     refusals = _refused(api, "http_request_refused")
     assert sum(r["reason"] == "cross_site_request" for r in refusals) >= 2
     assert api.job_state(a) == "done"

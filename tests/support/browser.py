@@ -85,7 +85,7 @@ def wait_for(driver: Any, what: str, condition: Any, timeout_s: float = 120) -> 
         ) from None
 
 
-def screenshot(driver: Any, *paths: Path, full_page: bool = True) -> None:
+def screenshot(driver: Any, *paths: Path, full_page: bool = False) -> None:
     """Save a PNG of the page to each path (test artefacts, and the pictures in docs/); ``full_page``: the
     whole page, not only the window."""
     size = driver.get_window_size()
