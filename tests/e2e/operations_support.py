@@ -188,13 +188,16 @@ def node_settings(node: SegNode, http_port: int) -> None:
 
 @contextmanager
 def ops_stack(tmp: Path) -> Iterator[OpsStack]:
-    """The node running with Orthanc down; two series sent; both jobs failed at sending."""
+    """The node running with Orthanc down; two series sent: the first job fails at sending (Orthanc down),
+    the second at segmenting (the test-only failpoint fails its inference: no model run needed)."""
     port, http_port = free_port(), free_port()
     orthanc = Orthanc(tmp / "orthanc", {"segnode": ("SEGNODE", "127.0.0.1", port)})
     node = SegNode(tmp / "segnode", port, orthanc.dicom_port)
     node_settings(node, http_port)
-    saved = {k: os.environ.get(k) for k in ENVIRONMENT}
-    os.environ.update(ENVIRONMENT)
+    pd_uid = str(pydicom.dcmread(next(PD_TRA.glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID)
+    environment = {**ENVIRONMENT, "SEGNODE_TEST_FAULTS": json.dumps({"fail_prediction_series": [pd_uid]})}
+    saved = {k: os.environ.get(k) for k in environment}
+    os.environ.update(environment)
     try:
         node.start(timeout_s=120)
         api = Api(f"http://127.0.0.1:{http_port}")
