@@ -17,7 +17,7 @@ from dicom_node.audit.log import AuditLog, Clock, utc_now
 from dicom_node.audit.tables import Instance
 from dicom_node.failpoints import FaultPlan
 from dicom_node.http.metrics import NodeMetrics
-from dicom_node.jobs.pipeline import PipelineContext
+from dicom_node.jobs.context import PipelineContext
 from dicom_node.jobs.retention import Housekeeping
 from dicom_node.jobs.store import JobState, JobStore
 from dicom_node.jobs.workers import Pipeline

@@ -135,7 +135,7 @@ class Job(Base):
     route: Mapped[str | None] = mapped_column(String(64), nullable=True)
     #: Human-readable detail of the last failure (the stable code is ``reason``).
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
-    #: JSON: per stage, when it started and ended and how long it took (see ``dicom_node.jobs.pipeline``).
+    #: JSON: per stage, when it started and ended and how long it took (``JobStore.record_stage_timing``).
     stage_timings: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: JSON: the result files of the job (label maps, SEG objects in the outbox) and where each goes.
     outputs: Mapped[str | None] = mapped_column(Text, nullable=True)

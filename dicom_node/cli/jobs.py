@@ -68,7 +68,7 @@ def register(subparsers: Any) -> None:
 def _context(args: argparse.Namespace) -> Any:
     from dicom_node.audit.database import Database
     from dicom_node.audit.log import AuditLog
-    from dicom_node.jobs.pipeline import PipelineContext
+    from dicom_node.jobs.context import PipelineContext
     from dicom_node.jobs.store import JobStore
 
     config = load_config(args.config) if args.config else default_config()

@@ -86,7 +86,8 @@ def _stack_name(task: str, index: int, count: int, label: str) -> str:
 def _write_seg(args: argparse.Namespace, volume: Any, result: Any, path: Path) -> None:
     """Encode the stack's label map as DICOM-SEG (``seg`` section of --config) and write it atomically."""
     from config.routing import SegConfig
-    from dicom_node.jobs.pipeline import encode_result_seg, write_dicom_atomically
+    from dicom_node.durable import write_dicom
+    from dicom_node.outputs.encode import encode_result_seg
     from dicom_node.outputs.seg import EmptySegmentationError
 
     seg_config = SegConfig()
@@ -99,7 +100,7 @@ def _write_seg(args: argparse.Namespace, volume: Any, result: Any, path: Path) -
     except EmptySegmentationError as exc:
         logger.warning("no DICOM-SEG written for %s: %s", path.name, exc.message)
         return
-    write_dicom_atomically(encoded.dataset, path)
+    write_dicom(encoded.dataset, path)
     sys.stdout.write(f"{path}: DICOM-SEG {args.seg.upper()}, {len(encoded.segment_labels)} segments\n")
 
 

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 from config.errors import SegNodeError
 from dicom_node.audit.tables import Job
-from dicom_node.jobs.pipeline import PipelineContext, seg_outputs
+from dicom_node.jobs.context import PipelineContext
+from dicom_node.jobs.records import seg_outputs
 from dicom_node.jobs.store import JobState
 from dicom_node.outputs.outbox import (
     cancel_deliveries,
@@ -61,7 +62,7 @@ def resend_job(ctx: PipelineContext, job_id: int, destinations: Sequence[str] = 
             f"job {job_id} is {info.state}; only a done job can be sent again (use retry for a failed one)",
             reason="not_resendable",
         )
-    outputs = seg_outputs(ctx, job_id)
+    outputs = seg_outputs(ctx.jobs, job_id)
     known = list(dict.fromkeys(name for output in outputs for name in output.destinations))
     if not known:
         raise JobActionError(

@@ -32,7 +32,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from config.errors import SegNodeError
 from dicom_node.audit.tables import Instance, Job, Series
-from dicom_node.jobs.pipeline import OUT_OF_RESOURCES, PipelineContext, free_space_ok
+from dicom_node.durable import OUT_OF_RESOURCES
+from dicom_node.jobs.context import PipelineContext, free_space_ok
 from dicom_node.jobs.store import IllegalTransitionError, JobState
 
 logger = logging.getLogger(__name__)

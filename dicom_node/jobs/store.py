@@ -7,10 +7,15 @@ are listed by :meth:`JobStore.resumable_jobs` when the node starts.
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -79,6 +84,8 @@ class JobInfo:
     superseded_by: int | None
     created_at: datetime
     updated_at: datetime
+    #: The routing rule whose action the job carries out (``None`` until the job is routed).
+    route: str | None = None
 
     @classmethod
     def of(cls, row: Job) -> JobInfo:
@@ -90,9 +97,20 @@ class JobInfo:
             failed_stage=JobState(row.failed_stage) if row.failed_stage else None,
             reason=row.reason,
             superseded_by=row.superseded_by,
+            route=row.route,
             created_at=row.created_at,
             updated_at=row.updated_at,
         )
+
+
+@dataclass
+class StageTimer:
+    """Measures one run of a stage; :meth:`JobStore.record_stage_timing` stores it."""
+
+    stage: str
+    started_at: datetime
+    start: float
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class JobStore:
@@ -114,25 +132,7 @@ class JobStore:
     ) -> JobInfo:
         """As :meth:`create`, inside the caller's transaction (the series completion commits both)."""
         now = self.audit.clock()
-        job = Job(
-            series_instance_uid=series_instance_uid,
-            study_instance_uid=study_instance_uid,
-            state=S.queued.value,
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(job)
-        session.flush()
-        self.audit.add_event(
-            session,
-            "job_created",
-            "success",
-            reason,
-            job_id=job.id,
-            study=study_instance_uid,
-            series=series_instance_uid,
-            detail="state queued",
-        )
+        job = self._add_queued(session, series_instance_uid, study_instance_uid, None, reason, now)
         older = session.scalars(
             select(Job).where(
                 Job.series_instance_uid == series_instance_uid,
@@ -158,6 +158,38 @@ class JobStore:
             )
         LOG.info("job %d queued for series %s", job.id, series_instance_uid)
         return JobInfo.of(job)
+
+    def _add_queued(
+        self,
+        session: Session,
+        series_instance_uid: str,
+        study_instance_uid: str,
+        route: str | None,
+        reason: str,
+        now: datetime,
+    ) -> Job:
+        """A new ``queued`` job row and its ``job_created`` event (in the caller's transaction)."""
+        job = Job(
+            series_instance_uid=series_instance_uid,
+            study_instance_uid=study_instance_uid,
+            state=S.queued.value,
+            route=route,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(job)
+        session.flush()
+        self.audit.add_event(
+            session,
+            "job_created",
+            "success",
+            reason,
+            job_id=job.id,
+            study=study_instance_uid,
+            series=series_instance_uid,
+            detail="state queued",
+        )
+        return job
 
     def transition(
         self, job_id: int, new_state: JobState, reason: str | None = None, detail: str | None = None
@@ -222,3 +254,94 @@ class JobStore:
                 select(Job).where(Job.state.in_([s.value for s in RESUMABLE])).order_by(Job.id)
             )
             return [JobInfo.of(r) for r in rows]
+
+    # -- results and timings of the stages -----------------------------------------------------------------
+
+    def outputs(self, job_id: int) -> dict[str, Any]:
+        """The job's ``outputs`` JSON (label maps, SEG objects) as a dict; empty before the first stage."""
+        with self.db.read() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise JobNotFoundError(f"job {job_id} does not exist")
+            data: dict[str, Any] = json.loads(job.outputs) if job.outputs else {}
+            return data
+
+    def set_output(self, job_id: int, key: str, value: Any) -> None:
+        """Set ``Job.outputs[key]`` (one transaction)."""
+        with self.db.write() as session:
+            job = session.get_one(Job, job_id)
+            data = json.loads(job.outputs) if job.outputs else {}
+            data[key] = value
+            job.outputs = json.dumps(data, sort_keys=True)
+
+    @contextmanager
+    def timed_stage(self, job_id: int, stage: str) -> Iterator[StageTimer]:
+        """Time the body and store the stage's start, end and duration on the job (also when it fails)."""
+        timer = StageTimer(stage, self.audit.clock(), time.perf_counter())
+        ok = False
+        try:
+            yield timer
+            ok = True
+        finally:
+            seconds = time.perf_counter() - timer.start
+            self.record_stage_timing(job_id, timer, seconds, ok)
+
+    def record_stage_timing(
+        self, job_id: int, timer: StageTimer, seconds: float, ok: bool, ended_at: datetime | None = None
+    ) -> None:
+        """Store one run of a stage in ``Job.stage_timings`` (the latest run per stage, and every run)."""
+        entry: dict[str, Any] = {
+            "started_at": timer.started_at.isoformat(),
+            "ended_at": (ended_at or self.audit.clock()).isoformat(),
+            "seconds": round(seconds, 4),
+            "ok": ok,
+        }
+        entry.update(timer.extra)
+        with self.db.write() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return
+            timings = json.loads(job.stage_timings) if job.stage_timings else {}
+            runs = timings.setdefault("runs", [])
+            runs.append({"stage": timer.stage, **entry})
+            timings[timer.stage] = entry
+            job.stage_timings = json.dumps(timings, sort_keys=True)
+        self.metrics.stage_finished(timer.stage, seconds)
+
+    def fail(self, job_id: int, exc: BaseException) -> JobInfo:
+        """Move a job to ``failed`` with the error's reason code (``internal_error`` for an error that is not
+        a :class:`SegNodeError`) and message."""
+        reason = exc.reason if isinstance(exc, SegNodeError) else "internal_error"
+        message = exc.message if isinstance(exc, SegNodeError) else f"{type(exc).__name__}: {exc}"
+        LOG.warning("job %d failed: [%s] %s", job_id, reason, message)
+        return self.transition(job_id, S.failed, reason=reason, detail=message[:2000])
+
+    def record_route(self, job_id: int, rule: str, fan_out: Sequence[str], detail: str) -> list[int]:
+        """Store the routing decision of a job: it carries out ``rule``; each rule of ``fan_out`` gets a new
+        ``queued`` job of the same series (one transaction, with ``job_routed`` / ``job_created`` events).
+        Returns the ids of the new jobs."""
+        created: list[int] = []
+        with self.db.write() as session:
+            row = session.get_one(Job, job_id)
+            row.route = rule
+            self.audit.add_event(
+                session,
+                "job_routed",
+                "success",
+                rule,
+                job_id=row.id,
+                study=row.study_instance_uid,
+                series=row.series_instance_uid,
+                detail=detail[:4000],
+            )
+            for extra in fan_out:
+                sibling = self._add_queued(
+                    session,
+                    row.series_instance_uid,
+                    row.study_instance_uid,
+                    extra,
+                    f"fan-out of job {row.id} to route {extra}",
+                    self.audit.clock(),
+                )
+                created.append(sibling.id)
+        return created

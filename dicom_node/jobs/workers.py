@@ -36,19 +36,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from config.errors import SegNodeError
 from dicom_node.audit.tables import Job
-from dicom_node.jobs.pipeline import (
-    Converted,
-    EngineLike,
-    PipelineContext,
-    convert_stage,
-    encode_stage,
-    fail_job,
-    reload_volumes,
-    segment_stage,
-    timed_stage,
-)
+from dicom_node.jobs.context import PipelineContext
+from dicom_node.jobs.convert import convert_stage, reload_volumes
+from dicom_node.jobs.records import Converted
+from dicom_node.jobs.segment import EngineLike, segment_stage
 from dicom_node.jobs.store import IllegalTransitionError, JobState
 from dicom_node.logs import job_context
+from dicom_node.outputs.encode import encode_stage
 from dicom_node.outputs.outbox import (
     SendFunction,
     attempt_delivery,
@@ -220,7 +214,7 @@ class Pipeline:
 
     def _fail(self, job_id: int, exc: BaseException) -> None:
         try:
-            fail_job(self.ctx, job_id, exc)
+            self.ctx.jobs.fail(job_id, exc)
         except IllegalTransitionError as again:
             logger.info("job %d not failed, it changed meanwhile: %s", job_id, again)
 
@@ -263,7 +257,7 @@ class Pipeline:
             self.ctx.jobs.transition(item.job_id, JobState.converting)
             state = JobState.converting
         if state is JobState.converting:
-            with timed_stage(self.ctx, item.job_id, "converting") as timer:
+            with self.ctx.jobs.timed_stage(item.job_id, "converting") as timer:
                 converted = convert_stage(self.ctx, item.job_id)
                 if converted is not None:
                     timer.extra["stacks"] = len(converted.volumes)
@@ -304,7 +298,7 @@ class Pipeline:
     def _segment(self, item: _Item) -> bool:
         if self._state(item.job_id) is not JobState.segmenting or item.converted is None:
             return False
-        with timed_stage(self.ctx, item.job_id, "segmenting") as timer:
+        with self.ctx.jobs.timed_stage(item.job_id, "segmenting") as timer:
             records = segment_stage(self.ctx, item.converted, self.engine)
             timer.extra["inference_s"] = round(sum(r.timings.get("total", 0.0) for r in records), 4)
             timer.extra["device"] = ", ".join(sorted({r.device for r in records}))
@@ -318,7 +312,7 @@ class Pipeline:
     def _encode(self, item: _Item) -> bool:
         if self._state(item.job_id) is not JobState.encoding or item.converted is None:
             return False
-        with timed_stage(self.ctx, item.job_id, "encoding") as timer:
+        with self.ctx.jobs.timed_stage(item.job_id, "encoding") as timer:
             outputs = encode_stage(self.ctx, item.converted)
             timer.extra["seg_objects"] = len(outputs)
             timer.extra["validation_s"] = round(sum(o.validation_s for o in outputs), 4)

@@ -25,15 +25,9 @@ from sqlalchemy import select
 
 from config.routing import DestinationConfig, SendingConfig
 from dicom_node.audit.tables import Delivery, Job
-from dicom_node.jobs.pipeline import (
-    PipelineContext,
-    PipelineError,
-    SegOutput,
-    StageTimer,
-    record_stage_timing,
-    seg_outputs,
-)
-from dicom_node.jobs.store import JobState
+from dicom_node.jobs.context import PipelineContext, PipelineError
+from dicom_node.jobs.records import SegOutput, seg_outputs
+from dicom_node.jobs.store import JobState, StageTimer
 from dicom_node.outputs.sender import SendResult, decide_retry, retry_policy, send_datasets
 
 logger = logging.getLogger(__name__)
@@ -137,7 +131,7 @@ def _datasets(ctx: PipelineContext, job_id: int, destination: str) -> list[Datas
     from pydicom.errors import InvalidDicomError
 
     out: list[Dataset] = []
-    for output in seg_outputs(ctx, job_id):
+    for output in seg_outputs(ctx.jobs, job_id):
         if destination not in output.destinations:
             continue
         path = ctx.outbox_dir(job_id) / output.file
@@ -272,8 +266,8 @@ def _record_sending_timing(ctx: PipelineContext, job_id: int, deliveries: Sequen
         return
     timer = StageTimer("sending", min(firsts), 0.0, {"attempts": sum(d.attempts for d in deliveries)})
     ok = not any(d.state == FAILED for d in deliveries)
-    record_stage_timing(
-        ctx, job_id, timer, (max(lasts) - min(firsts)).total_seconds(), ok=ok, ended_at=max(lasts)
+    ctx.jobs.record_stage_timing(
+        job_id, timer, (max(lasts) - min(firsts)).total_seconds(), ok=ok, ended_at=max(lasts)
     )
 
 

@@ -7,7 +7,6 @@ Left-over temporary files (a crash mid-write) are removed by :meth:`Spool.prepar
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config.errors import SegNodeError
+from dicom_node.durable import OUT_OF_RESOURCES, fsync_dir, is_disk_full
 from dicom_node.receiving.admission import PRIVATE_DIR_MODE, private_dir
 from dicom_node.uids import path_safe_uid
 
@@ -38,7 +38,7 @@ def disk_free_bytes(path: Path) -> int:
 class SpoolFullError(SegNodeError):
     """Free space is below the watermark, or the disk filled up while writing (DICOM 0xA700)."""
 
-    reason = "out_of_resources"
+    reason = OUT_OF_RESOURCES
 
 
 class SpoolWriteError(SegNodeError):
@@ -52,14 +52,6 @@ class StoredFile:
     relative_path: str
     size: int
     sha256: str
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -99,7 +91,7 @@ class Spool:
             target = self.root / UNACKNOWLEDGED_DIR / relative
             self._make_dirs(target.parent)
             os.replace(path, target)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             moved.append(relative.as_posix())
         if moved:
             LOG.warning(
@@ -131,7 +123,7 @@ class Spool:
                 path.mkdir(mode=PRIVATE_DIR_MODE)  # files inside are 0600 (mkstemp)
             except FileExistsError:
                 continue  # another association created it a moment ago
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     def store(self, data: bytes, relative: Path) -> StoredFile:
         """Durably write ``data`` at ``relative`` under the root; the file appears complete or not at all."""
@@ -153,10 +145,10 @@ class Spool:
             target = self.root / relative
             self._make_dirs(target.parent)
             os.replace(temp_name, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             Path(temp_name).unlink(missing_ok=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if is_disk_full(exc):
                 raise SpoolFullError(f"disk full while writing {relative}") from exc
             raise SpoolWriteError(f"cannot write {relative}: {exc.strerror}") from exc
         return StoredFile(str(relative), len(data), digest)

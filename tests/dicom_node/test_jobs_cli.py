@@ -14,7 +14,7 @@ from node_support import T2_SAG, dcmtk_storescp, free_port, series_files
 from test_pipeline import Node, receive, start_receiving_node
 
 from dicom_node.cli import main
-from dicom_node.jobs.pipeline import SegOutput, update_outputs
+from dicom_node.jobs.records import SegOutput
 from dicom_node.jobs.store import JobState
 from dicom_node.outputs.outbox import attempt_delivery, due_deliveries, open_deliveries, settle_job
 
@@ -69,7 +69,7 @@ def sending_job(node: Node) -> int:
     output = SegOutput(
         "object.dcm", "1.2.3", "1.2.3.4", "BINARY", ["pacs"], "total_mr", 0, "labels.npy", 19, 4
     )
-    update_outputs(ctx, job_id, "seg", [output.to_json()])
+    ctx.jobs.set_output(job_id, "seg", [output.to_json()])
     open_deliveries(ctx, job_id, [output])
     return job_id
 

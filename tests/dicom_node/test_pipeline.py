@@ -43,17 +43,12 @@ from config.loader import parse_config
 from config.model import SegNodeConfig
 from conversion import load_series
 from dicom_node.audit.tables import Association, Delivery, Event, Instance, Job
-from dicom_node.jobs.pipeline import (
-    PipelineContext,
-    convert_stage,
-    encode_stage,
-    job_outputs,
-    reload_volumes,
-    seg_outputs,
-    update_outputs,
-)
+from dicom_node.jobs.context import PipelineContext, PipelineError
+from dicom_node.jobs.convert import convert_stage, reload_volumes
+from dicom_node.jobs.records import seg_outputs
 from dicom_node.jobs.store import JobState
 from dicom_node.jobs.workers import Pipeline
+from dicom_node.outputs.encode import encode_stage
 from dicom_node.outputs.outbox import (
     attempt_delivery,
     deliveries_of,
@@ -268,9 +263,9 @@ def delivered(tmp_path_factory: pytest.TempPathFactory, engine: Engine) -> Itera
         finally:
             pipeline.stop()
             service.stop()
-    [record] = job_outputs(ctx, job_id)["label_maps"]
+    [record] = ctx.jobs.outputs(job_id)["label_maps"]
     label_map = np.load(ctx.work_dir(job_id) / record["file"])
-    [output] = seg_outputs(ctx, job_id)
+    [output] = seg_outputs(ctx.jobs, job_id)
     mine = [
         p
         for p in received
@@ -296,7 +291,7 @@ def test_a_series_goes_through_every_stage_and_its_seg_reaches_the_destination(d
     assert routed.reason == "mr_total" and "localizers: no match" in (routed.detail or "")
 
     # the destination holds exactly the SEG of the outbox, byte for byte in content
-    [output] = seg_outputs(ctx, job_id)
+    [output] = seg_outputs(ctx.jobs, job_id)
     assert len(delivered.received) == 1
     sent = pydicom.dcmread(delivered.received[0])
     assert sent.SOPInstanceUID == output.sop_instance_uid
@@ -551,8 +546,6 @@ def test_a_missing_spool_file_fails_the_job_naming_the_file(
     job_id = receive(node.service, series_files(T2_SAG))
     victim = sorted((tmp_path / "spool").rglob("*.dcm"))[3]
     victim.unlink()
-    from dicom_node.jobs.pipeline import PipelineError
-
     node.ctx.jobs.transition(job_id, JobState.converting)
     with pytest.raises(PipelineError, match=f"spool file .*{victim.name} is missing") as caught:
         convert_stage(node.ctx, job_id)
@@ -564,7 +557,6 @@ def test_a_late_instance_after_retention_purged_its_series_fails_with_what_to_do
 ) -> None:
     """The series ended (here: its job failed), retention deleted its files after failed_days, then one
     more instance arrives: the new job cannot segment it alone and says so (``spool_purged``)."""
-    from dicom_node.jobs.pipeline import PipelineError
     from dicom_node.jobs.retention import RetentionSweeper
 
     node = make_node(tmp_path, free_port())
@@ -592,8 +584,6 @@ def test_an_unreadable_spool_file_fails_the_job_naming_the_file(
     job_id = receive(node.service, series_files(T2_SAG))
     victim = sorted((tmp_path / "spool").rglob("*.dcm"))[5]
     victim.write_bytes(b"\x00" * 200 + b"not a DICOM file")
-    from dicom_node.jobs.pipeline import PipelineError
-
     node.ctx.jobs.transition(job_id, JobState.converting)
     with pytest.raises(PipelineError, match=f"cannot read .*{victim.name}") as caught:
         convert_stage(node.ctx, job_id)
@@ -604,10 +594,8 @@ def test_a_label_map_that_vanished_fails_encoding_with_its_reason(
     delivered: Delivered, tmp_path: Path
 ) -> None:
     node, job_id = _resumable_copy(delivered, tmp_path, JobState.encoding, free_port())
-    [record] = job_outputs(node.ctx, job_id)["label_maps"]
+    [record] = node.ctx.jobs.outputs(job_id)["label_maps"]
     (node.ctx.work_dir(job_id) / record["file"]).unlink()
-    from dicom_node.jobs.pipeline import PipelineError
-
     with pytest.raises(PipelineError, match="label map .* is missing") as caught:
         encode_stage(node.ctx, reload_volumes(node.ctx, job_id))
     node.service.stop()
@@ -619,9 +607,9 @@ def test_an_empty_label_map_ends_the_job_done_with_nothing_to_send(
 ) -> None:
     node, job_id = _resumable_copy(delivered, tmp_path, JobState.encoding, free_port())
     ctx = node.ctx
-    [record] = job_outputs(ctx, job_id)["label_maps"]
+    [record] = ctx.jobs.outputs(job_id)["label_maps"]
     np.save(ctx.work_dir(job_id) / record["file"], np.zeros_like(delivered.label_map))
-    update_outputs(ctx, job_id, "label_maps", [record])
+    ctx.jobs.set_output(job_id, "label_maps", [record])
     outputs = encode_stage(ctx, reload_volumes(ctx, job_id))
     assert outputs == []
     assert open_deliveries(ctx, job_id, outputs) == []
@@ -640,7 +628,7 @@ def test_segnode_segment_also_writes_the_seg(tmp_path: Path, capsys: pytest.Capt
     import yaml
 
     from dicom_node.cli import main
-    from dicom_node.outputs.seg import validate_with_dciodvfy
+    from dicom_node.outputs.validation import validate_with_dciodvfy
 
     config = tmp_path / "segnode.yaml"
     settings = {

@@ -23,14 +23,13 @@ from dicom_node.outputs.seg import (
     SegEncodingError,
     SegmentationType,
     SegOptions,
-    SegValidationError,
     encode_seg,
     seg_options,
     seg_uids,
     segments_from_catalog,
-    validate_with_dciodvfy,
     write_seg,
 )
+from dicom_node.outputs.validation import SegValidationError, validate_with_dciodvfy
 from tests.dicom_node.seg_support import TEST_SEGMENTS, synthetic_label_map, volumes_of
 
 ALGORITHM = AlgorithmInfo("TotalSegmentator", "total_mr", "2.18.0", {"fast": "false"})
@@ -387,12 +386,12 @@ def test_invalid_source_dates_are_left_empty(
         copy.StudyDate = "20120000"
         headers.append(copy)
     broken = dataclasses.replace(volume, source_headers=tuple(headers))
-    with caplog.at_level("WARNING", logger="dicom_node.outputs.seg"):
+    with caplog.at_level("WARNING", logger="dicom_node.outputs.seg_sources"):
         encoded, path = _encode_write_validate(
             tmp_path, broken, synthetic_label_map(volume.shape, LABELS), SegOptions()
         )
     ds = pydicom.dcmread(path)
     assert ds.PatientBirthDate == "" and ds.StudyDate == ""
-    ours = [r.getMessage() for r in caplog.records if r.name == "dicom_node.outputs.seg"]
+    ours = [r.getMessage() for r in caplog.records if r.name == "dicom_node.outputs.seg_sources"]
     assert any("PatientBirthDate is not a valid DICOM date" in m for m in ours)
     assert not any("00000000" in m for m in ours)

@@ -27,10 +27,10 @@ from dicom_node.outputs.seg import (
     SegOptions,
     encode_seg,
     segments_from_catalog,
-    validate_with_dciodvfy,
 )
 from dicom_node.outputs.sender import send_datasets
 from dicom_node.outputs.sr import BORDER_CODE, IMPLAUSIBLE_CODE, encode_volumetry_sr
+from dicom_node.outputs.validation import validate_with_dciodvfy
 from tests.dicom_node.seg_support import volumes_of
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -235,9 +235,7 @@ def test_disk_full_while_receiving_and_while_encoding_refuses_keeps_and_recovers
 
 
 def _outputs(service: NodeService, job_id: int) -> list[dict[str, Any]]:
-    from dicom_node.jobs.pipeline import job_outputs
-
-    seg: list[dict[str, Any]] = job_outputs(service.context, job_id)["seg"]
+    seg: list[dict[str, Any]] = service.context.jobs.outputs(job_id)["seg"]
     return seg
 
 

@@ -14,7 +14,7 @@ from node_support import T2_SAG, dcmtk_storescp, series_files, wait_for
 from test_pipeline import MODELS, make_config, receive, state
 
 from config.inference import InferenceConfig
-from dicom_node.jobs.pipeline import PipelineContext
+from dicom_node.jobs.context import PipelineContext
 from dicom_node.jobs.store import JobState
 from dicom_node.jobs.workers import Pipeline
 from dicom_node.service import NodeService

@@ -1,0 +1,151 @@
+"""The encoding stage: one DICOM-SEG per saved label map and Segmentation Type the destinations want,
+written atomically to ``<outbox_dir>/<job id>/``, validated, and listed in ``Job.outputs['seg']`` (the
+deliveries are opened by ``dicom_node.outputs.outbox``)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy.typing as npt
+
+from config.routing import SegConfig
+from conversion.volume import Volume
+from dicom_node.durable import write_dicom
+from dicom_node.jobs.context import PipelineContext, PipelineError, check_free_space
+from dicom_node.jobs.records import Converted, SegOutput, label_maps
+from dicom_node.jobs.routing import plan_outputs
+from dicom_node.jobs.segment import load_label_map
+from dicom_node.outputs.seg import (
+    AlgorithmInfo,
+    EmptySegmentationError,
+    EncodedSeg,
+    SegmentationType,
+    encode_seg,
+    seg_options,
+    segments_from_catalog,
+)
+from dicom_node.uids import path_safe_uid
+
+#: Algorithm name written in the SEG's Algorithm Identification.
+ALGORITHM_NAME = "TotalSegmentator"
+
+
+def algorithm_info(
+    task: str, mode: str, models: Sequence[Mapping[str, Any]], roi_subset: Sequence[str] | None
+) -> AlgorithmInfo:
+    """Algorithm Identification of a label map: task, reference version, models and their checkpoints."""
+    from inference.registry import TOTALSEGMENTATOR_REFERENCE_VERSION
+
+    parameters = {
+        "mode": mode,
+        "models": ",".join(str(m["dataset_id"]) for m in models),
+        "checkpoints": ",".join(str(m["checkpoint_sha256"])[:12] for m in models),
+    }
+    if roi_subset:
+        parameters["roi_subset"] = ",".join(roi_subset)
+    return AlgorithmInfo(
+        name=ALGORITHM_NAME,
+        task=task,
+        version=TOTALSEGMENTATOR_REFERENCE_VERSION,
+        parameters=parameters,
+    )
+
+
+def encode_result_seg(
+    volume: Volume,
+    labels: npt.NDArray[Any],
+    result: Any,
+    seg: SegConfig,
+    segmentation_type: str,
+) -> EncodedSeg:
+    """Encode the labels of an ``inference.engine.SegmentationResult`` on ``volume`` as a SEG."""
+    algorithm = algorithm_info(
+        str(result.task),
+        str(result.mode),
+        [dict(vars(m)) for m in result.models],
+        list(result.roi_subset) if result.roi_subset else None,
+    )
+    options = seg_options(seg, SegmentationType(segmentation_type))
+    return encode_seg(volume, labels, segments_from_catalog(str(result.task)), algorithm, options)
+
+
+def _validate(ctx: PipelineContext, path: Path) -> int:
+    """dciodvfy per ``seg.validate_with_dciodvfy``; returns the number of warnings."""
+    from dicom_node.outputs.validation import validate_with_dciodvfy
+
+    mode = ctx.config.seg.validate_with_dciodvfy
+    if mode == "never" or (mode == "auto" and shutil.which("dciodvfy") is None):
+        return 0
+    seg = ctx.config.seg
+    report = validate_with_dciodvfy(
+        path, max_frames=seg.validation_max_frames, timeout_s=seg.validation_timeout_s
+    )
+    return len(report.warnings)
+
+
+def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
+    """Encode every saved label map as DICOM-SEG (one per Segmentation Type the destinations want), write
+    it atomically to the job's outbox and return the outputs (also stored in ``Job.outputs['seg']``)."""
+    plan = converted.plan
+    ctx.faults.pause("encoding", plan.job_id)
+    check_free_space(ctx, ctx.outbox_root, f"job {plan.job_id}: SEG objects not written")
+    records = label_maps(ctx.jobs, plan.job_id)
+    if not records:
+        raise PipelineError(f"job {plan.job_id}: no label maps recorded", reason="label_map_missing")
+    outputs: list[SegOutput] = []
+    folder = ctx.outbox_dir(plan.job_id)
+    for record in records:
+        if record.stack_index >= len(converted.volumes):
+            raise PipelineError(
+                f"job {plan.job_id}: label map {record.file} is for stack {record.stack_index + 1}, "
+                f"the series now has {len(converted.volumes)} selected stack(s)",
+                reason="stack_mismatch",
+            )
+        volume = converted.volumes[record.stack_index]
+        labels = load_label_map(ctx, plan.job_id, record)
+        segments = segments_from_catalog(record.task)
+        algorithm = algorithm_info(record.task, record.mode, record.models, record.roi_subset)
+        for target in plan_outputs(plan.action, ctx.config.destinations):
+            options = seg_options(ctx.config.seg, SegmentationType(str(target.segmentation_type)))
+            started = time.perf_counter()
+            try:
+                encoded = encode_seg(volume, labels, segments, algorithm, options)
+            except EmptySegmentationError as exc:
+                ctx.audit.event(
+                    "seg_skipped",
+                    "info",
+                    exc.reason,
+                    job_id=plan.job_id,
+                    study=plan.study_instance_uid,
+                    series=plan.series_instance_uid,
+                    detail=exc.message,
+                )
+                break
+            name = f"{path_safe_uid(encoded.sop_instance_uid, 'SEG SOP Instance UID')}.dcm"
+            path = write_dicom(encoded.dataset, folder / name)
+            encoded_s = time.perf_counter() - started
+            warnings = _validate(ctx, path)
+            validation_s = time.perf_counter() - started - encoded_s
+            outputs.append(
+                SegOutput(
+                    file=name,
+                    sop_instance_uid=encoded.sop_instance_uid,
+                    series_instance_uid=encoded.series_instance_uid,
+                    segmentation_type=str(target.segmentation_type),
+                    destinations=list(target.destinations),
+                    task=record.task,
+                    stack_index=record.stack_index,
+                    label_map=record.file,
+                    number_of_frames=encoded.number_of_frames,
+                    segments=len(encoded.segment_labels),
+                    validation_warnings=warnings,
+                    encode_s=round(encoded_s, 4),
+                    validation_s=round(validation_s, 4),
+                )
+            )
+    ctx.jobs.set_output(plan.job_id, "seg", [o.to_json() for o in outputs])
+    return outputs
