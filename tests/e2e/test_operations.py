@@ -10,6 +10,7 @@ the API test cancels the second; the metrics test compares the scrapes.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +34,18 @@ from tests.support.browser import chromium, screenshot, wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
+#: The screenshots are test artefacts (in the test's folder); with SEGNODE_DOC_IMAGES=1 they also replace the
+#: pictures of docs/operations.md.
 DOC_IMAGES = ROOT / "docs" / "images"
+
+
+def _shots(artefacts: Path, name: str) -> list[Path]:
+    paths = [artefacts / f"{name}.png"]
+    if os.environ.get("SEGNODE_DOC_IMAGES") == "1":
+        paths.append(DOC_IMAGES / f"dashboard-{name}.png")
+    return paths
+
+
 #: Every GET endpoint of the API (the test checks the OpenAPI schema lists no other).
 GET_PATHS = [
     "/api/health",
@@ -165,14 +177,12 @@ def test_dashboard_shows_the_failure_and_a_retry_in_the_browser_brings_the_job_t
         _login(driver, base, "admin")
         row = wait_for(driver, f"job {a} failed", lambda d: d.find_elements("id", f"job-{a}"))[0]
         assert "failed" in row.text and "sending: peer_unreachable" in row.text, row.text
-        screenshot(driver, artefacts / "jobs-failed.png", DOC_IMAGES / "dashboard-jobs.png", full_page=True)
+        screenshot(driver, *_shots(artefacts, "jobs"), full_page=True)
         driver.find_element("link text", str(a)).click()
         reason = wait_for(driver, "the failure reason", lambda d: d.find_elements("id", "failure-reason"))[0]
         assert reason.text == "peer_unreachable"
         assert "peer_unreachable" in driver.find_element("id", "events").text  # the audit trail
-        screenshot(
-            driver, artefacts / "job-failed.png", DOC_IMAGES / "dashboard-job-failed.png", full_page=True
-        )
+        screenshot(driver, *_shots(artefacts, "job-failed"), full_page=True)
         # a form posted from another site, or without the page's CSRF token, is refused (and audited)
         cookie = driver.get_cookie("segnode_session")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
@@ -199,7 +209,7 @@ def test_dashboard_shows_the_failure_and_a_retry_in_the_browser_brings_the_job_t
             lambda d: d.find_element("id", "job-state").get_attribute("data-state") == "done",
             timeout_s=JOB_TIMEOUT_S,
         )
-        screenshot(driver, artefacts / "job-done.png", DOC_IMAGES / "dashboard-job-done.png", full_page=True)
+        screenshot(driver, *_shots(artefacts, "job-done"), full_page=True)
         driver.get(base + "/dashboard/destinations")
         wait_for(
             driver,
@@ -207,9 +217,7 @@ def test_dashboard_shows_the_failure_and_a_retry_in_the_browser_brings_the_job_t
             lambda d: "yes" in d.find_element("id", "destination-orthanc").text,
             timeout_s=120,
         )
-        screenshot(
-            driver, artefacts / "destinations.png", DOC_IMAGES / "dashboard-destinations.png", full_page=True
-        )
+        screenshot(driver, *_shots(artefacts, "destinations"), full_page=True)
     refusals = _refused(api, "http_request_refused")
     assert sum(r["reason"] == "cross_site_request" for r in refusals) >= 2
     assert api.job_state(a) == "done"
