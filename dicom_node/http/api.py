@@ -25,6 +25,7 @@ from dicom_node.http.health import (
     readiness,
     spool_check,
 )
+from dicom_node.http.schemas import ActionResult, DestinationRow, JobDetail, JobRow, Readiness
 from dicom_node.jobs import queries
 from dicom_node.jobs.store import JobNotFoundError, JobState
 
@@ -123,6 +124,8 @@ def _health_routes(router: APIRouter, h: HttpContext) -> None:
 
     @router.get(
         "/ready",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "not ready"}},
         tags=["health"],
         summary="Readiness: database, spool space, engine loaded, destinations answering",
         description="200 with status ready or degraded (only a destination does not answer); 503 with "
@@ -136,7 +139,12 @@ def _health_routes(router: APIRouter, h: HttpContext) -> None:
 
 
 def _job_routes(router: APIRouter, h: HttpContext) -> None:
-    @router.get("/jobs", tags=["jobs"], summary="Jobs, newest first, with stage timings and failure reasons")
+    @router.get(
+        "/jobs",
+        response_model=list[JobRow],
+        tags=["jobs"],
+        summary="Jobs, newest first, with stage timings and failure reasons",
+    )
     def jobs(
         request: Request,
         state: JobState | None = None,
@@ -166,7 +174,10 @@ def _job_routes(router: APIRouter, h: HttpContext) -> None:
         return queries.list_jobs(h.db, f)
 
     @router.get(
-        "/jobs/{job_id}", tags=["jobs"], summary="One job: stages, timings, outputs, deliveries, events"
+        "/jobs/{job_id}",
+        response_model=JobDetail,
+        tags=["jobs"],
+        summary="One job: stages, timings, outputs, deliveries, events",
     )
     def job(request: Request, job_id: int) -> dict[str, Any]:
         h.api_principal(request)
@@ -203,6 +214,7 @@ def _action_route(router: APIRouter, h: HttpContext, action: str, description: s
         f"/jobs/{{job_id}}/{action}",
         act,
         methods=["POST"],
+        response_model=ActionResult,
         tags=["jobs"],
         summary=f"{action.capitalize()} a job (admin)",
         description=description + " 404: no such job; 409: the job is not in a state for it.",
@@ -232,7 +244,12 @@ def _node_routes(router: APIRouter, h: HttpContext) -> None:
         h.api_principal(request)
         return queries.list_series(h.db, state, study, limit, h.config.http.show_patient_data)
 
-    @router.get("/destinations", tags=["node"], summary="Destinations: health, waiting deliveries, back-off")
+    @router.get(
+        "/destinations",
+        response_model=list[DestinationRow],
+        tags=["node"],
+        summary="Destinations: health, waiting deliveries, back-off",
+    )
     def destinations(request: Request) -> list[dict[str, Any]]:
         h.api_principal(request)
         return queries.destinations_overview(h.db, h.config, destination_health(h))

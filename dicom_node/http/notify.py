@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from config.model import SegNodeConfig
 from config.notifications import NotificationKind, NotificationsConfig
@@ -179,32 +179,41 @@ class Notifier:
 
     def _failed_jobs(self) -> list[Notification]:
         with self.audit.db.read() as session:
+            top = session.scalar(select(func.max(Event.id))) or 0
             rows = list(
                 session.execute(
-                    select(Event.id, Event.job_id, Event.reason, Event.at, Job.state, Job.failed_stage)
+                    select(
+                        Event.id,
+                        Event.job_id,
+                        Event.reason,
+                        Event.at,
+                        Job.state,
+                        Job.failed_stage,
+                        Job.series_instance_uid,
+                    )
                     .join(Job, Job.id == Event.job_id)
                     .where(
                         Event.id > self._after_event,
+                        Event.id <= top,
                         Event.what == "job_transition",
                         Event.outcome == "failure",
                     )
                     .order_by(Event.id)
                 )
             )
-            series = {r.job_id: session.get_one(Job, r.job_id).series_instance_uid for r in rows if r.job_id}
+        self._after_event = max(self._after_event, top)
         out = []
         for row in rows:
-            self._after_event = max(self._after_event, row.id)
             if row.state != "failed":  # retried (or resumed) meanwhile: not failed for good
                 continue
             job: dict[str, Any] = {
                 "id": row.job_id,
                 "stage": row.failed_stage,
                 "reason": row.reason,
-                "series_uid_hash": series_hash(series[row.job_id]),
+                "series_uid_hash": series_hash(row.series_instance_uid),
             }
             if self.settings.include_uids:
-                job["series_instance_uid"] = series[row.job_id]
+                job["series_instance_uid"] = row.series_instance_uid
             summary = f"Job {row.job_id} failed in {row.failed_stage}: {row.reason}"
             out.append(
                 self._notification(
