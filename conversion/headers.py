@@ -30,6 +30,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from conversion.dicomscan import read_header
+from conversion.dicomwalk import PIXEL_TAGS
 from conversion.errors import NotSegmentableError, Reason
 from conversion.rawheader import (
     DECODE_ERRORS,
@@ -47,7 +48,6 @@ from conversion.rawheader import (
 
 logger = logging.getLogger(__name__)
 
-PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 _LOCALIZER_WORDS = re.compile(
     r"\b(localizer|localiser|scout|survey|locator|3[- ]?plane|tri[- ]?pilot)\b", re.I
 )

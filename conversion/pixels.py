@@ -18,6 +18,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from conversion.dicomwalk import PIXEL_DATA, WalkError, element_header
 from conversion.errors import NotSegmentableError, Reason
 from conversion.headers import FrameInfo, SourceImage
 
@@ -47,15 +48,14 @@ def _seek_value(fp: BinaryIO, src: SourceImage, opts: dict[str, Any]) -> None:
     """Position ``fp`` at the start of the Pixel Data value (after its element header)."""
     assert src.pixel_offset is not None
     fp.seek(src.pixel_offset)
-    endian = "<" if src.little_endian else ">"
-    data = fp.read(8)
-    if src.implicit_vr:
-        group, elem, _length = struct.unpack(f"{endian}HHL", data)
-    else:
-        group, elem, vr, _reserved = struct.unpack(f"{endian}HH2sH", data)
-        opts["pixel_vr"] = vr.decode("ascii")
-        fp.read(4)
-    opts["pixel_keyword"] = _PIXEL_KEYWORDS[(group << 16) | elem]
+    try:
+        tag, vr, value_pos, _ = element_header(fp.read(12), 0, src.implicit_vr, src.little_endian)
+    except WalkError as exc:
+        raise EOFError(f"the pixel data element of {src.name} is cut short: {exc}") from exc
+    if vr is not None:
+        opts["pixel_vr"] = vr
+    opts["pixel_keyword"] = _PIXEL_KEYWORDS[tag]
+    fp.seek(src.pixel_offset + value_pos)
 
 
 def _native_frames(src: SourceImage, frames: list[int | None]) -> list[npt.NDArray[Any]] | None:
@@ -80,12 +80,13 @@ def _native_frames(src: SourceImage, frames: list[int | None]) -> list[npt.NDArr
     with src.path.open("rb") as fp:
         fp.seek(src.pixel_offset)
         head = fp.read(12)
-        if len(head) < 12 or struct.unpack("<HH", head[:4]) != (0x7FE0, 0x0010):
+        try:
+            tag, _, value_pos, length = element_header(head, 0, src.implicit_vr, True)
+        except WalkError:
             return None
-        if src.implicit_vr:
-            start, length = src.pixel_offset + 8, struct.unpack("<L", head[4:8])[0]
-        else:
-            start, length = src.pixel_offset + 12, struct.unpack("<L", head[8:12])[0]
+        if tag != PIXEL_DATA:
+            return None
+        start = src.pixel_offset + value_pos
         if length < n_frames * frame_bytes:
             return None  # short or undefined length: let pydicom decide and explain
         out = []

@@ -1,9 +1,10 @@
 """Reading only what the loader needs from a DICOM header, straight from the file's bytes.
 
 The loader looks at about forty attributes of each instance (identity, geometry, rescale, pixel format and
-the attributes that tell stacks apart). :func:`scan_file` walks the elements of a Part 10 file once and
-remembers, for those attributes only, where their values lie in the bytes; nothing is decoded until it is
-read, and no pydicom element or dataset is built. The values are then read with the element's VR (explicit
+the attributes that tell stacks apart). :func:`scan_file` walks the elements of a Part 10 file once (with
+:class:`conversion.dicomwalk.Walker`, the walker the C-STORE admission check uses too) and remembers, for
+those attributes only, where their values lie in the bytes; nothing is decoded until it is read, and no
+pydicom element or dataset is built. The values are then read with the element's VR (explicit
 VR) or the data dictionary's VR (implicit VR), as pydicom would read them.
 
 :class:`HeaderView` is what :mod:`conversion.headers` reads through: :class:`RawHeader` for files scanned
@@ -26,19 +27,19 @@ from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException
 
 from conversion.dicomscan import sequence_items
+from conversion.dicomwalk import (
+    PIXEL_KEYS,
+    Located,
+    Walker,
+    WalkError,
+    fast_path_implicit,
+    file_meta,
+    is_part10,
+    key_of,
+    text_value,
+)
 from conversion.errors import NotSegmentableError, Reason
 
-_UNDEFINED = 0xFFFFFFFF
-_U32 = struct.Struct("<L").unpack_from
-_U16 = struct.Struct("<H").unpack_from
-_IMPLICIT_LE = "1.2.840.10008.1.2"
-_EXPLICIT_LE = "1.2.840.10008.1.2.1"
-#: Explicit VRs with a 16-bit length.
-_SHORT_VRS = frozenset(
-    vr.encode("ascii")
-    for vr in ("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN", "SH", "SL")
-    + ("SS", "ST", "TM", "UI", "UL", "US")
-)
 #: Binary numeric VRs (little endian).
 _BINARY = {
     vr: struct.Struct("<" + code)
@@ -47,11 +48,6 @@ _BINARY = {
 }
 #: Text VRs whose bytes follow the Specific Character Set (the others are plain ASCII).
 _CHARSET_VRS = frozenset(("LO", "SH", "PN", "LT", "ST", "UT", "UC"))
-
-
-def _swap(tag: int) -> int:
-    """The tag as read by one little-endian 32-bit load of its 4 bytes (element << 16 | group)."""
-    return ((tag & 0xFFFF) << 16) | (tag >> 16)
 
 
 #: Attributes of the main dataset the loader reads.
@@ -101,7 +97,7 @@ PRIVATE_VRS = {
     (0x0043, "GEMS_PARM_01", 0x39): "IS",
     (0x2001, "Philips Imaging DD 001", 0x03): "FL",
 }
-_TOP_WANTED = frozenset(_swap(t) for t in TOP_LEVEL_TAGS)
+_TOP_WANTED = frozenset(key_of(t) for t in TOP_LEVEL_TAGS)
 #: Multi-frame objects described by functional groups.
 ENHANCED_SOP_CLASSES = frozenset(
     (
@@ -127,27 +123,11 @@ FUNCTIONAL_GROUP_TAGS = (
     0x00289110,  # Pixel Measures Sequence
     0x00289145,  # Pixel Value Transformation Sequence
 )
-#: Elements kept in the items of a sequence split while scanning, by the sequence's swapped tag (others:
-#: all elements).
+#: Elements kept in the items of a sequence split while scanning, by the sequence's key (others: all).
 _ITEM_FILTERS = {
-    _swap(0x52009229): frozenset(_swap(t) for t in FUNCTIONAL_GROUP_TAGS),
-    _swap(0x52009230): frozenset(_swap(t) for t in FUNCTIONAL_GROUP_TAGS),
+    key_of(0x52009229): frozenset(key_of(t) for t in FUNCTIONAL_GROUP_TAGS),
+    key_of(0x52009230): frozenset(key_of(t) for t in FUNCTIONAL_GROUP_TAGS),
 }
-_PIXEL_KEYS = frozenset(_swap(t) for t in (0x7FE00010, 0x7FE00008, 0x7FE00009))
-_ITEM_GROUP = 0xFFFE
-_ITEM_END = _swap(0xFFFEE00D)
-_ITEM_START = _swap(0xFFFEE000)
-_SEQUENCE_END = _swap(0xFFFEE0DD)
-#: Explicit VRs with a 16-bit length, by their two bytes read as a little-endian 16-bit integer.
-_SHORT_VR_CODES = {int.from_bytes(vr, "little"): vr.decode("ascii") for vr in _SHORT_VRS}
-#: Explicit VRs with a reserved field and a 32-bit length, likewise.
-_LONG_VR_CODES = {
-    int.from_bytes(vr.encode("ascii"), "little"): vr
-    for vr in ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV")
-}
-_TAG_VR_LENGTH = struct.Struct("<LHH").unpack_from
-_SQ_CODE = int.from_bytes(b"SQ", "little")
-_TAG_LENGTH = struct.Struct("<LL").unpack_from
 
 
 #: What pydicom can raise decoding a damaged element (NotImplementedError: a VR it does not know). Callers
@@ -281,10 +261,10 @@ class RawHeader:
         if entry is None:
             return []
         _, pos, length = entry
-        wanted = None if keep is None else frozenset(_swap(t) for t in keep)
+        wanted = None if keep is None else frozenset(key_of(t) for t in keep)
         try:
-            return list(_sequence_items(self.data, pos, pos + length, self.implicit, wanted))
-        except (struct.error, IndexError) as exc:
+            return list(_walker(self.data, self.implicit).items_in(pos, pos + length, wanted, split=True))
+        except WalkError as exc:
             raise NeedsPydicom(f"sequence {tag:08X} cannot be split here: {exc}") from exc
 
     def private_blocks(self, groups: frozenset[int]) -> dict[tuple[int, str], int]:
@@ -414,23 +394,24 @@ def scan_file(data: bytes, complete: bool) -> ScannedFile | None:
     the header may go on past it, raises ``EOFError`` (with, as its argument, how many more bytes to read
     at least, where known): the caller reads more and calls again.
     """
-    if len(data) < 144 or data[128:132] != b"DICM":
+    if len(data) < 144 or not is_part10(data):
         return None
     try:
-        pos, transfer_syntax, sop_class = _scan_meta(data)
+        meta, pos = file_meta(data)
+        transfer_syntax = text_value(data, meta, 0x00020010)
+        sop_class = text_value(data, meta, 0x00020002) or ""
+        if not transfer_syntax:
+            raise WalkError("no Transfer Syntax UID in the file meta information")
         if not complete and sop_class in ENHANCED_SOP_CLASSES and len(data) < ENHANCED_FIRST_READ:
             raise EOFError(ENHANCED_FIRST_READ - len(data))  # per-frame headers: read more before walking
-        if transfer_syntax == _IMPLICIT_LE:
-            implicit = True
-        elif transfer_syntax == _EXPLICIT_LE or _is_encapsulated(transfer_syntax):
-            implicit = False
-        else:
+        implicit = fast_path_implicit(transfer_syntax)
+        if implicit is None:
             return None
         sequences: dict[int, list[RawHeader]] = {}
-        elements, _, pixel_offset = _scan(
-            data, pos, len(data), implicit, _TOP_WANTED, PRIVATE_GROUPS, sequences
+        elements, _, pixel_offset = _walker(data, implicit).elements(
+            pos, len(data), _TOP_WANTED, PRIVATE_GROUPS, sequences, stop_keys=PIXEL_KEYS
         )
-    except (NeedsPydicom, struct.error, IndexError, UnicodeDecodeError):
+    except (WalkError, UnicodeDecodeError):
         if not complete:
             raise EOFError("header continues past the bytes read") from None
         return None
@@ -443,6 +424,15 @@ def scan_file(data: bytes, complete: bool) -> ScannedFile | None:
     return ScannedFile(header, transfer_syntax, implicit, pixel_offset, header_bytes)
 
 
+def _walker(data: bytes, implicit: bool) -> Walker[RawHeader]:
+    """A walker of ``data`` whose split sequence items are :class:`RawHeader` objects on the same bytes."""
+
+    def item(found: Located, sequences: dict[int, list[RawHeader]]) -> RawHeader:
+        return RawHeader(data, implicit, found, sequences)
+
+    return Walker(data, implicit=implicit, make_item=item, item_filters=_ITEM_FILTERS)
+
+
 def _rebind(header: RawHeader, data: bytes) -> None:
     """Point ``header`` and the items split from it at ``data`` (a prefix of the bytes they were read from,
     with the same offsets)."""
@@ -450,192 +440,3 @@ def _rebind(header: RawHeader, data: bytes) -> None:
     for items in header.sequences.values():
         for item in items:
             _rebind(item, data)
-
-
-@lru_cache(maxsize=64)
-def _is_encapsulated(transfer_syntax: str) -> bool:
-    from pydicom.uid import UID
-
-    uid = UID(transfer_syntax)
-    return bool(uid.is_transfer_syntax and uid.is_encapsulated and not uid.is_deflated)
-
-
-def _scan_meta(data: bytes) -> tuple[int, str, str]:
-    """Walk the File Meta Information (explicit VR little endian); return (end offset, transfer syntax,
-    media storage SOP class)."""
-    pos, transfer_syntax, sop_class = 132, None, ""
-    while True:
-        group, elem = struct.unpack_from("<HH", data, pos)
-        if group != 0x0002:
-            break
-        vr = data[pos + 4 : pos + 6]
-        if vr in _SHORT_VRS:
-            length, value_pos = _U16(data, pos + 6)[0], pos + 8
-        else:
-            length, value_pos = _U32(data, pos + 8)[0], pos + 12
-        if length == _UNDEFINED or value_pos + length > len(data):
-            raise NeedsPydicom("unusual file meta information")
-        if elem == 0x0010:
-            transfer_syntax = data[value_pos : value_pos + length].decode("ascii").strip(" \x00")
-        elif elem == 0x0002:
-            sop_class = data[value_pos : value_pos + length].decode("ascii").strip(" \x00")
-        pos = value_pos + length
-    if not transfer_syntax:
-        raise NeedsPydicom("no transfer syntax")
-    return pos, transfer_syntax, sop_class
-
-
-def _scan(
-    data: bytes,
-    pos: int,
-    end: int,
-    implicit: bool,
-    wanted: frozenset[int] | None,
-    private_groups: frozenset[int] = frozenset(),
-    sequences: dict[int, list[RawHeader]] | None = None,
-) -> tuple[dict[int, tuple[str | None, int, int]], int, int | None]:
-    """Walk the elements from ``pos`` to ``end`` (or to an Item Delimitation Item, or the Pixel Data
-    element); keep the location of those in ``wanted`` (swapped tags, see :func:`_swap`; ``None``: all)
-    and of every element of ``private_groups``. Returns (elements, offset after the last one, offset of the
-    Pixel Data element or ``None``).
-
-    Undefined-length sequences must be walked to find their end: those kept are split into items on the
-    way (into ``sequences``, by tag) so that reading them later needs no second walk."""
-    found: dict[int, tuple[str | None, int, int]] = {}
-    tag_vr_length, u32, short_vrs, long_vrs = _TAG_VR_LENGTH, _U32, _SHORT_VR_CODES, _LONG_VR_CODES
-    undefined, pixel_keys = _UNDEFINED, _PIXEL_KEYS
-    vr: str | None = None
-    while pos < end:
-        key, vr_code, length = tag_vr_length(data, pos)
-        if implicit:
-            if key in pixel_keys:
-                return found, pos, pos
-            if key & 0xFFFF == _ITEM_GROUP:
-                if key == _ITEM_END:
-                    return found, pos + 8, None
-                raise NeedsPydicom("item tag among the elements of a dataset")
-            length = vr_code | (length << 16)  # the 32-bit length read as two 16-bit halves
-            value_pos = pos + 8
-        else:
-            vr = short_vrs.get(vr_code)
-            if vr is not None:  # common case: a short VR with a 16-bit length
-                value_pos = pos + 8
-            else:
-                vr = long_vrs.get(vr_code)
-                if vr is None:
-                    if key & 0xFFFF == _ITEM_GROUP and key == _ITEM_END:
-                        return found, pos + 8, None
-                    raise NeedsPydicom(f"no valid explicit VR at offset {pos}")
-                if key in pixel_keys:
-                    return found, pos, pos
-                length = u32(data, pos + 8)[0]
-                value_pos = pos + 12
-        keep = wanted is None or key in wanted or (private_groups and key & 0xFFFF in private_groups)
-        if length == undefined:
-            if vr not in (None, "SQ"):
-                raise NeedsPydicom("undefined length outside a sequence")
-            if keep and sequences is not None:
-                items, next_pos = _split_items(data, value_pos, implicit, _ITEM_FILTERS.get(key))
-                sequences[((key & 0xFFFF) << 16) | (key >> 16)] = items
-            else:
-                next_pos = _skip_items(data, value_pos, implicit)
-            length = next_pos - 8 - value_pos  # the items, without the sequence delimiter
-        else:
-            next_pos = value_pos + length
-            if next_pos > end:
-                raise NeedsPydicom("element runs past the end of its data")
-        if keep:
-            found[((key & 0xFFFF) << 16) | (key >> 16)] = (vr, value_pos, length)
-        pos = next_pos
-    return found, pos, None
-
-
-def _skip_items(data: bytes, pos: int, implicit: bool) -> int:
-    """Walk the items of an undefined-length sequence; return the offset after its delimiter."""
-    size = len(data)
-    tag_vr_length, u32, short_vrs, long_vrs = _TAG_VR_LENGTH, _U32, _SHORT_VR_CODES, _LONG_VR_CODES
-    undefined, item_end = _UNDEFINED, _ITEM_END
-    while True:
-        if pos + 8 > size:
-            raise NeedsPydicom("sequence runs past the end of the data")
-        key, length = _TAG_LENGTH(data, pos)
-        pos += 8
-        if key == _SEQUENCE_END:  # Sequence Delimitation Item
-            return pos
-        if key != _ITEM_START:
-            raise NeedsPydicom("no item tag in a sequence")
-        if length != undefined:
-            pos += length
-            continue
-        while True:  # the elements of an undefined-length item, up to its Item Delimitation Item
-            key, vr_code, length = tag_vr_length(data, pos)  # struct.error past the end of the data
-            if key == item_end:
-                pos += 8
-                break
-            if implicit:
-                length = vr_code | (length << 16)
-                value_pos = pos + 8
-            elif vr_code in short_vrs:
-                value_pos = pos + 8
-            elif vr_code in long_vrs:
-                length = u32(data, pos + 8)[0]
-                value_pos = pos + 12
-            else:
-                raise NeedsPydicom(f"no valid explicit VR at offset {pos}")
-            if length == undefined:
-                if not implicit and vr_code != _SQ_CODE:
-                    raise NeedsPydicom("undefined length outside a sequence")
-                pos = _skip_items(data, value_pos, implicit)
-            else:
-                pos = value_pos + length
-
-
-def _sequence_items(
-    data: bytes, pos: int, end: int, implicit: bool, wanted: frozenset[int] | None
-) -> list[RawHeader]:
-    """The items of a sequence value spanning ``data[pos:end]`` (without its sequence delimiter)."""
-    items: list[RawHeader] = []
-    while pos + 8 <= end:
-        key, length = _TAG_LENGTH(data, pos)
-        pos += 8
-        if key == _SEQUENCE_END:
-            break
-        if key != _ITEM_START:
-            raise NeedsPydicom("no item tag in a sequence")
-        sequences: dict[int, list[RawHeader]] = {}
-        if length == _UNDEFINED:
-            found, pos, _ = _scan(data, pos, end, implicit, wanted, sequences=sequences)
-        else:
-            found, _, _ = _scan(data, pos, pos + length, implicit, wanted, sequences=sequences)
-            pos += length
-        items.append(RawHeader(data, implicit, found, sequences))
-    return items
-
-
-def _split_items(
-    data: bytes, pos: int, implicit: bool, wanted: frozenset[int] | None
-) -> tuple[list[RawHeader], int]:
-    """The items of an undefined-length sequence starting at ``pos`` (keeping the elements in ``wanted``,
-    all when ``None``), and the offset after its Sequence Delimitation Item."""
-    size = len(data)
-    items: list[RawHeader] = []
-    while True:
-        if pos + 8 > size:
-            raise NeedsPydicom("sequence runs past the end of the data")
-        key, length = _TAG_LENGTH(data, pos)
-        pos += 8
-        if key == _SEQUENCE_END:
-            return items, pos
-        if key != _ITEM_START:
-            raise NeedsPydicom("no item tag in a sequence")
-        sequences: dict[int, list[RawHeader]] = {}
-        if length == _UNDEFINED:
-            found, pos, _ = _scan(data, pos, size, implicit, wanted, sequences=sequences)
-            if data[pos - 8 : pos - 4] != b"\xfe\xff\x0d\xe0":
-                raise NeedsPydicom("item without its delimiter")
-        else:
-            if pos + length > size:
-                raise NeedsPydicom("item runs past the end of the data")
-            found, _, _ = _scan(data, pos, pos + length, implicit, wanted, sequences=sequences)
-            pos += length
-        items.append(RawHeader(data, implicit, found, sequences))
