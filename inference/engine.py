@@ -21,24 +21,32 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from config.errors import SegNodeError
 from config.inference import InferenceConfig
 from inference import preprocess
+from inference.checks import check_image, check_roi, check_size
+from inference.devices import resolve_device
+from inference.errors import (
+    DeviceUnavailableError,
+    InferenceError,
+    InputTooLargeError,
+    InputTooSmallError,
+    InvalidRoiError,
+    OutOfMemoryError,
+)
 from inference.registry import (
-    TOTALSEGMENTATOR_REFERENCE_VERSION,
     Mode,
     PartModel,
     Task,
     get_part_model,
     get_task,
 )
+from inference.results import ModelInfo, SegmentationResult
 from inference.weights import MissingWeightsError, find_model_folder, resolve_weights_dir
 
 if TYPE_CHECKING:  # pragma: no cover - typing only (torch and nnunetv2 are imported lazily)
@@ -71,73 +79,6 @@ STEP_08_TASKS = frozenset({"total_mr"})
 ROI_CROP_MODEL = 852
 
 
-class InferenceError(SegNodeError):
-    """Segmentation could not be done."""
-
-    reason = "inference_failed"
-
-
-class InputTooSmallError(InferenceError):
-    reason = "input_too_small"
-
-
-class InputTooLargeError(InferenceError):
-    reason = "input_too_large"
-
-
-class DeviceUnavailableError(InferenceError):
-    reason = "device_unavailable"
-
-
-class OutOfMemoryError(InferenceError):
-    reason = "out_of_memory"
-
-
-class InvalidRoiError(InferenceError):
-    reason = "invalid_roi_subset"
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Which weights produced a result (for the audit log and the SEG's algorithm identification)."""
-
-    dataset_id: int
-    dataset_folder_name: str
-    trainer: str
-    plans: str
-    configuration: str
-    fold: int
-    spacing_mm: float
-    checkpoint_sha256: str
-    release: str | None
-
-
-@dataclass
-class SegmentationResult:
-    """A label map on the source grid with what made it."""
-
-    #: Same shape as the input voxels; 0 = background, other values as in ``class_map``.
-    labels: npt.NDArray[np.uint8]
-    #: Label value -> structure name (only the ``roi_subset`` structures when one was asked for).
-    class_map: Mapping[int, str]
-    #: Registry name of the task that ran (``total_mr``).
-    task: str
-    mode: Mode
-    #: The part models that ran, in the order their outputs were merged.
-    models: tuple[ModelInfo, ...]
-    #: The torch device the networks ran on (``cpu``, ``cuda:0``).
-    device: str
-    #: Seconds per stage (``reorient``, ``resample``, ``predict_850`` ..., ``resample_back``, ``total``).
-    timings: dict[str, float]
-    roi_subset: tuple[str, ...] | None = None
-    #: Notable events worth an audit entry (e.g. a GPU out-of-memory retry on the CPU).
-    events: list[str] = field(default_factory=list)
-    reference: str = f"TotalSegmentator {TOTALSEGMENTATOR_REFERENCE_VERSION} pipeline"
-
-    def present_labels(self) -> list[int]:
-        return [int(v) for v in np.unique(self.labels) if v != 0]
-
-
 class _Timer:
     def __init__(self, timings: dict[str, float], name: str) -> None:
         self.timings = timings
@@ -150,36 +91,6 @@ class _Timer:
         self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.start
 
 
-def resolve_device(spec: str) -> torch.device:
-    """``auto | cuda | cuda:N | cpu`` -> ``torch.device``.
-
-    :class:`DeviceUnavailableError` where the device asked for is not there."""
-    import torch
-
-    spec = spec.strip().lower()
-    if spec == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec == "cuda" or spec.startswith("cuda:"):
-        index = 0
-        if spec.startswith("cuda:"):
-            try:
-                index = int(spec.split(":", 1)[1])
-            except ValueError:
-                raise DeviceUnavailableError(
-                    f"invalid device {spec!r}: use auto, cpu, cuda or cuda:N"
-                ) from None
-        if not torch.cuda.is_available():
-            raise DeviceUnavailableError(f"device {spec!r} asked for, but no CUDA device is available")
-        if index >= torch.cuda.device_count():
-            raise DeviceUnavailableError(
-                f"device {spec!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist"
-            )
-        return torch.device(f"cuda:{index}")
-    raise DeviceUnavailableError(f"invalid device {spec!r}: use auto, cpu, cuda or cuda:N")
-
-
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -189,7 +100,24 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 class Engine:
-    """Warm nnU-Net predictors and TotalSegmentator's MRI pipeline; one per process, thread-safe."""
+    """Warm nnU-Net predictors and TotalSegmentator's MRI pipeline; one per process, thread-safe.
+
+    Constructing an engine is cheap: it resolves the weights folder and nothing else. The device is
+    resolved, and torch imported, on first use (:attr:`device`); each part model's predictor is built the
+    first time a task needs it (or by :meth:`warm_up`) and kept for the life of the engine.
+
+    Parameters
+    ----------
+    config
+        The ``inference`` section of the configuration (device, CPU threads, weights folder, the voxel
+        limit, the out-of-memory fallbacks); ``None``: the defaults.
+
+    Raises
+    ------
+    config.errors.SegNodeError
+        Nothing is raised at construction; a missing weights folder or an unavailable device is reported
+        by the first :meth:`segment` (or :meth:`warm_up`) that needs it.
+    """
 
     def __init__(self, config: InferenceConfig | None = None) -> None:
         self.config = config or InferenceConfig()
@@ -288,22 +216,52 @@ class Engine:
         fastest: bool = False,
         roi_subset: Sequence[str] | None = None,
     ) -> SegmentationResult:
-        """Segment one stack; ``labels`` come back on the grid of ``voxels`` (same shape)."""
+        """Segment one stack with a TotalSegmentator MRI task; the labels come back on the grid of ``voxels``.
+
+        Parameters
+        ----------
+        voxels
+            The image, a 3D array indexed ``(i, j, k)`` of any numeric dtype (:attr:`Volume.voxels`).
+        affine_lps
+            The 4x4 matrix from voxel index to patient coordinates, LPS in mm (:attr:`Volume.affine`).
+        task
+            A task of :mod:`inference.registry` (``total_mr``, ``tissue_types_mr``, ...).
+        fast, fastest
+            TotalSegmentator's ``--fast`` (3 mm model) and ``--fastest`` (6 mm) for tasks that have them.
+        roi_subset
+            Structure names to keep (``total_mr`` only): the 3 mm model finds their bounding box, then only
+            the part models holding them run on that crop, as TotalSegmentator's ``--roi_subset`` does.
+
+        Returns
+        -------
+        SegmentationResult
+            ``labels`` (uint8, the shape of ``voxels``), the class map, the models that ran with their
+            checkpoint digests, the device, per-stage timings and notable events (out-of-memory retries).
+
+        Raises
+        ------
+        inference.registry.UnknownTaskError, inference.registry.UnsupportedModeError
+            ``task`` is not registered; ``fast`` and ``fastest`` together or a mode the task lacks.
+        InputTooSmallError
+            ``voxels`` is not 3D, or an axis has fewer than 2 voxels or no extent at the model spacing.
+        InputTooLargeError
+            More voxels than ``inference.max_voxels`` (as given or at the model spacing).
+        InferenceError
+            ``affine_lps`` is not a finite, invertible 4x4 matrix (reason ``invalid_geometry``).
+        InvalidRoiError
+            ``roi_subset`` is empty, names unknown structures or is given for another task than ``total_mr``.
+        MissingWeightsError
+            Weights not installed; the message names the task, the folder and the command that gets them.
+        DeviceUnavailableError
+            ``inference.device`` names a device this machine does not have.
+        OutOfMemoryError
+            The image does not fit in memory on any device the fallbacks allow.
+        """
         start = time.perf_counter()
         spec = get_task(task)
         mode = spec.mode(fast, fastest)
         models = spec.models(mode)
-        data = np.asarray(voxels)
-        affine_lps = np.asarray(affine_lps, dtype=np.float64)
-        self._check_input(data, affine_lps)
-        roi = self._check_roi(spec, roi_subset)
-        needed = list(models)
-        if roi is not None:
-            needed = [get_part_model(ROI_CROP_MODEL), *needed]
-        self.check_weights(spec, needed)
-        affine_ras = LPS_TO_RAS @ affine_lps
-        self._check_size(data, affine_ras, models[0].spacing_mm)
-
+        data, affine_ras, roi = self._checked_input(spec, models, voxels, affine_lps, roi_subset)
         timings: dict[str, float] = {}
         events: list[str] = []
         device = self.device
@@ -328,50 +286,26 @@ class Engine:
             events=events,
         )
 
-    def _check_input(self, data: np.ndarray, affine: npt.NDArray[np.float64]) -> None:
-        if data.ndim != 3:
-            raise InputTooSmallError(f"a 3D image is needed, got an array of shape {data.shape}")
-        if min(data.shape) < 2:
-            raise InputTooSmallError(
-                f"image of shape {data.shape} is 2D (an axis has fewer than 2 voxels); a 3D stack is needed"
-            )
-        if (
-            affine.shape != (4, 4)
-            or not np.all(np.isfinite(affine))
-            or abs(np.linalg.det(affine[:3, :3])) < 1e-9
-        ):
-            raise InferenceError(
-                "the affine must be a finite, invertible 4x4 matrix", reason="invalid_geometry"
-            )
-
-    def _check_size(self, data: np.ndarray, affine_ras: npt.NDArray[np.float64], spacing: float) -> None:
-        zooms = preprocess.header_zooms(affine_ras)
-        model_shape = tuple(int(round(n * z / spacing)) for n, z in zip(data.shape, zooms, strict=True))
-        if min(model_shape) < 1:
-            raise InputTooSmallError(
-                f"image of shape {data.shape} with voxel size {tuple(float(z) for z in zooms)} mm has no "
-                f"extent at the model spacing of {spacing} mm"
-            )
-        n_voxels = int(np.prod(model_shape))
-        if n_voxels > self.config.max_voxels or int(np.prod(data.shape)) > self.config.max_voxels:
-            raise InputTooLargeError(
-                f"image of shape {data.shape} is {n_voxels} voxels at {spacing} mm; the limit is "
-                f"{self.config.max_voxels} (inference.max_voxels)"
-            )
-
-    @staticmethod
-    def _check_roi(task: Task, roi_subset: Sequence[str] | None) -> tuple[str, ...] | None:
-        if roi_subset is None:
-            return None
-        if task.name != "total_mr":
-            raise InvalidRoiError(f"roi_subset only works with task total_mr, not {task.name}")
-        roi = tuple(dict.fromkeys(roi_subset))
-        if not roi:
-            raise InvalidRoiError("roi_subset is empty")
-        unknown = [name for name in roi if name not in task.label_of]
-        if unknown:
-            raise InvalidRoiError(f"unknown structures in roi_subset for {task.name}: {', '.join(unknown)}")
-        return roi
+    def _checked_input(
+        self,
+        task: Task,
+        models: Sequence[PartModel],
+        voxels: np.ndarray,
+        affine_lps: npt.NDArray[np.float64],
+        roi_subset: Sequence[str] | None,
+    ) -> tuple[np.ndarray, npt.NDArray[np.float64], tuple[str, ...] | None]:
+        """(image, RAS affine, ROI) once the input, the ROI, the weights and the size are found usable."""
+        data = np.asarray(voxels)
+        affine_lps = np.asarray(affine_lps, dtype=np.float64)
+        check_image(data, affine_lps)
+        roi = check_roi(task, roi_subset)
+        needed = list(models)
+        if roi is not None:
+            needed = [get_part_model(ROI_CROP_MODEL), *needed]
+        self.check_weights(task, needed)
+        affine_ras = LPS_TO_RAS @ affine_lps
+        check_size(data.shape, affine_ras, models[0].spacing_mm, self.config.max_voxels)
+        return data, affine_ras, roi
 
     def _run(
         self,

@@ -140,11 +140,11 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from inference import weights
+    from inference import weights, weights_install
 
     config = _inference_config(args)
     weights_dir = weights.resolve_weights_dir(config)
-    folders = weights.download_task(
+    folders = weights_install.download_task(
         str(args.task),
         weights_dir,
         locations=weights.DownloadLocations.from_config(config),
@@ -160,10 +160,10 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from inference import weights
+    from inference import weights, weights_install
 
     weights_dir = weights.resolve_weights_dir(_inference_config(args))
-    for model in weights.import_weights(Path(args.path), weights_dir):
+    for model in weights_install.import_weights(Path(args.path), weights_dir):
         sys.stdout.write(f"installed: {model.model_dir(weights_dir)} (dataset {model.dataset_id})\n")
     return 0
 

@@ -11,19 +11,18 @@ from pathlib import Path
 import pytest
 
 from config.inference import InferenceConfig
-from inference import registry, weights
+from inference import registry, weights, weights_install
 from inference.registry import PartModel
 from inference.weights import (
     InvalidWeightsError,
     MissingWeightsError,
     find_model_folder,
-    import_weights,
-    install_zip,
     model_problems,
     resolve_weights_dir,
     task_status,
     weights_status,
 )
+from inference.weights_install import import_weights, install_zip
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_MODELS = ROOT / "tests" / "data" / "models"
@@ -262,7 +261,7 @@ class _Terminal(io.StringIO):
 
 def test_progress_bar_redraws_on_a_terminal_and_prints_steps_in_a_log() -> None:
     terminal = _Terminal()
-    bar = weights.Progress(terminal, "Dataset850", 2_000_000)
+    bar = weights_install.Progress(terminal, "Dataset850", 2_000_000)
     bar.update(1_000_000)
     bar.finish()
     assert terminal.getvalue() == (
@@ -270,7 +269,7 @@ def test_progress_bar_redraws_on_a_terminal_and_prints_steps_in_a_log() -> None:
         "\rDataset850: [############             ]  50% 1.0/2.0 MB\n"
     )
     log = io.StringIO()
-    bar = weights.Progress(log, "Dataset850", 1000)
+    bar = weights_install.Progress(log, "Dataset850", 1000)
     for _ in range(4):
         bar.update(250)
     bar.finish()
@@ -281,7 +280,7 @@ def test_progress_bar_redraws_on_a_terminal_and_prints_steps_in_a_log() -> None:
         "100",
     ]
     unknown = io.StringIO()
-    bar = weights.Progress(unknown, "face", None)
+    bar = weights_install.Progress(unknown, "face", None)
     bar.update(3_500_000)
     bar.finish()
     assert unknown.getvalue() == "face: 3.5 MB\n"

@@ -25,11 +25,11 @@ from inference.weights import (
     DownloadLocations,
     InvalidWeightsError,
     LicenseError,
-    download_task,
     find_model_folder,
     model_problems,
     weight_sources,
 )
+from inference.weights_install import download_task
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_MODELS = ROOT / "tests" / "data" / "models"
@@ -301,7 +301,8 @@ def test_only_the_configured_download_location_is_contacted(server: WeightsServe
     _connections = []
     try:
         download_task("vertebrae_mr", tmp_path / "w", locations=server.locations())
-        from inference.weights import import_weights, weights_status
+        from inference.weights import weights_status
+        from inference.weights_install import import_weights
 
         weights_status(tmp_path / "w")
         import_weights(tmp_path / "w" / M756.dataset_folder_name, tmp_path / "w2")
