@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
 
 from config.model import SegNodeConfig
@@ -24,6 +22,7 @@ from dicom_node.jobs.workers import Pipeline
 from dicom_node.receiving.admission import private_sqlite_file
 from dicom_node.receiving.completion import CompletionTimer, CompletionTracker, SeriesCompleter
 from dicom_node.receiving.scp import Receiver, build_ae, handler_table
+from dicom_node.receiving.server import SCPServer, close_connections, start_server
 from dicom_node.receiving.spool import FreeSpaceProbe, Spool, disk_free_bytes
 from dicom_node.tls import server_context
 
@@ -51,7 +50,7 @@ class NodeService:
     spool: Spool = field(init=False)
     tracker: CompletionTracker = field(init=False)
     completer: SeriesCompleter = field(init=False)
-    server: ThreadedAssociationServer | None = field(init=False, default=None)
+    server: SCPServer | None = field(init=False, default=None)
     receiver: Receiver | None = field(init=False, default=None)
     _timer: CompletionTimer | None = field(init=False, default=None)
     pipeline: Pipeline | None = field(init=False, default=None)
@@ -125,11 +124,13 @@ class NodeService:
         receiver = self.receiver = Receiver(self.config, self.spool, self.audit, self.tracker, self.metrics)
         ae = build_ae(self.config)
         net = self.config.network
-        self.server = ae.start_server(
+        self.server = start_server(
+            ae,
             (net.bind_address, net.port),
-            block=False,
-            evt_handlers=handler_table(receiver),
-            ssl_context=ssl_context,
+            handler_table(receiver),
+            ssl_context,
+            request_timeout_s=net.acse_timeout_s,
+            on_silent=receiver.connection_silent,
         )
         if self.completion_interval_s > 0:  # 0: the caller drives completer.run_once() (tests)
             self._timer = CompletionTimer(
@@ -187,21 +188,16 @@ class NodeService:
         return int(self.operations.http_port)
 
     def stop(self) -> None:
-        """Stop listening, finish the completion timer, record the stop and release the engine."""
+        """Stop listening, close the connections (a C-STORE being stored finishes first, at most
+        ``shutdown_grace_s``), finish the completion timer, record the stop and release the engine."""
         if self.operations is not None:
             self.operations.stop()
             self.operations = None
         if self.server is not None:
             server, self.server = self.server, None
-            active = list(server.active_associations)
             server.shutdown()
-            deadline = time.monotonic() + self.shutdown_grace_s
-            while any(a.is_alive() for a in active) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            for assoc in active:
-                if assoc.is_alive():
-                    assoc.abort()
-                    assoc.join(timeout=5)
+            assert self.receiver is not None
+            close_connections(server, self.receiver.associations.wait_idle, self.shutdown_grace_s)
         if self._timer is not None:
             self._timer.stop()
             self._timer = None

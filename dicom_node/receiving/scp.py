@@ -11,11 +11,9 @@ transfer syntaxes; refused contexts are recorded in the audit log.
 from __future__ import annotations
 
 import io
-import ipaddress
 import logging
 import socket
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -30,7 +28,6 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.exc import SQLAlchemyError
 
 from config.model import SegNodeConfig
-from config.node import NodeConfig
 from dicom_node.audit.log import AuditLog, InstanceHeader
 from dicom_node.http.metrics import NodeMetrics
 from dicom_node.logs import association_id_var
@@ -42,7 +39,9 @@ from dicom_node.receiving.admission import (
     check_series,
     series_conflict,
 )
+from dicom_node.receiving.associations import AccessPolicy, AssociationTable, Rejection
 from dicom_node.receiving.completion import CompletionTracker
+from dicom_node.receiving.server import wake_acceptor
 from dicom_node.receiving.spool import Spool, SpoolFullError, SpoolWriteError
 from dicom_node.uids import InvalidUIDError, path_safe_uid
 
@@ -61,78 +60,15 @@ _HEADER_TAGS = [
     "ImagesInAcquisition",
 ]
 
+#: pynetdicom's own association limit, set out of reach (see :func:`build_ae`).
+UNLIMITED_CONNECTIONS = 1 << 20
+
 _CONTEXT_RESULTS = {
     0x01: "user_rejection",
     0x02: "no_reason",
     0x03: "abstract_syntax_not_supported",
     0x04: "transfer_syntaxes_not_supported",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    result: int
-    source: int
-    reason: int
-    code: str
-    detail: str
-
-
-class AccessPolicy:
-    """Which calling AE titles (and addresses) may associate with which called AE title."""
-
-    def __init__(self, node: NodeConfig, resolve: Callable[[str], set[str]] | None = None) -> None:
-        self._called = {item.ae_title: item for item in node.ae_titles}
-        self._resolve = resolve or _resolve_host
-
-    @property
-    def called_ae_titles(self) -> list[str]:
-        return list(self._called)
-
-    def check(self, calling: str, called: str, address: str) -> Rejection | None:
-        calling, called = calling.strip(), called.strip()
-        entry = self._called.get(called)
-        if entry is None:
-            return Rejection(
-                status.REJECTED_PERMANENT,
-                status.SOURCE_SERVICE_USER,
-                status.REASON_CALLED_AE_NOT_RECOGNISED,
-                "called_ae_not_recognised",
-                f"called AE title {called!r} is not one of {sorted(self._called)}",
-            )
-        if entry.accept_any_caller:
-            return None
-        peers = [p for p in entry.allowed_callers if p.ae_title == calling]
-        if not peers:
-            return Rejection(
-                status.REJECTED_PERMANENT,
-                status.SOURCE_SERVICE_USER,
-                status.REASON_CALLING_AE_NOT_RECOGNISED,
-                "calling_ae_not_recognised",
-                f"calling AE title {calling!r} may not send to {called!r}",
-            )
-        for peer in peers:
-            if peer.host is None or address in self._resolve(peer.host):
-                return None
-        return Rejection(
-            status.REJECTED_PERMANENT,
-            status.SOURCE_SERVICE_USER,
-            status.REASON_CALLING_AE_NOT_RECOGNISED,
-            "calling_address_not_allowed",
-            f"calling AE title {calling!r} connected from {address}, which is not its configured host",
-        )
-
-
-def _resolve_host(host: str) -> set[str]:
-    try:
-        return {str(ipaddress.ip_address(host))}
-    except ValueError:
-        pass
-    try:
-        return {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
-    except OSError:
-        LOG.warning("cannot resolve configured peer host %r; its associations are refused", host)
-        return set()
 
 
 def read_header(data: bytes, transfer_syntax: str) -> InstanceHeader:
@@ -174,9 +110,8 @@ class Receiver:
         self.audit = audit
         self.tracker = tracker
         self.policy = AccessPolicy(config.node)
-        #: Accepted associations not yet closed: id(association) -> (association, audit row id).
-        self._ids: dict[int, tuple[Association, int]] = {}
-        self._lock = threading.Lock()
+        #: Audit ids and ``network.max_associations`` slots of the associations.
+        self.associations = AssociationTable(config.network.max_associations)
         #: Series whose instances are admitted but not yet recorded in the database (see :meth:`admit`).
         self._in_flight: dict[str, _InFlight] = {}
         self._admit_lock = threading.Lock()
@@ -214,26 +149,13 @@ class Receiver:
                     del self._in_flight[header.series_instance_uid]
 
     def association_id(self, assoc: Association) -> int | None:
-        with self._lock:
-            entry = self._ids.get(id(assoc))
-        return None if entry is None else entry[1]
-
-    def _remember(self, assoc: Association, association_id: int) -> None:
-        with self._lock:
-            self._ids[id(assoc)] = (assoc, association_id)
-
-    def _forget(self, assoc: Association) -> int | None:
-        with self._lock:
-            entry = self._ids.pop(id(assoc), None)
-        return None if entry is None else entry[1]
+        return self.associations.association_id(assoc)
 
     def end_dead_associations(self) -> list[int]:
         """End, as aborted, the associations whose thread has ended without a release, abort or connection
         close event (pynetdicom's association thread can die on a malformed PDU without any). Run
         periodically; returns the audit ids of the associations it ended."""
-        with self._lock:
-            dead = [key for key, (assoc, _) in self._ids.items() if not assoc.is_alive()]
-            ended = [self._ids.pop(key)[1] for key in dead]
+        ended = self.associations.pop_dead()
         for association_id in ended:
             LOG.warning(
                 "association %d ended without release or abort (its connection was dropped)", association_id
@@ -246,6 +168,16 @@ class Receiver:
         """Record the end of an association (released or aborted), once."""
         if self.audit.association_ended(association_id, result):
             self.metrics.association(result)
+
+    def connection_silent(self, address: str, port: int) -> None:
+        """A connection sent nothing within ``network.acse_timeout_s`` and was closed."""
+        self.audit.event(
+            "connection_closed",
+            "failure",
+            "no_association_request",
+            detail=f"connection from {address}:{port} sent nothing within network.acse_timeout_s "
+            f"({self.config.network.acse_timeout_s:g} s); closed",
+        )
 
 
 @dataclass
@@ -263,19 +195,25 @@ class _InFlight:
 def handle_conn_open(event: evt.Event) -> None:
     """Set TCP_NODELAY on the accepted socket: without it, small PDUs wait on delayed ACKs (~40 ms).
 
-    Also give it the network timeout: pynetdicom reads a whole PDU with blocking ``recv`` calls, so a peer
-    that announces a PDU (or a 4 GiB length in garbage) and then stays silent would hold its association
-    thread, and a slot of ``max_associations``, for ever. With the timeout it is closed after
-    ``network.network_timeout_s`` seconds of silence.
+    Also give it a timeout: pynetdicom reads a whole PDU with blocking ``recv`` calls, so a peer that
+    announces a PDU (or a 4 GiB length in garbage) and then stays silent would hold its threads for ever.
+    Until the association is accepted the timeout is ``network.acse_timeout_s`` (the time PS3.8 gives the
+    request), then ``network.network_timeout_s`` (:func:`handle_accepted`).
     """
+    requestor = event.assoc.requestor
+    LOG.debug("connection from %s:%s handed to the association layer", requestor.address, requestor.port)
     sock = event.assoc.dul.socket
     if sock is not None and sock.socket is not None:
-        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.socket.settimeout(event.assoc.network_timeout)
+        try:
+            sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.socket.settimeout(event.assoc.acse_timeout)
+        except OSError as exc:  # the peer is already gone; the DUL sees the closed connection
+            LOG.info("connection from %s closed as it opened: %s", requestor.address, exc)
 
 
 def handle_requested(event: evt.Event, receiver: Receiver) -> None:
-    """Record the association request and reject it (A-ASSOCIATE-RJ) if the policy says so."""
+    """Record the association request and reject it (A-ASSOCIATE-RJ) if the policy says so, the spool is
+    below its free-space watermark, or ``network.max_associations`` associations are open."""
     assoc = event.assoc
     request = assoc.requestor.primitive
     if request is None:
@@ -284,7 +222,7 @@ def handle_requested(event: evt.Event, receiver: Receiver) -> None:
     called = str(request.called_ae_title).strip()
     address = str(assoc.requestor.address)
     association_id = receiver.audit.association_requested(calling, called, address, assoc.requestor.port)
-    receiver._remember(assoc, association_id)
+    receiver.associations.requested(assoc, association_id)
     association_id_var.set(str(association_id))
     rejection = receiver.policy.check(calling, called, address)
     if rejection is None and receiver.spool.below_watermark():
@@ -294,6 +232,14 @@ def handle_requested(event: evt.Event, receiver: Receiver) -> None:
             status.REASON_TEMPORARY_CONGESTION,
             "out_of_resources",
             "spool free space below the watermark",
+        )
+    if rejection is None and not receiver.associations.take_slot(assoc):
+        rejection = Rejection(
+            status.REJECTED_TRANSIENT,
+            status.SOURCE_SERVICE_PROVIDER_PRESENTATION,
+            status.REASON_LOCAL_LIMIT_EXCEEDED,
+            "local_limit_exceeded",
+            f"{receiver.associations.limit} associations are open (network.max_associations)",
         )
     if rejection is not None:
         LOG.warning("rejecting association %s -> %s from %s: %s", calling, called, address, rejection.detail)
@@ -305,13 +251,21 @@ def handle_requested(event: evt.Event, receiver: Receiver) -> None:
             f"{rejection.detail} (result 0x{rejection.result:02X}, source 0x{rejection.source:02X}, "
             f"reason 0x{rejection.reason:02X})",
         )
+        # As pynetdicom does after its own rejections: wait until the DUL has sent the A-ASSOCIATE-RJ and
+        # the connection is closed (the peer closes it, or ARTIM ends it); otherwise the association
+        # thread closes the socket first and the peer sees an abort instead of the rejection.
+        assoc.kill()
         return
     # Answer with the called AE title the peer used (several AE titles share the port).
     assoc.acceptor.ae_title = called
 
 
 def handle_accepted(event: evt.Event, receiver: Receiver) -> None:
-    """Record the accepted association and every presentation context refused in it."""
+    """Record the accepted association and every presentation context refused in it; from now on the
+    connection's socket timeout is ``network.network_timeout_s``."""
+    sock = event.assoc.dul.socket
+    if sock is not None and sock.socket is not None:
+        sock.socket.settimeout(event.assoc.network_timeout)
     association_id = receiver.association_id(event.assoc)
     if association_id is None:
         return
@@ -326,7 +280,8 @@ def handle_accepted(event: evt.Event, receiver: Receiver) -> None:
 
 
 def handle_rejected(event: evt.Event, receiver: Receiver) -> None:
-    """pynetdicom rejected the association itself (e.g. too many associations): record it."""
+    """pynetdicom rejected the association itself (e.g. an unsupported protocol version): record it."""
+    receiver.associations.release_slot(event.assoc)
     association_id = receiver.association_id(event.assoc)
     if association_id is not None:
         primitive = event.assoc.acceptor.primitive
@@ -349,10 +304,12 @@ def handle_aborted(event: evt.Event, receiver: Receiver) -> None:
 
 
 def handle_conn_close(event: evt.Event, receiver: Receiver) -> None:
-    """The connection closed: an accepted association not released or aborted by now counts as aborted."""
-    association_id = receiver._forget(event.assoc)
+    """The connection closed: an accepted association not released or aborted by now counts as aborted;
+    a connection without a request ends its thread at once (see :func:`wake_acceptor`)."""
+    association_id = receiver.associations.forget(event.assoc)
     if association_id is None:
-        # no A-ASSOCIATE-RQ was decoded: garbage or a malformed PDU, a failed TLS handshake, a port probe
+        wake_acceptor(event.assoc)
+        # no A-ASSOCIATE-RQ was decoded: garbage or a malformed PDU, a failed TLS handshake
         requestor = event.assoc.requestor
         receiver.audit.event(
             "connection_closed",
@@ -370,6 +327,7 @@ def handle_conn_close(event: evt.Event, receiver: Receiver) -> None:
 
 
 def _ended(event: evt.Event, receiver: Receiver, released: bool) -> None:
+    receiver.associations.release_slot(event.assoc)
     association_id = receiver.association_id(event.assoc)
     if association_id is None:
         return
@@ -393,6 +351,11 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
     :func:`dicom_node.receiving.admission.check_series`); :data:`status.DATASET_DOES_NOT_MATCH_SOP_CLASS`;
     :data:`status.PROCESSING_FAILURE` (I/O or database failure).
     """
+    with receiver.associations.storing():  # a stopping node lets it finish (server.close_connections)
+        return _store(event, receiver)
+
+
+def _store(event: evt.Event, receiver: Receiver) -> int:
     association_id = receiver.association_id(event.assoc)
     request = cast(C_STORE, event.request)
     sop_instance = str(request.AffectedSOPInstanceUID or "")
@@ -484,7 +447,9 @@ def build_ae(config: SegNodeConfig) -> AE:
     """An application entity with the configured limits and presentation contexts."""
     net = config.network
     ae = AE(ae_title=config.node.ae_titles[0].ae_title)
-    ae.maximum_associations = net.max_associations
+    # The node counts associations itself (handle_requested, receiving.associations): pynetdicom's own
+    # count takes in every connection thread, those that never send a request included.
+    ae.maximum_associations = UNLIMITED_CONNECTIONS
     ae.acse_timeout = net.acse_timeout_s
     ae.dimse_timeout = net.dimse_timeout_s
     ae.network_timeout = net.network_timeout_s

@@ -5,8 +5,10 @@ A pynetdicom SCU and DCMTK's echoscu/storescu talk to a real node on 127.0.0.1 p
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
+import struct
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -259,3 +261,56 @@ def test_missing_or_unusable_certificate_stops_the_start(tmp_path: Path, pki: Pk
     with pytest.raises(TlsSetupError) as info:
         NodeService(config, completion_interval_s=0).start()
     assert "cannot load" in info.value.message and str(pki.server_cert) in info.value.message
+
+
+def test_port_probes_silent_connections_and_failed_handshakes_on_the_tls_port(
+    make_config: Callable[..., SegNodeConfig],
+    start_node: StartNode,
+    pki: Pki,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With one association slot: 20 probes (half reset), a connection that sends nothing and one that
+    stalls in the middle of its TLS handshake take no slot; a plain-TCP association to the TLS port is one
+    WARNING line without a traceback; stopping closes every connection."""
+    node = start_node(
+        make_config(
+            **tls_settings(
+                pki,
+                **{
+                    "network.max_associations": 1,
+                    "network.acse_timeout_s": 30,
+                    "network.network_timeout_s": 60,
+                },
+            )
+        )
+    )
+    for number in range(20):
+        with socket.create_connection(("127.0.0.1", node.port), timeout=30) as sock:
+            if number % 2:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    silent = socket.create_connection(("127.0.0.1", node.port), timeout=30)
+    stalled = socket.create_connection(("127.0.0.1", node.port), timeout=30)
+    stalled.sendall(b"\x16\x03\x01\x02\x00")  # a TLS record header announcing a ClientHello, then nothing
+    try:
+        assert node.server is not None
+        wait_for(lambda: node.server is not None and node.server.probes == 20, what="the probes seen")
+        secure = associate(node, client_context(pki.ca))
+        assert secure.is_established
+        assert int(secure.send_c_echo().Status) == status.SUCCESS
+        secure.release()
+        caplog.clear()
+        caplog.set_level(logging.INFO)
+        plain = associate(node, None, timeout=5)
+        assert not plain.is_established
+        wait_for(lambda: len(events(node, "connection_closed")) == 1, what="closed connection recorded")
+        node_records = [r for r in caplog.records if not r.name.startswith("pynetdicom.acse")]
+        loud = [r for r in node_records if r.levelno >= logging.WARNING]  # pynetdicom.acse: the SCU's side
+        assert [r.levelno for r in loud] == [logging.WARNING], [r.getMessage() for r in loud]
+        assert "SSL" in loud[0].getMessage()
+        assert not any(r.exc_info or r.exc_text for r in caplog.records)
+        server = node.server
+        node.stop()
+        wait_for(lambda: not server.active_associations, what="every connection's threads ended")
+    finally:
+        silent.close()
+        stalled.close()
