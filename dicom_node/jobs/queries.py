@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +18,7 @@ from config.model import SegNodeConfig
 from dicom_node.audit.database import Database
 from dicom_node.audit.query import PATIENT_COLUMNS
 from dicom_node.audit.tables import Association, Delivery, Event, Job, Series
-from dicom_node.jobs.store import JobNotFoundError, JobState
+from dicom_node.jobs.store import JobInfo, JobNotFoundError, JobState
 
 #: The stages shown in a job's timing columns, in order.
 TIMED_STAGES: tuple[str, ...] = ("converting", "segmenting", "encoding", "sending")
@@ -48,20 +48,12 @@ def _timings(raw: str | None) -> dict[str, Any]:
 
 
 def job_row(row: Job) -> dict[str, Any]:
-    """The columns of a job an operator reads, with the seconds of each stage that ran."""
+    """The job's snapshot (:class:`JobInfo`) with what an operator also reads: the failure's detail and the
+    seconds of each stage that ran."""
     timings = _timings(row.stage_timings)
     return {
-        "id": row.id,
-        "state": row.state,
-        "failed_stage": row.failed_stage,
-        "reason": row.reason,
+        **asdict(JobInfo.of(row)),
         "detail": row.detail,
-        "route": row.route,
-        "series_instance_uid": row.series_instance_uid,
-        "study_instance_uid": row.study_instance_uid,
-        "superseded_by": row.superseded_by,
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
         "stage_seconds": {
             stage: timings[stage]["seconds"]
             for stage in TIMED_STAGES
