@@ -15,7 +15,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from node_support import T2_SAG, config_maker, running_nodes, series_files
+from node_support import T2_SAG, config_maker, running_nodes, series_files, wait_for
 from pynetdicom import AE
 
 from config.errors import SegNodeError
@@ -173,3 +173,40 @@ def test_dashboard_login_form_refuses_wrong_passwords_and_other_origins(tmp_path
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
+
+
+@pytest.mark.usefixtures("env")
+def test_metrics_count_refused_instances_and_rejected_associations(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    settings = {**_http(tmp_path), "storage.max_series_instances": 2}
+    with running_nodes(completion_interval_s=0, process_jobs=False) as start:
+        node = _start(tmp_path, start, **settings)
+        ae = AE(ae_title="PYSCU")
+        datasets = [pydicom.dcmread(p) for p in series_files(T2_SAG)[:3]]
+        ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="SEGNODE")
+        statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets]
+        assoc.release()
+        assert statuses == [0, 0, 0xA700]
+        stranger = AE(ae_title="STRANGER")
+        stranger.add_requested_context(datasets[0].SOPClassUID)
+        assert stranger.associate("127.0.0.1", node.port, ae_title="SEGNODE").is_rejected
+
+        def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            status, body = _get(f"http://127.0.0.1:{node.http_port}/metrics")
+            assert status == 200
+            return {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(body.decode())
+                for s in family.samples
+            }
+
+        released = ("segnode_associations_total", (("outcome", "released"),))
+        wait_for(lambda: scrape().get(released) == 1, timeout=60, what="the release recorded")
+        samples = scrape()
+    assert samples[("segnode_instances_received_total", ())] == 2
+    assert samples[("segnode_instances_refused_total", (("reason", "out_of_resources"),))] == 1
+    assert samples[("segnode_associations_total", (("outcome", "accepted"),))] == 1
+    assert samples[("segnode_associations_total", (("outcome", "released"),))] == 1
+    assert samples[("segnode_associations_total", (("outcome", "rejected"),))] == 1
