@@ -27,7 +27,7 @@ from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
 from config.errors import SegNodeError
 from conversion.volume import Volume
-from dicom_node.outputs.derived_attributes import CopiedAttributes, sanitize_source
+from dicom_node.outputs.derived_attributes import CopiedAttributes, root_attributes, sanitize_source
 from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, seg_uids
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,20 @@ class DerivedContext:
         for correction in sanitized.corrections:
             logger.info("%s: source attribute corrected for %s: %s", self.where, iod, correction)
         return sanitized.header
+
+    def patient_and_study(self, iod: str) -> Dataset:
+        """The Patient and Study modules of ``iod`` (with Specific Character Set) from the sanitised first
+        source header, as a dataset to copy into a derived object built without highdicom."""
+        copied = CopiedAttributes.of_iod(iod, ("Patient", "Study"))
+        header = self.source_header(iod)
+        out = Dataset()
+        if "SpecificCharacterSet" in header:
+            out.SpecificCharacterSet = header.SpecificCharacterSet
+        for module in copied.modules:
+            for keyword, _ in root_attributes(module.key):
+                if keyword in header:
+                    out[keyword] = header[keyword]
+        return out
 
     def series_number(self, offset: int) -> int:
         source = self.volume.first_header.get("SeriesNumber")

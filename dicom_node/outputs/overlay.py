@@ -1,0 +1,287 @@
+"""Overlay images for viewers without DICOM-SEG support: every source slice with the outlines of the
+structures burned in, in their catalog colours, a legend and the words "AI-generated, not for diagnostic
+use" below the image.
+
+The object is **Secondary Capture Image Storage** (RGB, one instance per source slice), not a derived MR
+image: the MR Image IOD allows only MONOCHROME pixels (no colours); Enhanced MR Color Image Storage allows
+RGB but few of the viewers that lack SEG support display it; single-frame RGB Secondary Capture is displayed
+by every PACS viewer (see docs/outputs.md).
+
+Each image is the source slice, windowed to 8 bits (the source's own Window Center/Width and VOI LUT
+Function, else the 0.5-99.5 percentile range of the stack, written in Derivation Description), with a band
+of legend rows added below it: the source pixels keep their rows and columns, and every pixel of the image
+area that is not on an outline equals the windowed source pixel (R = G = B). An outline pixel is a labelled
+pixel with a 4-neighbour of another label (or the image edge). The overlay series keeps the source's Series
+Number and Instance Numbers and its description starts with the source's, so that viewers sort it beside
+its source and its images in the source's order; every image references its source image (Source Image
+Sequence) and says it is AI-generated in Image Comments, Derivation Description and Burned In Annotation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+from conversion.volume import SliceRef
+from dicom_node.outputs.derived import (
+    NOT_FOR_DIAGNOSIS,
+    DerivedContext,
+    DerivedEncodingError,
+    OutputKind,
+    lo,
+    set_creation_time,
+    set_equipment,
+)
+from dicom_node.outputs.seg import SegmentSpec
+
+logger = logging.getLogger(__name__)
+
+#: Smallest width of an overlay image (columns added right of narrow images make room for the legend).
+MIN_WIDTH = 384
+#: Width of one legend entry (colour swatch and name), pixels.
+LEGEND_ENTRY_WIDTH = 190
+
+
+@dataclass(frozen=True)
+class Window:
+    """An 8-bit display window (PS3.3 C.11.2.1.2)."""
+
+    center: float
+    width: float
+    function: str = "LINEAR"
+
+    def apply(self, pixels: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+        """Window ``pixels`` (modality values) to 0..255 with pydicom's VOI LUT implementation."""
+        from pydicom.pixels.processing import apply_windowing
+
+        ds = Dataset()
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsStored = 8
+        ds.PixelRepresentation = 0
+        ds.WindowCenter = self.center
+        ds.WindowWidth = self.width
+        ds.VOILUTFunction = self.function
+        out = np.rint(apply_windowing(np.asarray(pixels, dtype=np.float64), ds))
+        gray: npt.NDArray[np.uint8] = np.clip(out, 0, 255).astype(np.uint8)
+        return gray
+
+    def describe(self) -> str:
+        return f"window center {self.center:g} width {self.width:g} ({self.function})"
+
+
+def _first(value: Any) -> float:
+    """The first value of a possibly multi-valued DS element."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__getitem__"):
+        return float(value)
+    return float(value[0])
+
+
+def source_window(header: Dataset, fallback: Window) -> Window:
+    """The source image's first window (or its frame's, for a multi-frame source), else ``fallback``."""
+    item = header
+    shared = header.get("SharedFunctionalGroupsSequence")
+    if "WindowCenter" not in header and shared and shared[0].get("FrameVOILUTSequence"):
+        item = shared[0].FrameVOILUTSequence[0]
+    try:
+        center, width = _first(item.WindowCenter), _first(item.WindowWidth)
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return fallback
+    if not np.isfinite(center) or not np.isfinite(width) or width < 1:
+        return fallback
+    function = str(item.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    return Window(center, width, function if function in ("LINEAR", "LINEAR_EXACT", "SIGMOID") else "LINEAR")
+
+
+def stack_window(voxels: npt.NDArray[Any]) -> Window:
+    """A window over the 0.5-99.5 percentile range of a stack (for sources without one)."""
+    low, high = (float(v) for v in np.percentile(voxels[::2, ::2, :], [0.5, 99.5]))
+    return Window((low + high) / 2, max(high - low, 1.0))
+
+
+def outline(labels: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+    """Labelled pixels with a 4-neighbour of another label or on the image edge."""
+    padded = np.pad(labels, 1, mode="constant", constant_values=0)
+    centre = padded[1:-1, 1:-1]
+    differs = (
+        (padded[:-2, 1:-1] != centre)
+        | (padded[2:, 1:-1] != centre)
+        | (padded[1:-1, :-2] != centre)
+        | (padded[1:-1, 2:] != centre)
+    )
+    edge: npt.NDArray[np.bool_] = (centre != 0) & differs
+    return edge
+
+
+@cache
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+@cache
+def legend_band(width: int, entries: tuple[tuple[str, tuple[int, int, int]], ...]) -> npt.NDArray[np.uint8]:
+    """The rows below the image: the warning, then one swatch and name per structure on the slice."""
+    from PIL import Image, ImageDraw
+
+    size = max(11, min(16, width // 32))
+    line = size + 6
+    per_row = max(1, width // LEGEND_ENTRY_WIDTH)
+    rows = 1 + (len(entries) + per_row - 1) // per_row if entries else 2
+    band = Image.new("RGB", (width, rows * line + 6), (0, 0, 0))
+    draw = ImageDraw.Draw(band)
+    font = _font(size)
+    draw.text((4, 3), NOT_FOR_DIAGNOSIS, fill=(255, 255, 0), font=font)
+    if not entries:
+        draw.text((4, 3 + line), "no structure on this image", fill=(200, 200, 200), font=font)
+    for n, (name, rgb) in enumerate(entries):
+        x, y = 4 + (n % per_row) * (width // per_row), 3 + (1 + n // per_row) * line
+        draw.rectangle((x, y + 2, x + size - 2, y + size), fill=rgb)
+        draw.text((x + size + 4, y), name[:28], fill=(255, 255, 255), font=font)
+    return np.asarray(band, dtype=np.uint8)
+
+
+def render(
+    gray: npt.NDArray[np.uint8],
+    labels: npt.NDArray[Any],
+    colours: npt.NDArray[np.uint8],
+    names: Mapping[int, str],
+) -> npt.NDArray[np.uint8]:
+    """One overlay image (rows, columns, RGB): ``gray`` (rows, columns) with outlines and the legend band."""
+    rows, columns = gray.shape
+    width = max(columns, MIN_WIDTH)
+    image = np.zeros((rows, width, 3), dtype=np.uint8)
+    image[:, :columns] = gray[..., None]
+    edge = outline(labels)
+    image[:, :columns][edge] = colours[labels[edge]]
+    present = sorted(int(v) for v in np.unique(labels) if v)
+    entries = tuple((names[v], tuple(int(c) for c in colours[v])) for v in present)
+    return np.concatenate([image, legend_band(width, entries)], axis=0)
+
+
+@dataclass(frozen=True)
+class EncodedOverlay:
+    """The overlay series of one stack, one Secondary Capture image per source slice."""
+
+    datasets: tuple[Dataset, ...]
+    series_instance_uid: str
+
+
+def _code_item(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def patient_orientation(affine: npt.NDArray[np.float64]) -> list[str]:
+    """Patient Orientation (row, column direction) letters from the Volume affine (LPS)."""
+    letters = (("L", "R"), ("P", "A"), ("H", "F"))
+
+    def word(vector: npt.NDArray[np.float64]) -> str:
+        unit = vector / np.linalg.norm(vector)
+        order = np.argsort(-np.abs(unit))
+        keep = [int(a) for a in order if abs(unit[a]) >= 0.25 * abs(unit[order[0]])]
+        return "".join(letters[a][0 if unit[a] > 0 else 1] for a in keep)
+
+    return [word(affine[:3, 0]), word(affine[:3, 1])]
+
+
+def _series_template(context: DerivedContext, series_uid: str) -> Dataset:
+    """What every image of the overlay series shares."""
+    volume, first = context.volume, context.volume.first_header
+    ds = context.patient_and_study("secondary-capture-image")
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.Modality = volume.modality or "OT"
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = context.series_number(0)
+    source = lo(str(first.get("SeriesDescription", "") or ""))
+    ds.SeriesDescription = lo(f"{source} AI outlines".strip())
+    laterality = str(first.get("Laterality", "") or "")
+    ds.Laterality = laterality if laterality in ("R", "L") else ""  # Type 2C: empty when unknown
+    ds.ConversionType = "WSD"
+    set_equipment(ds, context.options)
+    set_creation_time(ds)
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.PatientOrientation = patient_orientation(volume.affine)
+    ds.BurnedInAnnotation = "YES"
+    ds.ImageComments = NOT_FOR_DIAGNOSIS
+    ds.LossyImageCompression = "00"
+    ds.DerivationCodeSequence = [_code_item("113076", "DCM", "Segmentation")]
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "RGB"
+    ds.PlanarConfiguration = 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    return ds
+
+
+def _image(
+    template: Dataset, context: DerivedContext, k: int, ref: SliceRef, header: Dataset, window: Window
+) -> Dataset:
+    ds = Dataset()
+    ds.update(template)
+    ds.SOPInstanceUID = context.uid(OutputKind.OVERLAY, f"instance-{k}")
+    number = header.get("InstanceNumber")
+    ds.InstanceNumber = int(number) if ref.frame_number is None and number not in (None, "") else k + 1
+    source = Dataset()
+    source.ReferencedSOPClassUID = ref.sop_class_uid
+    source.ReferencedSOPInstanceUID = ref.sop_instance_uid
+    if ref.frame_number is not None:
+        source.ReferencedFrameNumber = ref.frame_number
+    source.PurposeOfReferenceCodeSequence = [
+        _code_item("121322", "DCM", "Source image for image processing operation")
+    ]
+    ds.SourceImageSequence = [source]
+    algorithm = context.algorithm
+    ds.DerivationDescription = (
+        f"{NOT_FOR_DIAGNOSIS}: outlines of the {algorithm.name} {algorithm.task} structures on the "
+        f"source image; {window.describe()}"
+    )
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    return ds
+
+
+def encode_overlay(
+    context: DerivedContext, label_map: npt.NDArray[np.integer[Any]], segments: Mapping[int, SegmentSpec]
+) -> EncodedOverlay:
+    """The overlay series of a stack: one image per slice of ``context.volume``."""
+    volume = context.volume
+    if label_map.shape != volume.shape:
+        raise DerivedEncodingError(f"{context.where}: label map shape {label_map.shape} != {volume.shape}")
+    present = [int(v) for v in np.flatnonzero(np.bincount(np.asarray(label_map).ravel())) if v]
+    missing = [v for v in present if v not in segments]
+    if missing:
+        raise DerivedEncodingError(f"{context.where}: labels {missing} have no catalog entry")
+    colours = np.zeros((max(present, default=0) + 1, 3), dtype=np.uint8)
+    for label in present:
+        colours[label] = segments[label].rgb
+    names = {label: segments[label].name for label in present}
+    headers = {str(h.SOPInstanceUID): h for h in volume.source_headers}
+    series_uid = context.uid(OutputKind.OVERLAY, "series")
+    template = _series_template(context, series_uid)
+    fallback = stack_window(volume.voxels)
+    images = []
+    for k, ref in enumerate(volume.slice_refs):
+        header = headers[ref.sop_instance_uid]
+        window = source_window(header, fallback)
+        gray = window.apply(volume.voxels[:, :, k].T)
+        if str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+            gray = 255 - gray
+        pixels = render(gray, np.asarray(label_map[:, :, k]).T, colours, names)
+        ds = _image(template, context, k, ref, header, window)
+        ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
+        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+        images.append(ds)
+    logger.info("encoded overlay series for %s: %d images", context.where, len(images))
+    return EncodedOverlay(datasets=tuple(images), series_instance_uid=series_uid)

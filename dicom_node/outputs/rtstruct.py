@@ -1,0 +1,242 @@
+"""RT Structure Set for radiotherapy planning systems: one ROI per structure, closed planar contours per
+slice, traced from the label map by scikit-image.
+
+Contours: ``skimage.measure.find_contours`` at level 0.5 on each structure's mask of a slice (padded by one
+pixel, so that every contour closes) traces the boundary half-way between inside and outside pixel centres;
+marching squares gives simple (non-self-intersecting) closed polygons, one per outer boundary and one per
+hole. Points inside straight runs are dropped (exactly collinear: the polygon is unchanged); a single pixel
+gives 4 points, so every polygon has at least 3. Points are mapped to patient coordinates
+(LPS, mm) through the Volume affine and written with 0.001 mm resolution. Each contour references the source
+image of its slice. Holes are separate contours of the same ROI: planning systems combine the contours of
+one plane with the even-odd rule.
+
+ROI names, display colours and codes (Segmented Property Category, RT ROI Identification Code with the
+laterality as Segmented Property Type Modifier, Anatomic Region) come from the structure catalog; the
+interpreted type is ORGAN, the generation algorithm AUTOMATIC. Patient and study attributes come through the
+sanitiser; UIDs are derived like those of the SEG.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import Tag
+from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage
+
+from conversion.volume import SliceRef
+from dicom_node.outputs.derived import (
+    NOT_FOR_DIAGNOSIS,
+    DerivedContext,
+    DerivedEncodingError,
+    OutputKind,
+    lo,
+    set_creation_time,
+    set_equipment,
+)
+from dicom_node.outputs.seg import CodeTriple, SegmentSpec
+
+logger = logging.getLogger(__name__)
+
+#: Series Number offset of the RTSTRUCT (SEG: 1000, SR: 2000).
+RTSTRUCT_SERIES_NUMBER_OFFSET = 3000
+_CONTOUR_DATA = Tag(0x3006, 0x0050)
+#: Detached Study Management SOP Class: the value the RT Referenced Study Sequence takes.
+_STUDY_COMPONENT_CLASS = "1.2.840.10008.3.1.2.3.1"
+
+
+@dataclass(frozen=True)
+class EncodedRtstruct:
+    dataset: Dataset
+    series_instance_uid: str
+    sop_instance_uid: str
+    #: ROI number -> model label.
+    roi_labels: Mapping[int, int]
+
+
+def without_collinear_points(polygon: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """A closed polygon (last point not repeated) without the points that lie on a straight run."""
+    before = polygon - np.roll(polygon, 1, axis=0)
+    after = np.roll(polygon, -1, axis=0) - polygon
+    cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
+    kept: npt.NDArray[np.float64] = polygon[np.abs(cross) > 1e-9]
+    return kept
+
+
+def slice_contours(mask: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]:
+    """Closed polygons (row, column; last point not repeated) around the True pixels of a 2D mask."""
+    from skimage import measure
+
+    padded = np.pad(mask, 1).astype(np.uint8)
+    out = []
+    for contour in measure.find_contours(padded, 0.5):
+        if len(contour) > 1 and np.allclose(contour[0], contour[-1]):
+            contour = contour[:-1]
+        contour = without_collinear_points(contour - 1.0)
+        if len(contour) >= 3:
+            out.append(contour)
+    return out
+
+
+def _ds_bytes(values: npt.NDArray[np.float64]) -> bytes:
+    """A DS value (backslash-separated, 0.001 mm) as raw bytes, padded to even length."""
+    text = "\\".join(f"{v:.3f}" for v in values.ravel())
+    data = text.replace("-0.000", "0.000").encode("ascii")
+    return data + b" " * (len(data) % 2)
+
+
+def _code(code: CodeTriple) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.value, code.scheme, code.meaning
+    return item
+
+
+def _image_ref(ref: SliceRef) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = ref.sop_class_uid
+    item.ReferencedSOPInstanceUID = ref.sop_instance_uid
+    if ref.frame_number is not None:
+        item.ReferencedFrameNumber = ref.frame_number
+    return item
+
+
+def _contour_items(
+    context: DerivedContext, mask: npt.NDArray[np.bool_], k: int, number: int
+) -> tuple[list[Dataset], int]:
+    """Contour Sequence items of one structure on slice ``k`` (``mask`` is (rows, columns))."""
+    affine = context.volume.affine
+    items = []
+    for polygon in slice_contours(mask):
+        rows, columns = polygon[:, 0], polygon[:, 1]
+        ijk = np.stack([columns, rows, np.full(len(rows), float(k)), np.ones(len(rows))])
+        points = (affine @ ijk)[:3].T
+        item = Dataset()
+        item.ContourImageSequence = [_image_ref(context.volume.slice_refs[k])]
+        item.ContourGeometricType = "CLOSED_PLANAR"
+        item.NumberOfContourPoints = len(points)
+        item.ContourNumber = number + len(items)
+        data = _ds_bytes(points)
+        item[_CONTOUR_DATA] = RawDataElement(_CONTOUR_DATA, "DS", len(data), data, 0, False, True)
+        items.append(item)
+    return items, len(items)
+
+
+def _roi_contour(
+    context: DerivedContext, label_map: npt.NDArray[Any], label: int, spec: SegmentSpec, roi: int
+) -> Dataset:
+    item = Dataset()
+    item.ROIDisplayColor = list(spec.rgb)
+    item.ReferencedROINumber = roi
+    contours: list[Dataset] = []
+    on_slices = np.flatnonzero((label_map == label).any(axis=(0, 1)))
+    for k in (int(v) for v in on_slices):
+        items, _ = _contour_items(context, np.asarray(label_map[:, :, k] == label).T, k, len(contours) + 1)
+        contours.extend(items)
+    item.ContourSequence = contours
+    return item
+
+
+def _observation(spec: SegmentSpec, roi: int) -> Dataset:
+    item = Dataset()
+    item.ObservationNumber = roi
+    item.ReferencedROINumber = roi
+    item.SegmentedPropertyCategoryCodeSequence = [_code(spec.category)]
+    identification = _code(spec.type)
+    if spec.modifier is not None:
+        identification.SegmentedPropertyTypeModifierCodeSequence = [_code(spec.modifier)]
+    item.RTROIIdentificationCodeSequence = [identification]
+    if spec.anatomic_region is not None:
+        region = _code(spec.anatomic_region)
+        if spec.anatomic_region_modifier is not None:
+            region.AnatomicRegionModifierSequence = [_code(spec.anatomic_region_modifier)]
+        item.AnatomicRegionSequence = [region]
+    item.RTROIInterpretedType = "ORGAN"
+    item.ROIInterpreter = ""
+    return item
+
+
+def _referenced_frame_of_reference(context: DerivedContext) -> Dataset:
+    volume = context.volume
+    series = Dataset()
+    series.SeriesInstanceUID = volume.series_instance_uid
+    series.ContourImageSequence = [_image_ref(ref) for ref in volume.slice_refs]
+    study = Dataset()
+    study.ReferencedSOPClassUID = _STUDY_COMPONENT_CLASS
+    study.ReferencedSOPInstanceUID = volume.study_instance_uid
+    study.RTReferencedSeriesSequence = [series]
+    item = Dataset()
+    item.FrameOfReferenceUID = volume.frame_of_reference_uid
+    item.RTReferencedStudySequence = [study]
+    return item
+
+
+def _header(context: DerivedContext, series_uid: str, sop_uid: str) -> Dataset:
+    ds = context.patient_and_study("rt-structure-set")
+    ds.SOPClassUID, ds.SOPInstanceUID = RTStructureSetStorage, sop_uid
+    ds.Modality = "RTSTRUCT"
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = context.series_number(RTSTRUCT_SERIES_NUMBER_OFFSET)
+    ds.SeriesDescription = lo(f"{context.algorithm.name} {context.algorithm.task} contours (AI)")
+    ds.OperatorsName = ""
+    set_equipment(ds, context.options)
+    set_creation_time(ds)
+    # Frame of Reference module (part of the RT Structure Set IOD since 2021).
+    ds.FrameOfReferenceUID = context.volume.frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    ds.InstanceNumber = 1
+    ds.StructureSetLabel = lo(context.algorithm.task.upper(), 16)
+    ds.StructureSetName = lo(f"{context.algorithm.name} {context.algorithm.task}")
+    ds.StructureSetDescription = f"{NOT_FOR_DIAGNOSIS}. Automatic contours, to be reviewed."
+    ds.StructureSetDate, ds.StructureSetTime = ds.ContentDate, ds.ContentTime
+    for keyword in ("ContentDate", "ContentTime"):
+        delattr(ds, keyword)
+    ds.ReferencedFrameOfReferenceSequence = [_referenced_frame_of_reference(context)]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = RTStructureSetStorage, sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    return ds
+
+
+def encode_rtstruct(
+    context: DerivedContext, label_map: npt.NDArray[np.integer[Any]], segments: Mapping[int, SegmentSpec]
+) -> EncodedRtstruct:
+    """The RT Structure Set of one stack: one ROI per label present in ``label_map``."""
+    volume = context.volume
+    if label_map.shape != volume.shape:
+        raise DerivedEncodingError(f"{context.where}: label map shape {label_map.shape} != {volume.shape}")
+    present: Sequence[int] = [
+        int(v) for v in np.flatnonzero(np.bincount(np.asarray(label_map).ravel())) if v
+    ]
+    missing = [v for v in present if v not in segments]
+    if missing:
+        raise DerivedEncodingError(f"{context.where}: labels {missing} have no catalog entry")
+    if not present:
+        raise DerivedEncodingError(f"{context.where}: the label map is empty: no structure to contour")
+    series_uid = context.uid(OutputKind.RTSTRUCT, "series")
+    sop_uid = context.uid(OutputKind.RTSTRUCT, "instance")
+    ds = _header(context, series_uid, sop_uid)
+    roi_labels = {roi: label for roi, label in enumerate(present, start=1)}
+    rois, contours, observations = [], [], []
+    for roi, label in roi_labels.items():
+        spec = segments[label]
+        item = Dataset()
+        item.ROINumber = roi
+        item.ReferencedFrameOfReferenceUID = volume.frame_of_reference_uid
+        item.ROIName = lo(spec.name)
+        item.ROIGenerationAlgorithm = "AUTOMATIC"
+        item.ROIGenerationDescription = lo(f"{context.algorithm.name} {context.algorithm.task}")
+        rois.append(item)
+        contours.append(_roi_contour(context, label_map, label, spec, roi))
+        observations.append(_observation(spec, roi))
+    ds.StructureSetROISequence = rois
+    ds.ROIContourSequence = contours
+    ds.RTROIObservationsSequence = observations
+    logger.info("encoded RTSTRUCT for %s: %d ROIs", context.where, len(rois))
+    return EncodedRtstruct(ds, series_uid, sop_uid, roi_labels)

@@ -1,0 +1,178 @@
+"""The overlay series (dicom_node.outputs.overlay): valid Secondary Capture images for dciodvfy; every pixel
+of the image area that is not on a structure's outline equals the source pixel windowed with the source's
+own window by pydicom (read here from the source files, not from the Volume); outlines in the catalog
+colours; "AI-generated, not for diagnostic use" in the header and, read back by OCR (tesseract), in the
+pixels; references to the source images and an order beside the source series."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from skimage.segmentation import find_boundaries
+
+from conversion.volume import Volume
+from dicom_node.outputs.derived import DerivedContext, DerivedEncodingError
+from dicom_node.outputs.overlay import EncodedOverlay, encode_overlay
+from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, segments_from_catalog, validate_with_dciodvfy
+from tests.dicom_node.seg_support import synthetic_label_map, volumes_of
+
+ROOT = Path(__file__).resolve().parents[2]
+MRI = ROOT / "tests/data/mri/prostatex"
+PD_TRA = MRI / "ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276"
+T2_SAG = MRI / "ProstateX-0000_3.000000-t2tsesag-87368"
+ALGORITHM = AlgorithmInfo("TotalSegmentator", "total_mr", "2.0")
+SEGMENTS = segments_from_catalog("total_mr")
+LABELS = [1, 2, 3, 5, 17]
+
+
+def encode(volume: Volume, label_map: npt.NDArray[Any]) -> EncodedOverlay:
+    return encode_overlay(DerivedContext(volume, ALGORITHM, SegOptions()), label_map, SEGMENTS)
+
+
+@pytest.fixture(scope="module", params=[PD_TRA, T2_SAG], ids=["axial-128", "sagittal-320"])
+def case(request: pytest.FixtureRequest) -> tuple[Path, Volume, npt.NDArray[Any], EncodedOverlay]:
+    folder: Path = request.param
+    volume = volumes_of(folder)[0]
+    label_map = synthetic_label_map(volume.shape, LABELS)
+    return folder, volume, label_map, encode(volume, label_map)
+
+
+def sources_by_uid(folder: Path) -> dict[str, Dataset]:
+    return {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p) for p in folder.glob("*.dcm"))}
+
+
+def windowed(source: Dataset) -> npt.NDArray[np.uint8]:
+    """The source pixels through its Modality LUT and first VOI window, to 0..255 (pydicom)."""
+    modality = apply_modality_lut(source.pixel_array, source)
+    display = Dataset()
+    for keyword in ("WindowCenter", "WindowWidth", "VOILUTFunction"):
+        if keyword in source:
+            display[keyword] = source[keyword]
+    display.PhotometricInterpretation, display.BitsStored, display.PixelRepresentation = "MONOCHROME2", 8, 0
+    out: npt.NDArray[np.uint8] = np.rint(apply_voi_lut(modality.astype(np.float64), display)).astype(np.uint8)
+    return out
+
+
+def expected_outline(labels: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+    """Pixels of a structure next to another label (scikit-image) or on the image edge."""
+    inner: npt.NDArray[np.bool_] = find_boundaries(labels, connectivity=1, mode="inner") & (labels != 0)
+    edge = np.zeros_like(inner)
+    edge[0, :] = edge[-1, :] = True
+    edge[:, 0] = edge[:, -1] = True
+    out: npt.NDArray[np.bool_] = inner | (edge & (labels != 0))
+    return out
+
+
+def test_every_image_is_valid(tmp_path: Path, case: tuple[Path, Volume, Any, EncodedOverlay]) -> None:
+    _, volume, _, overlay = case
+    assert len(overlay.datasets) == volume.shape[2]
+    for k, ds in enumerate(overlay.datasets):
+        path = tmp_path / f"{k}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        validate_with_dciodvfy(path)  # raises on any Error line
+        assert pydicom.dcmread(path).SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+
+
+def test_pixels_off_the_outlines_are_the_windowed_source(
+    case: tuple[Path, Volume, Any, EncodedOverlay],
+) -> None:
+    folder, volume, label_map, overlay = case
+    sources = sources_by_uid(folder)
+    checked = 0
+    for k, ds in enumerate(overlay.datasets):
+        source = sources[ds.SourceImageSequence[0].ReferencedSOPInstanceUID]
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == volume.slice_refs[k].sop_instance_uid
+        rows, columns = int(source.Rows), int(source.Columns)
+        image = ds.pixel_array[:rows, :columns].astype(np.int16)
+        labels = np.asarray(label_map[:, :, k]).T
+        outline = expected_outline(labels)
+        gray = windowed(source)
+        off = ~outline
+        assert np.array_equal(image[off], np.repeat(gray[off][:, None], 3, axis=1)), f"slice {k}"
+        colours = np.array([SEGMENTS[int(v)].rgb for v in labels[outline]], dtype=np.int16).reshape(-1, 3)
+        assert np.array_equal(image[outline], colours), f"slice {k}: outline not in the catalog colours"
+        checked += int(outline.sum())
+    assert checked > 0, "the label map must put outlines on some images"
+
+
+def test_not_for_diagnosis_in_header_and_pixels(case: tuple[Path, Volume, Any, EncodedOverlay]) -> None:
+    _, volume, label_map, overlay = case
+    k = int(np.argmax((np.asarray(label_map) != 0).sum(axis=(0, 1))))
+    ds = overlay.datasets[k]
+    assert ds.ImageComments == "AI-generated, not for diagnostic use"
+    assert ds.BurnedInAnnotation == "YES" and list(ds.ImageType) == ["DERIVED", "SECONDARY"]
+    assert "not for diagnostic use" in ds.DerivationDescription
+    tesseract = shutil.which("tesseract")
+    assert tesseract, "tesseract not installed (apt-get install tesseract-ocr tesseract-ocr-eng)"
+    rows = int(volume.first_header.Rows)
+    band = Image.fromarray(ds.pixel_array[rows:])
+    band = band.resize((band.width * 3, band.height * 3), Image.Resampling.LANCZOS)
+    text = subprocess.run(
+        [tesseract, "stdin", "stdout"], input=_png(band), capture_output=True, check=True
+    ).stdout.decode()
+    assert "generated, not for diagnostic use" in text, text
+    present = {SEGMENTS[int(v)].name for v in np.unique(label_map[:, :, k]) if v}
+    for name in present:  # the legend names every structure on the image
+        assert re.sub(r"\W", "", name) in re.sub(r"\W", "", text), (name, text)
+
+
+def _png(image: Image.Image) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_sorts_beside_its_source(case: tuple[Path, Volume, Any, EncodedOverlay]) -> None:
+    folder, volume, _, overlay = case
+    sources = sources_by_uid(folder)
+    first = volume.first_header
+    for ds in overlay.datasets:
+        source = sources[ds.SourceImageSequence[0].ReferencedSOPInstanceUID]
+        assert ds.InstanceNumber == source.InstanceNumber
+        assert ds.StudyInstanceUID == source.StudyInstanceUID and ds.PatientID == source.PatientID
+    assert overlay.datasets[0].SeriesNumber == first.SeriesNumber
+    assert overlay.datasets[0].SeriesDescription.startswith(first.SeriesDescription)
+    assert len({ds.SeriesInstanceUID for ds in overlay.datasets}) == 1
+    assert len({ds.SOPInstanceUID for ds in overlay.datasets}) == len(overlay.datasets)
+
+
+def test_uids_are_deterministic(case: tuple[Path, Volume, Any, EncodedOverlay]) -> None:
+    _, volume, label_map, overlay = case
+    again = encode(volume, label_map)
+    assert [d.SOPInstanceUID for d in again.datasets] == [d.SOPInstanceUID for d in overlay.datasets]
+    assert again.series_instance_uid == overlay.series_instance_uid
+
+
+def test_a_source_without_a_window_gets_the_stack_window() -> None:
+    volume = volumes_of(PD_TRA)[0]
+    for header in volume.source_headers:
+        for keyword in ("WindowCenter", "WindowWidth"):
+            if keyword in header:
+                delattr(header, keyword)
+    overlay = encode(volume, np.zeros(volume.shape, dtype=np.uint8))
+    description = overlay.datasets[0].DerivationDescription
+    match = re.search(r"window center (\S+) width (\S+) \(LINEAR\)", description)
+    assert match, description
+    low, high = np.percentile(volume.voxels[::2, ::2, :], [0.5, 99.5])
+    assert float(match[1]) == pytest.approx((low + high) / 2, rel=1e-4)
+
+
+def test_labels_outside_the_catalog_are_refused() -> None:
+    volume = volumes_of(PD_TRA)[0]
+    label_map = np.zeros(volume.shape, dtype=np.uint8)
+    label_map[5:9, 5:9, 3] = 250
+    with pytest.raises(DerivedEncodingError, match=r"labels \[250\] have no catalog entry"):
+        encode(volume, label_map)
