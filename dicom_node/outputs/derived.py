@@ -28,7 +28,8 @@ from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 from config.errors import SegNodeError
 from conversion.volume import Volume
 from dicom_node.outputs.derived_attributes import CopiedAttributes, root_attributes, sanitize_source
-from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, seg_uids
+from dicom_node.outputs.seg_options import SegOptions, seg_uids
+from dicom_node.outputs.seg_segments import AlgorithmInfo
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from dicom_node.outputs.derived import (
     set_creation_time,
     set_equipment,
 )
-from dicom_node.outputs.seg import SegmentSpec
+from dicom_node.outputs.seg_segments import SegmentSpec
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import numpy.typing as npt
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage
+from pydicom.uid import UID, ExplicitVRLittleEndian, RTStructureSetStorage
 
 from conversion.volume import SliceRef
 from dicom_node.outputs.derived import (
@@ -40,7 +40,7 @@ from dicom_node.outputs.derived import (
     set_creation_time,
     set_equipment,
 )
-from dicom_node.outputs.seg import CodeTriple, SegmentSpec
+from dicom_node.outputs.seg_segments import CodeTriple, SegmentSpec
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def slice_contours(mask: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]
 
     padded = np.pad(mask, 1).astype(np.uint8)
     out = []
-    for contour in measure.find_contours(padded, 0.5):
+    for contour in measure.find_contours(padded, 0.5):  # type: ignore[no-untyped-call]
         if len(contour) > 1 and np.allclose(contour[0], contour[-1]):
             contour = contour[:-1]
         contour = without_collinear_points(contour - 1.0)
@@ -111,7 +111,7 @@ def _contour_items(
 ) -> tuple[list[Dataset], int]:
     """Contour Sequence items of one structure on slice ``k`` (``mask`` is (rows, columns))."""
     affine = context.volume.affine
-    items = []
+    items: list[Dataset] = []
     for polygon in slice_contours(mask):
         rows, columns = polygon[:, 0], polygon[:, 1]
         ijk = np.stack([columns, rows, np.full(len(rows), float(k)), np.ones(len(rows))])
@@ -178,7 +178,8 @@ def _referenced_frame_of_reference(context: DerivedContext) -> Dataset:
 
 def _header(context: DerivedContext, series_uid: str, sop_uid: str) -> Dataset:
     ds = context.patient_and_study("rt-structure-set")
-    ds.SOPClassUID, ds.SOPInstanceUID = RTStructureSetStorage, sop_uid
+    ds.SOPClassUID = RTStructureSetStorage
+    ds.SOPInstanceUID = sop_uid
     ds.Modality = "RTSTRUCT"
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = context.series_number(RTSTRUCT_SERIES_NUMBER_OFFSET)
@@ -198,7 +199,8 @@ def _header(context: DerivedContext, series_uid: str, sop_uid: str) -> Dataset:
         delattr(ds, keyword)
     ds.ReferencedFrameOfReferenceSequence = [_referenced_frame_of_reference(context)]
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = RTStructureSetStorage, sop_uid
+    meta.MediaStorageSOPClassUID = RTStructureSetStorage
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     return ds
@@ -211,9 +213,7 @@ def encode_rtstruct(
     volume = context.volume
     if label_map.shape != volume.shape:
         raise DerivedEncodingError(f"{context.where}: label map shape {label_map.shape} != {volume.shape}")
-    present: Sequence[int] = [
-        int(v) for v in np.flatnonzero(np.bincount(np.asarray(label_map).ravel())) if v
-    ]
+    present: Sequence[int] = [int(v) for v in np.flatnonzero(np.bincount(np.asarray(label_map).ravel())) if v]
     missing = [v for v in present if v not in segments]
     if missing:
         raise DerivedEncodingError(f"{context.where}: labels {missing} have no catalog entry")

@@ -34,7 +34,8 @@ from dicom_node.outputs.derived import (
     lo,
     set_equipment,
 )
-from dicom_node.outputs.seg import CodeTriple, EncodedSeg, SegmentSpec
+from dicom_node.outputs.seg import EncodedSeg
+from dicom_node.outputs.seg_segments import CodeTriple, SegmentSpec
 from dicom_node.outputs.volumetry import StructureVolume, Volumetry
 
 if TYPE_CHECKING:

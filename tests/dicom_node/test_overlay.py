@@ -24,7 +24,8 @@ from skimage.segmentation import find_boundaries
 from conversion.volume import Volume
 from dicom_node.outputs.derived import DerivedContext, DerivedEncodingError
 from dicom_node.outputs.overlay import EncodedOverlay, encode_overlay
-from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, segments_from_catalog, validate_with_dciodvfy
+from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, segments_from_catalog
+from dicom_node.outputs.validation import validate_with_dciodvfy
 from tests.dicom_node.seg_support import synthetic_label_map, volumes_of
 
 ROOT = Path(__file__).resolve().parents[2]
