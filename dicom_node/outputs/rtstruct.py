@@ -107,13 +107,14 @@ def _image_ref(ref: SliceRef) -> Dataset:
 
 
 def _contour_items(
-    context: DerivedContext, mask: npt.NDArray[np.bool_], k: int, number: int
-) -> tuple[list[Dataset], int]:
-    """Contour Sequence items of one structure on slice ``k`` (``mask`` is (rows, columns))."""
+    context: DerivedContext, mask: npt.NDArray[np.bool_], k: int, offset: tuple[int, int], number: int
+) -> list[Dataset]:
+    """Contour Sequence items of one structure on slice ``k``: ``mask`` is (rows, columns) of the
+    structure's bounding box on that slice, whose first pixel is (row, column) ``offset``."""
     affine = context.volume.affine
     items: list[Dataset] = []
     for polygon in slice_contours(mask):
-        rows, columns = polygon[:, 0], polygon[:, 1]
+        rows, columns = polygon[:, 0] + offset[0], polygon[:, 1] + offset[1]
         ijk = np.stack([columns, rows, np.full(len(rows), float(k)), np.ones(len(rows))])
         points = (affine @ ijk)[:3].T
         item = Dataset()
@@ -124,20 +125,34 @@ def _contour_items(
         data = _ds_bytes(points)
         item[_CONTOUR_DATA] = RawDataElement(_CONTOUR_DATA, "DS", len(data), data, 0, False, True)
         items.append(item)
-    return items, len(items)
+    return items
 
 
-def _roi_contour(
-    context: DerivedContext, label_map: npt.NDArray[Any], label: int, spec: SegmentSpec, roi: int
-) -> Dataset:
+def _all_contours(
+    context: DerivedContext, label_map: npt.NDArray[Any], labels: Sequence[int]
+) -> dict[int, list[Dataset]]:
+    """Label -> its Contour Sequence items, slice by slice: each structure is traced inside its bounding
+    box on the slice (``scipy.ndimage.find_objects``), not over the whole image."""
+    from scipy import ndimage
+
+    out: dict[int, list[Dataset]] = {label: [] for label in labels}
+    for k in range(label_map.shape[2]):
+        plane = np.ascontiguousarray(label_map[:, :, k].T)
+        boxes = ndimage.find_objects(plane, max_label=max(labels))
+        for label in labels:
+            box = boxes[label - 1]
+            if box is None:
+                continue
+            mask = plane[box] == label
+            offset = (int(box[0].start), int(box[1].start))
+            out[label].extend(_contour_items(context, mask, k, offset, len(out[label]) + 1))
+    return out
+
+
+def _roi_contour(spec: SegmentSpec, roi: int, contours: list[Dataset]) -> Dataset:
     item = Dataset()
     item.ROIDisplayColor = list(spec.rgb)
     item.ReferencedROINumber = roi
-    contours: list[Dataset] = []
-    on_slices = np.flatnonzero((label_map == label).any(axis=(0, 1)))
-    for k in (int(v) for v in on_slices):
-        items, _ = _contour_items(context, np.asarray(label_map[:, :, k] == label).T, k, len(contours) + 1)
-        contours.extend(items)
     item.ContourSequence = contours
     return item
 
@@ -224,6 +239,7 @@ def encode_rtstruct(
     ds = _header(context, series_uid, sop_uid)
     roi_labels = {roi: label for roi, label in enumerate(present, start=1)}
     rois, contours, observations = [], [], []
+    traced = _all_contours(context, label_map, present)
     for roi, label in roi_labels.items():
         spec = segments[label]
         item = Dataset()
@@ -233,7 +249,7 @@ def encode_rtstruct(
         item.ROIGenerationAlgorithm = "AUTOMATIC"
         item.ROIGenerationDescription = lo(f"{context.algorithm.name} {context.algorithm.task}")
         rois.append(item)
-        contours.append(_roi_contour(context, label_map, label, spec, roi))
+        contours.append(_roi_contour(spec, roi, traced[label]))
         observations.append(_observation(spec, roi))
     ds.StructureSetROISequence = rois
     ds.ROIContourSequence = contours
