@@ -46,7 +46,6 @@ from dicom_node.outputs.seg import (
     SegOptions,
     encode_seg,
     segments_from_catalog,
-    write_seg,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -137,7 +136,9 @@ def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewer]:
         description = "{algorithm} {task} SEG" + (f" {case.damage} (test)" if case.damage else "")
         options = SegOptions(series_description=description)
         encoded = encode_seg(volumes[case.series], label_map, segments, algorithm, options)
-        seg_files.append(write_seg(encoded, tmp / f"{case.name}.dcm"))
+        path = tmp / f"{case.name}.dcm"
+        encoded.dataset.save_as(path, enforce_file_format=True)
+        seg_files.append(path)
         segs[case.name] = encoded.series_instance_uid
     studies = {v.study_instance_uid for v in volumes.values()}
     assert len(studies) == 1, "the three source series are of one study"
