@@ -8,12 +8,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-#: Small subset of real MRI shipped with the repository (see tests/data/mri/README.md).
-TEST_MRI = ROOT / "tests" / "data" / "mri"
-#: The full real-scanner set, present beside a developer's checkout and in CI, absent in a fresh clone.
-SHARED_MRI = ROOT.parent / "shared" / "data" / "mri"
-SHARED_REFERENCE = ROOT.parent / "shared" / "reference"
+from config.inference import InferenceConfig
+from inference.engine import Engine
+from tests.support.paths import MODELS, SHARED_MRI, TEST_MRI
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +37,10 @@ def _restore_logging_handlers() -> Iterator[None]:
     before = list(root.handlers)
     yield
     root.handlers[:] = before
+
+
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    """One warm engine for the whole session, as the node keeps one (tiny models, CPU); torch is imported
+    when the first test asks for it."""
+    return Engine(InferenceConfig(weights_dir=MODELS, device="cpu"))

@@ -27,19 +27,17 @@ import pydicom
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tests.support
 
-from orthanc_server import Orthanc, free_port  # noqa: E402
-from segnode_process import SegNode, wait_until  # noqa: E402
-
-from dicom_node.audit.tables import Event, Instance, Series  # noqa: E402
+from dicom_node.audit.tables import Event, Instance, Series
+from tests.support.orthanc import Orthanc
+from tests.support.paths import T2_SAG
+from tests.support.serve import SegNode, orthanc_and_segnode
+from tests.support.waiting import wait_until
 
 logger = logging.getLogger("bench_e2e")
 
-DEFAULT_SOURCE = (
-    ROOT / "tests" / "data" / "mri" / "prostatex" / "ProstateX-0000_3.000000-t2tsesag-87368" / "1-01.dcm"
-)
+DEFAULT_SOURCE = T2_SAG / "1-01.dcm"
 
 
 def make_series(source: Path, slices: int, step_mm: float, folder: Path) -> tuple[list[Path], str, str]:
@@ -138,21 +136,12 @@ def main() -> int:
     rows: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="segnode-bench-") as name:
         tmp = Path(name)
-        port = free_port()
-        orthanc = Orthanc(tmp / "orthanc", {"segnode": ("SEGNODE", "127.0.0.1", port)})
-        orthanc.start()
-        node = SegNode(tmp / "segnode", port, orthanc.dicom_port)
-        try:
-            node.start()
+        with orthanc_and_segnode(tmp) as (orthanc, node):
             for run in range(args.runs):
                 files, study, series = make_series(args.source, args.slices, args.step, tmp / f"series{run}")
                 start = time.monotonic()
                 rows.append(measure(node, orthanc, files, series, study))
                 logger.warning("run %d: %.1f s wall", run + 1, time.monotonic() - start)
-        finally:
-            node.stop()
-            node.close()
-            orthanc.stop()
     source = pydicom.dcmread(args.source, stop_before_pixels=True)
     sys.stdout.write(
         f"\nSegNode end-to-end latency with Orthanc: {args.slices} slices of {source.Rows}x{source.Columns} "

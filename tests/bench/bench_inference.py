@@ -19,18 +19,17 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "inference"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tests.support
 
-from official_totalseg import copy_weights, run_totalsegmentator  # noqa: E402
-
-from config.inference import InferenceConfig  # noqa: E402
-from conversion import load_series  # noqa: E402
-from inference.engine import Engine  # noqa: E402
+from config.inference import InferenceConfig
+from conversion import load_series
+from inference.engine import Engine
+from tests.inference.official_totalseg import copy_weights, run_totalsegmentator
+from tests.support.paths import MODELS, SHARED_MRI, T2_SAG
 
 DEFAULT_SERIES = [
-    ROOT / "tests/data/mri/prostatex/ProstateX-0000_3.000000-t2tsesag-87368",
-    ROOT.parent / "shared/data/mri/cmb_crc_abdomen/SCAN_001_AX_T2",
+    T2_SAG,
+    SHARED_MRI / "cmb_crc_abdomen" / "SCAN_001_AX_T2",
 ]
 
 
@@ -45,7 +44,7 @@ def main() -> int:
     parser.add_argument("--official-runs", type=int, default=None, help="runs of the official command")
     parser.add_argument("--fast", action="store_true", help="total_mr --fast (model 852)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--weights", type=Path, default=ROOT / "tests" / "data" / "models")
+    parser.add_argument("--weights", type=Path, default=MODELS)
     parser.add_argument("--official-device", default="cpu", help="-d of the official command: cpu | gpu")
     parser.add_argument("--skip-official", action="store_true", help="only SegNode (e.g. on a GPU machine)")
     args = parser.parse_args()

@@ -29,27 +29,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "tests" / "dicom_node"), str(ROOT / "tests" / "reliability"), str(ROOT)]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tests.support
 
-from node_support import dcmtk_storescp, node_settings  # noqa: E402
-from reliability_support import (  # noqa: E402
-    PD_TRA,
-    T2_COR,
-    T2_SAG,
-    StoreLog,
-    TestSeries,
-    associate,
-    renamed_series,
-    store,
-)
-from sqlalchemy import select  # noqa: E402
+from sqlalchemy import select
 
-from config.loader import parse_config  # noqa: E402
-from dicom_node.audit.tables import Job  # noqa: E402
-from dicom_node.service import NodeService  # noqa: E402
+from config.loader import parse_config
+from dicom_node.audit.tables import Job
+from dicom_node.service import NodeService
+from tests.support.dcmtk import storescp
+from tests.support.paths import MODELS, PD_TRA, T2_COR, T2_SAG
+from tests.support.scu import StoreLog, associate, store
+from tests.support.series import RenamedSeries, renamed_series
+from tests.support.settings import node_settings
 
-MODELS = ROOT / "tests" / "data" / "models"
 #: The cardiac series of the test data is not used: its slices have one Frame of Reference each (no SEG).
 SOURCES = [T2_SAG, T2_COR, PD_TRA, T2_SAG]
 
@@ -77,7 +69,7 @@ def config_for(tmp: Path, pacs_port: int | None) -> Any:
     return parse_config(data, "bench.yaml", environ={})
 
 
-def send_concurrently(port: int, groups: list[list[TestSeries]]) -> float:
+def send_concurrently(port: int, groups: list[list[RenamedSeries]]) -> float:
     """Each group on its own association, all at once; returns the wall seconds; every status must be 0."""
     logs = [StoreLog() for _ in groups]
     start = threading.Barrier(len(groups) + 1)
@@ -103,7 +95,7 @@ def send_concurrently(port: int, groups: list[list[TestSeries]]) -> float:
     return seconds
 
 
-def receive_rate(tmp: Path, series: list[TestSeries], associations: int) -> float:
+def receive_rate(tmp: Path, series: list[RenamedSeries], associations: int) -> float:
     service = NodeService(config_for(tmp, None), process_jobs=False, completion_interval_s=0)
     service.start()
     try:
@@ -114,9 +106,9 @@ def receive_rate(tmp: Path, series: list[TestSeries], associations: int) -> floa
     return sum(len(s.files) for s in series) / seconds
 
 
-def pipeline_rate(tmp: Path, series: list[TestSeries], associations: int) -> tuple[float, float, int]:
-    with dcmtk_storescp(tmp / "pacs") as pacs_port:
-        service = NodeService(config_for(tmp, pacs_port), completion_interval_s=0.2)
+def pipeline_rate(tmp: Path, series: list[RenamedSeries], associations: int) -> tuple[float, float, int]:
+    with storescp(tmp / "pacs") as pacs:
+        service = NodeService(config_for(tmp, pacs.port), completion_interval_s=0.2)
         service.start()
         try:
             began = time.perf_counter()

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from config import ConfigError, SegNodeConfig, default_config, load_config
 from config.node import AcceptConfig, CompletionConfig, NetworkConfig, PrivacyConfig, StorageConfig
+from tests.support.cli import run_segnode
+from tests.support.paths import ROOT
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example.yaml"
+EXAMPLE = ROOT / "config" / "example.yaml"
 
 BAD_YAML: list[tuple[str, str, str]] = [
     # (kind, YAML text, the exact message)
@@ -221,22 +221,12 @@ def test_config_hash_changes_with_the_configuration() -> None:
     assert a.config_hash() == SegNodeConfig().config_hash() != b.config_hash()
 
 
-def _segnode(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dicom_node.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_cli_validate_prints_every_problem_and_exits_non_zero(tmp_path: Path) -> None:
     path = tmp_path / "node.yaml"
     path.write_text(
         "network:\n  port: 70000\n  prot: 1\nnode:\n  ae_titles:\n    - ae_title: ABCDEFGHIJKLMNOPQ\n"
     )
-    result = _segnode("config", "validate", str(path))
+    result = run_segnode("config", "validate", str(path))
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert "error: node.yaml: node.ae_titles[0].ae_title: longer than 16 characters" in lines
@@ -246,12 +236,12 @@ def test_cli_validate_prints_every_problem_and_exits_non_zero(tmp_path: Path) ->
 
 
 def test_cli_validate_accepts_the_example_file() -> None:
-    result = _segnode("config", "validate", str(EXAMPLE))
+    result = run_segnode("config", "validate", str(EXAMPLE))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{EXAMPLE}: valid (configuration hash ")
 
 
 @pytest.mark.parametrize("command", [["serve"], ["config", "validate"], ["audit"]])
 def test_cli_help_for_each_subcommand(command: list[str]) -> None:
-    result = _segnode(*command, "--help")
+    result = run_segnode(*command, "--help")
     assert result.returncode == 0 and "usage: segnode" in result.stdout

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from config.loader import load_config
+from tests.support.paths import ROOT
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DEPLOY = ROOT / "deploy"
 
 
 @pytest.mark.parametrize("path", sorted(DEPLOY.glob("*segnode*.yaml")), ids=lambda p: p.name)

@@ -24,13 +24,10 @@ from conversion_reference import (
 )
 
 from conversion import NotSegmentableError, Volume, load_series
+from tests.support.paths import SHARED_MRI, TEST_MRI
 
 #: The Sunnybrook files carry UIDs with leading-zero components: pydicom warns, SegNode reads them.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
-
-ROOT = Path(__file__).resolve().parents[2]
-TEST_MRI = ROOT / "tests" / "data" / "mri"
-SHARED_MRI = ROOT.parent / "shared" / "data" / "mri"
 
 
 def _check_against_dcm2niix(folder: Path, tmp_path: Path) -> None:

@@ -18,19 +18,18 @@ from pydicom.uid import (
 from conversion import load_series
 from conversion.headers import read_sources
 from conversion.pixels import decode_frames
+from tests.support.paths import TEST_MRI
 
 #: The Sunnybrook files carry UIDs with leading-zero components: pydicom warns, SegNode reads them.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
 
-ROOT = Path(__file__).resolve().parents[2]
-MRI = ROOT / "tests" / "data" / "mri"
-SAG = MRI / "prostatex" / "ProstateX-0000_3.000000-t2tsesag-87368"
-XA10 = MRI / "dcm_qa_enh" / "Siemens_XA10_EnhancedMR_4vol"
+SAG = TEST_MRI / "prostatex" / "ProstateX-0000_3.000000-t2tsesag-87368"
+XA10 = TEST_MRI / "dcm_qa_enh" / "Siemens_XA10_EnhancedMR_4vol"
 
 
 def test_nine_transfer_syntaxes_of_one_real_image_decode_identically() -> None:
     """The dcm_qa_ts files: the same Siemens image in 9 transfer syntaxes (JPEG-LS, JPEG 2000, RLE, ...)."""
-    files = series_files(MRI / "dcm_qa_ts" / "ax_asc_35sl_9_transfer_syntaxes")
+    files = series_files(TEST_MRI / "dcm_qa_ts" / "ax_asc_35sl_9_transfer_syntaxes")
     sources = read_sources(list(files))
     syntaxes = {s.transfer_syntax for s in sources}
     assert len(sources) == 9 and len(syntaxes) == 7  # JPEG Lossless SV1 and JPEG-LS twice each
@@ -46,7 +45,7 @@ def test_compressed_enhanced_mr_frames_decode_identically() -> None:
     names = ["BigEndian", "J2K", "JPEGLS", "RLE"]
     arrays = []
     for name in names:
-        (src,) = read_sources(series_files(MRI / "pydicom_data" / f"emri_small_EnhancedMR_{name}"))
+        (src,) = read_sources(series_files(TEST_MRI / "pydicom_data" / f"emri_small_EnhancedMR_{name}"))
         frames = decode_frames(src, list(range(10)))
         arrays.append(np.stack(frames))
     for name, arr in zip(names, arrays, strict=True):

@@ -11,13 +11,10 @@ from pydicom.uid import ImplicitVRLittleEndian
 
 from conversion.dicomscan import read_header, sequence_item_elements, sequence_items
 from conversion.headers import SourceImage, frames_of
+from tests.support.paths import SHARED_MRI, TEST_MRI
 
 #: The Sunnybrook files carry UIDs with leading-zero components: pydicom warns, SegNode reads them.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
-
-ROOT = Path(__file__).resolve().parents[2]
-TEST_MRI = ROOT / "tests" / "data" / "mri"
-SHARED_MRI = ROOT.parent / "shared" / "data" / "mri"
 
 
 def _difference(ours: pydicom.Dataset, theirs: pydicom.Dataset, where: str = "") -> str | None:

@@ -15,12 +15,10 @@ from pydicom.dataelem import DataElement
 from conversion import NotSegmentableError, headers, load_series
 from conversion.headers import SourceImage, diffusion_b_value, frames_of, read_sources
 from conversion.rawheader import TOP_LEVEL_TAGS, DatasetView, NeedsPydicom, RawHeader, scan_file
+from tests.support.paths import SHARED_MRI, TEST_MRI
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
 
-ROOT = Path(__file__).resolve().parents[2]
-TEST_MRI = ROOT / "tests" / "data" / "mri"
-SHARED_MRI = ROOT.parent / "shared" / "data" / "mri"
 FMAP = TEST_MRI / "dcm_qa_enh" / "Philips_EnhancedMR_fMAP" / "IM_0027_fMAP.dcm"
 XA10 = TEST_MRI / "dcm_qa_enh" / "Siemens_XA10_EnhancedMR_4vol" / "6_1.dcm"
 DWI = "ProstateX-0000_6.000000-ep2ddifftraDYNDIST-69284"

@@ -17,17 +17,15 @@ from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_dataset, write_file_meta_info
 
 from conversion import NotSegmentableError, Reason, load_series
+from tests.support.paths import SHARED_MRI, TEST_MRI
 
 #: The Sunnybrook files carry UIDs with leading-zero components: pydicom warns, SegNode reads them.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
 
-ROOT = Path(__file__).resolve().parents[2]
-MRI = ROOT / "tests" / "data" / "mri"
-SHARED_MRI = ROOT.parent / "shared" / "data" / "mri"
-SAG = MRI / "prostatex" / "ProstateX-0000_3.000000-t2tsesag-87368"
-COR = MRI / "prostatex" / "ProstateX-0000_5.000000-t2tsecor-03471"
-PD = MRI / "prostatex" / "ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276"
-DWI = MRI / "prostatex" / "ProstateX-0000_6.000000-ep2ddifftraDYNDIST-69284"
+SAG = TEST_MRI / "prostatex" / "ProstateX-0000_3.000000-t2tsesag-87368"
+COR = TEST_MRI / "prostatex" / "ProstateX-0000_5.000000-t2tsecor-03471"
+PD = TEST_MRI / "prostatex" / "ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276"
+DWI = TEST_MRI / "prostatex" / "ProstateX-0000_6.000000-ep2ddifftraDYNDIST-69284"
 
 
 def _reason(items: list[object], **kwargs: object) -> NotSegmentableError:
@@ -47,20 +45,20 @@ def _sorted_by_position(datasets: list[pydicom.Dataset]) -> list[pydicom.Dataset
 
 
 def test_single_slice_real_philips_j2k() -> None:
-    err = _reason(series_files(MRI / "pydicom_data" / "MR2_J2KI_Philips_shoulder_lossy"))
+    err = _reason(series_files(TEST_MRI / "pydicom_data" / "MR2_J2KI_Philips_shoulder_lossy"))
     assert err.reason == Reason.SINGLE_SLICE == "single_slice"
     assert 'series 1 "T1W/SE/1024" (1.3.6.1.4.1.5962.1.3.5.1.20040826185059.5457)' in err.message
     assert "single image" in err.message
 
 
 def test_mosaic_real_siemens() -> None:
-    err = _reason(series_files(MRI / "dcm_qa_ts" / "ax_asc_35sl_9_transfer_syntaxes"))
+    err = _reason(series_files(TEST_MRI / "dcm_qa_ts" / "ax_asc_35sl_9_transfer_syntaxes"))
     assert err.reason == "unsupported_mosaic"
     assert 'series 1 "ax_asc_35sl"' in err.message and "MOSAIC" in err.message
 
 
 def test_missing_geometry_real_enhanced_object_without_functional_groups() -> None:
-    err = _reason(series_files(MRI / "pydicom_data" / "emri_small_EnhancedMR_RLE"))
+    err = _reason(series_files(TEST_MRI / "pydicom_data" / "emri_small_EnhancedMR_RLE"))
     assert err.reason == "missing_geometry"
     assert "Image Position/Orientation" in err.message
 

@@ -15,13 +15,10 @@ import pytest
 from conversion_reference import folder_params, series_files
 
 from conversion import Volume, load_series
+from tests.support.paths import SHARED_MRI, TEST_MRI
 
 #: The Sunnybrook files carry UIDs with leading-zero components: pydicom warns, SegNode reads them.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
-
-ROOT = Path(__file__).resolve().parents[2]
-TEST_MRI = ROOT / "tests" / "data" / "mri"
-SHARED_MRI = ROOT.parent / "shared" / "data" / "mri"
 
 
 def _rescale(ds: pydicom.Dataset, frame: int | None) -> tuple[float, float]:

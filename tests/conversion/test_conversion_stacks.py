@@ -12,20 +12,18 @@ from conversion_reference import series_files
 from pydicom.uid import generate_uid
 
 from conversion import load_series, plan_series, to_nibabel, to_sitk
+from tests.support.paths import SHARED_MRI, TEST_MRI
 
 #: The Sunnybrook files carry UIDs with leading-zero components: pydicom warns, SegNode reads them.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
 
-ROOT = Path(__file__).resolve().parents[2]
-MRI = ROOT / "tests" / "data" / "mri"
-SHARED_MRI = ROOT.parent / "shared" / "data" / "mri"
-SAG = MRI / "prostatex" / "ProstateX-0000_3.000000-t2tsesag-87368"
-COR = MRI / "prostatex" / "ProstateX-0000_5.000000-t2tsecor-03471"
-DWI = MRI / "prostatex" / "ProstateX-0000_6.000000-ep2ddifftraDYNDIST-69284"
-PD = MRI / "prostatex" / "ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276"
-FMAP = MRI / "dcm_qa_enh" / "Philips_EnhancedMR_fMAP"
-XA10 = MRI / "dcm_qa_enh" / "Siemens_XA10_EnhancedMR_4vol"
-CINE1 = MRI / "sunnybrook_cardiac" / "SCD0000101_CINESAX_phase1"
+SAG = TEST_MRI / "prostatex" / "ProstateX-0000_3.000000-t2tsesag-87368"
+COR = TEST_MRI / "prostatex" / "ProstateX-0000_5.000000-t2tsecor-03471"
+DWI = TEST_MRI / "prostatex" / "ProstateX-0000_6.000000-ep2ddifftraDYNDIST-69284"
+PD = TEST_MRI / "prostatex" / "ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276"
+FMAP = TEST_MRI / "dcm_qa_enh" / "Philips_EnhancedMR_fMAP"
+XA10 = TEST_MRI / "dcm_qa_enh" / "Siemens_XA10_EnhancedMR_4vol"
+CINE1 = TEST_MRI / "sunnybrook_cardiac" / "SCD0000101_CINESAX_phase1"
 
 
 def test_dwi_series_gives_one_stack_per_b_value_from_the_siemens_private_header() -> None:

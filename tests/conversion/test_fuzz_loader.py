@@ -23,12 +23,12 @@ from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
 from conversion import NotSegmentableError, Reason, Volume, load_series
+from tests.support.paths import PD_TRA, TEST_MRI
 
-ROOT = Path(__file__).resolve().parents[2]
 #: 16 transverse 3D PD slices, 128 x 128, Siemens, Explicit VR Little Endian (tests/data/mri/README.md).
-PD = ROOT / "tests" / "data" / "mri" / "prostatex" / "ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276"
+PD = PD_TRA
 #: Enhanced MR Image Storage, 4 volumes in one multi-frame instance, Siemens XA10.
-ENHANCED = ROOT / "tests" / "data" / "mri" / "dcm_qa_enh" / "Siemens_XA10_EnhancedMR_4vol"
+ENHANCED = TEST_MRI / "dcm_qa_enh" / "Siemens_XA10_EnhancedMR_4vol"
 REASONS = {r.value for r in Reason}
 FUZZ = settings(
     max_examples=60,

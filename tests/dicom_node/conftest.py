@@ -6,10 +6,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from node_support import config_maker, running_nodes
 
 from config.model import SegNodeConfig
 from dicom_node.service import NodeService
+from tests.support.node import running_nodes
+from tests.support.pipeline import PipelineNode, pipeline_nodes
+from tests.support.settings import config_maker
 
 
 @pytest.fixture
@@ -22,3 +24,11 @@ def start_node() -> Iterator[Callable[..., NodeService]]:
     # the tests drive completion themselves; receiving tests check that jobs stay queued
     with running_nodes(completion_interval_s=0, process_jobs=False) as start:
         yield start
+
+
+@pytest.fixture
+def make_node() -> Iterator[Callable[..., PipelineNode]]:
+    """``make(tmp, port, **overrides)``: a receiving node (pipeline threads off) routing to a destination
+    on ``port``, and the stage context on the same database (``tests.support.pipeline``)."""
+    with pipeline_nodes() as make:
+        yield make

@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from node_support import T2_SAG, clone_series, dataset_bytes, raw_store, series_files
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -37,25 +35,20 @@ from dicom_node.audit.tables import Event, Instance, Series
 from dicom_node.receiving import statuses as status
 from dicom_node.service import NodeService
 from dicom_node.uids import InvalidUIDError, path_safe_uid
+from tests.support import audit, scu
+from tests.support.node import raw_store
+from tests.support.paths import T2_SAG, series_files
+from tests.support.scu import Contexts
+from tests.support.series import clone_series, dataset_bytes
 
 StartNode = Callable[..., NodeService]
 
 
-def associate(node: NodeService, contexts: list[tuple[str, list[str]]] | None = None) -> Association:
-    ae = AE(ae_title="PYSCU")
-    ae.acse_timeout = 10
-    for sop_class, syntaxes in contexts or [(MRImageStorage, [ExplicitVRLittleEndian])]:
-        ae.add_requested_context(sop_class, syntaxes)
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", node.port, ae_title="SEGNODE")
+def associate(node: NodeService, contexts: Contexts | None = None) -> Association:
+    """An established association proposing ``contexts`` (default: MR Image Storage, Explicit VR LE)."""
+    assoc = scu.associate(node.port, contexts=contexts or [(MRImageStorage, [ExplicitVRLittleEndian])])
     assert assoc.is_established
     return assoc
-
-
-def refusals(node: NodeService) -> list[Event]:
-    with node.db.read() as session:
-        query = select(Event).where(Event.what == "instance_refused").order_by(Event.id)
-        return list(session.scalars(query))
 
 
 def stored_files(node: NodeService) -> list[Path]:
@@ -69,7 +62,7 @@ def instance_count(node: NodeService) -> int:
 
 def assert_refused_cleanly(node: NodeService, assoc: Association, code: int, fragment: str) -> None:
     """The last refusal has ``code`` and ``fragment``; the spool is empty; the association still works."""
-    event = refusals(node)[-1]
+    event = audit.events(node.db, "instance_refused")[-1]
     assert status.describe(code) == event.detail
     assert fragment in (event.reason or ""), event.reason
     assert stored_files(node) == []
@@ -300,7 +293,7 @@ def test_one_series_uid_in_two_studies_is_refused(node: NodeService, assoc: Asso
     original_study = intruder.StudyInstanceUID
     intruder.StudyInstanceUID = generate_uid()
     assert int(assoc.send_c_store(intruder).Status) == status.CANNOT_UNDERSTAND
-    [event] = refusals(node)
+    [event] = audit.events(node.db, "instance_refused")
     assert (event.reason or "").startswith("mixed_series: ")
     assert original_study in (event.reason or "") and intruder.StudyInstanceUID in (event.reason or "")
     assert len(stored_files(node)) == 2 and instance_count(node) == 2
@@ -317,7 +310,7 @@ def test_one_series_uid_for_two_patients_is_refused(node: NodeService, assoc: As
     other = pydicom.dcmread(files[1])
     other.PatientID = "OTHER-PATIENT-7"
     assert int(assoc.send_c_store(other).Status) == status.CANNOT_UNDERSTAND
-    [event] = refusals(node)
+    [event] = audit.events(node.db, "instance_refused")
     assert (event.reason or "").startswith("mixed_series: ") and "different Patient ID" in (
         event.reason or ""
     )
@@ -345,7 +338,7 @@ def test_sop_instance_moved_to_another_series_is_refused(node: NodeService, asso
     first_series = ds.SeriesInstanceUID
     ds.SeriesInstanceUID = generate_uid()
     assert int(assoc.send_c_store(ds).Status) == status.CANNOT_UNDERSTAND
-    [event] = refusals(node)
+    [event] = audit.events(node.db, "instance_refused")
     assert (event.reason or "").startswith("sop_instance_in_other_series: ") and first_series in (
         event.reason or ""
     )
@@ -365,7 +358,7 @@ def test_series_beyond_the_configured_size_gets_out_of_resources(
     assert int(assoc.send_c_store(pydicom.dcmread(series_files(T2_SAG)[0])).Status) == status.SUCCESS
     assert int(assoc.send_c_echo().Status) == status.SUCCESS
     assoc.release()
-    events = refusals(node)
+    events = audit.events(node.db, "instance_refused")
     assert len(events) == 2
     assert all((e.reason or "").startswith("series_too_large: ") for e in events)
     assert "storage.max_series_instances (3)" in (events[0].reason or "")
@@ -416,8 +409,10 @@ def test_two_associations_starting_one_series_with_two_studies_at_once(node: Nod
         assert [i.sop_instance_uid for i in instances] == [winner.SOPInstanceUID]
     first.release()
     second.release()
-    assert len(refusals(node)) == rounds
-    assert all((e.reason or "").startswith("mixed_series: ") for e in refusals(node))
+    assert len(audit.events(node.db, "instance_refused")) == rounds
+    assert all(
+        (e.reason or "").startswith("mixed_series: ") for e in audit.events(node.db, "instance_refused")
+    )
     assert len(stored_files(node)) == rounds
 
 

@@ -11,20 +11,20 @@ from collections.abc import Callable
 
 import pydicom
 import pytest
-from node_support import T2_SAG, series_files, wait_for
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
-from sqlalchemy import select
 
 from config.model import SegNodeConfig
 from dicom_node.audit.tables import Association as AssociationRow
-from dicom_node.audit.tables import Event
 from dicom_node.receiving import statuses as status
 from dicom_node.service import NodeService
+from tests.support import audit
+from tests.support.paths import T2_SAG, series_files
+from tests.support.waiting import wait_until
 
 StartNode = Callable[..., NodeService]
 APPLICATION_CONTEXT = b"1.2.840.10008.3.1.1.1"
@@ -82,11 +82,6 @@ def closed_by_node(sock: socket.socket) -> bool:
     return True
 
 
-def events(node: NodeService, what: str) -> list[Event]:
-    with node.db.read() as session:
-        return list(session.scalars(select(Event).where(Event.what == what).order_by(Event.id)))
-
-
 def echo_works(node: NodeService) -> bool:
     ae = AE(ae_title="PYSCU")
     ae.acse_timeout = 10
@@ -133,8 +128,8 @@ def test_malformed_request_is_answered_and_recorded(node: NodeService, data: byt
         if answer == A_ASSOCIATE_RJ:
             assert pdu[1][1:4] == bytes([0x01, 0x02, 0x02])
         assert closed_by_node(sock)
-    wait_for(lambda: len(events(node, "connection_closed")) == 1, what="connection recorded")
-    [event] = events(node, "connection_closed")
+    wait_until(lambda: len(audit.events(node.db, "connection_closed")) == 1, what="connection recorded")
+    [event] = audit.events(node.db, "connection_closed")
     assert event.reason == "no_association_request" and "127.0.0.1" in (event.detail or "")
     assert echo_works(node)
 
@@ -154,7 +149,7 @@ def test_peer_that_sends_part_of_a_pdu_and_leaves(node: NodeService, data: bytes
         time.sleep(0.2)
         sock.shutdown(socket.SHUT_WR)
         assert closed_by_node(sock)
-    wait_for(lambda: len(events(node, "connection_closed")) == 1, what="connection recorded")
+    wait_until(lambda: len(audit.events(node.db, "connection_closed")) == 1, what="connection recorded")
     assert echo_works(node)
 
 
@@ -225,7 +220,7 @@ def test_zero_length_data_set(node: NodeService) -> None:
         sock.sendall(p_data(pdv(1, 0x03, store_command(sop_instance))))
         sock.sendall(p_data(pdv(1, 0x02, data)))
         assert response_status(sock) == status.SUCCESS
-    [event] = events(node, "instance_refused")
+    [event] = audit.events(node.db, "instance_refused")
     assert "zero-length object" in (event.reason or "") and event.detail == status.describe(
         status.CANNOT_UNDERSTAND
     )
@@ -252,19 +247,14 @@ def test_bad_p_data_in_an_accepted_association(node: NodeService, value: bytes) 
 
     def ended() -> bool:
         node.receiver.end_dead_associations()  # what the completion timer runs at each tick
-        return [r.result for r in _associations(node)] == ["aborted"]
+        return [r.result for r in audit.rows(node.db, AssociationRow)] == ["aborted"]
 
-    wait_for(ended, what="association aborted")
-    [row] = _associations(node)
+    wait_until(ended, what="association aborted")
+    [row] = audit.rows(node.db, AssociationRow)
     assert row.instances_received == 0 and row.ended_at is not None
-    assert [e.association_id for e in events(node, "association_aborted")] == [row.id]
+    assert [e.association_id for e in audit.events(node.db, "association_aborted")] == [row.id]
     assert echo_works(node)
     assert not [p for p in node.spool.root.rglob("*") if p.is_file()]
-
-
-def _associations(node: NodeService) -> list[AssociationRow]:
-    with node.db.read() as session:
-        return list(session.scalars(select(AssociationRow).order_by(AssociationRow.id)))
 
 
 def test_the_completion_timer_ends_associations_dropped_without_an_event(
@@ -279,8 +269,14 @@ def test_the_completion_timer_ends_associations_dropped_without_an_event(
     with raw_association(node, syntax=ImplicitVRLittleEndian) as sock:
         sock.sendall(p_data(pdv(1, 0x03, b"not a command set")))
         assert closed_by_node(sock)
-    wait_for(lambda: [r.result for r in _associations(node)] == ["aborted"], what="association aborted")
+    wait_until(
+        lambda: [r.result for r in audit.rows(node.db, AssociationRow)] == ["aborted"],
+        what="association aborted",
+    )
     assert echo_works(node)
-    wait_for(lambda: [r.result for r in _associations(node)] == ["aborted", "released"], what="echo released")
+    wait_until(
+        lambda: [r.result for r in audit.rows(node.db, AssociationRow)] == ["aborted", "released"],
+        what="echo released",
+    )
     time.sleep(0.6)  # a few more ticks of the timer
-    assert [r.result for r in _associations(node)] == ["aborted", "released"]
+    assert [r.result for r in audit.rows(node.db, AssociationRow)] == ["aborted", "released"]

@@ -3,43 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pydicom
 import pytest
-from node_support import CINE, T2_SAG, FrozenClock, series_files, wait_for
-from pynetdicom import AE
-from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from config.model import SegNodeConfig
 from config.node import CompletionConfig
 from dicom_node.audit.log import InstanceHeader
-from dicom_node.audit.tables import Association, Event, Job, Series
+from dicom_node.audit.tables import Event, Job, Series
 from dicom_node.jobs.store import JobState
 from dicom_node.receiving.completion import CompletionTracker
 from dicom_node.service import NodeService
+from tests.support.node import FrozenClock, send_recorded
+from tests.support.paths import CINE, T2_SAG, series_files
 
 StartNode = Callable[..., NodeService]
-
-
-def send_series(node: NodeService, files: list[Path]) -> None:
-    ae = AE(ae_title="PYSCU")
-    ae.add_requested_context(MRImageStorage, pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", node.port, ae_title="SEGNODE")
-    assert assoc.is_established
-    for path in files:
-        assert int(assoc.send_c_store(pydicom.dcmread(path)).Status) == 0
-    assoc.release()
-    with node.db.read() as session:
-        last = max(session.scalars(select(Association.id)))
-    wait_for(lambda: _assoc_result(node, last) == "released", what="release recorded")
-
-
-def _assoc_result(node: NodeService, association_id: int) -> str:
-    with node.db.read() as session:
-        return session.get_one(Association, association_id).result
 
 
 def series_row(node: NodeService) -> Series:
@@ -61,7 +41,7 @@ def test_completion_by_quiet_period_with_frozen_clock(
         make_config(**{"completion.quiet_period_s": 5, "completion.on_association_release": False}),
         clock=clock,
     )
-    send_series(node, series_files(T2_SAG))
+    send_recorded(node, series_files(T2_SAG))
     assert node.completer.run_once() == []
     clock.advance(4.999)
     assert node.completer.run_once() == []
@@ -82,7 +62,7 @@ def test_completion_by_association_release_with_frozen_clock(
         make_config(**{"completion.quiet_period_s": 3600, "completion.on_association_release": True}),
         clock=clock,
     )
-    send_series(node, series_files(T2_SAG))
+    send_recorded(node, series_files(T2_SAG))
     [job] = node.completer.run_once()  # the clock has not moved: only the release can have fired
     assert series_row(node).completed_by == "association_release"
     assert [j.id for j in jobs(node)] == [job.id]
@@ -98,7 +78,7 @@ def test_untrusted_expected_count_holds_release_back_until_the_quiet_period(
         make_config(**{"completion.quiet_period_s": 30, "completion.on_association_release": True}),
         clock=clock,
     )
-    send_series(node, series_files(CINE))
+    send_recorded(node, series_files(CINE))
     assert node.completer.run_once() == []
     clock.advance(30)
     [job] = node.completer.run_once()
@@ -115,12 +95,12 @@ def test_late_instance_reopens_the_series_and_the_new_job_supersedes_the_old(
         clock=clock,
     )
     files = series_files(T2_SAG)
-    send_series(node, files[:-1])
+    send_recorded(node, files[:-1])
     clock.advance(10)
     [first] = node.completer.run_once()
     assert series_row(node).instance_count == len(files) - 1
 
-    send_series(node, files[-1:])  # the late instance
+    send_recorded(node, files[-1:])  # the late instance
     assert series_row(node).state == "open"
     assert node.completer.run_once() == []
     clock.advance(10)
@@ -145,10 +125,10 @@ def test_identical_resend_of_a_complete_series_does_not_reopen_it(
         clock=clock,
     )
     files = series_files(T2_SAG)[:4]
-    send_series(node, files)
+    send_recorded(node, files)
     clock.advance(10)
     assert len(node.completer.run_once()) == 1
-    send_series(node, files)
+    send_recorded(node, files)
     clock.advance(10)
     assert node.completer.run_once() == []
     assert series_row(node).state == "complete" and len(jobs(node)) == 1
@@ -160,10 +140,10 @@ def test_queued_job_and_open_series_survive_a_restart(
     clock = FrozenClock()
     config = make_config(**{"completion.quiet_period_s": 10, "completion.on_association_release": False})
     node = start_node(config, clock=clock)
-    send_series(node, series_files(T2_SAG))
+    send_recorded(node, series_files(T2_SAG))
     clock.advance(10)
     [job] = node.completer.run_once()
-    send_series(node, series_files(CINE))  # a second series, still open at the "crash"
+    send_recorded(node, series_files(CINE))  # a second series, still open at the "crash"
     node.stop()
 
     again = start_node(config, clock=clock)
@@ -227,7 +207,7 @@ def test_a_database_failure_at_completion_is_retried_at_the_next_poll(
         make_config(**{"completion.quiet_period_s": 5, "completion.on_association_release": False}),
         clock=clock,
     )
-    send_series(node, series_files(T2_SAG)[:3])
+    send_recorded(node, series_files(T2_SAG)[:3])
     with node.db.engine.begin() as conn:
         conn.execute(
             text("CREATE TRIGGER refuse BEFORE UPDATE ON series BEGIN SELECT RAISE(ABORT, 'refused'); END")

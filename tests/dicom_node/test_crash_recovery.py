@@ -3,48 +3,26 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import signal
 import sqlite3
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pydicom
 import pytest
 import yaml
-from node_support import T2_SAG, clone_series, dcmtk, node_settings, series_files
 
 from dicom_node.receiving.spool import UNACKNOWLEDGED_DIR
+from tests.support.dcmtk import dcmtk
+from tests.support.paths import T2_SAG, series_files
+from tests.support.series import clone_series
+from tests.support.serve import ServeProcess
+from tests.support.settings import node_settings
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 INSTANCES = 150
-
-
-def start_serve(config: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``segnode serve`` and return it with the port it reports listening on (in its log)."""
-    pattern = re.compile(r"SegNode listening on 127\.0\.0\.1:(\d+)")
-    before = len(pattern.findall(log.read_text(errors="replace"))) if log.exists() else 0
-    with log.open("ab") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(config)],
-            stdout=handle,
-            stderr=handle,
-            env={k: v for k, v in os.environ.items() if not k.startswith("SEGNODE__")},
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = pattern.findall(log.read_text(errors="replace"))
-        if len(found) > before:
-            return process, int(found[-1])
-        if process.poll() is not None:
-            raise AssertionError(f"segnode serve exited with {process.returncode}:\n{log.read_text()}")
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError(f"segnode serve did not start:\n{log.read_text()}")
 
 
 def successes(storescu_output: str) -> list[Path]:
@@ -78,9 +56,10 @@ def test_kill_9_mid_transfer_loses_nothing_acknowledged(tmp_path: Path) -> None:
     config.write_text(yaml.safe_dump(settings))
     spool = Path(settings["storage"]["spool_dir"])
     database = tmp_path / "audit.db"
-    log = tmp_path / "serve.log"
+    node = ServeProcess(tmp_path / "serve", config)
 
-    node, port = start_serve(config, log)
+    port = node.start()
+    assert node.process is not None
     storescu_log = tmp_path / "storescu.log"
     with storescu_log.open("wb") as out:
         sender = subprocess.Popen(
@@ -98,19 +77,20 @@ def test_kill_9_mid_transfer_loses_nothing_acknowledged(tmp_path: Path) -> None:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 60
-        while len(list(spool.rglob("*.dcm"))) < 20:
-            assert time.monotonic() < deadline, "the transfer did not start"
-            assert sender.poll() is None, "storescu finished before the node could be killed"
-            time.sleep(0.005)
-        node.send_signal(signal.SIGKILL)
-        node.wait(timeout=10)
+        wait_until(
+            lambda: len(list(spool.rglob("*.dcm"))) >= 20,
+            60,
+            "20 instances in the spool",
+            interval_s=0.005,
+            process=sender,  # storescu must not have finished before the node is killed
+        )
+        node.kill()
         sender.wait(timeout=60)
     acknowledged = successes(storescu_log.read_text(errors="replace"))
     assert 0 < len(acknowledged) < INSTANCES, "the kill must land mid-transfer"
     assert sender.returncode != 0
 
-    node, port = start_serve(config, log)
+    port = node.start()
     try:
         # no partial file anywhere: temporary files of the killed node were removed at start
         assert not [p for p in spool.rglob("*") if p.is_file() and p.suffix != ".dcm"]
@@ -157,8 +137,7 @@ def test_kill_9_mid_transfer_loses_nothing_acknowledged(tmp_path: Path) -> None:
         assert count == INSTANCES
         assert repeats >= len(acknowledged)
     finally:
-        node.send_signal(signal.SIGTERM)
-        assert node.wait(timeout=30) == 0, log.read_text()
+        assert node.stop() == 0, node.log_tail()
     with sqlite3.connect(database) as conn:
         whats = [w for (w,) in conn.execute("SELECT what FROM events ORDER BY id")]
     assert whats.count("node_started") == 2 and whats[-1] == "node_stopped"

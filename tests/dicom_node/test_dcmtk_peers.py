@@ -8,12 +8,16 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from node_support import CINE, T2_SAG, TS9, dataset_bytes, dcmtk, dcmtk_storescp, series_files, wait_for
 from sqlalchemy import select
 
 from config.model import SegNodeConfig
 from dicom_node.audit.tables import Association, Event, Instance, Series
 from dicom_node.service import NodeService
+from tests.support import audit
+from tests.support.dcmtk import dcmtk, storescp
+from tests.support.paths import CINE, T2_SAG, TS9, series_files
+from tests.support.series import dataset_bytes
+from tests.support.waiting import wait_until
 
 StartNode = Callable[..., NodeService]
 pytestmark = pytest.mark.e2e
@@ -27,7 +31,7 @@ def test_echoscu_is_answered(make_config: Callable[..., SegNodeConfig], start_no
     node = start_node(make_config())
     result = run([dcmtk("echoscu"), "-aet", "ECHOSCU", "-aec", "SEGNODE", "127.0.0.1", str(node.port)])
     assert result.returncode == 0, result.stderr
-    wait_for(lambda: _count(node, Event, Event.what == "echo") == 1, what="echo event")
+    wait_until(lambda: audit.count(node.db, Event, Event.what == "echo") == 1, what="echo event")
 
 
 def test_echoscu_from_unknown_calling_ae_title_is_rejected(
@@ -38,7 +42,9 @@ def test_echoscu_from_unknown_calling_ae_title_is_rejected(
     assert result.returncode != 0
     text = result.stdout + result.stderr
     assert "Association Rejected" in text and "Calling AE Title Not Recognized" in text
-    wait_for(lambda: _count(node, Event, Event.what == "association_rejected") == 1, what="rejection event")
+    wait_until(
+        lambda: audit.count(node.db, Event, Event.what == "association_rejected") == 1, what="rejection event"
+    )
 
 
 def test_storescu_sends_real_mr_series_byte_identical(
@@ -69,12 +75,14 @@ def test_storescu_sends_real_mr_series_byte_identical(
 
     storescu(node.port, "SEGNODE")
     reference_dir = tmp_path / "storescp"
-    with dcmtk_storescp(reference_dir) as port:
-        storescu(port, "STORESCP")
+    with storescp(reference_dir, "--bit-preserving") as reference_scp:
+        storescu(reference_scp.port, "STORESCP")
     reference = {
         pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in reference_dir.iterdir()
     }
-    wait_for(lambda: _count(node, Association, Association.result == "released") == 1, what="release")
+    wait_until(
+        lambda: audit.count(node.db, Association, Association.result == "released") == 1, what="release"
+    )
 
     with node.db.read() as session:
         instances = {r.sop_instance_uid: r for r in session.scalars(select(Instance))}
@@ -111,8 +119,3 @@ def test_storescu_sends_real_mr_series_byte_identical(
         "SEGNODE",
         len(files),
     )
-
-
-def _count(node: NodeService, model: type, *where: object) -> int:
-    with node.db.read() as session:
-        return len(list(session.scalars(select(model).where(*where))))  # type: ignore[arg-type]

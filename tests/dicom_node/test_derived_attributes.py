@@ -4,7 +4,6 @@ derived_attributes.py): each rule on a real MR header with one fault set as the 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pydicom
 import pytest
@@ -22,9 +21,9 @@ from dicom_node.outputs.derived_attributes import (
     root_attributes,
     sanitize_source,
 )
+from tests.support.paths import PD_TRA
 
-ROOT = Path(__file__).resolve().parents[2]
-SOURCE = ROOT / "tests/data/mri/prostatex/ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276/1-01.dcm"
+SOURCE = PD_TRA / "1-01.dcm"
 #: A SEG-like choice of copied modules and single attributes (the SEG's own list is in the SEG encoder).
 COPIED = CopiedAttributes.of_iod(
     "segmentation",

@@ -18,18 +18,20 @@ import pydicom
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from node_support import dataset_bytes, node_settings, raw_store
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dsutils import encode
-from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
 from config.loader import parse_config
 from dicom_node.audit.tables import Instance
 from dicom_node.receiving import statuses as status
 from dicom_node.service import NodeService
+from tests.support.node import raw_store
+from tests.support.scu import associate
+from tests.support.series import dataset_bytes
+from tests.support.settings import node_settings
 
 #: A real 64 x 64 MR image shipped with pydicom (small, so that many examples fit in the time budget).
 SOURCE = Path(get_testdata_file("MR_small.dcm"))  # type: ignore[arg-type]
@@ -55,12 +57,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeService]:
 
 @pytest.fixture(scope="module")
 def assoc(node: NodeService) -> Iterator[Association]:
-    ae = AE(ae_title="PYSCU")
-    ae.acse_timeout = 10
-    ae.dimse_timeout = 10
-    ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian])
-    ae.add_requested_context(Verification)
-    association = ae.associate("127.0.0.1", node.port, ae_title="SEGNODE")
+    association = associate(node.port, contexts=[(MRImageStorage, [ExplicitVRLittleEndian])])
     assert association.is_established
     yield association
     association.release()

@@ -21,8 +21,6 @@ from typing import Any
 import pydicom
 import pytest
 from aiosmtpd.controller import Controller
-from node_support import T2_SAG, config_maker, free_port, running_nodes, series_files, wait_for
-from pynetdicom import AE
 from sqlalchemy import select
 
 from dicom_node.audit.tables import Event, Job
@@ -30,8 +28,14 @@ from dicom_node.failpoints import FaultPlan
 from dicom_node.http.notify import series_hash
 from dicom_node.service import NodeService
 from tests.security.security_pki import make_pki
+from tests.support import audit
+from tests.support.node import running_nodes
+from tests.support.paths import MODELS, T2_SAG, series_files
+from tests.support.ports import free_port
+from tests.support.scu import send_series
+from tests.support.settings import config_maker
+from tests.support.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
 PATIENT_ID, PATIENT_NAME = "PHI-ID-0815", "Roe^Richard^Phiwatch"
 
 
@@ -113,7 +117,7 @@ def _settings(tmp_path: Path, r: Receivers, **more: Any) -> dict[str, Any]:
         "pipeline.outbox_dir": str(tmp_path / "outbox"),
         "pipeline.warm_up": False,
         "pipeline.poll_interval_s": 0.2,
-        "inference.weights_dir": str(ROOT / "tests" / "data" / "models"),
+        "inference.weights_dir": str(MODELS),
         "inference.device": "cpu",
         "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": free_port()}},
         "sending.connect_timeout_s": 2,
@@ -147,24 +151,18 @@ def _settings(tmp_path: Path, r: Receivers, **more: Any) -> dict[str, Any]:
 
 def _send(port: int, folder: Path, target: Path) -> str:
     target.mkdir(parents=True, exist_ok=True)
-    ae = AE(ae_title="PYSCU")
-    datasets = []
+    files = []
     for path in series_files(folder):
         ds = pydicom.dcmread(path)
         ds.PatientID, ds.PatientName = PATIENT_ID, PATIENT_NAME
-        datasets.append(ds)
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", port, ae_title="SEGNODE")
-    assert assoc.is_established
-    for ds in datasets:
-        assert assoc.send_c_store(ds).Status == 0
-    assoc.release()
-    return str(datasets[0].SeriesInstanceUID)
+        ds.save_as(target / path.name, enforce_file_format=True)
+        files.append(target / path.name)
+    assert send_series(port, files) == [0x0000] * len(files)
+    return str(ds.SeriesInstanceUID)
 
 
 def _events(service: NodeService, prefix: str = "notification_") -> list[Event]:
-    with service.db.read() as session:
-        return list(session.scalars(select(Event).where(Event.what.like(f"{prefix}%")).order_by(Event.id)))
+    return audit.rows(service.db, Event, Event.what.like(f"{prefix}%"))
 
 
 def _look_until(service: NodeService, done: Any, what: str) -> None:
@@ -175,7 +173,7 @@ def _look_until(service: NodeService, done: Any, what: str) -> None:
         notifier.run_once()
         return bool(done())
 
-    wait_for(look, timeout=60, what=what)
+    wait_until(look, timeout_s=60, what=what)
 
 
 def test_incidents_are_notified_once_retried_rate_limited_audited_and_without_patient_data(
@@ -196,10 +194,10 @@ def test_incidents_are_notified_once_retried_rate_limited_audited_and_without_pa
                     == "failed"
                 )
 
-        wait_for(failed, timeout=300, what="the job failed (injected inference failure)")
-        wait_for(
+        wait_until(failed, timeout_s=300, what="the job failed (injected inference failure)")
+        wait_until(
             lambda: service.metrics.destinations.get("pacs").down_for_s(service.clock()) > 0.1,
-            timeout=60,
+            timeout_s=60,
             what="the destination known down for longer than destination_down_minutes",
         )
         # the webhook receiver is down: the e-mails go out, the webhook waits for its retry

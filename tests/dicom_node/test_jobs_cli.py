@@ -5,32 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from node_support import T2_SAG, dcmtk_storescp, free_port, series_files
-from test_pipeline import Node, receive, start_receiving_node
 
 from dicom_node.cli import main
 from dicom_node.jobs.records import SegOutput
 from dicom_node.jobs.store import JobState
 from dicom_node.outputs.outbox import attempt_delivery, due_deliveries, open_deliveries, settle_job
-
-
-@pytest.fixture
-def make_node() -> Iterator[Callable[..., Node]]:
-    started: list[Node] = []
-
-    def make(tmp: Path, port: int, **overrides: Any) -> Node:
-        started.append(start_receiving_node(tmp, port, **overrides))
-        return started[-1]
-
-    yield make
-    for node in started:
-        if node.service.server is not None:
-            node.service.stop()
+from tests.support.dcmtk import storescp
+from tests.support.paths import T2_SAG, series_files
+from tests.support.pipeline import PipelineNode, receive
+from tests.support.ports import free_port
 
 
 def run_main(argv: list[str]) -> int:
@@ -44,7 +31,7 @@ def run_main(argv: list[str]) -> int:
         root.handlers[:] = before
 
 
-def cli(capsys: pytest.CaptureFixture[str], node: Node, *args: str) -> tuple[int, str, str]:
+def cli(capsys: pytest.CaptureFixture[str], node: PipelineNode, *args: str) -> tuple[int, str, str]:
     config = node.tmp / "segnode.yaml"
     if not config.exists():
         import yaml
@@ -57,7 +44,7 @@ def cli(capsys: pytest.CaptureFixture[str], node: Node, *args: str) -> tuple[int
     return code, out.out, out.err
 
 
-def sending_job(node: Node) -> int:
+def sending_job(node: PipelineNode) -> int:
     """A job whose SEG (here: a real MR object standing in for it) waits in the outbox for ``pacs``."""
     ctx = node.ctx
     job_id = receive(node.service, series_files(T2_SAG))
@@ -75,7 +62,7 @@ def sending_job(node: Node) -> int:
 
 
 def test_list_and_show_a_queued_job_as_table_and_json(
-    tmp_path: Path, make_node: Callable[..., Node], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, make_node: Callable[..., PipelineNode], capsys: pytest.CaptureFixture[str]
 ) -> None:
     node = make_node(tmp_path, free_port())
     job_id = receive(node.service, series_files(T2_SAG))
@@ -103,7 +90,7 @@ def test_list_and_show_a_queued_job_as_table_and_json(
 
 
 def test_show_lists_destinations_with_attempts_and_retry_makes_them_due_now(
-    tmp_path: Path, make_node: Callable[..., Node], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, make_node: Callable[..., PipelineNode], capsys: pytest.CaptureFixture[str]
 ) -> None:
     retry = {"initial_delay_s": 60, "max_attempts": 3}
     node = make_node(tmp_path, free_port(), **{"destinations.pacs.retry": retry})  # nothing listens there
@@ -136,7 +123,7 @@ def test_show_lists_destinations_with_attempts_and_retry_makes_them_due_now(
 
 
 def test_cancel_stops_a_job_and_its_deliveries_and_refuses_finished_jobs(
-    tmp_path: Path, make_node: Callable[..., Node], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, make_node: Callable[..., PipelineNode], capsys: pytest.CaptureFixture[str]
 ) -> None:
     node = make_node(tmp_path, free_port())
     job_id = sending_job(node)
@@ -155,7 +142,7 @@ def test_cancel_stops_a_job_and_its_deliveries_and_refuses_finished_jobs(
 
 
 def test_retry_of_a_job_failed_at_conversion_queues_it_again(
-    tmp_path: Path, make_node: Callable[..., Node], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, make_node: Callable[..., PipelineNode], capsys: pytest.CaptureFixture[str]
 ) -> None:
     node = make_node(tmp_path, free_port())
     job_id = receive(node.service, series_files(T2_SAG))
@@ -167,7 +154,7 @@ def test_retry_of_a_job_failed_at_conversion_queues_it_again(
 
 
 def test_unknown_job_and_missing_database_are_clear_errors(
-    tmp_path: Path, make_node: Callable[..., Node], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, make_node: Callable[..., PipelineNode], capsys: pytest.CaptureFixture[str]
 ) -> None:
     node = make_node(tmp_path, free_port())
     code, _, err = cli(capsys, node, "show", "999")
@@ -179,13 +166,13 @@ def test_unknown_job_and_missing_database_are_clear_errors(
 
 
 def test_resend_sends_a_done_jobs_seg_again_and_explains_what_it_cannot(
-    tmp_path: Path, make_node: Callable[..., Node], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, make_node: Callable[..., PipelineNode], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A PACS lost the SEG: ``jobs resend`` delivers the same object again (to a real DCMTK storescp) and the
     job ends done again; jobs in other states, unknown destinations and purged outboxes are refused."""
     received = tmp_path / "pacs"
-    with dcmtk_storescp(received) as port:
-        node = make_node(tmp_path / "node", port)
+    with storescp(received) as pacs:
+        node = make_node(tmp_path / "node", pacs.port)
         ctx = node.ctx
         job_id = sending_job(node)
         code, _, err = cli(capsys, node, "resend", str(job_id))

@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 import pydicom
 import pytest
-from node_support import T2_SAG, series_files
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
@@ -16,6 +15,7 @@ from config.model import SegNodeConfig
 from dicom_node.audit.tables import Association
 from dicom_node.logs import ContextFilter, association_context, job_context
 from dicom_node.service import NodeService
+from tests.support.paths import T2_SAG, series_files
 
 StartNode = Callable[..., NodeService]
 

@@ -8,11 +8,9 @@ each failure path is exercised without running the network again.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import socket
-import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,25 +22,10 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from node_support import (
-    MRI,
-    T2_SAG,
-    dcmtk,
-    dcmtk_storescp,
-    free_port,
-    node_settings,
-    series_files,
-    wait_for,
-)
-from pynetdicom import AE
-from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
-from config.inference import InferenceConfig
-from config.loader import parse_config
-from config.model import SegNodeConfig
 from conversion import load_series
-from dicom_node.audit.tables import Association, Delivery, Event, Instance, Job
+from dicom_node.audit.tables import Delivery, Instance, Job
 from dicom_node.jobs.context import PipelineContext, PipelineError
 from dicom_node.jobs.convert import convert_stage, reload_volumes
 from dicom_node.jobs.records import seg_outputs
@@ -59,12 +42,14 @@ from dicom_node.outputs.outbox import (
 from dicom_node.outputs.seg import segments_from_catalog
 from dicom_node.service import NodeService
 from inference.engine import Engine
+from tests.support import audit
+from tests.support.dcmtk import storescp
+from tests.support.paths import MODELS, PD_TRA, T2_SAG, TEST_MRI, series_files
+from tests.support.pipeline import PipelineNode, pipeline_config, receive, state
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
-MODELS = ROOT / "tests" / "data" / "models"
-SINGLE_SLICE = MRI / "pydicom_data" / "MR2_J2KI_Philips_shoulder_lossy"
-#: 16 transverse-oblique slices, 128x128, same study as T2_SAG.
-PD_TRA = MRI / "prostatex" / "ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276"
+SINGLE_SLICE = TEST_MRI / "pydicom_data" / "MR2_J2KI_Philips_shoulder_lossy"
 STAGE_PATH = [
     "queued -> converting",
     "converting -> segmenting",
@@ -72,153 +57,6 @@ STAGE_PATH = [
     "encoding -> sending",
     "sending -> done",
 ]
-
-
-def pipeline_settings(tmp: Path, port: int, **overrides: Any) -> dict[str, Any]:
-    """A node that routes MR series to task total_mr and sends the SEG to a storescp on ``port``."""
-    data = node_settings(tmp)
-    data["completion"] = {"quiet_period_s": 3600, "on_association_release": True}
-    data["destinations"] = {
-        "pacs": {
-            "ae_title": "STORESCP",
-            "host": "127.0.0.1",
-            "port": port,
-            "retry": {"initial_delay_s": 0.2, "factor": 2.0, "max_delay_s": 0.5, "max_attempts": 3},
-        }
-    }
-    data["sending"] = {"connect_timeout_s": 2, "acse_timeout_s": 5, "dimse_timeout_s": 20}
-    data["routes"] = [
-        {"name": "localizers", "match": {"image_type_contains": ["LOCALIZER"]}, "action": "ignore"},
-        {
-            "name": "mr_total",
-            "match": {"modality": "MR", "calling_ae_title": "PYSCU"},
-            "action": {"tasks": ["total_mr"], "destinations": ["pacs"]},
-        },
-    ]
-    data["pipeline"] = {
-        "work_dir": str(tmp / "work"),
-        "outbox_dir": str(tmp / "outbox"),
-        "poll_interval_s": 0.1,
-        "warm_up": False,
-    }
-    data["inference"] = {"weights_dir": str(MODELS), "device": "cpu"}
-    data["seg"] = {"validate_with_dciodvfy": "always"}
-    for dotted, value in overrides.items():
-        node: Any = data
-        *parents, last = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return data
-
-
-def make_config(tmp: Path, port: int, **overrides: Any) -> SegNodeConfig:
-    return parse_config(pipeline_settings(tmp, port, **overrides), "test.yaml", environ={})
-
-
-def receive(node: NodeService, files: list[Path], calling: str = "PYSCU") -> int:
-    """C-STORE ``files`` to the node with a real SCU, complete the series; returns the new job id."""
-    ae = AE(ae_title=calling)
-    ae.add_requested_context(MRImageStorage, pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", node.port, ae_title="SEGNODE")
-    assert assoc.is_established
-    for path in files:
-        assert int(assoc.send_c_store(pydicom.dcmread(path)).Status) == 0
-    assoc.release()
-
-    def released() -> bool:
-        with node.db.read() as session:
-            last = max(session.scalars(select(Association.id)))
-            return session.get_one(Association, last).result == "released"
-
-    wait_for(released, what="association release recorded")
-    [job] = node.completer.run_once()
-    return job.id
-
-
-def transitions(ctx: PipelineContext, job_id: int) -> list[str]:
-    with ctx.db.read() as session:
-        rows = session.scalars(
-            select(Event).where(Event.job_id == job_id, Event.what == "job_transition").order_by(Event.id)
-        )
-        return [str(e.detail).split(":")[0] for e in rows]
-
-
-def events(ctx: PipelineContext, job_id: int, what: str) -> list[Event]:
-    with ctx.db.read() as session:
-        return list(
-            session.scalars(
-                select(Event).where(Event.job_id == job_id, Event.what == what).order_by(Event.id)
-            )
-        )
-
-
-def job_row(ctx: PipelineContext, job_id: int) -> Job:
-    with ctx.db.read() as session:
-        return session.get_one(Job, job_id)
-
-
-@contextlib.contextmanager
-def storescp_on(port: int, folder: Path) -> Iterator[None]:
-    """DCMTK's storescp (AE title STORESCP) on a given port of 127.0.0.1, writing into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        [dcmtk("storescp"), "-aet", "STORESCP", "-od", str(folder), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-
-        def listening() -> bool:
-            with socket.socket() as probe:
-                return probe.connect_ex(("127.0.0.1", port)) == 0
-
-        wait_for(listening, 10, f"storescp on port {port}")
-        yield
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def state(ctx: PipelineContext, job_id: int) -> JobState:
-    return ctx.jobs.get(job_id).state
-
-
-@pytest.fixture(scope="session")
-def engine() -> Engine:
-    """One warm engine for the whole session, as in the node (tiny models, CPU)."""
-    return Engine(InferenceConfig(weights_dir=MODELS, device="cpu"))
-
-
-@dataclass
-class Node:
-    tmp: Path
-    config: SegNodeConfig
-    service: NodeService
-    ctx: PipelineContext
-
-
-def start_receiving_node(tmp: Path, port: int, **overrides: Any) -> Node:
-    config = make_config(tmp, port, **overrides)
-    service = NodeService(config, completion_interval_s=0, process_jobs=False)
-    service.start()
-    return Node(tmp, config, service, PipelineContext.create(config, service.audit, service.jobs))
-
-
-@pytest.fixture
-def make_node() -> Iterator[Callable[..., Node]]:
-    """A receiving node (pipeline threads off) and the stage context on the same database."""
-    started: list[Node] = []
-
-    def make(tmp: Path, port: int, **overrides: Any) -> Node:
-        node = start_receiving_node(tmp, port, **overrides)
-        started.append(node)
-        return node
-
-    yield make
-    for node in started:
-        if node.service.server is not None:
-            node.service.stop()
 
 
 @dataclass
@@ -236,31 +74,54 @@ class Delivered:
     all_received: list[Path]
 
 
+class GatedEngine:
+    """The real engine, whose first ``segment`` call waits until the test opens the gate: the first job
+    stands still in inference for as long as the test needs it there."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def segment(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.gate.wait(600), "the test never opened the gate"
+        return self.engine.segment(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+
 @pytest.fixture(scope="module")
 def delivered(tmp_path_factory: pytest.TempPathFactory, engine: Engine) -> Iterator[Delivered]:
-    """T2 sagittal series C-STOREd to the node, processed by the pipeline threads, SEG sent to storescp."""
+    """T2 sagittal series C-STOREd to the node, processed by the pipeline threads, SEG sent to storescp;
+    while the first series is held in inference, a second one arrives and is converted."""
     tmp = tmp_path_factory.mktemp("delivered")
-    with dcmtk_storescp(tmp / "pacs") as port:
-        config = make_config(tmp, port)
+    gated = GatedEngine(engine)
+    with storescp(tmp / "pacs") as pacs:
+        config = pipeline_config(tmp, pacs.port)
         service = NodeService(config, completion_interval_s=0, process_jobs=False)
         service.start()
         ctx = PipelineContext.create(config, service.audit, service.jobs)
-        pipeline = Pipeline(ctx, engine_factory=lambda: engine)
+        pipeline = Pipeline(ctx, engine_factory=lambda: gated)
         pipeline.start()
         try:
             start = time.monotonic()
             job_id = receive(service, series_files(T2_SAG))
             pipeline.wake()
-            wait_for(lambda: state(ctx, job_id) is JobState.segmenting, 300, "job 1 segmenting")
-            # while the engine segments the first series, a second one arrives and is converted
+            wait_until(gated.entered.is_set, 300, "job 1 in inference")
             second_id = receive(service, series_files(PD_TRA))
             pipeline.wake()
-            wait_for(lambda: state(ctx, second_id) is not JobState.queued, 300, "job 2 picked up")
+            # converted, waiting for the one engine
+            wait_until(lambda: state(ctx, second_id) is JobState.segmenting, 300, "job 2 converted")
+            gated.gate.set()
             done = (JobState.done, JobState.failed)
-            wait_for(lambda: state(ctx, job_id) in done and state(ctx, second_id) in done, 900, "jobs done")
+            wait_until(lambda: state(ctx, job_id) in done and state(ctx, second_id) in done, 900, "jobs done")
             seconds = time.monotonic() - start
             received = sorted((tmp / "pacs").iterdir())
         finally:
+            gated.gate.set()
             pipeline.stop()
             service.stop()
     [record] = ctx.jobs.outputs(job_id)["label_maps"]
@@ -278,7 +139,7 @@ def test_a_series_goes_through_every_stage_and_its_seg_reaches_the_destination(d
     ctx, job_id = delivered.ctx, delivered.job_id
     job = ctx.jobs.get(job_id)
     assert (job.state, job.reason) == (JobState.done, None), job
-    assert transitions(ctx, job_id) == STAGE_PATH
+    assert audit.transitions(ctx.db, job_id=job_id) == STAGE_PATH
     with ctx.db.read() as session:
         row = session.get_one(Job, job_id)
         timings = json.loads(row.stage_timings or "{}")
@@ -287,7 +148,7 @@ def test_a_series_goes_through_every_stage_and_its_seg_reaches_the_destination(d
         assert timings[stage]["ok"] and timings[stage]["seconds"] > 0
     assert timings["segmenting"]["inference_s"] > 0 and timings["segmenting"]["device"] == "cpu"
     assert timings["sending"]["attempts"] == 1 and timings["sending"]["seconds"] >= 0
-    [routed] = events(ctx, job_id, "job_routed")
+    [routed] = audit.events(ctx.db, "job_routed", job_id=job_id)
     assert routed.reason == "mr_total" and "localizers: no match" in (routed.detail or "")
 
     # the destination holds exactly the SEG of the outbox, byte for byte in content
@@ -302,7 +163,7 @@ def test_a_series_goes_through_every_stage_and_its_seg_reaches_the_destination(d
     assert sent.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
     [delivery] = deliveries_of(ctx, job_id)
     assert (delivery.state, delivery.attempts, delivery.last_outcome) == ("delivered", 1, "success")
-    [attempt] = events(ctx, job_id, "send_attempt")
+    [attempt] = audit.events(ctx.db, "send_attempt", job_id=job_id)
     assert attempt.outcome == "success" and "pacs: attempt 1" in (attempt.detail or "")
 
 
@@ -311,15 +172,15 @@ def test_the_next_series_is_received_and_converted_while_the_engine_segments(del
     first was in inference; its own inference waited for the one engine."""
     ctx, first, second = delivered.ctx, delivered.job_id, delivered.second_job_id
     assert state(ctx, second) is JobState.done, ctx.jobs.get(second)
-    one = json.loads(job_row(ctx, first).stage_timings or "{}")
-    two = json.loads(job_row(ctx, second).stage_timings or "{}")
+    one = json.loads(audit.job(ctx.db, first).stage_timings or "{}")
+    two = json.loads(audit.job(ctx.db, second).stage_timings or "{}")
     inference_start = datetime.fromisoformat(one["segmenting"]["started_at"])
     inference_end = datetime.fromisoformat(one["segmenting"]["ended_at"])
     with ctx.db.read() as session:
         received_at = list(
             session.scalars(
                 select(Instance.received_at).where(
-                    Instance.series_instance_uid == job_row(ctx, second).series_instance_uid
+                    Instance.series_instance_uid == audit.job(ctx.db, second).series_instance_uid
                 )
             )
         )
@@ -352,14 +213,14 @@ def test_the_sent_seg_reads_back_as_the_label_map(delivered: Delivered) -> None:
 
 def _resumable_copy(
     delivered: Delivered, tmp: Path, to_state: JobState, port: int, **overrides: Any
-) -> tuple[Node, int]:
+) -> tuple[PipelineNode, int]:
     """A new node with the delivered job's spool and database copied, the job put back to ``to_state``
     (as a crash would leave it), its work files kept and its outbox and deliveries removed."""
     shutil.copytree(delivered.tmp / "spool", tmp / "spool")
     shutil.copytree(delivered.tmp / "work", tmp / "work")
     for db_file in delivered.tmp.glob("audit.db*"):
         shutil.copy(db_file, tmp / db_file.name)
-    config = make_config(tmp, port, **overrides)
+    config = pipeline_config(tmp, port, **overrides)
     service = NodeService(config, completion_interval_s=0, process_jobs=False)
     service.start()
     ctx = PipelineContext.create(config, service.audit, service.jobs)
@@ -369,7 +230,7 @@ def _resumable_copy(
         job.outputs = json.dumps({"label_maps": json.loads(job.outputs or "{}")["label_maps"]})
         for row in session.scalars(select(Delivery).where(Delivery.job_id == delivered.job_id)):
             session.delete(row)
-    return Node(tmp, config, service, ctx), delivered.job_id
+    return PipelineNode(tmp, config, service, ctx), delivered.job_id
 
 
 def test_a_job_left_in_encoding_resumes_there_when_the_node_starts(
@@ -377,17 +238,17 @@ def test_a_job_left_in_encoding_resumes_there_when_the_node_starts(
 ) -> None:
     """The pipeline rebuilds the volumes from the spool, encodes the saved label map, and sends the same SEG
     (same UIDs) again; segmentation does not run again."""
-    with dcmtk_storescp(tmp_path / "pacs2") as port:
-        node, job_id = _resumable_copy(delivered, tmp_path, JobState.encoding, port)
+    with storescp(tmp_path / "pacs2") as pacs:
+        node, job_id = _resumable_copy(delivered, tmp_path, JobState.encoding, pacs.port)
         pipeline = Pipeline(node.ctx, engine_factory=lambda: engine)
         try:
             pipeline.start()
-            wait_for(lambda: state(node.ctx, job_id) in (JobState.done, JobState.failed), 300, "job done")
+            wait_until(lambda: state(node.ctx, job_id) in (JobState.done, JobState.failed), 300, "job done")
         finally:
             pipeline.stop()
             node.service.stop()
         assert state(node.ctx, job_id) is JobState.done, node.ctx.jobs.get(job_id)
-        timings = json.loads(job_row(node.ctx, job_id).stage_timings or "{}")
+        timings = json.loads(audit.job(node.ctx.db, job_id).stage_timings or "{}")
         assert [r["stage"] for r in timings["runs"]] == [
             "converting",
             "segmenting",
@@ -419,7 +280,7 @@ def test_an_unreachable_destination_is_retried_with_back_off_then_the_job_fails_
 
     [delivery_id] = due_deliveries(ctx)
     for expected_delay in (0.2, 0.4):
-        wait_for(lambda: due_deliveries(ctx) == [delivery_id], 5, "delivery due")
+        wait_until(lambda: due_deliveries(ctx) == [delivery_id], 5, "delivery due")
         info = attempt_delivery(ctx, delivery_id)
         assert (info.state, info.last_outcome) == ("pending", "peer_unreachable")
         assert info.next_attempt_at is not None and info.last_attempt_at is not None
@@ -428,7 +289,7 @@ def test_an_unreachable_destination_is_retried_with_back_off_then_the_job_fails_
         assert due_deliveries(ctx) == []  # not due before the back-off has passed
         assert settle_job(ctx, job_id) is None
         assert due_deliveries(ctx, info.next_attempt_at + timedelta(milliseconds=1)) == [delivery_id]
-    wait_for(lambda: due_deliveries(ctx) == [delivery_id], 5, "delivery due")
+    wait_until(lambda: due_deliveries(ctx) == [delivery_id], 5, "delivery due")
     info = attempt_delivery(ctx, delivery_id)  # the third and last attempt (max_attempts 3)
     assert (info.state, info.attempts, info.next_attempt_at) == ("failed", 3, None)
     assert settle_job(ctx, job_id) is JobState.failed
@@ -439,13 +300,13 @@ def test_an_unreachable_destination_is_retried_with_back_off_then_the_job_fails_
         "peer_unreachable",
     )
     # the copied history holds the first run's successful attempt, then this destination's three tries
-    attempts = events(ctx, job_id, "send_attempt")
+    attempts = audit.events(ctx.db, "send_attempt", job_id=job_id)
     assert [e.reason for e in attempts] == ["success"] + ["peer_unreachable"] * 3
     assert "next attempt at" in (attempts[1].detail or "") and "giving up" in (attempts[3].detail or "")
 
     from dicom_node.jobs.admin import retry_job
 
-    with storescp_on(port, tmp_path / "late"):
+    with storescp(tmp_path / "late", port=port):
         assert retry_job(ctx, job_id) == f"job {job_id}: sending again to pacs"
         assert state(ctx, job_id) is JobState.sending
         [delivery_id] = due_deliveries(ctx)
@@ -474,7 +335,9 @@ def test_a_rejecting_destination_fails_without_waiting_for_the_retry_budget(
     assert ctx.jobs.get(job_id).reason == "association_rejected"
 
 
-def test_an_ignore_route_cancels_the_job_and_says_why(tmp_path: Path, make_node: Callable[..., Node]) -> None:
+def test_an_ignore_route_cancels_the_job_and_says_why(
+    tmp_path: Path, make_node: Callable[..., PipelineNode]
+) -> None:
     node = make_node(tmp_path, free_port())
     job_id = receive(node.service, series_files(T2_SAG), calling="STORESCU")  # no rule for this caller
     ctx = node.ctx
@@ -482,12 +345,14 @@ def test_an_ignore_route_cancels_the_job_and_says_why(tmp_path: Path, make_node:
     assert convert_stage(ctx, job_id) is None
     job = ctx.jobs.get(job_id)
     assert (job.state, job.reason) == (JobState.cancelled, "route_ignore")
-    [ignored] = events(ctx, job_id, "series_ignored")
+    [ignored] = audit.events(ctx.db, "series_ignored", job_id=job_id)
     assert "ignored by default_route" in (ignored.detail or "")
     assert "calling AE 'STORESCU' not in [PYSCU]" in (ignored.detail or "")
 
 
-def test_fan_out_gives_one_job_per_matching_route(tmp_path: Path, make_node: Callable[..., Node]) -> None:
+def test_fan_out_gives_one_job_per_matching_route(
+    tmp_path: Path, make_node: Callable[..., PipelineNode]
+) -> None:
     routes = [
         {
             "name": "research_copy",
@@ -521,26 +386,26 @@ def test_fan_out_gives_one_job_per_matching_route(tmp_path: Path, make_node: Cal
 
 
 def test_a_single_slice_series_fails_at_conversion_with_its_reason(
-    tmp_path: Path, make_node: Callable[..., Node], engine: Engine
+    tmp_path: Path, make_node: Callable[..., PipelineNode], engine: Engine
 ) -> None:
     node = make_node(tmp_path, free_port())
     job_id = receive(node.service, series_files(SINGLE_SLICE))
     pipeline = Pipeline(node.ctx, engine_factory=lambda: engine)
     pipeline.start()
     try:
-        wait_for(lambda: state(node.ctx, job_id) is JobState.failed, 60, "job failed")
+        wait_until(lambda: state(node.ctx, job_id) is JobState.failed, 60, "job failed")
     finally:
         pipeline.stop()
     job = node.ctx.jobs.get(job_id)
     assert (job.failed_stage, job.reason) == (JobState.converting, "single_slice")
-    assert transitions(node.ctx, job_id) == ["queued -> converting", "converting -> failed"]
+    assert audit.transitions(node.ctx.db, job_id=job_id) == ["queued -> converting", "converting -> failed"]
     with node.ctx.db.read() as session:
         detail = session.get_one(Job, job_id).detail or ""
     assert "single" in detail.lower()
 
 
 def test_a_missing_spool_file_fails_the_job_naming_the_file(
-    tmp_path: Path, make_node: Callable[..., Node]
+    tmp_path: Path, make_node: Callable[..., PipelineNode]
 ) -> None:
     node = make_node(tmp_path, free_port())
     job_id = receive(node.service, series_files(T2_SAG))
@@ -553,7 +418,7 @@ def test_a_missing_spool_file_fails_the_job_naming_the_file(
 
 
 def test_a_late_instance_after_retention_purged_its_series_fails_with_what_to_do(
-    tmp_path: Path, make_node: Callable[..., Node]
+    tmp_path: Path, make_node: Callable[..., PipelineNode]
 ) -> None:
     """The series ended (here: its job failed), retention deleted its files after failed_days, then one
     more instance arrives: the new job cannot segment it alone and says so (``spool_purged``)."""
@@ -578,7 +443,7 @@ def test_a_late_instance_after_retention_purged_its_series_fails_with_what_to_do
 
 
 def test_an_unreadable_spool_file_fails_the_job_naming_the_file(
-    tmp_path: Path, make_node: Callable[..., Node]
+    tmp_path: Path, make_node: Callable[..., PipelineNode]
 ) -> None:
     node = make_node(tmp_path, free_port())
     job_id = receive(node.service, series_files(T2_SAG))
@@ -616,7 +481,7 @@ def test_an_empty_label_map_ends_the_job_done_with_nothing_to_send(
     node.service.stop()
     job = ctx.jobs.get(job_id)
     assert (job.state, job.reason) == (JobState.done, "empty_segmentation")
-    [skipped] = events(ctx, job_id, "seg_skipped")
+    [skipped] = audit.events(ctx.db, "seg_skipped", job_id=job_id)
     assert skipped.reason == "empty_segmentation"
 
 

@@ -10,17 +10,16 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
-from node_support import T2_SAG, FrozenClock, free_port, series_files, wait_for
-from pynetdicom import AE
-from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from config.model import SegNodeConfig
-from dicom_node.audit.tables import Association, Event, Instance, Series
+from dicom_node.audit.tables import Event, Instance, Series
 from dicom_node.jobs.store import JobState
 from dicom_node.service import NodeService
+from tests.support.node import FrozenClock, send_recorded
+from tests.support.paths import T2_SAG, series_files
+from tests.support.ports import free_port
 
 pytest.importorskip(
     "psycopg", reason="the PostgreSQL driver psycopg is not installed (pip install psycopg[binary])"
@@ -80,18 +79,7 @@ def test_node_stores_completes_and_audits_on_postgresql(
         clock=clock,
     )
     files = series_files(T2_SAG)
-    ae = AE(ae_title="PYSCU")
-    ae.add_requested_context(MRImageStorage, pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", node.port, ae_title="SEGNODE")
-    for path in files:
-        assert int(assoc.send_c_store(pydicom.dcmread(path)).Status) == 0
-    assoc.release()
-
-    def released() -> bool:
-        with node.db.read() as session:
-            return session.scalars(select(Association.result)).one() == "released"
-
-    wait_for(released, what="release recorded")
+    send_recorded(node, files)
     clock.advance(5)
     [job] = node.completer.run_once()
     node.jobs.transition(job.id, JobState.converting)

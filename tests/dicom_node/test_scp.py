@@ -10,7 +10,6 @@ from typing import Any
 
 import pydicom
 import pytest
-from node_support import CINE, T2_SAG, TS9, dataset_bytes, series_files, wait_for
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -18,7 +17,6 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE
-from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -27,50 +25,19 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     SecondaryCaptureImageStorage,
     Verification,
 )
-from sqlalchemy import select
 
 from config.model import SegNodeConfig
 from dicom_node.audit.tables import Association as AssociationRow
-from dicom_node.audit.tables import Event, Instance, Series
+from dicom_node.audit.tables import Instance, Series
 from dicom_node.receiving import statuses as status
 from dicom_node.service import NodeService
+from tests.support import audit
+from tests.support.paths import CINE, T2_SAG, TS9, series_files
+from tests.support.scu import associate, store
+from tests.support.series import dataset_bytes
+from tests.support.waiting import wait_until
 
 StartNode = Callable[..., NodeService]
-
-
-def associate(
-    node: NodeService,
-    calling: str = "PYSCU",
-    called: str = "SEGNODE",
-    contexts: list[tuple[str, list[str]]] | None = None,
-    bind_address: str = "127.0.0.1",
-) -> Association:
-    ae = AE(ae_title=calling)
-    ae.acse_timeout = 10
-    for sop_class, syntaxes in contexts or [
-        (MRImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    ]:
-        ae.add_requested_context(sop_class, syntaxes)
-    ae.add_requested_context(Verification)
-    return ae.associate("127.0.0.1", node.port, ae_title=called, bind_address=(bind_address, 0))
-
-
-def send(assoc: Association, files: list[Path]) -> list[int]:
-    statuses = []
-    for path in files:
-        rsp = assoc.send_c_store(pydicom.dcmread(path))
-        statuses.append(int(rsp.Status))
-    return statuses
-
-
-def rows(node: NodeService, model: Any) -> list[Any]:
-    with node.db.read() as session:
-        return list(session.scalars(select(model)))
-
-
-def events(node: NodeService, what: str) -> list[Event]:
-    with node.db.read() as session:
-        return list(session.scalars(select(Event).where(Event.what == what).order_by(Event.id)))
 
 
 def test_pynetdicom_scu_series_lands_byte_identical_with_matching_audit_rows(
@@ -78,15 +45,15 @@ def test_pynetdicom_scu_series_lands_byte_identical_with_matching_audit_rows(
 ) -> None:
     node = start_node(make_config())
     files = series_files(T2_SAG)
-    assoc = associate(node)
+    assoc = associate(node.port)
     assert assoc.is_established
     assert int(assoc.send_c_echo().Status) == status.SUCCESS
     # send the file's own bytes' data set: pydicom re-encodes it on the SCU side exactly as stored
-    assert send(assoc, files) == [status.SUCCESS] * len(files)
+    assert store(assoc, files) == [status.SUCCESS] * len(files)
     assoc.release()
-    wait_for(lambda: rows(node, AssociationRow)[0].result == "released", what="release recorded")
+    wait_until(lambda: audit.rows(node.db, AssociationRow)[0].result == "released", what="release recorded")
 
-    instances = {r.sop_instance_uid: r for r in rows(node, Instance)}
+    instances = {r.sop_instance_uid: r for r in audit.rows(node.db, Instance)}
     assert len(instances) == len(files)
     for path in files:
         ds = pydicom.dcmread(path)
@@ -102,7 +69,7 @@ def test_pynetdicom_scu_series_lands_byte_identical_with_matching_audit_rows(
         assert stored.stat().st_size == row.size_bytes
         assert row.transfer_syntax_uid in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
         assert row.series_instance_uid == ds.SeriesInstanceUID
-    [assoc_row] = rows(node, AssociationRow)
+    [assoc_row] = audit.rows(node.db, AssociationRow)
     assert (assoc_row.calling_ae_title, assoc_row.called_ae_title, assoc_row.peer_address) == (
         "PYSCU",
         "SEGNODE",
@@ -110,10 +77,10 @@ def test_pynetdicom_scu_series_lands_byte_identical_with_matching_audit_rows(
     )
     assert assoc_row.instances_received == len(files)
     assert assoc_row.bytes_received == sum(r.size_bytes for r in instances.values())
-    [series] = rows(node, Series)
+    [series] = audit.rows(node.db, Series)
     assert series.instance_count == len(files) and series.state == "open"
     assert series.patient_name is None and series.patient_birth_date is None
-    assert events(node, "echo")[0].outcome == "success"
+    assert audit.events(node.db, "echo")[0].outcome == "success"
     assert not list((node.spool.root / ".incoming").iterdir())
 
 
@@ -135,7 +102,7 @@ def test_every_transfer_syntax_of_the_test_data_is_stored_unchanged(
         rsp = assoc.send_c_store(ds)
         assert int(rsp.Status) == status.SUCCESS, ds.file_meta.TransferSyntaxUID
     assoc.release()
-    by_uid = {r.sop_instance_uid: r for r in rows(node, Instance)}
+    by_uid = {r.sop_instance_uid: r for r in audit.rows(node.db, Instance)}
     for ds in datasets:
         row = by_uid[ds.SOPInstanceUID]
         assert row.transfer_syntax_uid == ds.file_meta.TransferSyntaxUID
@@ -149,12 +116,12 @@ def test_leading_zero_uids_of_a_real_scanner_are_accepted(
 ) -> None:
     node = start_node(make_config())
     files = series_files(CINE)
-    assoc = associate(node)
-    assert send(assoc, files) == [status.SUCCESS] * len(files)
+    assoc = associate(node.port)
+    assert store(assoc, files) == [status.SUCCESS] * len(files)
     assoc.release()
-    [series] = rows(node, Series)
+    [series] = audit.rows(node.db, Series)
     assert ".0" in series.series_instance_uid or "08975550791105350405" in series.series_instance_uid
-    assert len(rows(node, Instance)) == len(files)
+    assert len(audit.rows(node.db, Instance)) == len(files)
 
 
 def test_repeated_sop_instance_is_recorded_not_duplicated(
@@ -163,13 +130,13 @@ def test_repeated_sop_instance_is_recorded_not_duplicated(
     node = start_node(make_config())
     files = series_files(T2_SAG)[:3]
     for _ in range(2):
-        assoc = associate(node)
-        assert send(assoc, files) == [status.SUCCESS] * 3
+        assoc = associate(node.port)
+        assert store(assoc, files) == [status.SUCCESS] * 3
         assoc.release()
-    instances = rows(node, Instance)
+    instances = audit.rows(node.db, Instance)
     assert len(instances) == 3 and all(r.times_received == 2 for r in instances)
-    assert len(events(node, "instance_duplicate")) == 3
-    [series] = rows(node, Series)
+    assert len(audit.events(node.db, "instance_duplicate")) == 3
+    [series] = audit.rows(node.db, Series)
     assert series.instance_count == 3
     stored = [p for p in node.spool.root.rglob("*.dcm")]
     assert len(stored) == 3
@@ -228,7 +195,7 @@ def test_association_rejected_at_negotiation_with_audit_event(
     code: str,
 ) -> None:
     node = start_node(make_config())
-    assoc = associate(node, calling=calling, called=called, bind_address=bind)
+    assoc = associate(node.port, calling=calling, called=called, bind_address=bind)
     assert assoc.is_rejected
     rj = assoc.acceptor.primitive
     assert rj is not None
@@ -237,10 +204,10 @@ def test_association_rejected_at_negotiation_with_audit_event(
         status.SOURCE_SERVICE_USER,
         reason,
     )
-    wait_for(lambda: len(events(node, "association_rejected")) == 1, what="rejection event")
-    [event] = events(node, "association_rejected")
+    wait_until(lambda: len(audit.events(node.db, "association_rejected")) == 1, what="rejection event")
+    [event] = audit.events(node.db, "association_rejected")
     assert event.reason == code and event.outcome == "refused" and event.calling_ae_title == calling
-    [row] = rows(node, AssociationRow)
+    [row] = audit.rows(node.db, AssociationRow)
     assert row.result == "rejected" and row.peer_address == bind
 
 
@@ -253,7 +220,7 @@ def test_allowed_callers_per_called_ae_title_on_one_port(
         ("PYSCU", "SEGNODE", "127.0.0.1"),
         ("LOOPBACK", "SEGNODE", "127.0.0.1"),
     ):
-        assoc = associate(node, calling=calling, called=called, bind_address=bind)
+        assoc = associate(node.port, calling=calling, called=called, bind_address=bind)
         assert assoc.is_established, (calling, called)
         # the A-ASSOCIATE-AC answers with the called AE title the peer used
         assert assoc.acceptor.primitive is not None
@@ -267,7 +234,7 @@ def test_unaccepted_sop_class_and_transfer_syntax_refused_per_presentation_conte
 ) -> None:
     node = start_node(make_config())
     assoc = associate(
-        node,
+        node.port,
         contexts=[
             (MRImageStorage, [ExplicitVRLittleEndian]),
             (SecondaryCaptureImageStorage, [ExplicitVRLittleEndian]),
@@ -281,7 +248,7 @@ def test_unaccepted_sop_class_and_transfer_syntax_refused_per_presentation_conte
     assert results[(SecondaryCaptureImageStorage, (ExplicitVRLittleEndian,))] == 0x03
     assert results[(MRImageStorage, (HTJ2KLossless,))] == 0x04
     assoc.release()
-    refused = {e.reason: e.detail for e in events(node, "presentation_context_refused")}
+    refused = {e.reason: e.detail for e in audit.events(node.db, "presentation_context_refused")}
     assert set(refused) == {"abstract_syntax_not_supported", "transfer_syntaxes_not_supported"}
     assert SecondaryCaptureImageStorage in refused["abstract_syntax_not_supported"]
     assert HTJ2KLossless in refused["transfer_syntaxes_not_supported"]
@@ -299,7 +266,7 @@ def test_sop_classes_and_transfer_syntaxes_follow_the_configuration(
         )
     )
     assoc = associate(
-        node,
+        node.port,
         contexts=[
             (MRImageStorage, [ImplicitVRLittleEndian]),
             ("1.2.840.10008.5.1.4.1.1.2", [ExplicitVRLittleEndian]),
@@ -316,7 +283,7 @@ def test_tcp_nodelay_is_set_on_accepted_connections(
     make_config: Callable[..., SegNodeConfig], start_node: StartNode
 ) -> None:
     node = start_node(make_config())
-    assoc = associate(node)
+    assoc = associate(node.port)
     assert assoc.is_established
     assert node.server is not None
     [server_side] = node.server.active_associations
@@ -334,19 +301,19 @@ def test_status_out_of_resources_below_watermark_leaves_nothing(
         make_config(**{"storage.min_free_space_mb": 100}), free_space_probe=lambda _p: free["bytes"]
     )
     files = series_files(T2_SAG)[:4]
-    assoc = associate(node)
-    assert send(assoc, files[:2]) == [status.SUCCESS] * 2
+    assoc = associate(node.port)
+    assert store(assoc, files[:2]) == [status.SUCCESS] * 2
     free["bytes"] = 100 * 1024 * 1024 + 1000  # the next instance would cross the watermark
-    assert send(assoc, files[2:]) == [status.OUT_OF_RESOURCES] * 2
+    assert store(assoc, files[2:]) == [status.OUT_OF_RESOURCES] * 2
     assoc.release()
     assert len(list(node.spool.root.rglob("*.dcm"))) == 2
     assert not list(node.spool.root.rglob("*.part"))
-    assert len(rows(node, Instance)) == 2
-    refused = events(node, "instance_refused")
+    assert len(audit.rows(node.db, Instance)) == 2
+    refused = audit.events(node.db, "instance_refused")
     assert len(refused) == 2 and all("0xA700" in (e.detail or "") for e in refused)
     # below the watermark, new associations are refused as transient congestion
     free["bytes"] = 1024
-    assoc = associate(node)
+    assoc = associate(node.port)
     assert assoc.is_rejected
     rj = assoc.acceptor.primitive
     assert rj is not None
@@ -378,11 +345,11 @@ def test_status_cannot_understand_for_unusable_uids(
 ) -> None:
     node = start_node(make_config())
     ds = _modified(series_files(T2_SAG)[0], **change)
-    assoc = associate(node)
+    assoc = associate(node.port)
     rsp = assoc.send_c_store(ds)
     assoc.release()
     assert int(rsp.Status) == status.CANNOT_UNDERSTAND
-    [event] = events(node, "instance_refused")
+    [event] = audit.events(node.db, "instance_refused")
     assert fragment in (event.reason or "") and "0xC210" in (event.detail or "")
     assert not [p for p in node.spool.root.rglob("*") if p.is_file()]
 
@@ -406,15 +373,15 @@ def test_status_dataset_does_not_match_sop_class(
     request.DataSet = io.BytesIO(encode(ds, False, True))
     # pause the requestor's reactor as pynetdicom's own send_c_store does, then exchange the messages
     assoc._reactor_checkpoint.clear()
-    wait_for(lambda: assoc._is_paused, what="requestor reactor paused")
+    wait_until(lambda: assoc._is_paused, what="requestor reactor paused")
     assoc.dimse.send_msg(request, context.context_id)
     _cx, response = assoc.dimse.get_msg(block=True)
     assoc._reactor_checkpoint.set()
     assoc.release()
     assert response is not None
     assert int(response.Status) == status.DATASET_DOES_NOT_MATCH_SOP_CLASS
-    assert not rows(node, Instance)
-    [event] = events(node, "instance_refused")
+    assert not audit.rows(node.db, Instance)
+    [event] = audit.events(node.db, "instance_refused")
     assert "0xA900" in (event.detail or "") and MRImageStorage in (event.reason or "")
 
 
@@ -425,13 +392,13 @@ def test_status_processing_failure_when_the_spool_cannot_be_written(
     ds = pydicom.dcmread(series_files(T2_SAG)[0])
     # a plain file where the study folder must go: the rename fails (ENOTDIR), not for lack of space
     (node.spool.root / ds.StudyInstanceUID).write_bytes(b"not a folder")
-    assoc = associate(node)
+    assoc = associate(node.port)
     rsp = assoc.send_c_store(ds)
     assoc.release()
     assert int(rsp.Status) == status.PROCESSING_FAILURE
     assert not list(node.spool.root.rglob("*.part"))
-    assert not rows(node, Instance)
-    [event] = events(node, "instance_refused")
+    assert not audit.rows(node.db, Instance)
+    [event] = audit.events(node.db, "instance_refused")
     assert "0x0110" in (event.detail or "")
 
 
@@ -439,9 +406,9 @@ def test_associations_beyond_the_limit_are_rejected_and_audited(
     make_config: Callable[..., SegNodeConfig], start_node: StartNode
 ) -> None:
     node = start_node(make_config(**{"network.max_associations": 1}))
-    first = associate(node)
+    first = associate(node.port)
     assert first.is_established
-    second = associate(node)
+    second = associate(node.port)
     assert second.is_rejected
     rj = second.acceptor.primitive
     assert rj is not None
@@ -451,8 +418,8 @@ def test_associations_beyond_the_limit_are_rejected_and_audited(
         status.REASON_LOCAL_LIMIT_EXCEEDED,
     )
     first.release()
-    wait_for(lambda: len(events(node, "association_rejected")) == 1, what="rejection event")
-    assert events(node, "association_rejected")[0].reason == "local_limit_exceeded"
+    wait_until(lambda: len(audit.events(node.db, "association_rejected")) == 1, what="rejection event")
+    assert audit.events(node.db, "association_rejected")[0].reason == "local_limit_exceeded"
 
 
 def test_deflated_transfer_syntax_is_stored_as_received(
@@ -461,12 +428,12 @@ def test_deflated_transfer_syntax_is_stored_as_received(
     node = start_node(make_config())
     source = series_files(T2_SAG)[0]
     ds = pydicom.dcmread(source)
-    assoc = associate(node, contexts=[(MRImageStorage, [DeflatedExplicitVRLittleEndian])])
+    assoc = associate(node.port, contexts=[(MRImageStorage, [DeflatedExplicitVRLittleEndian])])
     assert assoc.is_established
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     assert int(assoc.send_c_store(ds).Status) == status.SUCCESS
     assoc.release()
-    [row] = rows(node, Instance)
+    [row] = audit.rows(node.db, Instance)
     stored = node.spool.root / row.spool_path
     assert row.transfer_syntax_uid == DeflatedExplicitVRLittleEndian
     assert dataset_bytes(stored)[:2] != b"\x08\x00"  # deflated on the wire, deflated on disk

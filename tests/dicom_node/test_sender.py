@@ -6,11 +6,8 @@ accepted presentation context, no response, peer down; and the pure retry policy
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
+import contextlib
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +32,8 @@ from dicom_node.outputs.sender import (
     send_datasets,
 )
 from tests.dicom_node.seg_support import TEST_SEGMENTS, synthetic_label_map, volumes_of
+from tests.support.dcmtk import StoreSCP, storescp
+from tests.support.ports import free_port
 
 SAG = "prostatex/ProstateX-0000_3.000000-t2tsesag-87368"
 LABEL_MAP_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
@@ -192,14 +191,8 @@ def test_no_accepted_context(peer_factory: Callable[..., PynetdicomPeer], seg_bi
     assert "accepted no presentation context for 1.2.840.10008.5.1.4.1.1.66.4" in result.detail
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_peer_down(seg_binary: Dataset) -> None:
-    port = _free_port()  # nothing listens there any more
+    port = free_port()  # nothing listens there
     result = send_datasets([seg_binary], "pacs", _destination(port), FAST)
     assert result.outcome is SendOutcome.PEER_UNREACHABLE and result.retryable
     assert f"127.0.0.1:{port}" in result.detail
@@ -214,58 +207,21 @@ def test_unknown_host(seg_binary: Dataset) -> None:
 # ------------------------------------------------------------------------------------------ DCMTK
 
 
-def _dcmtk_storescp() -> str:
-    """DCMTK's storescp (pynetdicom installs a Python script of the same name earlier on PATH)."""
-    for folder in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin"]:
-        candidate = Path(folder) / "storescp"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            out = subprocess.run([str(candidate), "--version"], capture_output=True, text=True, check=False)
-            if "dcmtk" in out.stdout.lower():
-                return str(candidate)
-    pytest.fail("DCMTK storescp not found (install the Debian package dcmtk)")
-    raise AssertionError  # unreachable
-
-
 @pytest.fixture
 def dcmtk_peer(tmp_path: Path) -> Iterator[Callable[..., tuple[int, Path]]]:
-    procs: list[subprocess.Popen[bytes]] = []
+    """``start(*options)``: a DCMTK storescp (AE title DCMTK_SCP) that has answered an association request;
+    returns its port and the folder it writes to."""
+    with contextlib.ExitStack() as peers:
 
-    def start(*options: str) -> tuple[int, Path]:
-        out = tmp_path / f"received{len(procs)}"
-        out.mkdir()
-        port = _free_port()
-        proc = subprocess.Popen(
-            [
-                _dcmtk_storescp(),
-                "-aet",
-                "DCMTK_SCP",
-                "-od",
-                str(out),
-                "-ta",
-                "5",
-                "-td",
-                "5",
-                *options,
-                str(port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        procs.append(proc)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    return port, out
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
-            time.sleep(0.05)
-        pytest.fail("storescp did not start listening")
-        raise AssertionError
+        def start(*options: str) -> tuple[int, Path]:
+            folder = tmp_path / f"received{len(started)}"
+            timeouts = ("-ta", "5", "-td", "5")
+            scp = peers.enter_context(storescp(folder, *timeouts, *options, ae_title="DCMTK_SCP"))
+            started.append(scp)
+            return scp.port, scp.folder
 
-    yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(10)
+        started: list[StoreSCP] = []
+        yield start
 
 
 def test_dcmtk_storescp_receives_the_seg(dcmtk_peer: Callable[..., tuple[int, Path]], test_mri: Path) -> None:
@@ -297,7 +253,7 @@ def test_dcmtk_without_label_map_seg_support(
 
 
 def test_dcmtk_refuses_association(dcmtk_peer: Callable[..., tuple[int, Path]], seg_binary: Dataset) -> None:
-    port, _ = dcmtk_peer("--refuse")
+    port, _ = dcmtk_peer("--refuse")  # awaited until it rejected an association request
     result = send_datasets([seg_binary], "dcmtk", _destination(port, "DCMTK_SCP"), FAST)
     assert result.outcome is SendOutcome.ASSOCIATION_REJECTED
     assert "association rejected" in result.detail

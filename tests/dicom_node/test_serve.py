@@ -2,49 +2,38 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
 from pathlib import Path
 
 import pytest
-from node_support import dcmtk
+
+from tests.support.dcmtk import dcmtk
+from tests.support.serve import ServeProcess
 
 pytestmark = pytest.mark.e2e
 
 
 def test_serve_on_embedded_defaults_answers_echo_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGNODE__")}
-    env |= {
+    env = {
         "SEGNODE__NETWORK__BIND_ADDRESS": "127.0.0.1",
         "SEGNODE__NETWORK__PORT": "0",
         "SEGNODE__STORAGE__MIN_FREE_SPACE_MB": "0",
         "SEGNODE__HTTP__PORT": "0",
         "SEGNODE_ADMIN_PASSWORD": "correct horse",
     }
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dicom_node.cli", "serve"], cwd=tmp_path, env=env, stdout=out, stderr=out
-        )
+    # awaited with a C-ECHO from PACS, the one caller example.yaml allows
+    node = ServeProcess(tmp_path, env=env, echo=("SEGNODE", "PACS"))
     try:
-        deadline = time.monotonic() + 60
-        while not (
-            found := re.search(r"SegNode listening on 127\.0\.0\.1:(\d+) as SEGNODE", log.read_text())
-        ):
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        port = found.group(1)
+        port = str(node.start())
+        log = node.log_text()
+        assert re.search(rf"SegNode listening on 127\.0\.0\.1:{port} as SEGNODE", log)
         # the embedded defaults run the dashboard and the API on loopback, behind the admin's password
-        web = re.search(r"dashboard, API and metrics on http://127\.0\.0\.1:(\d+)/", log.read_text())
-        assert web, log.read_text()
+        web = re.search(r"dashboard, API and metrics on http://127\.0\.0\.1:(\d+)/", log)
+        assert web, log
         url = f"http://127.0.0.1:{web.group(1)}/api/health"
         with pytest.raises(urllib.error.HTTPError) as refused_http:
             urllib.request.urlopen(url, timeout=30)
@@ -66,9 +55,8 @@ def test_serve_on_embedded_defaults_answers_echo_and_stops_cleanly_on_sigterm(tm
         )
         assert refused.returncode != 0
     finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=60)
-    text = log.read_text()
+        code = node.stop()
+    text = node.log_text()
     assert code == 0, text
     assert "received SIGTERM, shutting down" in text and "SegNode stopped" in text
     # the embedded defaults: a SQLite file and a spool folder in the working directory

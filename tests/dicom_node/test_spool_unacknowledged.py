@@ -8,7 +8,6 @@ import shutil
 from collections.abc import Callable
 
 import pydicom
-from node_support import T2_SAG, series_files
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
@@ -18,6 +17,7 @@ from dicom_node.audit.tables import Event, Instance
 from dicom_node.receiving import statuses as status
 from dicom_node.receiving.spool import UNACKNOWLEDGED_DIR
 from dicom_node.service import NodeService
+from tests.support.paths import T2_SAG, series_files
 
 StartNode = Callable[..., NodeService]
 

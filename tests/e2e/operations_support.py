@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,18 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-import yaml
-from orthanc_server import Orthanc, free_port
 from prometheus_client.parser import text_string_to_metric_families
-from pynetdicom import AE
-from segnode_process import SegNode, wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
-MRI = ROOT / "tests" / "data" / "mri" / "prostatex"
-#: 19 sagittal T2 slices (Siemens Skyra).
-T2_SAG = MRI / "ProstateX-0000_3.000000-t2tsesag-87368"
-#: 16 transverse-oblique slices of a 3D PD series (same study).
-PD_TRA = MRI / "ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276"
+from tests.support import scu
+from tests.support.orthanc import Orthanc
+from tests.support.paths import PD_TRA, T2_SAG
+from tests.support.ports import free_port
+from tests.support.serve import JOB_TIMEOUT_S, SegNode
+from tests.support.waiting import wait_until
+
 #: Patient data written into the copies sent to the node: none of it may leave the node over HTTP.
 PATIENT_ID = "PHI-ID-4711"
 PATIENT_NAME = "Doe^Jane^Phiwatch"
@@ -38,8 +34,6 @@ ENVIRONMENT = {
     "SEGNODE_VIEWER_PASSWORD": PASSWORDS["viewer"],
     "SEGNODE_API_TOKEN": TOKEN,
 }
-#: Inference on the CPU of a loaded 2-core machine: minutes at worst.
-JOB_TIMEOUT_S = 900
 
 
 def patient_copies(folder: Path, target: Path) -> list[Path]:
@@ -56,20 +50,9 @@ def patient_copies(folder: Path, target: Path) -> list[Path]:
 
 
 def send_series(port: int, files: list[Path], calling: str = "ORTHANC") -> str:
-    """C-STORE the files over one association (released at the end); returns the Series Instance UID."""
-    ae = AE(ae_title=calling)
-    datasets = [pydicom.dcmread(p) for p in files]
-    for ds in datasets:
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", port, ae_title="SEGNODE")
-    assert assoc.is_established, "the node refused the association"
-    try:
-        for ds in datasets:
-            status = assoc.send_c_store(ds)
-            assert status and status.Status == 0, f"C-STORE of {ds.SOPInstanceUID}: {status}"
-    finally:
-        assoc.release()
-    return str(datasets[0].SeriesInstanceUID)
+    """C-STORE the files over one association (every status Success); returns the Series Instance UID."""
+    assert scu.send_series(port, files, calling) == [0x0000] * len(files)
+    return str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
 
 
 @dataclass
@@ -166,24 +149,24 @@ class OpsStack:
     metrics_failed: dict[Any, float]
 
 
-def node_settings(node: SegNode, http_port: int) -> None:
-    """The e2e node's configuration, plus the HTTP service and a destination that gives up at once."""
-    settings = yaml.safe_load(node.config_path.read_text())
-    settings["destinations"]["orthanc"]["retry"] = {"initial_delay_s": 0.5, "max_attempts": 1}
-    settings["privacy"] = {"store_patient_name": True, "store_patient_birth_date": True}
-    settings["http"] = {
-        "enabled": True,
-        "bind_address": "127.0.0.1",
-        "port": http_port,
-        "users": [
-            {"name": "admin", "role": "admin", "password_env": "SEGNODE_ADMIN_PASSWORD"},
-            {"name": "viewer", "role": "read_only", "password_env": "SEGNODE_VIEWER_PASSWORD"},
-        ],
-        "tokens": [{"name": "prometheus", "role": "read_only", "token_env": "SEGNODE_API_TOKEN"}],
-        "dashboard_refresh_s": 1,
-        "destination_echo_interval_s": 1,
+def ops_keys(http_port: int) -> dict[str, Any]:
+    """The e2e node's configuration changes: the HTTP service, and a destination that gives up at once."""
+    return {
+        "destinations.orthanc.retry": {"initial_delay_s": 0.5, "max_attempts": 1},
+        "privacy": {"store_patient_name": True, "store_patient_birth_date": True},
+        "http": {
+            "enabled": True,
+            "bind_address": "127.0.0.1",
+            "port": http_port,
+            "users": [
+                {"name": "admin", "role": "admin", "password_env": "SEGNODE_ADMIN_PASSWORD"},
+                {"name": "viewer", "role": "read_only", "password_env": "SEGNODE_VIEWER_PASSWORD"},
+            ],
+            "tokens": [{"name": "prometheus", "role": "read_only", "token_env": "SEGNODE_API_TOKEN"}],
+            "dashboard_refresh_s": 1,
+            "destination_echo_interval_s": 1,
+        },
     }
-    node.config_path.write_text(yaml.safe_dump(settings), encoding="utf-8")
 
 
 @contextmanager
@@ -192,14 +175,11 @@ def ops_stack(tmp: Path) -> Iterator[OpsStack]:
     the second at segmenting (the test-only failpoint fails its inference: no model run needed)."""
     port, http_port = free_port(), free_port()
     orthanc = Orthanc(tmp / "orthanc", {"segnode": ("SEGNODE", "127.0.0.1", port)})
-    node = SegNode(tmp / "segnode", port, orthanc.dicom_port)
-    node_settings(node, http_port)
+    node = SegNode(tmp / "segnode", port, orthanc.dicom_port, **ops_keys(http_port))
+    node.env.update(ENVIRONMENT)
     pd_uid = str(pydicom.dcmread(next(PD_TRA.glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID)
-    environment = {**ENVIRONMENT, "SEGNODE_TEST_FAULTS": json.dumps({"fail_prediction_series": [pd_uid]})}
-    saved = {k: os.environ.get(k) for k in environment}
-    os.environ.update(environment)
     try:
-        node.start(timeout_s=120)
+        node.start(timeout_s=120, faults={"fail_prediction_series": [pd_uid]})
         api = Api(f"http://127.0.0.1:{http_port}")
         wait_until(lambda: api.engine_state() == "loaded", 300, "the engine's models loaded")
         before = api.metrics()
@@ -219,8 +199,3 @@ def ops_stack(tmp: Path) -> Iterator[OpsStack]:
         finally:
             orthanc.stop()
             node.close()
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value

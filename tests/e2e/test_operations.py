@@ -27,13 +27,13 @@ from operations_support import (
     ops_stack,
     sample,
 )
-from segnode_process import wait_until
 
 from tests.support.browser import chromium, screenshot, wait_for
+from tests.support.paths import ROOT
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 #: The screenshots are test artefacts (in the test's folder); with SEGNODE_DOC_IMAGES=1 they also replace the
 #: pictures of docs/operations.md.
 DOC_IMAGES = ROOT / "docs" / "images"

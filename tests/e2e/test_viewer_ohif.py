@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-from orthanc_server import Orthanc
 from PIL import Image
 from viewer_projection import (
     canvas_pixels,
@@ -47,16 +46,12 @@ from dicom_node.outputs.seg import (
     encode_seg,
     segments_from_catalog,
 )
+from tests.support.orthanc import Orthanc
+from tests.support.paths import PD_TRA, ROOT, T2_COR, T2_SAG
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-MRI = ROOT / "tests" / "data" / "mri" / "prostatex"
-SERIES = {
-    "axial": MRI / "ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276",
-    "sagittal": MRI / "ProstateX-0000_3.000000-t2tsesag-87368",
-    "oblique": MRI / "ProstateX-0000_5.000000-t2tsecor-03471",
-}
+SERIES = {"axial": PD_TRA, "sagittal": T2_SAG, "oblique": T2_COR}
 #: total_mr labels with clearly different catalog colours: prostate (green), urinary bladder (blue), left
 #: common iliac artery (red).
 PROSTATE, BLADDER, ILIAC = 17, 16, 26

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from orthanc_server import Orthanc
-
 from tests.support.browser import WEBGL_FLAGS, chromium, require_chromium
+from tests.support.orthanc import Orthanc
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 OHIF_DIST = ROOT / ".test-peers" / "ohif" / "dist"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 

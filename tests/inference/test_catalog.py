@@ -25,9 +25,7 @@ from inference.catalog import (
     verhoeff_valid,
 )
 from inference.registry import UnknownTaskError
-
-ROOT = Path(__file__).resolve().parents[2]
-SHARED_REFERENCE = ROOT.parent / "shared" / "reference"
+from tests.support.paths import ROOT, SHARED_REFERENCE
 
 #: Label counts of the MRI tasks (TotalSegmentator 2.18; 50 + 30 licensed = the paper's 80 structures).
 EXPECTED_LABELS = {

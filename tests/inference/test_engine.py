@@ -24,12 +24,9 @@ from inference.engine import (
     resolve_device,
 )
 from inference.registry import UnknownTaskError, UnsupportedModeError, get_part_model, get_task
+from tests.support.paths import MODELS, PD_TRA
 
-ROOT = Path(__file__).resolve().parents[2]
-MODELS = ROOT / "tests" / "data" / "models"
-AXIAL_3D = (
-    ROOT / "tests" / "data" / "mri" / "prostatex" / "ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276"
-)
+AXIAL_3D = PD_TRA
 
 
 def load(folder: Path) -> list[Volume]:

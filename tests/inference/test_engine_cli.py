@@ -13,21 +13,15 @@ import pytest
 
 from conversion import load_series
 from dicom_node.cli import main
+from tests.support.paths import MODELS, PROSTATEX, ROOT
+from tests.support.settings import inference_settings
 
-ROOT = Path(__file__).resolve().parents[2]
-MODELS = ROOT / "tests" / "data" / "models"
-PROSTATEX = ROOT / "tests" / "data" / "mri" / "prostatex"
 AXIAL_3D = PROSTATEX / "ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276"
 DWI = PROSTATEX / "ProstateX-0000_6.000000-ep2ddifftraDYNDIST-69284"
 
 
-def write_config(path: Path, weights: Path) -> Path:
-    path.write_text(f"inference:\n  weights_dir: {weights}\n  device: cpu\n", encoding="utf-8")
-    return path
-
-
 def test_segment_writes_nifti_in_source_geometry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = write_config(tmp_path / "segnode.yaml", MODELS)
+    config = inference_settings(tmp_path / "segnode.yaml", MODELS, device="cpu")
     out = tmp_path / "out"
     assert main(["segment", str(AXIAL_3D), "--out", str(out), "--config", str(config)]) == 0
     volume = load_series(sorted(AXIAL_3D.glob("*.dcm")))[0]
@@ -47,7 +41,7 @@ def test_segment_writes_nifti_in_source_geometry(tmp_path: Path, capsys: pytest.
 
 def test_segment_writes_one_label_map_per_stack(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    config = write_config(tmp_path / "segnode.yaml", MODELS)
+    config = inference_settings(tmp_path / "segnode.yaml", MODELS, device="cpu")
     assert main(["segment", str(DWI), "--out", str(out), "--config", str(config), "--fast"]) == 0
     volumes = load_series(sorted(DWI.glob("*.dcm")))
     written = sorted(p.name for p in out.glob("*.nii.gz"))
@@ -59,7 +53,7 @@ def test_segment_writes_one_label_map_per_stack(tmp_path: Path) -> None:
 
 
 def test_missing_weights_give_a_message_not_a_traceback(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "segnode.yaml", tmp_path / "no-weights")
+    config = inference_settings(tmp_path / "segnode.yaml", tmp_path / "no-weights", device="cpu")
     code = (
         "from dicom_node.cli import main; raise SystemExit(main(['segment', "
         f"{str(AXIAL_3D)!r}, '--out', {str(tmp_path / 'out')!r}, '--config', {str(config)!r}]))"

@@ -3,8 +3,6 @@ same segmentation up to fp16 autocast in the network."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -14,17 +12,14 @@ from config.inference import InferenceConfig
 from conversion import load_series
 from inference import gpu_resample
 from inference.engine import Engine
+from tests.support.paths import MODELS, PD_TRA
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine"),
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
-MODELS = ROOT / "tests" / "data" / "models"
-AXIAL_3D = (
-    ROOT / "tests" / "data" / "mri" / "prostatex" / "ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276"
-)
+AXIAL_3D = PD_TRA
 
 
 def test_resampling_on_cuda_is_bit_equal_to_scipy() -> None:

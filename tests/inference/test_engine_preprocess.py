@@ -8,8 +8,6 @@ arithmetic, kernel by kernel).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -19,19 +17,13 @@ from totalsegmentator.resampling import change_spacing
 
 from conversion import Volume, load_series
 from inference import gpu_resample, preprocess
+from tests.support.paths import CINE, PD_TRA, T2_COR, T2_SAG
 
-ROOT = Path(__file__).resolve().parents[2]
-PROSTATEX = ROOT / "tests" / "data" / "mri" / "prostatex"
 SERIES = {
-    "sagittal": PROSTATEX / "ProstateX-0000_3.000000-t2tsesag-87368",
-    "coronal_oblique": PROSTATEX / "ProstateX-0000_5.000000-t2tsecor-03471",
-    "axial_oblique_3d": PROSTATEX / "ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276",
-    "cardiac_double_oblique": ROOT
-    / "tests"
-    / "data"
-    / "mri"
-    / "sunnybrook_cardiac"
-    / "SCD0000101_CINESAX_phase1",
+    "sagittal": T2_SAG,
+    "coronal_oblique": T2_COR,
+    "axial_oblique_3d": PD_TRA,
+    "cardiac_double_oblique": CINE,
 }
 
 

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
-import subprocess
-import sys
 import threading
-import zipfile
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,44 +14,12 @@ import pytest
 
 from dicom_node.cli import main
 from inference import registry
-from inference.registry import PartModel
+from tests.support.cli import run_segnode
+from tests.support.models import make_model_folder, write_zip
+from tests.support.ports import free_port
+from tests.support.settings import inference_settings
 
 M756 = registry.get_part_model(756)
-
-
-def make_model_folder(weights_dir: Path, model: PartModel, checkpoint: bytes = b"tiny checkpoint") -> Path:
-    """A minimal folder in TotalSegmentator's layout for ``model`` (JSON files as nnU-Net v2 writes them)."""
-    model_dir = model.model_dir(weights_dir)
-    (model_dir / f"fold_{model.fold}").mkdir(parents=True)
-    labels = {"background": 0} | {name: label for label, name in model.class_map.items()}
-    (model_dir / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": labels}))
-    plans = {"dataset_name": model.dataset_folder_name, "configurations": {model.configuration: {}}}
-    (model_dir / "plans.json").write_text(json.dumps(plans))
-    model.checkpoint_path(weights_dir).write_bytes(checkpoint)
-    return model_dir
-
-
-def zip_dataset(root: Path, model: PartModel, archive: Path) -> Path:
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted((root / model.dataset_folder_name).rglob("*")):
-            zf.write(path, path.relative_to(root).as_posix())
-    return archive
-
-
-def write_config(path: Path, weights_dir: Path, **inference: str) -> Path:
-    lines = ["inference:", f"  weights_dir: {json.dumps(str(weights_dir))}"]
-    lines += [f"  {key}: {json.dumps(value)}" for key, value in inference.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """The real command in a new process (what an operator sees: exit code, stdout, stderr)."""
-    code = "import sys; from dicom_node.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, check=False
-    )
 
 
 @pytest.fixture()
@@ -85,7 +49,7 @@ def test_list_shows_state_licence_size_and_missing_models(
     weights_dir = tmp_path / "weights"
     make_model_folder(weights_dir, M756, checkpoint=b"x" * 2000)
     make_model_folder(weights_dir, registry.get_part_model(852))
-    config = write_config(tmp_path / "node.yaml", weights_dir)
+    config = inference_settings(tmp_path / "node.yaml", weights_dir)
     assert main(["models", "list", "--config", str(config)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"weights folder: {weights_dir} (configuration inference.weights_dir)"
@@ -111,11 +75,12 @@ def test_download_from_the_configured_location_then_check(
 ) -> None:
     base, root = release_server
     make_model_folder(tmp_path / "src", M756)
-    zip_dataset(
-        tmp_path / "src", M756, root / "download" / str(M756.release) / f"{M756.dataset_folder_name}.zip"
+    write_zip(
+        tmp_path / "src" / M756.dataset_folder_name,
+        root / "download" / str(M756.release) / f"{M756.dataset_folder_name}.zip",
     )
     weights_dir = tmp_path / "weights"
-    config = write_config(tmp_path / "node.yaml", weights_dir, weights_base_url=f"{base}/download")
+    config = inference_settings(tmp_path / "node.yaml", weights_dir, weights_base_url=f"{base}/download")
     assert main(["models", "download", "vertebrae_mr", "--config", str(config)]) == 0
     captured = capsys.readouterr()
     assert captured.out == f"installed: {M756.model_dir(weights_dir)}\n"
@@ -125,13 +90,11 @@ def test_download_from_the_configured_location_then_check(
 
 
 def test_download_while_offline_fails_with_a_message_not_a_traceback(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = write_config(
+    port = free_port()  # nothing listens there
+    config = inference_settings(
         tmp_path / "n.yaml", tmp_path / "w", weights_base_url=f"http://127.0.0.1:{port}/rel"
     )
-    result = run_cli("models", "download", "vertebrae_mr", "--config", str(config), "--timeout", "5")
+    result = run_segnode("models", "download", "vertebrae_mr", "--config", str(config), "--timeout", "5")
     assert result.returncode == 1
     assert result.stderr.startswith("error [offline]: cannot reach http://127.0.0.1:")
     assert f"/rel/v2.5.0-weights/{M756.dataset_folder_name}.zip" in result.stderr
@@ -139,8 +102,8 @@ def test_download_while_offline_fails_with_a_message_not_a_traceback(tmp_path: P
 
 
 def test_missing_weights_via_the_cli(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "n.yaml", tmp_path / "empty-weights")
-    result = run_cli("models", "check", "total_mr", "--config", str(config))
+    config = inference_settings(tmp_path / "n.yaml", tmp_path / "empty-weights")
+    result = run_segnode("models", "check", "total_mr", "--config", str(config))
     assert result.returncode == 1
     assert result.stderr.startswith("error [missing_weights]: weights for task total_mr are not installed")
     assert str(tmp_path / "empty-weights" / "Dataset850_TotalSegMRI_part1_organs_1088subj") in result.stderr
@@ -150,9 +113,9 @@ def test_missing_weights_via_the_cli(tmp_path: Path) -> None:
 
 def test_import_zip_and_broken_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     weights_dir = tmp_path / "weights"
-    config = write_config(tmp_path / "n.yaml", weights_dir)
+    config = inference_settings(tmp_path / "n.yaml", weights_dir)
     make_model_folder(tmp_path / "src", M756)
-    archive = zip_dataset(tmp_path / "src", M756, tmp_path / "usb" / "vertebrae.zip")
+    archive = write_zip(tmp_path / "src" / M756.dataset_folder_name, tmp_path / "usb" / "vertebrae.zip")
     assert main(["models", "import", str(archive), "--config", str(config)]) == 0
     assert capsys.readouterr().out == f"installed: {M756.model_dir(weights_dir)} (dataset 756)\n"
     m597 = registry.get_part_model(597)
@@ -164,7 +127,7 @@ def test_import_zip_and_broken_folder(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_licensed_and_unknown_tasks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = write_config(tmp_path / "n.yaml", tmp_path / "w")
+    config = inference_settings(tmp_path / "n.yaml", tmp_path / "w")
     assert main(["models", "download", "tissue_types_mr", "--config", str(config)]) == 1
     assert capsys.readouterr().err.startswith("error [license_required]: task tissue_types_mr needs a")
     assert main(["models", "download", "total_ct", "--config", str(config)]) == 1

@@ -16,16 +16,13 @@ import numpy as np
 import pytest
 from official_totalseg import copy_weights, run_totalsegmentator
 
-from config.inference import InferenceConfig
 from conversion import load_series
 from inference.engine import Engine
+from tests.support.paths import MODELS, SHARED_MRI, T2_SAG
 
-ROOT = Path(__file__).resolve().parents[2]
-MODELS = ROOT / "tests" / "data" / "models"
-SHARED_MRI = ROOT.parent / "shared" / "data" / "mri"
 SERIES = {
     # sagittal T2 (19 slices 320x320, 0.56 x 0.56 x 3.6 mm): reorientation and anisotropic zoom
-    "prostatex_t2_sagittal": ROOT / "tests/data/mri/prostatex/ProstateX-0000_3.000000-t2tsesag-87368",
+    "prostatex_t2_sagittal": T2_SAG,
     # axial abdominal T2 (33 slices 584x512, 0.68 x 0.68 x 8 mm), from the full set beside the checkout
     "abdomen_t2_axial": SHARED_MRI / "cmb_crc_abdomen/SCAN_001_AX_T2",
 }
@@ -34,11 +31,6 @@ SERIES = {
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     total = int(a.sum()) + int(b.sum())
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    return Engine(InferenceConfig(weights_dir=MODELS, device="cpu"))
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ import pytest
 
 from inference import registry
 from inference.registry import UnknownTaskError, UnsupportedModeError, get_part_model, get_task
-
-SHARED_REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
+from tests.support.paths import SHARED_REFERENCE
 
 
 def test_total_mr_default_runs_850_then_851_at_1_5_mm() -> None:

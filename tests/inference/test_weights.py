@@ -12,7 +12,6 @@ import pytest
 
 from config.inference import InferenceConfig
 from inference import registry, weights, weights_install
-from inference.registry import PartModel
 from inference.weights import (
     InvalidWeightsError,
     MissingWeightsError,
@@ -23,30 +22,8 @@ from inference.weights import (
     weights_status,
 )
 from inference.weights_install import import_weights, install_zip
-
-ROOT = Path(__file__).resolve().parents[2]
-TINY_MODELS = ROOT / "tests" / "data" / "models"
-
-
-def make_model_folder(weights_dir: Path, model: PartModel, checkpoint: bytes = b"tiny checkpoint") -> Path:
-    """A minimal folder in TotalSegmentator's layout for ``model`` (JSON files as nnU-Net v2 writes them)."""
-    model_dir = model.model_dir(weights_dir)
-    (model_dir / f"fold_{model.fold}").mkdir(parents=True)
-    labels = {"background": 0} | {name: label for label, name in model.class_map.items()}
-    (model_dir / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": labels}))
-    plans = {"dataset_name": model.dataset_folder_name, "configurations": {model.configuration: {}}}
-    (model_dir / "plans.json").write_text(json.dumps(plans))
-    model.checkpoint_path(weights_dir).write_bytes(checkpoint)
-    return model_dir
-
-
-def zip_folder(folder: Path, archive: Path, arc_root: str | None = None) -> Path:
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(folder.rglob("*")):
-            name = Path(arc_root or folder.name) / path.relative_to(folder)
-            zf.write(path, name.as_posix())
-    return archive
-
+from tests.support.models import make_model_folder, write_zip
+from tests.support.paths import MODELS
 
 M850 = registry.get_part_model(850)
 M851 = registry.get_part_model(851)
@@ -132,12 +109,12 @@ def test_an_existing_totalsegmentator_tree_works_as_is(tmp_path: Path) -> None:
 
 
 def test_the_tiny_test_models_have_the_real_layout() -> None:
-    found = sorted(p.name for p in TINY_MODELS.iterdir() if p.is_dir())
-    assert found, f"no tiny models in {TINY_MODELS}"
+    found = sorted(p.name for p in MODELS.iterdir() if p.is_dir())
+    assert found, f"no tiny models in {MODELS}"
     known = {m.dataset_folder_name: m for m in registry.part_models().values()}
     for name in found:
         assert name in known, name
-        assert model_problems(known[name], TINY_MODELS) == []
+        assert model_problems(known[name], MODELS) == []
 
 
 def test_import_from_a_folder_of_dataset_folders(tmp_path: Path) -> None:
@@ -185,7 +162,7 @@ def test_import_of_a_folder_without_weights_lists_what_is_expected(tmp_path: Pat
 
 def test_import_from_a_zip(tmp_path: Path) -> None:
     source = make_model_folder(tmp_path / "src", M850).parent
-    archive = zip_folder(source, tmp_path / "w.zip")
+    archive = write_zip(source, tmp_path / "w.zip")
     dest = tmp_path / "weights"
     assert [m.dataset_id for m in import_weights(archive, dest)] == [850]
     assert find_model_folder(M850, dest) == M850.model_dir(dest)
@@ -194,13 +171,13 @@ def test_import_from_a_zip(tmp_path: Path) -> None:
 def test_zip_with_the_wrong_layout_is_refused(tmp_path: Path) -> None:
     # the dataset folder one level too deep, as a careless re-zip produces
     source = make_model_folder(tmp_path / "src", M850).parent
-    archive = zip_folder(source, tmp_path / "w.zip", arc_root=f"results/{M850.dataset_folder_name}")
+    archive = write_zip(source, tmp_path / "w.zip", arc_root=f"results/{M850.dataset_folder_name}")
     dest = tmp_path / "weights"
     with pytest.raises(InvalidWeightsError, match="wrong layout, expected the folder"):
         install_zip(archive, dest, expected=[M850])
     # right folder name, wrong trainer folder inside
     (source / M850.model_folder_name).rename(source / "nnUNetTrainer__nnUNetPlans__3d_fullres")
-    archive = zip_folder(source, tmp_path / "w2.zip")
+    archive = write_zip(source, tmp_path / "w2.zip")
     with pytest.raises(InvalidWeightsError, match="wrong layout: .*does not exist"):
         install_zip(archive, dest, expected=[M850])
     assert sorted(p.name for p in dest.iterdir()) == []  # nothing installed, no temporary folder left
@@ -217,7 +194,7 @@ def test_unsafe_zip_members_are_refused(tmp_path: Path) -> None:
 
 def test_corrupt_zip_is_refused(tmp_path: Path) -> None:
     source = make_model_folder(tmp_path / "src", M850, checkpoint=os.urandom(4096)).parent
-    archive = zip_folder(source, tmp_path / "w.zip")
+    archive = write_zip(source, tmp_path / "w.zip")
     data = bytearray(archive.read_bytes())
     assert data[:4] == b"PK\x03\x04"
     # flip bytes inside the compressed data of the first members, leaving the directory intact

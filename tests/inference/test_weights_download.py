@@ -9,7 +9,6 @@ import os
 import socket
 import sys
 import threading
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,36 +29,14 @@ from inference.weights import (
     weight_sources,
 )
 from inference.weights_install import download_task
-
-ROOT = Path(__file__).resolve().parents[2]
-TINY_MODELS = ROOT / "tests" / "data" / "models"
-
-
-def make_model_folder(weights_dir: Path, model: PartModel, checkpoint: bytes = b"tiny checkpoint") -> Path:
-    """A minimal folder in TotalSegmentator's layout for ``model`` (JSON files as nnU-Net v2 writes them)."""
-    model_dir = model.model_dir(weights_dir)
-    (model_dir / f"fold_{model.fold}").mkdir(parents=True)
-    labels = {"background": 0} | {name: label for label, name in model.class_map.items()}
-    (model_dir / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": labels}))
-    plans = {"dataset_name": model.dataset_folder_name, "configurations": {model.configuration: {}}}
-    (model_dir / "plans.json").write_text(json.dumps(plans))
-    model.checkpoint_path(weights_dir).write_bytes(checkpoint)
-    return model_dir
-
-
-def zip_bytes(root: Path, folder: str, arc_root: str | None = None) -> bytes:
-    """A zip with ``root/folder`` at its top level, as TotalSegmentator's release zips are."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted((root / folder).rglob("*")):
-            zf.write(path, (Path(arc_root or folder) / path.relative_to(root / folder)).as_posix())
-    return buffer.getvalue()
+from tests.support.models import make_model_folder, zip_bytes
+from tests.support.paths import MODELS
 
 
 def model_zip(tmp_path: Path, model: PartModel, checkpoint: bytes = b"tiny checkpoint") -> bytes:
     source = tmp_path / f"src{model.dataset_id}"
     make_model_folder(source, model, checkpoint)
-    return zip_bytes(source, model.dataset_folder_name)
+    return zip_bytes(source / model.dataset_folder_name)
 
 
 @dataclass
@@ -163,7 +140,7 @@ def test_download_of_the_real_tiny_models_gives_loadable_checkpoints(
 ) -> None:
     for dataset_id in (850, 851):
         model = registry.get_part_model(dataset_id)
-        server.routes[f"GET {release_path(model)}"] = Route(zip_bytes(TINY_MODELS, model.dataset_folder_name))
+        server.routes[f"GET {release_path(model)}"] = Route(zip_bytes(MODELS / model.dataset_folder_name))
     weights_dir = tmp_path / "weights"
     download_task("total_mr", weights_dir, locations=server.locations(), mode="default")
     import torch
@@ -171,7 +148,7 @@ def test_download_of_the_real_tiny_models_gives_loadable_checkpoints(
     for dataset_id in (850, 851):
         model = registry.get_part_model(dataset_id)
         installed = model.checkpoint_path(weights_dir)
-        assert installed.read_bytes() == model.checkpoint_path(TINY_MODELS).read_bytes()
+        assert installed.read_bytes() == model.checkpoint_path(MODELS).read_bytes()
         checkpoint = torch.load(installed, map_location="cpu", weights_only=False)
         assert checkpoint["trainer_name"] == model.trainer and "network_weights" in checkpoint
 
@@ -228,7 +205,7 @@ def test_corrupt_zip_is_refused_and_nothing_installed(server: WeightsServer, tmp
 def test_zip_with_the_wrong_layout_is_refused(server: WeightsServer, tmp_path: Path) -> None:
     source = tmp_path / "src"
     make_model_folder(source, M756)
-    wrong = zip_bytes(source, M756.dataset_folder_name, arc_root="Dataset756_other_name")
+    wrong = zip_bytes(source / M756.dataset_folder_name, arc_root="Dataset756_other_name")
     server.routes[f"GET {release_path(M756)}"] = Route(wrong)
     with pytest.raises(InvalidWeightsError) as info:
         download_task("vertebrae_mr", tmp_path / "w", locations=server.locations())

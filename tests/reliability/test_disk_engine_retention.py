@@ -16,29 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from node_support import node_settings
-from orthanc_server import Orthanc
-from reliability_support import (
-    CINE,
-    PD_TRA,
-    T2_COR,
-    T2_SAG,
-    StoreLog,
-    associate,
-    jobs_of,
-    renamed_series,
-    seg_instances_of,
-    series_events,
-    spooled,
-    store,
-)
-from segnode_process import wait_until
-from sqlalchemy import func, select
 
-from config.inference import InferenceConfig
 from config.loader import parse_config
 from config.model import SegNodeConfig
-from dicom_node.audit.tables import Event, Instance
+from dicom_node.audit.tables import Instance
 from dicom_node.failpoints import FaultPlan
 from dicom_node.jobs.retention import RetentionSweeper
 from dicom_node.jobs.store import JobState
@@ -47,6 +28,14 @@ from dicom_node.receiving import statuses as status
 from dicom_node.receiving.spool import FreeSpaceProbe, disk_free_bytes
 from dicom_node.service import NodeService
 from inference.engine import Engine
+from tests.support import audit
+from tests.support.audit import spooled
+from tests.support.orthanc import Orthanc
+from tests.support.paths import CINE, MODELS, PD_TRA, T2_COR, T2_SAG
+from tests.support.scu import StoreLog, associate, send_series, store
+from tests.support.series import renamed_series
+from tests.support.settings import apply_overrides, node_settings
+from tests.support.waiting import wait_until
 
 pytestmark = [
     pytest.mark.e2e,
@@ -54,8 +43,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Invalid value for VR UI"),  # the cardiac series' leading-zero UIDs
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
-MODELS = ROOT / "tests" / "data" / "models"
 JOB_TIMEOUT_S = 900
 MiB = 1024 * 1024
 PLENTY = 500 * 1024 * MiB
@@ -69,12 +56,6 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    """One warm engine for the module, as the node keeps one (tiny models, CPU)."""
-    return Engine(InferenceConfig(weights_dir=MODELS, device="cpu"))
 
 
 def make_config(tmp: Path, orthanc: Orthanc, **overrides: Any) -> SegNodeConfig:
@@ -103,13 +84,7 @@ def make_config(tmp: Path, orthanc: Orthanc, **overrides: Any) -> SegNodeConfig:
         "warm_up": False,
     }
     data["inference"] = {"weights_dir": str(MODELS), "device": "cpu"}
-    for dotted, value in overrides.items():
-        node: Any = data
-        *parents, last = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return parse_config(data, "reliability.yaml", environ={})
+    return parse_config(apply_overrides(data, overrides), "reliability.yaml", environ={})
 
 
 @contextmanager
@@ -138,18 +113,9 @@ def running_node(
         service.stop()
 
 
-def send_series(port: int, files: list[Path]) -> StoreLog:
-    log = StoreLog()
-    assoc = associate(port, "PYSCU", files=files)
-    assert assoc.is_established
-    store(assoc, files, log)
-    assoc.release()
-    return log
-
-
 def ended_job(service: NodeService, series_uid: str) -> JobState:
     def ended() -> JobState | None:
-        jobs = jobs_of(service.db, series_uid)
+        jobs = audit.jobs(service.db, series_uid)
         state = JobState(jobs[-1].state) if jobs else None
         return state if state in (JobState.done, JobState.failed) else None
 
@@ -183,8 +149,7 @@ def test_disk_full_while_receiving_and_while_encoding_refuses_keeps_and_recovers
         # what it had is kept, nothing partial: 7 instances with their audit rows
         assert all(spooled(service.db, spool, log.successes).values())
         assert len(files_under(spool)) == 7
-        with service.db.read() as session:
-            a700 = session.scalars(select(Event).where(Event.what == "instance_refused")).all()
+        a700 = audit.events(service.db, "instance_refused")
         assert len(a700) == 8 and all("0xA700" in (e.detail or "") for e in a700)
         # a new association meanwhile is refused as transient congestion
         other = associate(service.port, "PYSCU", files=series.files)
@@ -195,7 +160,7 @@ def test_disk_full_while_receiving_and_while_encoding_refuses_keeps_and_recovers
             status.SOURCE_SERVICE_PROVIDER_PRESENTATION,
             status.REASON_TEMPORARY_CONGESTION,
         )
-        assert not jobs_of(service.db, series.series_instance_uid)
+        assert not audit.jobs(service.db, series.series_instance_uid)
         # space returns: the sender retries the refused instances on its association
         free["spool"] = PLENTY
         store(assoc, series.files[7:], log)
@@ -204,31 +169,31 @@ def test_disk_full_while_receiving_and_while_encoding_refuses_keeps_and_recovers
 
         # the job reaches encoding and fails there: no room for the SEG; its label map is kept
         assert ended_job(service, series.series_instance_uid) is JobState.failed
-        [job] = jobs_of(service.db, series.series_instance_uid)
+        [job] = audit.jobs(service.db, series.series_instance_uid)
         assert (job.failed_stage, job.reason) == ("encoding", "out_of_resources")
         assert "below the watermark of 100 MiB" in (job.detail or "") and "outbox" in (job.detail or "")
         work = Path(config.pipeline.work_dir) / str(job.id)
         assert [p.suffix for p in files_under(work)] == [".npy"]
         assert not files_under(Path(config.pipeline.outbox_dir) / str(job.id))
-        assert not seg_instances_of(orthanc, series.study_instance_uid, series.series_instance_uid)
+        assert not orthanc.seg_instances(series.study_instance_uid, series.series_instance_uid)
 
         # space returns: the housekeeping thread puts the job back at encoding and it completes
         free["outbox"] = PLENTY
         wait_until(
-            lambda: jobs_of(service.db, series.series_instance_uid)[0].state == "done",
+            lambda: audit.jobs(service.db, series.series_instance_uid)[0].state == "done",
             JOB_TIMEOUT_S,
             "the resumed job to be done",
         )
-        [job] = jobs_of(service.db, series.series_instance_uid)
+        [job] = audit.jobs(service.db, series.series_instance_uid)
         moves = [
             (str(e.detail).split(":")[0], e.reason)
-            for e in series_events(service.db, series.series_instance_uid, "job_transition")
+            for e in audit.events(service.db, "job_transition", series_uid=series.series_instance_uid)
         ]
         assert ("encoding -> failed", "out_of_resources") in moves
         assert ("failed -> encoding", "space_freed") in moves
         assert moves[-1][0] == "sending -> done"
         [output] = _outputs(service, job.id)
-        assert seg_instances_of(orthanc, series.study_instance_uid, series.series_instance_uid) == [
+        assert orthanc.seg_instances(series.study_instance_uid, series.series_instance_uid) == [
             (output["series_instance_uid"], output["sop_instance_uid"])
         ]
         assert all(spooled(service.db, spool, series.sop_instance_uids).values())
@@ -257,35 +222,31 @@ def test_engine_failure_on_one_series_fails_that_job_the_node_serves_the_rest_an
     )
     faults = FaultPlan(fail_prediction_series=frozenset({bad.series_instance_uid}))
     with running_node(config, engine, faults=faults) as (service, pipeline):
-        assert send_series(service.port, bad.files).successes == bad.sop_instance_uids
-        assert send_series(service.port, good.files).successes == good.sop_instance_uids
+        assert send_series(service.port, bad.files) == [status.SUCCESS] * len(bad.files)
+        assert send_series(service.port, good.files) == [status.SUCCESS] * len(good.files)
         assert ended_job(service, bad.series_instance_uid) is JobState.failed
         assert ended_job(service, good.series_instance_uid) is JobState.done
 
-        [failed] = jobs_of(service.db, bad.series_instance_uid)
+        [failed] = audit.jobs(service.db, bad.series_instance_uid)
         assert (failed.failed_stage, failed.reason) == ("segmenting", "inference_failed")
         assert "CUDA error" in (failed.detail or "") and bad.series_instance_uid in (failed.detail or "")
-        [done] = jobs_of(service.db, good.series_instance_uid)
+        [done] = audit.jobs(service.db, good.series_instance_uid)
         [output] = _outputs(service, done.id)
-        assert seg_instances_of(orthanc, good.study_instance_uid, good.series_instance_uid) == [
+        assert orthanc.seg_instances(good.study_instance_uid, good.series_instance_uid) == [
             (output["series_instance_uid"], output["sop_instance_uid"])
         ]
-        assert not seg_instances_of(orthanc, bad.study_instance_uid, bad.series_instance_uid)
+        assert not orthanc.seg_instances(bad.study_instance_uid, bad.series_instance_uid)
 
         # a third series arrives while the pipeline is stopped: received, its job waits (undelivered)
         pipeline.stop()
-        assert send_series(service.port, waiting.files).successes == waiting.sop_instance_uids
-        wait_until(lambda: jobs_of(service.db, waiting.series_instance_uid), 30, "the waiting job")
+        assert send_series(service.port, waiting.files) == [status.SUCCESS] * len(waiting.files)
+        wait_until(lambda: audit.jobs(service.db, waiting.series_instance_uid), 30, "the waiting job")
 
         # retention, on an injected clock
         ctx = service.context
         spool, work, outbox = ctx.spool_root, ctx.work_root, ctx.outbox_root
         sweeper = RetentionSweeper(ctx)
         ended = max(done.updated_at, failed.updated_at)
-
-        def instance_rows() -> int:
-            with service.db.read() as session:
-                return int(session.scalar(select(func.count()).select_from(Instance)) or 0)
 
         def present(series_uids: list[str]) -> list[bool]:
             return [
@@ -294,7 +255,7 @@ def test_engine_failure_on_one_series_fails_that_job_the_node_serves_the_rest_an
                 if s.series_instance_uid in series_uids
             ]
 
-        rows = instance_rows()
+        rows = audit.count(service.db, Instance)
         assert rows == len(bad.files) + len(good.files) + len(waiting.files)
         nothing = sweeper.sweep(ended + timedelta(hours=23))
         assert (nothing.jobs, nothing.series, nothing.files) == ([], [], 0)
@@ -313,18 +274,13 @@ def test_engine_failure_on_one_series_fails_that_job_the_node_serves_the_rest_an
         assert far.series == [] and far.jobs == []
         # nothing undelivered was deleted; the audit log is kept whole
         assert all(spooled(service.db, spool, waiting.sop_instance_uids).values())
-        assert instance_rows() == rows
-        purged = [(e.series_instance_uid, e.reason) for e in _events(service, "retention_purged")]
+        assert audit.count(service.db, Instance) == rows
+        purged = [(e.series_instance_uid, e.reason) for e in audit.events(service.db, "retention_purged")]
         assert (good.series_instance_uid, "series delivered") in purged
         assert (bad.series_instance_uid, "series ended without delivery") in purged
         assert waiting.series_instance_uid not in {s for s, _r in purged}
-        assert series_events(service.db, good.series_instance_uid, "series_complete")
+        assert audit.events(service.db, "series_complete", series_uid=good.series_instance_uid)
         assert [
             str(e.detail).split(":")[0]
-            for e in series_events(service.db, good.series_instance_uid, "job_transition")
+            for e in audit.events(service.db, "job_transition", series_uid=good.series_instance_uid)
         ][-1] == "sending -> done"
-
-
-def _events(service: NodeService, what: str) -> list[Event]:
-    with service.db.read() as session:
-        return list(session.scalars(select(Event).where(Event.what == what).order_by(Event.id)))

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from pathlib import Path
+
 import pytest
 
 from config.errors import ConfigError
 from config.loader import parse_config
 from dicom_node.failpoints import ENVIRONMENT_VARIABLE, FaultPlan, FaultPlanError
+from tests.support.waiting import wait_until
 
 
 def test_without_the_variable_nothing_is_injected() -> None:
@@ -26,12 +31,29 @@ def test_the_plan_pauses_stages_and_fails_prediction_of_the_named_series_only() 
         plan.before_prediction("1.2.3")
 
 
+def test_a_held_job_stands_still_in_its_stage_until_the_test_releases_it(tmp_path: Path) -> None:
+    raw = json.dumps({"hold": {"stages": ["encoding"], "dir": str(tmp_path)}})
+    plan = FaultPlan.from_environment({ENVIRONMENT_VARIABLE: raw})
+    assert plan.active and plan.hold_stages == {"encoding"}
+    plan.pause("segmenting", 7)  # not held there
+    holding = threading.Thread(target=plan.pause, args=("encoding", 7))
+    holding.start()
+    wait_until((tmp_path / "encoding-7.held").exists, 30, "the job held in encoding")
+    assert holding.is_alive()  # still held: nothing released it
+    (tmp_path / "encoding-7.release").touch()
+    holding.join(30)
+    assert not holding.is_alive()
+
+
 @pytest.mark.parametrize(
     ("raw", "fragment"),
     [
         ("{not json", "is not JSON"),
-        ('{"crash": true}', "must be an object with stage_pause_s"),
+        ('{"crash": true}', "must be an object with keys among"),
         ('{"stage_pause_s": {"receiving": 1}}', "stage_pause_s keys must be among"),
+        ('{"hold": {"stages": ["encoding"]}}', "hold must be"),
+        ('{"hold": {"stages": ["receiving"], "dir": "/tmp"}}', "hold stages must be among"),
+        ('{"hold": {"stages": ["encoding"], "dir": "/no/such/folder"}}', "is not a folder"),
     ],
 )
 def test_a_malformed_plan_is_refused_with_its_reason(raw: str, fragment: str) -> None:

@@ -3,40 +3,31 @@ lost, the job finishes exactly once, Orthanc holds exactly one SEG of the series
 interruption and the recovery.
 
 The node runs as a subprocess with the test-only fault plan (``dicom_node.failpoints``, environment variable
-``SEGNODE_TEST_FAULTS``) that holds a job a few seconds inside the stage under test, so the kill lands there
-deterministically: the test polls the audit database and kills the node when the job is in the stage. The
-restarted node runs without the plan. Receiving is interrupted by killing the node after a real SCU got
+``SEGNODE_TEST_FAULTS``) that holds the job inside the stage under test until released, so the kill lands
+there deterministically: the test waits until the job is held and kills the node. The restarted node runs
+without the plan. Receiving is interrupted by killing the node after a real SCU got
 Success for part of the series; the PACS then sends the whole series again, as a PACS retries a failed send.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from orthanc_server import Orthanc, free_port
-from reliability_support import (
-    T2_SAG,
-    StoreLog,
-    associate,
-    jobs_of,
-    renamed_series,
-    seg_instances_of,
-    series_events,
-    set_keys,
-    spooled,
-    store,
-)
-from segnode_process import SegNode, wait_until
 
 from dicom_node.jobs.store import JobState
+from tests.support import audit
+from tests.support.audit import spooled
+from tests.support.orthanc import Orthanc
+from tests.support.paths import T2_SAG
+from tests.support.ports import free_port
+from tests.support.scu import StoreLog, associate, store
+from tests.support.series import renamed_series
+from tests.support.serve import SegNode
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-JOB_TIMEOUT_S = 900
-PAUSE_S = 8.0
 STAGES = ["receiving", "converting", "segmenting", "encoding", "sending"]
 
 
@@ -52,26 +43,22 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
         server.stop()
 
 
-def job_state(node: SegNode, series_uid: str) -> JobState | None:
-    jobs = node.jobs(series_uid)
-    return JobState(jobs[-1].state) if jobs else None
-
-
 @pytest.mark.parametrize("stage", STAGES)
 def test_kill_9_in_each_stage_then_restart_finishes_the_job_exactly_once(
-    stage: str, tmp_path: Path, orthanc: Orthanc, monkeypatch: pytest.MonkeyPatch
+    stage: str, tmp_path: Path, orthanc: Orthanc
 ) -> None:
     series = renamed_series(T2_SAG, tmp_path / "series", f"kill-{stage}")
     source_id = orthanc.upload(series.files)
-    node = SegNode(tmp_path / "segnode", orthanc.segnode_port, orthanc.dicom_port)  # type: ignore[attr-defined]
     # the series completes when the PACS's association is released; no quiet period during a restart
-    set_keys(node.config_path, **{"completion.quiet_period_s": 600})
-    if stage != "receiving":
-        monkeypatch.setenv("SEGNODE_TEST_FAULTS", json.dumps({"stage_pause_s": {stage: PAUSE_S}}))
+    node = SegNode(
+        tmp_path / "segnode",
+        orthanc.segnode_port,  # type: ignore[attr-defined]
+        orthanc.dicom_port,
+        **{"completion.quiet_period_s": 600},
+    )
     acknowledged: list[str] = []
     try:
-        node.start()
-        monkeypatch.delenv("SEGNODE_TEST_FAULTS", raising=False)
+        node.start(hold=[] if stage == "receiving" else [stage])
         if stage == "receiving":
             # the PACS's association: 8 instances acknowledged, then the node dies mid-association
             log = StoreLog()
@@ -86,20 +73,12 @@ def test_kill_9_in_each_stage_then_restart_finishes_the_job_exactly_once(
         else:
             orthanc.store_to("segnode", source_id)
             acknowledged = list(series.sop_instance_uids)
-            wait_until(
-                lambda: job_state(node, series.series_instance_uid) is JobState(stage),
-                JOB_TIMEOUT_S,
-                f"the job in {stage}",
-                interval_s=0.1,
-            )
+            job_id = node.wait_held(stage)
+            assert job_id == node.wait_for_job(series.series_instance_uid)
             if stage == "sending":  # the worst moment: the SEG is at the PACS, the node has not recorded it
-                wait_until(
-                    lambda: seg_instances_of(orthanc, series.study_instance_uid, series.series_instance_uid),
-                    60,
-                    "the SEG in Orthanc",
-                )
+                assert orthanc.seg_instances(series.study_instance_uid, series.series_instance_uid)
             node.kill()
-            assert job_state(node, series.series_instance_uid) is JobState(stage)
+            assert node.job_state(series.series_instance_uid) is JobState(stage)
 
         # nothing acknowledged is lost: recorded, and the spool file is the one recorded
         spool = node.folder / "spool"
@@ -108,11 +87,7 @@ def test_kill_9_in_each_stage_then_restart_finishes_the_job_exactly_once(
         node.start()
         if stage == "receiving":
             orthanc.store_to("segnode", source_id)  # the PACS sends the series again
-        wait_until(
-            lambda: job_state(node, series.series_instance_uid) in (JobState.done, JobState.failed),
-            JOB_TIMEOUT_S,
-            "the job to end",
-        )
+        node.wait_for_state(node.wait_for_job(series.series_instance_uid), {JobState.done, JobState.failed})
     finally:
         if node.process is not None:
             node.stop()
@@ -121,17 +96,17 @@ def test_kill_9_in_each_stage_then_restart_finishes_the_job_exactly_once(
     # every instance of the series is in the spool, acknowledged ones included
     assert all(spooled(node.db, node.folder / "spool", series.sop_instance_uids).values())
     # the job finished exactly once
-    [job] = jobs_of(node.db, series.series_instance_uid)
+    [job] = audit.jobs(node.db, series.series_instance_uid)
     assert (job.state, job.reason) == ("done", None), (job.reason, job.detail)
     moves = [
         str(e.detail).split(":")[0]
-        for e in series_events(node.db, series.series_instance_uid, "job_transition")
+        for e in audit.events(node.db, "job_transition", series_uid=series.series_instance_uid)
     ]
     assert moves.count("sending -> done") == 1
     assert moves[-1] == "sending -> done"
     # exactly one SEG of the series at the PACS, the one the node recorded
     [output] = node.outputs(job.id)["seg"]
-    assert seg_instances_of(orthanc, series.study_instance_uid, series.series_instance_uid) == [
+    assert orthanc.seg_instances(series.study_instance_uid, series.series_instance_uid) == [
         (output["series_instance_uid"], output["sop_instance_uid"])
     ]
     # the audit log shows the interruption and the recovery
@@ -139,7 +114,7 @@ def test_kill_9_in_each_stage_then_restart_finishes_the_job_exactly_once(
     assert len(started) == 2
     if stage == "receiving":
         assert "1 open series restored" in (started[1].detail or "")
-        [complete] = series_events(node.db, series.series_instance_uid, "series_complete")
+        [complete] = audit.events(node.db, "series_complete", series_uid=series.series_instance_uid)
         assert complete.id > started[1].id
     else:
         [interrupted] = node.events(job.id, "job_interrupted")

@@ -7,30 +7,22 @@ and the SEG of each series reaches Orthanc."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from orthanc_server import Orthanc
 from pynetdicom.association import Association
-from reliability_support import (
-    PD_TRA,
-    T2_COR,
-    T2_SAG,
-    StoreLog,
-    associate,
-    jobs_of,
-    orthanc_and_segnode,
-    renamed_series,
-    seg_instances_of,
-    spooled,
-    store,
-)
-from segnode_process import SegNode, wait_until
 
 from dicom_node.jobs.store import JobState
 from dicom_node.receiving import statuses as status
+from tests.support import audit
+from tests.support.audit import spooled
+from tests.support.orthanc import Orthanc
+from tests.support.paths import PD_TRA, T2_COR, T2_SAG
+from tests.support.scu import StoreLog, associate, store
+from tests.support.series import renamed_series
+from tests.support.serve import SegNode, orthanc_and_segnode
+from tests.support.waiting import wait_until
 
 pytestmark = [
     pytest.mark.e2e,
@@ -55,10 +47,10 @@ def rss_mib(pid: int) -> float:
 def stack(tmp_path: Path) -> Iterator[tuple[Orthanc, SegNode]]:
     keys = {
         "network.max_associations": ASSOCIATIONS,
-        "completion.quiet_period_s": 5,
+        "completion.quiet_period_s": 600,  # complete on release only: the slow senders pause mid-series
         "pipeline.queue_size": 1,
     }
-    with orthanc_and_segnode(tmp_path, **keys) as pair:
+    with orthanc_and_segnode(tmp_path, hold=["segmenting"], **keys) as pair:
         yield pair
 
 
@@ -79,26 +71,36 @@ def test_four_concurrent_associations_while_jobs_run_store_everything_and_the_fi
     rss: list[float] = [rss_mib(pid)]
 
     def established(files: list[Path]) -> Association:
-        """An association, retrying a transient rejection or an abort as a PACS does (the connection probe
-        of the node's start-up, or a rejected attempt, may hold a slot for a moment)."""
-        for _attempt in range(60):
+        """An association, retrying a transient rejection as a PACS does (the slot of an association that
+        has just ended, such as the start-up C-ECHO, may still be held for a moment)."""
+
+        def attempt() -> Association | None:
             assoc = associate(node.port, "ORTHANC", files=files)
-            if assoc.is_established:
-                return assoc
-            time.sleep(0.5)
-        raise AssertionError("no association within 30 s")
+            return assoc if assoc.is_established else None
+
+        result: Association = wait_until(attempt, 60, "an association", interval_s=0.5)
+        return result
 
     # four associations open at the same time ...
     associations = [established(item.files) for item in series]
+    fast = series[ASSOCIATIONS - 1]
+    #: What the three slow associations saw of the fast series' job halfway through their series.
+    seen_while_receiving: list[set[str]] = []
 
     def sender(index: int) -> None:
         try:
             go.wait(60)
-            # the last series (15 instances) comes at full speed, so its job runs while the other three
-            # associations are still sending theirs, paced as modalities send
-            pause = 0.0 if index == ASSOCIATIONS - 1 else 0.3
-            store(associations[index], series[index].files, logs[index], pause_s=pause)
-            associations[index].release()
+            files, assoc = series[index].files, associations[index]
+            if index == ASSOCIATIONS - 1:
+                store(assoc, files, logs[index])  # the fast series: sent at once, its job starts ...
+            else:
+                half = len(files) // 2
+                store(assoc, files[:half], logs[index])
+                # ... and works (held in segmenting) while this association is still sending
+                node.wait_held("segmenting")
+                seen_while_receiving.append({j.state for j in audit.jobs(node.db, fast.series_instance_uid)})
+                store(assoc, files[half:], logs[index])
+            assoc.release()
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
 
@@ -116,18 +118,15 @@ def test_four_concurrent_associations_while_jobs_run_store_everything_and_the_fi
         status.REASON_LOCAL_LIMIT_EXCEEDED,
     )
     go.set()
-    working_while_receiving: set[str] = set()
     for thread in threads:
         while thread.is_alive():
             rss.append(rss_mib(pid))
-            if threads[0].is_alive():
-                working_while_receiving |= {
-                    j.state for s in series for j in jobs_of(node.db, s.series_instance_uid)
-                }
             thread.join(0.3)
     assert not errors, errors
-    # a job was working (converting or segmenting) while associations were still sending
-    assert working_while_receiving & {"converting", "segmenting"}, working_while_receiving
+    # the fast series' job was working while the three other associations were still sending
+    assert seen_while_receiving == [{"segmenting"}] * (ASSOCIATIONS - 1), seen_while_receiving
+    for item in series:  # every job may go on (a job not held yet passes its hold at once)
+        node.release("segmenting", node.wait_for_job(item.series_instance_uid))
 
     # every instance stored: Success for each, recorded, in the spool with the recorded digest
     for item, log in zip(series, logs, strict=True):
@@ -136,15 +135,15 @@ def test_four_concurrent_associations_while_jobs_run_store_everything_and_the_fi
 
     def all_ended() -> bool:
         rss.append(rss_mib(pid))
-        states = [[JobState(j.state) for j in jobs_of(node.db, s.series_instance_uid)] for s in series]
+        states = [[JobState(j.state) for j in audit.jobs(node.db, s.series_instance_uid)] for s in series]
         return all(len(s) == 1 and s[0] in (JobState.done, JobState.failed) for s in states)
 
     wait_until(all_ended, JOB_TIMEOUT_S, "every job to end", interval_s=1.0)
     for item in series:
-        [job] = jobs_of(node.db, item.series_instance_uid)
+        [job] = audit.jobs(node.db, item.series_instance_uid)
         assert (job.state, job.reason) == ("done", None), (job.reason, job.detail)
         [output] = node.outputs(job.id)["seg"]
-        assert seg_instances_of(orthanc, item.study_instance_uid, item.series_instance_uid) == [
+        assert orthanc.seg_instances(item.study_instance_uid, item.series_instance_uid) == [
             (output["series_instance_uid"], output["sop_instance_uid"])
         ]
     # the rejection is in the audit log

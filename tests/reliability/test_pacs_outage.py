@@ -8,17 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from orthanc_server import Orthanc
-from reliability_support import (
-    T2_SAG,
-    jobs_of,
-    orthanc_and_segnode,
-    renamed_series,
-    seg_instances_of,
-)
-from segnode_process import SegNode, wait_until
 
 from dicom_node.jobs.store import JobState
+from tests.support import audit
+from tests.support.orthanc import Orthanc
+from tests.support.paths import T2_SAG
+from tests.support.series import renamed_series
+from tests.support.serve import SegNode, orthanc_and_segnode
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -31,7 +28,7 @@ FAILED_ATTEMPTS = 5
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[Orthanc, SegNode]]:
-    with orthanc_and_segnode(tmp_path, **{"destinations.orthanc.retry": RETRY}) as pair:
+    with orthanc_and_segnode(tmp_path, hold=["encoding"], **{"destinations.orthanc.retry": RETRY}) as pair:
         yield pair
 
 
@@ -41,16 +38,12 @@ def test_a_long_pacs_outage_backs_off_keeps_the_result_and_delivers_when_the_pac
     orthanc, node = stack
     series = renamed_series(T2_SAG, tmp_path / "series", "pacs-outage")
     orthanc.store_to("segnode", orthanc.upload(series.files))
-    wait_until(lambda: jobs_of(node.db, series.series_instance_uid), 120, "the job")
-    [job] = jobs_of(node.db, series.series_instance_uid)
-    wait_until(
-        lambda: JobState(node.job(job.id).state) in (JobState.segmenting, JobState.encoding),
-        JOB_TIMEOUT_S,
-        "the job past conversion",
-        interval_s=0.1,
-    )
-    orthanc.stop()  # the PACS goes away before the result is ready
+    held = node.wait_held("encoding")  # the result is not ready yet ...
+    [job] = audit.jobs(node.db, series.series_instance_uid)
+    assert job.id == held
+    orthanc.stop()  # ... when the PACS goes away
     try:
+        node.release("encoding", job.id)
 
         def failures() -> int:
             return len([e for e in node.events(job.id, "send_attempt") if e.outcome == "failure"])
@@ -80,6 +73,6 @@ def test_a_long_pacs_outage_backs_off_keeps_the_result_and_delivers_when_the_pac
     assert (delivery.state, delivery.attempts) == ("delivered", len(attempts))
     # nothing dropped, nothing duplicated: exactly the one SEG the node encoded
     [output] = node.outputs(job.id)["seg"]
-    assert seg_instances_of(orthanc, series.study_instance_uid, series.series_instance_uid) == [
+    assert orthanc.seg_instances(series.study_instance_uid, series.series_instance_uid) == [
         (output["series_instance_uid"], output["sop_instance_uid"])
     ]

@@ -8,23 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from node_support import node_settings
-from reliability_support import (
-    CINE,
-    T2_SAG,
-    StoreLog,
-    associate,
-    jobs_of,
-    renamed_series,
-    series_events,
-    store,
-)
-from segnode_process import wait_until
-from sqlalchemy import func, select
 
 from config.loader import parse_config
 from dicom_node.audit.tables import Instance
 from dicom_node.service import NodeService
+from tests.support import audit
+from tests.support.paths import CINE, T2_SAG
+from tests.support.scu import StoreLog, associate, store
+from tests.support.series import renamed_series
+from tests.support.settings import node_settings
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Invalid value for VR UI")]
 
@@ -58,21 +51,19 @@ def test_the_service_sweeps_ended_series_periodically_and_keeps_what_is_still_ar
         store(done, ended.files, log)
         done.release()
         wait_until(
-            lambda: [j.state for j in jobs_of(service.db, ended.series_instance_uid)] == ["cancelled"],
+            lambda: [j.state for j in audit.jobs(service.db, ended.series_instance_uid)] == ["cancelled"],
             30,
             "the job ignored by the routing",
         )
         wait_until(lambda: not (spool / ended.study_instance_uid).exists(), 30, "the periodic sweep")
         # what is still arriving stays; the audit rows of both series stay
         assert len(list((spool / arriving.study_instance_uid).rglob("*.dcm"))) == len(arriving.files)
-        with service.db.read() as session:
-            rows = session.scalar(select(func.count()).select_from(Instance))
-        assert rows == len(arriving.files) + len(ended.files)
-        [purged] = series_events(service.db, ended.series_instance_uid, "retention_purged")
+        assert audit.count(service.db, Instance) == len(arriving.files) + len(ended.files)
+        [purged] = audit.events(service.db, "retention_purged", series_uid=ended.series_instance_uid)
         assert purged.reason == "series ended without delivery"
         assert f"{len(ended.files)} spooled instance(s) deleted" in (purged.detail or "")
-        assert series_events(service.db, ended.series_instance_uid, "series_complete")
-        assert not series_events(service.db, arriving.series_instance_uid, "retention_purged")
+        assert audit.events(service.db, "series_complete", series_uid=ended.series_instance_uid)
+        assert not audit.events(service.db, "retention_purged", series_uid=arriving.series_instance_uid)
         still_open.release()
     finally:
         service.stop()

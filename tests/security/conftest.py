@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-# the receiving node's test helpers (configurations, real series, DCMTK tools) live beside its tests
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom_node"))
-
-from node_support import config_maker, running_nodes
 from security_pki import Pki, make_pki
 
 from config.model import SegNodeConfig
 from dicom_node.service import NodeService
+from tests.support.node import running_nodes
+from tests.support.settings import config_maker
 
 
 @pytest.fixture

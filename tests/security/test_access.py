@@ -8,16 +8,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from node_support import wait_for
-from pynetdicom import AE
-from pynetdicom.association import Association
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from sqlalchemy import select
 
 from config.model import SegNodeConfig
-from dicom_node.audit.tables import Event
 from dicom_node.receiving import statuses as status
 from dicom_node.service import NodeService
+from tests.support import audit
+from tests.support.scu import associate
+from tests.support.waiting import wait_until
 
 StartNode = Callable[..., NodeService]
 
@@ -34,21 +31,6 @@ CALLED: list[dict[str, Any]] = [
     },
     {"ae_title": "SEGNODE_OPEN", "accept_any_caller": True},
 ]
-
-
-def associate(
-    node: NodeService, calling: str, called: str = "SEGNODE", bind: str = "127.0.0.1"
-) -> Association:
-    ae = AE(ae_title=calling)
-    ae.acse_timeout = 10
-    ae.add_requested_context(Verification)
-    return ae.associate("127.0.0.1", node.port, ae_title=called, bind_address=(bind, 0))
-
-
-def rejection_codes(node: NodeService) -> list[str | None]:
-    with node.db.read() as session:
-        rows = session.scalars(select(Event).where(Event.what == "association_rejected").order_by(Event.id))
-        return [e.reason for e in rows]
 
 
 @pytest.fixture
@@ -71,7 +53,7 @@ def node(make_config: Callable[..., SegNodeConfig], start_node: StartNode) -> No
     ],
 )
 def test_refused(node: NodeService, calling: str, called: str, bind: str, code: str) -> None:
-    assoc = associate(node, calling, called, bind)
+    assoc = associate(node.port, calling, called, bind_address=bind)
     assert assoc.is_rejected
     rj = assoc.acceptor.primitive
     assert rj is not None
@@ -85,9 +67,12 @@ def test_refused(node: NodeService, calling: str, called: str, bind: str, code: 
         status.SOURCE_SERVICE_USER,
         expected_reason,
     )
-    wait_for(lambda: rejection_codes(node) == [code], what=f"rejection {code} recorded")
+    wait_until(
+        lambda: [e.reason for e in audit.events(node.db, "association_rejected")] == [code],
+        what=f"rejection {code} recorded",
+    )
     # the node keeps serving an allowed peer
-    ok = associate(node, "PACS_A")
+    ok = associate(node.port, "PACS_A")
     assert ok.is_established and int(ok.send_c_echo().Status) == status.SUCCESS
     ok.release()
 
@@ -105,22 +90,27 @@ def test_refused(node: NodeService, calling: str, called: str, bind: str, code: 
     ],
 )
 def test_allowed(node: NodeService, calling: str, called: str, bind: str) -> None:
-    assoc = associate(node, calling, called, bind)
+    assoc = associate(node.port, calling, called, bind_address=bind)
     assert assoc.is_established
     assert int(assoc.send_c_echo().Status) == status.SUCCESS
     assoc.release()
-    assert rejection_codes(node) == []
+    assert [e.reason for e in audit.events(node.db, "association_rejected")] == []
 
 
 def test_accept_any_caller_does_not_open_the_other_ae_titles(node: NodeService) -> None:
-    assert associate(node, "ANYONE", "SEGNODE_OPEN").is_established
-    assert associate(node, "ANYONE", "SEGNODE").is_rejected
-    wait_for(lambda: rejection_codes(node) == ["calling_ae_not_recognised"], what="rejection recorded")
+    assert associate(node.port, "ANYONE", "SEGNODE_OPEN").is_established
+    assert associate(node.port, "ANYONE", "SEGNODE").is_rejected
+    wait_until(
+        lambda: (
+            [e.reason for e in audit.events(node.db, "association_rejected")] == ["calling_ae_not_recognised"]
+        ),
+        what="rejection recorded",
+    )
 
 
 def test_unresolvable_host_is_logged(node: NodeService, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="dicom_node.receiving.scp"):
-        assert associate(node, "NOWHERE").is_rejected
+        assert associate(node.port, "NOWHERE").is_rejected
     assert any(
         "cannot resolve configured peer host 'no-such-host.invalid'" in r.getMessage() for r in caplog.records
     )

@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from node_support import T2_SAG, dcmtk_storescp, series_files, wait_for
-from test_pipeline import MODELS, make_config, receive, state
 
 from config.inference import InferenceConfig
 from dicom_node.jobs.context import PipelineContext
@@ -19,6 +17,10 @@ from dicom_node.jobs.store import JobState
 from dicom_node.jobs.workers import Pipeline
 from dicom_node.service import NodeService
 from inference.engine import Engine
+from tests.support.dcmtk import storescp
+from tests.support.paths import MODELS, T2_SAG, series_files
+from tests.support.pipeline import pipeline_config, receive, state
+from tests.support.waiting import wait_until
 
 _seen: list[tuple[str, Any]] | None = None
 _hook_installed = False
@@ -39,8 +41,8 @@ def test_a_whole_job_contacts_only_the_configured_destination(tmp_path: Path) ->
     if not _hook_installed:  # audit hooks cannot be removed: install once, record only inside this test
         sys.addaudithook(_audit)
         _hook_installed = True
-    with dcmtk_storescp(tmp_path / "pacs") as destination_port:
-        config = make_config(tmp_path, destination_port)
+    with storescp(tmp_path / "pacs") as destination:
+        config = pipeline_config(tmp_path, destination.port)
         _seen = []
         try:
             service = NodeService(config, completion_interval_s=0, process_jobs=False)
@@ -53,7 +55,7 @@ def test_a_whole_job_contacts_only_the_configured_destination(tmp_path: Path) ->
                 job_id = receive(service, series_files(T2_SAG))
                 pipeline.wake()
                 done = (JobState.done, JobState.failed)
-                wait_for(lambda: state(ctx, job_id) in done, 600, "job ended")
+                wait_until(lambda: state(ctx, job_id) in done, 600, "job ended")
             finally:
                 pipeline.stop()
                 service.stop()
@@ -66,8 +68,8 @@ def test_a_whole_job_contacts_only_the_configured_destination(tmp_path: Path) ->
         address for event, address in seen if event == "socket.connect" and isinstance(address, tuple)
     }
     # the test's own SCU connects to the node's port; the node itself only to the destination
-    assert ("127.0.0.1", destination_port) in connects
-    assert connects <= {("127.0.0.1", destination_port), ("127.0.0.1", node_port)}, connects
+    assert ("127.0.0.1", destination.port) in connects
+    assert connects <= {("127.0.0.1", destination.port), ("127.0.0.1", node_port)}, connects
     lookups = {host for event, host in seen if event == "socket.getaddrinfo"}
     # None: a lookup of a local (passive) address, which asks no name server
     assert lookups <= {"127.0.0.1", None}, f"name lookups of other hosts: {lookups}"

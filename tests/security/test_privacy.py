@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from node_support import T2_SAG, FrozenClock, series_files
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
@@ -21,6 +20,8 @@ from config.model import SegNodeConfig
 from dicom_node.audit.tables import Job, Series
 from dicom_node.receiving import statuses as status
 from dicom_node.service import NodeService
+from tests.support.node import FrozenClock
+from tests.support.paths import T2_SAG, series_files
 
 StartNode = Callable[..., NodeService]
 

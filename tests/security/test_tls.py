@@ -15,11 +15,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from node_support import T2_SAG, dcmtk, series_files, wait_for
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
-from pynetdicom.association import Association
-from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
 from security_pki import Pki
 from sqlalchemy import select
 
@@ -27,10 +22,16 @@ from config.errors import ConfigError
 from config.loader import parse_config
 from config.model import SegNodeConfig
 from config.node import TlsVersion
-from dicom_node.audit.tables import Event, Instance
+from dicom_node.audit.tables import Instance
 from dicom_node.receiving import statuses as status
 from dicom_node.service import NodeService
 from dicom_node.tls import TlsSetupError, client_context
+from tests.support import audit
+from tests.support.dcmtk import dcmtk
+from tests.support.paths import T2_SAG, series_files
+from tests.support.scu import associate
+from tests.support.settings import node_settings
+from tests.support.waiting import wait_until
 
 StartNode = Callable[..., NodeService]
 
@@ -49,29 +50,11 @@ def tls_settings(pki: Pki, require_client: bool = False, **extra: object) -> dic
     return settings
 
 
-def associate(
-    node: NodeService, context: ssl.SSLContext | None, calling: str = "PYSCU", timeout: float = 10
-) -> Association:
-    ae = AE(ae_title=calling)
-    ae.acse_timeout = timeout
-    ae.connection_timeout = timeout
-    ae.network_timeout = timeout
-    ae.add_requested_context(Verification)
-    ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian])
-    tls_args = None if context is None else (context, "127.0.0.1")
-    return ae.associate("127.0.0.1", node.port, ae_title="SEGNODE", tls_args=tls_args)
-
-
-def events(node: NodeService, what: str) -> list[Event]:
-    with node.db.read() as session:
-        return list(session.scalars(select(Event).where(Event.what == what).order_by(Event.id)))
-
-
 def test_tls_association_stores_an_instance(
     make_config: Callable[..., SegNodeConfig], start_node: StartNode, pki: Pki
 ) -> None:
     node = start_node(make_config(**tls_settings(pki)))
-    assoc = associate(node, client_context(pki.ca))
+    assoc = associate(node.port, tls=client_context(pki.ca))
     assert assoc.is_established
     assert isinstance(assoc.dul.socket.socket, ssl.SSLSocket)  # type: ignore[union-attr]
     assert int(assoc.send_c_echo().Status) == status.SUCCESS
@@ -88,13 +71,15 @@ def test_plain_association_to_the_tls_port_fails_and_the_node_keeps_serving(
     make_config: Callable[..., SegNodeConfig], start_node: StartNode, pki: Pki
 ) -> None:
     node = start_node(make_config(**tls_settings(pki)))
-    plain = associate(node, None, timeout=5)
+    plain = associate(node.port, tls=None, timeout_s=5)
     assert not plain.is_established
-    wait_for(lambda: len(events(node, "connection_closed")) == 1, what="closed connection recorded")
-    [event] = events(node, "connection_closed")
+    wait_until(
+        lambda: len(audit.events(node.db, "connection_closed")) == 1, what="closed connection recorded"
+    )
+    [event] = audit.events(node.db, "connection_closed")
     assert event.outcome == "failure" and event.reason == "no_association_request"
     assert "127.0.0.1" in (event.detail or "")
-    secure = associate(node, client_context(pki.ca))
+    secure = associate(node.port, tls=client_context(pki.ca))
     assert secure.is_established
     assert int(secure.send_c_echo().Status) == status.SUCCESS
     secure.release()
@@ -107,7 +92,7 @@ def test_a_silent_connection_does_not_hold_up_other_peers(
     peer that connects and sends nothing blocks every other association."""
     node = start_node(make_config(**tls_settings(pki)))
     with socket.create_connection(("127.0.0.1", node.port)):
-        assoc = associate(node, client_context(pki.ca), timeout=5)
+        assoc = associate(node.port, tls=client_context(pki.ca), timeout_s=5)
         assert assoc.is_established
         assert int(assoc.send_c_echo().Status) == status.SUCCESS
         assoc.release()
@@ -117,12 +102,12 @@ def test_client_certificate_required(
     make_config: Callable[..., SegNodeConfig], start_node: StartNode, pki: Pki
 ) -> None:
     node = start_node(make_config(**tls_settings(pki, require_client=True)))
-    without = associate(node, client_context(pki.ca), timeout=5)
+    without = associate(node.port, tls=client_context(pki.ca), timeout_s=5)
     assert not without.is_established
-    rogue = associate(node, client_context(pki.ca, pki.rogue_cert, pki.rogue_key), timeout=5)
+    rogue = associate(node.port, tls=client_context(pki.ca, pki.rogue_cert, pki.rogue_key), timeout_s=5)
     assert not rogue.is_established
-    wait_for(lambda: len(events(node, "connection_closed")) == 2, what="both refusals recorded")
-    good = associate(node, client_context(pki.ca, pki.client_cert, pki.client_key))
+    wait_until(lambda: len(audit.events(node.db, "connection_closed")) == 2, what="both refusals recorded")
+    good = associate(node.port, tls=client_context(pki.ca, pki.client_cert, pki.client_key))
     assert good.is_established
     assert int(good.send_c_echo().Status) == status.SUCCESS
     good.release()
@@ -133,7 +118,7 @@ def test_client_certificate_optional_when_not_required(
 ) -> None:
     node = start_node(make_config(**tls_settings(pki, require_client=False)))
     for context in (client_context(pki.ca), client_context(pki.ca, pki.client_cert, pki.client_key)):
-        assoc = associate(node, context)
+        assoc = associate(node.port, tls=context)
         assert assoc.is_established
         assoc.release()
 
@@ -142,7 +127,7 @@ def test_tls_does_not_bypass_the_ae_title_whitelist(
     make_config: Callable[..., SegNodeConfig], start_node: StartNode, pki: Pki
 ) -> None:
     node = start_node(make_config(**tls_settings(pki, require_client=True)))
-    assoc = associate(node, client_context(pki.ca, pki.client_cert, pki.client_key), calling="INTRUDER")
+    assoc = associate(node.port, "INTRUDER", tls=client_context(pki.ca, pki.client_cert, pki.client_key))
     assert assoc.is_rejected
     rj = assoc.acceptor.primitive
     assert rj is not None
@@ -161,8 +146,8 @@ def test_minimum_protocol_version_is_enforced(
     node = start_node(make_config(**settings))
     old = client_context(pki.ca)
     old.maximum_version = ssl.TLSVersion.TLSv1_2
-    assert not associate(node, old, timeout=5).is_established
-    assoc = associate(node, client_context(pki.ca, min_version=TlsVersion.tls1_3))
+    assert not associate(node.port, tls=old, timeout_s=5).is_established
+    assoc = associate(node.port, tls=client_context(pki.ca, min_version=TlsVersion.tls1_3))
     assert assoc.is_established
     assoc.release()
 
@@ -205,8 +190,6 @@ def test_dcmtk_echoscu_and_storescu_over_tls(
 
 
 def test_tls_configuration_errors_name_the_key(tmp_path: Path, pki: Pki) -> None:
-    from node_support import node_settings
-
     data = node_settings(tmp_path, **{"network.tls": {"enabled": True}})
     with pytest.raises(ConfigError) as info:
         parse_config(data, "node.yaml", environ={})
@@ -222,8 +205,6 @@ def test_tls_configuration_errors_name_the_key(tmp_path: Path, pki: Pki) -> None
 
 
 def test_missing_or_unusable_certificate_stops_the_start(tmp_path: Path, pki: Pki) -> None:
-    from node_support import node_settings
-
     missing = tmp_path / "missing.pem"
     config = parse_config(
         node_settings(

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from node_support import T2_SAG, series_files
 from security_pki import Pki
 from sqlalchemy import select
 from test_tls import tls_settings
@@ -20,6 +19,7 @@ from config.routing import DestinationConfig, SendingConfig
 from dicom_node.audit.tables import Instance
 from dicom_node.outputs.sender import SendOutcome, send_datasets
 from dicom_node.service import NodeService
+from tests.support.paths import T2_SAG, series_files
 
 StartNode = Callable[..., NodeService]
 

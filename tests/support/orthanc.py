@@ -1,23 +1,23 @@
 """A real Orthanc (Debian package ``orthanc``) for end-to-end tests: own JSON configuration, loopback ports,
-own storage folder; started and stopped by the test; driven through its REST API."""
+own storage folder; started and stopped by the test; awaited until it answers on REST and C-ECHO; driven
+through its REST API."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pydicom
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.dicom import wait_for_echo
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 
 def orthanc_binary() -> str:
@@ -28,7 +28,10 @@ def orthanc_binary() -> str:
 
 
 class Orthanc:
-    """One Orthanc server; ``start``/``stop`` may be called repeatedly (storage and ports are kept)."""
+    """One Orthanc server; ``start``/``stop`` may be called repeatedly (storage and ports are kept).
+
+    ``modalities``: the DICOM peers it may send to, ``{name: (AE title, host, port)}``.
+    """
 
     AE_TITLE = "ORTHANC"
 
@@ -66,36 +69,39 @@ class Orthanc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, timeout_s: float = 60) -> None:
+    def start(self, timeout_s: float = 120) -> None:
+        """Start Orthanc and return once its REST API and its DICOM port (C-ECHO) answer."""
         assert self.process is None, "Orthanc already running"
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [orthanc_binary(), str(self.config_path)], stdout=log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + timeout_s
-        while True:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [orthanc_binary(), str(self.config_path)], stdout=log, stderr=subprocess.STDOUT
+            )
+
+        def rest_answers() -> bool:
             try:
-                self.get("/system")
-                break
+                return bool(self.get("/system"))
             except (urllib.error.URLError, ConnectionError):
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"Orthanc did not start (see {self.log_path}):\n{self.log_path.read_text()[-2000:]}"
-                    ) from None
-                time.sleep(0.1)
-        while True:  # the DICOM port too
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.dicom_port)) == 0:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"Orthanc's DICOM port {self.dicom_port} did not open")
-            time.sleep(0.1)
+                return False
+
+        wait_until(rest_answers, timeout_s, "Orthanc's REST API", process=self.process, details=self.log_tail)
+        wait_for_echo(
+            self.dicom_port,
+            self.AE_TITLE,
+            "Orthanc",
+            timeout_s=timeout_s,
+            process=self.process,
+            details=self.log_tail,
+        )
 
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
-            self.process.wait(timeout=30)
+            self.process.wait(timeout=60)
             self.process = None
+
+    def log_tail(self) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return f"Orthanc's log ({self.log_path}):\n{text[-2000:]}"
 
     # -- REST --------------------------------------------------------------------------------------------
 
@@ -149,3 +155,15 @@ class Orthanc:
     def instance_file(self, orthanc_id: str) -> bytes:
         data: bytes = self.get(f"/instances/{orthanc_id}/file")
         return data
+
+    def seg_instances(self, study_uid: str, source_series_uid: str) -> list[tuple[str, str]]:
+        """(Series, SOP Instance UID) of each SEG in the study that references the source series, sorted."""
+        found = []
+        for series in self.find_series(study_uid, "SEG"):
+            for instance_id in series["Instances"]:
+                ds = pydicom.dcmread(
+                    io.BytesIO(self.instance_file(str(instance_id))), stop_before_pixels=True
+                )
+                if ds.ReferencedSeriesSequence[0].SeriesInstanceUID == source_series_uid:
+                    found.append((str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)))
+        return sorted(found)
