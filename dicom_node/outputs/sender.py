@@ -147,9 +147,27 @@ def _contexts(datasets: Sequence[Dataset]) -> list[tuple[str, list[str]]]:
     return out
 
 
-def _rejection_detail(assoc: Any) -> tuple[str, bool]:
+def _rejection(assoc: Any, received: Sequence[Any]) -> Any | None:
+    """The A-ASSOCIATE-RJ primitive if the peer rejected the association, else ``None``.
+
+    A peer that rejects and closes the connection at once (DCMTK's storescp does) can close it before
+    pynetdicom's requestor looks at the answer; pynetdicom then reports an abort without a primitive,
+    although the A-ASSOCIATE-RJ PDU arrived. The PDUs received while negotiating tell the two apart.
+    """
+    from pynetdicom.pdu import A_ASSOCIATE_RJ
+
+    if assoc.is_rejected:
+        return assoc.acceptor.primitive
+    if assoc.is_established:
+        return None
+    for pdu in received:
+        if isinstance(pdu, A_ASSOCIATE_RJ):
+            return pdu.to_primitive()
+    return None
+
+
+def _rejection_detail(rj: Any) -> tuple[str, bool]:
     """Text and retryability of an A-ASSOCIATE-RJ (PS3.8 9.3.4: result 1 permanent, 2 transient)."""
-    rj = assoc.acceptor.primitive
     transient = getattr(rj, "result", None) == 0x02
     kind = "transient" if transient else "permanent"
     source = getattr(rj, "source_str", None) or "unknown source"
@@ -184,7 +202,7 @@ def send_datasets(
 ) -> SendResult:
     """Store ``datasets`` (with file meta: their transfer syntax is used) at ``destination`` over one
     association. Returns the classified result; raises only for programming errors."""
-    from pynetdicom import AE
+    from pynetdicom import AE, evt
 
     started = time.monotonic()
     where = f"{destination_name} ({destination.ae_title}@{destination.host}:{destination.port})"
@@ -217,14 +235,20 @@ def send_datasets(
         tls_args = tls_args_for(destination)
     except TlsSetupError as exc:
         return done(SendOutcome.TLS_SETUP_FAILED, False, f"{where}: {exc.message}", [])
+    received: list[Any] = []  # PDUs of the negotiation (see _rejection)
     try:
         assoc = ae.associate(
-            destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+            destination.host,
+            destination.port,
+            ae_title=destination.ae_title,
+            tls_args=tls_args,
+            evt_handlers=[(evt.EVT_PDU_RECV, lambda event: received.append(event.pdu))],
         )
     except OSError as exc:  # e.g. an unresolvable host name
         return done(SendOutcome.PEER_UNREACHABLE, True, f"{where}: {exc}", [])
-    if assoc.is_rejected:
-        detail, transient = _rejection_detail(assoc)
+    rejection = _rejection(assoc, received)
+    if rejection is not None:
+        detail, transient = _rejection_detail(rejection)
         return done(SendOutcome.ASSOCIATION_REJECTED, transient, f"{where}: {detail}", [])
     if not assoc.is_established:
         # pynetdicom marks every failed negotiation as aborted; what the peer answered tells them apart.

@@ -7,6 +7,7 @@ accepted presentation context, no response, peer down; and the pure retry policy
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.sop_class import SegmentationStorage
 
 from config.routing import DestinationConfig, RetryConfig, SendingConfig
@@ -257,6 +259,45 @@ def test_dcmtk_refuses_association(dcmtk_peer: Callable[..., tuple[int, Path]], 
     result = send_datasets([seg_binary], "dcmtk", _destination(port, "DCMTK_SCP"), FAST)
     assert result.outcome is SendOutcome.ASSOCIATION_REJECTED
     assert "association rejected" in result.detail
+
+
+@pytest.fixture
+def rejecting_peer() -> Iterator[int]:
+    """A peer that answers every connection with an A-ASSOCIATE-RJ (permanent, service-user, no reason
+    given) at once and closes it after reading the request: the fastest rejection a PACS can give."""
+    answer = A_ASSOCIATE_RJ()
+    answer.result, answer.source, answer.reason_diagnostic = 0x01, 0x01, 0x01
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            with connection:
+                connection.sendall(answer.encode())
+                connection.recv(65536)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield int(server.getsockname()[1])
+    stop.set()
+    server.close()
+    thread.join(10)
+
+
+def test_a_rejection_is_reported_however_fast_the_peer_closes(
+    rejecting_peer: int, seg_binary: Dataset
+) -> None:
+    """pynetdicom's requestor can see the connection closed before it reads the A-ASSOCIATE-RJ that came
+    with it (then it reports an abort without an answer); the sender reports the rejection all the same,
+    never ``peer_unreachable``. The race is won by the peer in a few percent of tries: 50 tries."""
+    outcomes = [send_datasets([seg_binary], "pacs", _destination(rejecting_peer), FAST) for _ in range(50)]
+    assert {r.outcome for r in outcomes} == {SendOutcome.ASSOCIATION_REJECTED}, {r.detail for r in outcomes}
+    assert not any(r.retryable for r in outcomes)
+    assert "association rejected (permanent) by " in outcomes[0].detail
 
 
 # ------------------------------------------------------------------------------------------ retry policy
