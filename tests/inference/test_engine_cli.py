@@ -7,21 +7,29 @@ import subprocess
 import sys
 from pathlib import Path
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pytest
 
 from conversion import load_series
 from dicom_node.cli import main
+from dicom_node.outputs.validation import validate_with_dciodvfy
 from tests.support.paths import MODELS, PROSTATEX, ROOT
-from tests.support.settings import inference_settings
+from tests.support.settings import inference_settings, write_settings
 
 AXIAL_3D = PROSTATEX / "ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276"
 DWI = PROSTATEX / "ProstateX-0000_6.000000-ep2ddifftraDYNDIST-69284"
 
 
-def test_segment_writes_nifti_in_source_geometry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = inference_settings(tmp_path / "segnode.yaml", MODELS, device="cpu")
+def test_segment_writes_nifti_in_source_geometry_and_the_seg_beside_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = {
+        "inference": {"weights_dir": str(MODELS), "device": "cpu"},
+        "seg": {"series_description": "{task} from the command line"},
+    }
+    config = write_settings(tmp_path / "segnode.yaml", settings)
     out = tmp_path / "out"
     assert main(["segment", str(AXIAL_3D), "--out", str(out), "--config", str(config)]) == 0
     volume = load_series(sorted(AXIAL_3D.glob("*.dcm")))[0]
@@ -36,7 +44,22 @@ def test_segment_writes_nifti_in_source_geometry(tmp_path: Path, capsys: pytest.
     assert sidecar["series_instance_uid"] == volume.series_instance_uid
     assert len(sidecar["class_map"]) == 50 and sidecar["labels_present"]
     assert {"load_series", "predict_850", "predict_851", "total"} <= set(sidecar["timings_s"])
-    assert "total_mr.nii.gz" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "total_mr.nii.gz" in printed
+
+    # a valid DICOM-SEG beside the NIfTI, with the same labels on its grid
+    seg_path = out / "total_mr.seg.dcm"
+    assert f"{seg_path}: DICOM-SEG BINARY" in printed
+    validate_with_dciodvfy(seg_path)
+    seg = hd.seg.segread(seg_path)
+    assert seg.SeriesDescription == "total_mr from the command line"
+    frames = seg.get_pixels_by_source_instance(
+        [r.sop_instance_uid for r in volume.slice_refs], combine_segments=True, relabel=False
+    )
+    present = [int(v) for v in np.unique(labels) if v != 0]
+    lut = np.zeros(max(present) + 1, dtype=np.uint8)
+    lut[1 : len(present) + 1] = present
+    np.testing.assert_array_equal(lut[frames].transpose(2, 1, 0), labels)
 
 
 def test_segment_writes_one_label_map_per_stack(tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ def test_kill_9_in_each_stage_then_restart_finishes_the_job_exactly_once(
         tmp_path / "segnode",
         orthanc.segnode_port,  # type: ignore[attr-defined]
         orthanc.dicom_port,
+        fast=True,
         **{"completion.quiet_period_s": 600},
     )
     acknowledged: list[str] = []

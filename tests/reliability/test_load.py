@@ -50,7 +50,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[Orthanc, SegNode]]:
         "completion.quiet_period_s": 600,  # complete on release only: the slow senders pause mid-series
         "pipeline.queue_size": 1,
     }
-    with orthanc_and_segnode(tmp_path, hold=["segmenting"], **keys) as pair:
+    with orthanc_and_segnode(tmp_path, hold=["segmenting"], fast=True, **keys) as pair:
         yield pair
 
 
@@ -83,8 +83,8 @@ def test_four_concurrent_associations_while_jobs_run_store_everything_and_the_fi
 
     # four associations open at the same time ...
     associations = [established(item.files) for item in series]
-    fast = series[ASSOCIATIONS - 1]
-    #: What the three slow associations saw of the fast series' job halfway through their series.
+    unpaced = series[ASSOCIATIONS - 1]
+    #: What the three paused associations saw of the unpaced series' job halfway through their series.
     seen_while_receiving: list[set[str]] = []
 
     def sender(index: int) -> None:
@@ -92,13 +92,14 @@ def test_four_concurrent_associations_while_jobs_run_store_everything_and_the_fi
             go.wait(60)
             files, assoc = series[index].files, associations[index]
             if index == ASSOCIATIONS - 1:
-                store(assoc, files, logs[index])  # the fast series: sent at once, its job starts ...
+                store(assoc, files, logs[index])  # the unpaced series: sent at once, its job starts ...
             else:
                 half = len(files) // 2
                 store(assoc, files[:half], logs[index])
                 # ... and works (held in segmenting) while this association is still sending
                 node.wait_held("segmenting")
-                seen_while_receiving.append({j.state for j in audit.jobs(node.db, fast.series_instance_uid)})
+                jobs = audit.jobs(node.db, unpaced.series_instance_uid)
+                seen_while_receiving.append({j.state for j in jobs})
                 store(assoc, files[half:], logs[index])
             assoc.release()
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
@@ -123,7 +124,7 @@ def test_four_concurrent_associations_while_jobs_run_store_everything_and_the_fi
             rss.append(rss_mib(pid))
             thread.join(0.3)
     assert not errors, errors
-    # the fast series' job was working while the three other associations were still sending
+    # the unpaced series' job was working while the three other associations were still sending
     assert seen_while_receiving == [{"segmenting"}] * (ASSOCIATIONS - 1), seen_while_receiving
     for item in series:  # every job may go on (a job not held yet passes its hold at once)
         node.release("segmenting", node.wait_for_job(item.series_instance_uid))

@@ -28,7 +28,8 @@ FAILED_ATTEMPTS = 5
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[Orthanc, SegNode]]:
-    with orthanc_and_segnode(tmp_path, hold=["encoding"], **{"destinations.orthanc.retry": RETRY}) as pair:
+    keys = {"destinations.orthanc.retry": RETRY}
+    with orthanc_and_segnode(tmp_path, hold=["encoding"], fast=True, **keys) as pair:
         yield pair
 
 

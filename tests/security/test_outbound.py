@@ -11,14 +11,13 @@ from typing import Any
 
 import pytest
 
-from config.inference import InferenceConfig
 from dicom_node.jobs.context import PipelineContext
 from dicom_node.jobs.store import JobState
 from dicom_node.jobs.workers import Pipeline
 from dicom_node.service import NodeService
 from inference.engine import Engine
 from tests.support.dcmtk import storescp
-from tests.support.paths import MODELS, T2_SAG, series_files
+from tests.support.paths import T2_SAG, series_files
 from tests.support.pipeline import pipeline_config, receive, state
 from tests.support.waiting import wait_until
 
@@ -36,7 +35,7 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
 
 
 @pytest.mark.slow
-def test_a_whole_job_contacts_only_the_configured_destination(tmp_path: Path) -> None:
+def test_a_whole_job_contacts_only_the_configured_destination(tmp_path: Path, engine: Engine) -> None:
     global _seen, _hook_installed
     if not _hook_installed:  # audit hooks cannot be removed: install once, record only inside this test
         sys.addaudithook(_audit)
@@ -49,7 +48,7 @@ def test_a_whole_job_contacts_only_the_configured_destination(tmp_path: Path) ->
             service.start()
             node_port = service.port
             ctx = PipelineContext.create(config, service.audit, service.jobs)
-            pipeline = Pipeline(ctx, engine_factory=lambda: Engine(InferenceConfig(weights_dir=MODELS)))
+            pipeline = Pipeline(ctx, engine_factory=lambda: engine)
             pipeline.start()
             try:
                 job_id = receive(service, series_files(T2_SAG))

@@ -94,7 +94,7 @@ def raw_store(
     request.DataSet = io.BytesIO(payload)
     # pause the requestor's reactor (as pynetdicom's send_c_store does) so the response reaches us
     assoc._reactor_checkpoint.clear()
-    wait_until(lambda: assoc._is_paused, 10, "requestor reactor paused", interval_s=0.01)
+    wait_until(lambda: assoc._is_paused, 60, "requestor reactor paused", interval_s=0.01)
     try:
         assoc.dimse.send_msg(request, context.context_id)
         _cx, response = assoc.dimse.get_msg(block=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ssl
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,17 +60,12 @@ class StoreLog:
         return [uid for uid, status in self.statuses.items() if status == 0x0000]
 
 
-def store(
-    assoc: Association, files: list[Path], log: StoreLog | None = None, pause_s: float = 0.0
-) -> list[int]:
+def store(assoc: Association, files: list[Path], log: StoreLog | None = None) -> list[int]:
     """C-STORE each file on an open association; returns the statuses (-1: no response), also recorded in
-    ``log``. ``pause_s`` between two files paces the sender like a modality sending as it reconstructs (a
-    load shape, never what decides an assertion). Stops when the association ends."""
+    ``log``. Stops when the association ends."""
     log = log if log is not None else StoreLog()
     statuses = []
-    for n, path in enumerate(files):
-        if n and pause_s:
-            time.sleep(pause_s)
+    for path in files:
         if not assoc.is_established:
             break
         ds = pydicom.dcmread(path)

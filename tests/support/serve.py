@@ -157,12 +157,15 @@ class ServeProcess:
 
 class SegNode(ServeProcess):
     """A SegNode configured to receive from Orthanc (calling AE title ORTHANC on 127.0.0.1) on ``port`` and
-    send its SEG objects back to it; ``keys`` (``section.key``) change the configuration. Read-only access
-    to its audit database."""
+    send its SEG objects back to it, segmenting with task total_mr (its 3 mm model only when ``fast``: for
+    tests of what happens around the inference, not of it); ``keys`` (``section.key``) change the
+    configuration. Read-only access to its audit database."""
 
     AE_TITLE = "SEGNODE"
 
-    def __init__(self, folder: Path, port: int, orthanc_dicom_port: int, **keys: Any) -> None:
+    def __init__(
+        self, folder: Path, port: int, orthanc_dicom_port: int, fast: bool = False, **keys: Any
+    ) -> None:
         super().__init__(folder, folder / "segnode.yaml", echo=(self.AE_TITLE, "ORTHANC"))
         self.port = port
         self.db_url = f"sqlite:///{folder / 'segnode.db'}"
@@ -193,7 +196,7 @@ class SegNode(ServeProcess):
                 {
                     "name": "mr_total",
                     "match": {"modality": "MR", "calling_ae_title": "ORTHANC"},
-                    "action": {"tasks": ["total_mr"], "destinations": ["orthanc"]},
+                    "action": {"tasks": [{"name": "total_mr", "fast": fast}], "destinations": ["orthanc"]},
                 }
             ],
             "pipeline": {
@@ -278,14 +281,14 @@ class SegNode(ServeProcess):
 
 @contextlib.contextmanager
 def orthanc_and_segnode(
-    folder: Path, hold: Sequence[str] = (), **keys: Any
+    folder: Path, hold: Sequence[str] = (), fast: bool = False, **keys: Any
 ) -> Iterator[tuple[Orthanc, SegNode]]:
     """A real Orthanc that knows SegNode as modality ``segnode``, and ``segnode serve`` sending its results
     to that Orthanc, with the configuration ``keys`` set and jobs held in the ``hold`` stages; both
     answering before they are yielded, both stopped on leaving."""
     port = free_port()
     orthanc = Orthanc(folder / "orthanc", {"segnode": (SegNode.AE_TITLE, "127.0.0.1", port)})
-    node = SegNode(folder / "segnode", port, orthanc.dicom_port, **keys)
+    node = SegNode(folder / "segnode", port, orthanc.dicom_port, fast, **keys)
     try:
         orthanc.start()
         node.start(hold=hold)
