@@ -33,6 +33,7 @@ from tests.support.node import running_nodes
 from tests.support.paths import MODELS, T2_SAG, series_files
 from tests.support.ports import free_port
 from tests.support.scu import send_series
+from tests.support.series import modified_copies
 from tests.support.settings import config_maker
 from tests.support.waiting import wait_until
 
@@ -150,15 +151,9 @@ def _settings(tmp_path: Path, r: Receivers, **more: Any) -> dict[str, Any]:
 
 
 def _send(port: int, folder: Path, target: Path) -> str:
-    target.mkdir(parents=True, exist_ok=True)
-    files = []
-    for path in series_files(folder):
-        ds = pydicom.dcmread(path)
-        ds.PatientID, ds.PatientName = PATIENT_ID, PATIENT_NAME
-        ds.save_as(target / path.name, enforce_file_format=True)
-        files.append(target / path.name)
+    files = modified_copies(folder, target, PatientID=PATIENT_ID, PatientName=PATIENT_NAME)
     assert send_series(port, files) == [0x0000] * len(files)
-    return str(ds.SeriesInstanceUID)
+    return str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
 
 
 def _events(service: NodeService, prefix: str = "notification_") -> list[Event]:

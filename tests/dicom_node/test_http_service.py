@@ -13,14 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pydicom
 import pytest
-from node_support import T2_SAG, config_maker, running_nodes, series_files, wait_for
-from pynetdicom import AE
 
 from config.errors import SegNodeError
 from dicom_node.service import NodeService
 from tests.security.security_pki import make_pki
+from tests.support.node import running_nodes
+from tests.support.paths import T2_SAG, series_files
+from tests.support.scu import associate, send_series
+from tests.support.series import modified_copies
+from tests.support.settings import config_maker
+from tests.support.waiting import wait_until
 
 ENV = {"T_ADMIN_PW": "pw-admin-1", "T_VIEW_PW": "pw-view-1"}
 PATIENT_ID, PATIENT_NAME = "PHI-ID-2024", "Poe^Edgar^Phiwatch"
@@ -54,18 +57,10 @@ def _get(url: str, user: str | None = "viewer", context: ssl.SSLContext | None =
         return exc.code, exc.read()
 
 
-def _send(port: int) -> None:
-    ae = AE(ae_title="PYSCU")
-    datasets = []
-    for path in series_files(T2_SAG)[:3]:
-        ds = pydicom.dcmread(path)
-        ds.PatientID, ds.PatientName = PATIENT_ID, PATIENT_NAME
-        datasets.append(ds)
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", port, ae_title="SEGNODE")
-    for ds in datasets:
-        assert assoc.send_c_store(ds).Status == 0
-    assoc.release()
+def _send(port: int, folder: Path) -> None:
+    """Three instances of the sagittal series, with patient data, C-STOREd to the node."""
+    files = modified_copies(series_files(T2_SAG)[:3], folder, PatientID=PATIENT_ID, PatientName=PATIENT_NAME)
+    assert send_series(port, files) == [0x0000] * len(files)
 
 
 def _start(tmp_path: Path, start: Callable[..., NodeService], **settings: Any) -> NodeService:
@@ -84,7 +79,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_patient_data_reaches_http_only_where_configured(tmp_path: Path, shown: bool) -> None:
     with running_nodes(completion_interval_s=0, process_jobs=False) as start:
         node = _start(tmp_path, start, **_http(tmp_path, show_patient_data=shown))
-        _send(node.port)
+        _send(node.port, tmp_path / "sent")
         base = f"http://127.0.0.1:{node.http_port}"
         status, body = _get(base + "/api/series")
         (series,) = json.loads(body)
@@ -182,16 +177,8 @@ def test_metrics_count_refused_instances_and_rejected_associations(tmp_path: Pat
     settings = {**_http(tmp_path), "storage.max_series_instances": 2}
     with running_nodes(completion_interval_s=0, process_jobs=False) as start:
         node = _start(tmp_path, start, **settings)
-        ae = AE(ae_title="PYSCU")
-        datasets = [pydicom.dcmread(p) for p in series_files(T2_SAG)[:3]]
-        ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
-        assoc = ae.associate("127.0.0.1", node.port, ae_title="SEGNODE")
-        statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets]
-        assoc.release()
-        assert statuses == [0, 0, 0xA700]
-        stranger = AE(ae_title="STRANGER")
-        stranger.add_requested_context(datasets[0].SOPClassUID)
-        assert stranger.associate("127.0.0.1", node.port, ae_title="SEGNODE").is_rejected
+        assert send_series(node.port, series_files(T2_SAG)[:3]) == [0, 0, 0xA700]
+        assert associate(node.port, "STRANGER").is_rejected
 
         def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             status, body = _get(f"http://127.0.0.1:{node.http_port}/metrics")
@@ -203,7 +190,7 @@ def test_metrics_count_refused_instances_and_rejected_associations(tmp_path: Pat
             }
 
         released = ("segnode_associations_total", (("outcome", "released"),))
-        wait_for(lambda: scrape().get(released) == 1, timeout=60, what="the release recorded")
+        wait_until(lambda: scrape().get(released) == 1, timeout_s=60, what="the release recorded")
         samples = scrape()
     assert samples[("segnode_instances_received_total", ())] == 2
     assert samples[("segnode_instances_refused_total", (("reason", "out_of_resources"),))] == 1

@@ -5,7 +5,6 @@ SR stored in a real Orthanc next to its SEG and sources."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,9 @@ from dicom_node.outputs.sender import send_datasets
 from dicom_node.outputs.sr import BORDER_CODE, IMPLAUSIBLE_CODE, encode_volumetry_sr
 from dicom_node.outputs.validation import validate_with_dciodvfy
 from tests.dicom_node.seg_support import volumes_of
+from tests.support.orthanc import Orthanc
+from tests.support.paths import PD_TRA
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from orthanc_server import Orthanc  # noqa: E402
-
-PD_TRA = ROOT / "tests/data/mri/prostatex/ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276"
 ALGORITHM = AlgorithmInfo("TotalSegmentator", "total_mr", "2.0")
 SPLEEN, KIDNEY_RIGHT, KIDNEY_LEFT, LIVER, ADRENAL_RIGHT, PROSTATE = 1, 2, 3, 5, 8, 17
 SEGMENTS = segments_from_catalog("total_mr")

@@ -20,6 +20,7 @@ from tests.support import scu
 from tests.support.orthanc import Orthanc
 from tests.support.paths import PD_TRA, T2_SAG
 from tests.support.ports import free_port
+from tests.support.series import modified_copies
 from tests.support.serve import JOB_TIMEOUT_S, SegNode
 from tests.support.waiting import wait_until
 
@@ -38,15 +39,9 @@ ENVIRONMENT = {
 
 def patient_copies(folder: Path, target: Path) -> list[Path]:
     """Copies of a series with the patient data above (the node keeps name and birth date here)."""
-    target.mkdir(parents=True, exist_ok=True)
-    out = []
-    for path in sorted(folder.glob("*.dcm")):
-        ds = pydicom.dcmread(path)
-        ds.PatientID, ds.PatientName, ds.PatientBirthDate = PATIENT_ID, PATIENT_NAME, BIRTH_DATE
-        copy = target / path.name
-        ds.save_as(copy, enforce_file_format=True)
-        out.append(copy)
-    return out
+    return modified_copies(
+        folder, target, PatientID=PATIENT_ID, PatientName=PATIENT_NAME, PatientBirthDate=BIRTH_DATE
+    )
 
 
 def send_series(port: int, files: list[Path], calling: str = "ORTHANC") -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.uid import generate_uid
@@ -74,3 +75,17 @@ def dataset_bytes(path: Path) -> bytes:
 def header(folder: Path) -> pydicom.Dataset:
     """The header (no pixels) of the first file of a series folder."""
     return pydicom.dcmread(series_files(folder)[0], stop_before_pixels=True)
+
+
+def modified_copies(source: Path | list[Path], folder: Path, **attributes: Any) -> list[Path]:
+    """Copies of a series (a folder or its files) with ``attributes`` set in every instance (e.g. patient
+    data that must not leave the node); every other attribute, the UIDs and the pixels are the source's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for path in series_files(source) if isinstance(source, Path) else source:
+        ds = pydicom.dcmread(path)
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+        ds.save_as(folder / path.name, enforce_file_format=True)
+        out.append(folder / path.name)
+    return out
