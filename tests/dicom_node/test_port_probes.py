@@ -8,28 +8,29 @@ must not keep the node from stopping, and a reset is one log line without a trac
 from __future__ import annotations
 
 import logging
-import os
-import re
 import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from node_support import T2_SAG, clone_series, dcmtk, series_files, wait_for
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import func, select
 
 from config.model import SegNodeConfig
 from dicom_node.audit.tables import Association as AssociationRow
-from dicom_node.audit.tables import Event, Instance
+from dicom_node.audit.tables import Instance
 from dicom_node.service import NodeService
+from tests.support import audit
+from tests.support.dcmtk import dcmtk
+from tests.support.paths import T2_SAG, series_files
+from tests.support.scu import associate
+from tests.support.series import clone_series
+from tests.support.serve import ServeProcess
+from tests.support.waiting import wait_until
 
 StartNode = Callable[..., NodeService]
 #: The production timeouts (config defaults), under which the probes used to lock senders out.
@@ -44,11 +45,6 @@ def probe(port: int, reset: bool = False) -> None:
     if reset:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
-
-
-def events(node: NodeService, what: str) -> list[Event]:
-    with node.db.read() as session:
-        return list(session.scalars(select(Event).where(Event.what == what)))
 
 
 def echoscu(port: int) -> subprocess.CompletedProcess[str]:
@@ -87,10 +83,10 @@ def test_a_hundred_port_probes_then_c_echo_is_answered(
     assert echo.returncode == 0, echo.stdout + echo.stderr
     assert answered_after < 5, f"C-ECHO answered after {answered_after:.1f} s (issue 10: within 5 s)"
     assert node.server is not None
-    wait_for(lambda: node.server is not None and node.server.probes == 100, what="all probes seen")
-    assert not events(node, "association_rejected")
-    assert not events(node, "connection_closed")  # probes are counted, not audited one by one
-    wait_for(lambda: associations_alive(node) == 0, what="echo association ended")
+    wait_until(lambda: node.server is not None and node.server.probes == 100, what="all probes seen")
+    assert not audit.events(node.db, "association_rejected")
+    assert not audit.events(node.db, "connection_closed")  # probes are counted, not audited one by one
+    wait_until(lambda: associations_alive(node) == 0, what="echo association ended")
 
 
 def test_silent_connections_hold_no_association_slot(
@@ -105,20 +101,16 @@ def test_silent_connections_hold_no_association_slot(
         hold(socket.create_connection(("127.0.0.1", node.port), timeout=30))
     for _ in range(5):
         hold(socket.create_connection(("127.0.0.1", node.port), timeout=30)).sendall(HUGE_PDU_HEADER)
-    wait_for(lambda: associations_alive(node) == 5, what="the 5 announced PDUs in the association layer")
-    ae = AE(ae_title="PYSCU")
-    ae.add_requested_context(Verification)
-    first = ae.associate("127.0.0.1", node.port, ae_title="SEGNODE")
-    second = ae.associate("127.0.0.1", node.port, ae_title="SEGNODE")
-    third = ae.associate("127.0.0.1", node.port, ae_title="SEGNODE")
+    wait_until(lambda: associations_alive(node) == 5, what="the 5 announced PDUs in the association layer")
+    first, second, third = (associate(node.port) for _ in range(3))
     assert first.is_established and second.is_established
     assert third.is_rejected
-    wait_for(lambda: len(events(node, "association_rejected")) == 1, what="rejection recorded")
-    [rejected] = events(node, "association_rejected")
+    wait_until(lambda: len(audit.events(node.db, "association_rejected")) == 1, what="rejection recorded")
+    [rejected] = audit.events(node.db, "association_rejected")
     assert rejected.reason == "local_limit_exceeded"
     first.release()
     second.release()
-    fourth = ae.associate("127.0.0.1", node.port, ae_title="SEGNODE")
+    fourth = associate(node.port)
     assert fourth.is_established, "a released association gives its slot back"
     fourth.release()
 
@@ -131,9 +123,9 @@ def test_a_closed_connection_without_a_request_ends_its_threads_at_once(
     node = start_node(make_config(**{"network.acse_timeout_s": 600, "network.network_timeout_s": 600}))
     with socket.create_connection(("127.0.0.1", node.port), timeout=30) as sock:
         sock.sendall(HUGE_PDU_HEADER)
-        wait_for(lambda: associations_alive(node) == 1, what="connection in the association layer")
-    wait_for(lambda: associations_alive(node) == 0, timeout=60, what="its threads to end")
-    [event] = events(node, "connection_closed")
+        wait_until(lambda: associations_alive(node) == 1, what="connection in the association layer")
+    wait_until(lambda: associations_alive(node) == 0, timeout_s=60, what="its threads to end")
+    [event] = audit.events(node.db, "connection_closed")
     assert event.reason == "no_association_request"
 
 
@@ -188,8 +180,8 @@ def test_a_probe_every_half_second_for_a_minute_while_storescu_sends(
         with node.db.read() as session:
             return set(session.scalars(select(AssociationRow.result))) == {"released"}
 
-    wait_for(all_released, what="every association recorded as released")
-    assert not events(node, "association_rejected")
+    wait_until(all_released, what="every association recorded as released")
+    assert not audit.events(node.db, "association_rejected")
 
 
 def test_a_peer_reset_is_one_warning_line(
@@ -209,7 +201,7 @@ def test_a_peer_reset_is_one_warning_line(
         sock.sendall(partial)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
-        wait_for(lambda: associations_alive(node) == 0, what="association ended")
+        wait_until(lambda: associations_alive(node) == 0, what="association ended")
         loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
         assert [r.levelno for r in loud] == [logging.WARNING], [r.getMessage() for r in loud]
         assert "reset by the peer" in loud[0].getMessage() and "127.0.0.1" in loud[0].getMessage()
@@ -228,16 +220,14 @@ def test_stop_closes_silent_connections_and_idle_associations(
         hold(socket.create_connection(("127.0.0.1", node.port), timeout=30))
     for _ in range(5):
         hold(socket.create_connection(("127.0.0.1", node.port), timeout=30)).sendall(HUGE_PDU_HEADER)
-    ae = AE(ae_title="PYSCU")
-    ae.add_requested_context(Verification)
-    idle = ae.associate("127.0.0.1", node.port, ae_title="SEGNODE")
+    idle = associate(node.port)
     assert idle.is_established
-    wait_for(lambda: associations_alive(node) == 6, what="6 connections in the association layer")
+    wait_until(lambda: associations_alive(node) == 6, what="6 connections in the association layer")
     server = node.server
     assert server is not None
     node.stop()
-    wait_for(lambda: not server.active_associations, what="every connection's threads ended")
-    wait_for(lambda: not idle.is_alive(), what="the peer sees its association end")
+    wait_until(lambda: not server.active_associations, what="every connection's threads ended")
+    wait_until(lambda: not idle.is_alive(), what="the peer sees its association end")
     assert idle.is_aborted
     with node.db.read() as session:
         assert list(session.scalars(select(AssociationRow.result))) == ["aborted"]
@@ -245,38 +235,26 @@ def test_stop_closes_silent_connections_and_idle_associations(
 
 def test_segnode_serve_stops_on_sigterm_with_silent_connections(tmp_path: Path) -> None:
     """10 connections announce a 4 GiB PDU and go silent; SIGTERM stops ``segnode serve`` within 5 s."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGNODE__")}
-    env |= {
+    env = {
         "SEGNODE__NETWORK__BIND_ADDRESS": "127.0.0.1",
         "SEGNODE__NETWORK__PORT": "0",
         "SEGNODE__STORAGE__MIN_FREE_SPACE_MB": "0",
     }
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dicom_node.cli", "-vv", "serve"],
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=out,
-        )
+    # awaited with a C-ECHO from PACS, the one caller example.yaml allows
+    node = ServeProcess(tmp_path, env=env, echo=("SEGNODE", "PACS"), options=["-vv"])
     connections: list[socket.socket] = []
     try:
-        found: list[str] = []
-
-        def listening() -> bool:
-            assert process.poll() is None, log.read_text()
-            found[:] = re.findall(r"SegNode listening on 127\.0\.0\.1:(\d+)", log.read_text())
-            return bool(found)
-
-        wait_for(listening, timeout=120, what="segnode serve listening")
+        port = node.start()
+        process = node.process
+        assert process is not None
+        handed = node.log_text().count("handed to the association layer")  # the C-ECHO's connection
         for _ in range(10):
-            sock = socket.create_connection(("127.0.0.1", int(found[0])), timeout=30)
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
             sock.sendall(HUGE_PDU_HEADER)
             connections.append(sock)
-        wait_for(
-            lambda: log.read_text().count("handed to the association layer") == 10,
-            timeout=60,
+        wait_until(
+            lambda: node.log_text().count("handed to the association layer") == handed + 10,
+            timeout_s=60,
             what="the 10 connections in the association layer",
         )
         started = time.monotonic()
@@ -284,12 +262,11 @@ def test_segnode_serve_stops_on_sigterm_with_silent_connections(tmp_path: Path) 
         code = process.wait(timeout=120)
         stopped_after = time.monotonic() - started
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if node.process is not None and node.process.poll() is None:
+            node.kill()
         for sock in connections:
             sock.close()
-    text = log.read_text()
+    text = node.log_text()
     assert code == 0, text
     assert stopped_after < 5, f"stopped {stopped_after:.1f} s after SIGTERM (issue 10: within 5 s)\n{text}"
     assert "SegNode stopped" in text and "Traceback" not in text, text

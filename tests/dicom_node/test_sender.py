@@ -284,8 +284,9 @@ def rejecting_peer() -> Iterator[int]:
     thread.start()
     yield int(server.getsockname()[1])
     stop.set()
+    server.shutdown(socket.SHUT_RDWR)  # wakes the accept() (closing alone does not)
     server.close()
-    thread.join(10)
+    thread.join(30)
 
 
 def test_a_rejection_is_reported_however_fast_the_peer_closes(

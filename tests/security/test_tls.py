@@ -274,16 +274,18 @@ def test_port_probes_silent_connections_and_failed_handshakes_on_the_tls_port(
     stalled.sendall(b"\x16\x03\x01\x02\x00")  # a TLS record header announcing a ClientHello, then nothing
     try:
         assert node.server is not None
-        wait_for(lambda: node.server is not None and node.server.probes == 20, what="the probes seen")
-        secure = associate(node, client_context(pki.ca))
+        wait_until(lambda: node.server is not None and node.server.probes == 20, what="the probes seen")
+        secure = associate(node.port, tls=client_context(pki.ca))
         assert secure.is_established
         assert int(secure.send_c_echo().Status) == status.SUCCESS
         secure.release()
         caplog.clear()
         caplog.set_level(logging.INFO)
-        plain = associate(node, None, timeout=5)
+        plain = associate(node.port, tls=None, timeout_s=5)
         assert not plain.is_established
-        wait_for(lambda: len(events(node, "connection_closed")) == 1, what="closed connection recorded")
+        wait_until(
+            lambda: len(audit.events(node.db, "connection_closed")) == 1, what="closed connection recorded"
+        )
         node_records = [r for r in caplog.records if not r.name.startswith("pynetdicom.acse")]
         loud = [r for r in node_records if r.levelno >= logging.WARNING]  # pynetdicom.acse: the SCU's side
         assert [r.levelno for r in loud] == [logging.WARNING], [r.getMessage() for r in loud]
@@ -291,7 +293,7 @@ def test_port_probes_silent_connections_and_failed_handshakes_on_the_tls_port(
         assert not any(r.exc_info or r.exc_text for r in caplog.records)
         server = node.server
         node.stop()
-        wait_for(lambda: not server.active_associations, what="every connection's threads ended")
+        wait_until(lambda: not server.active_associations, what="every connection's threads ended")
     finally:
         silent.close()
         stalled.close()

@@ -48,7 +48,8 @@ class ServeProcess:
 
     ``config_path``: its ``--config`` (None: the embedded defaults); ``env``: extra environment variables
     (``SEGNODE__...`` settings); ``echo``: (called, calling) AE titles of the C-ECHO it is awaited with,
-    a caller the configuration allows. ``start`` may be called again after ``stop`` or ``kill``.
+    a caller the configuration allows; ``options``: of ``segnode`` itself (``-vv``). ``start`` may be called
+    again after ``stop`` or ``kill``.
     """
 
     def __init__(
@@ -58,12 +59,14 @@ class ServeProcess:
         *,
         env: Mapping[str, str] | None = None,
         echo: tuple[str, str] = ("SEGNODE", "ECHOSCU"),
+        options: Sequence[str] = (),
     ) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.config_path = config_path
         self.env = dict(env or {})
         self.echo = echo
+        self.options = list(options)
         self.log_path = folder / "segnode.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -85,7 +88,7 @@ class ServeProcess:
             plan["hold"] = {"stages": list(hold), "dir": str(self.hold_dir)}
         if plan:
             extra[FAULTS_VARIABLE] = json.dumps(plan)
-        command = [sys.executable, "-m", "dicom_node.cli", "serve"]
+        command = [sys.executable, "-m", "dicom_node.cli", *self.options, "serve"]
         if self.config_path is not None:
             command += ["--config", str(self.config_path)]
         with self.log_path.open("ab") as log:
