@@ -34,9 +34,8 @@ from conversion.dicomwalk import (
 )
 from conversion.rawheader import scan_file
 from dicom_node.receiving.admission import MalformedDatasetError, check_encoding
+from tests.support.paths import TEST_MRI
 
-ROOT = Path(__file__).resolve().parents[2]
-TEST_MRI = ROOT / "tests" / "data" / "mri"
 XA10 = TEST_MRI / "dcm_qa_enh" / "Siemens_XA10_EnhancedMR_4vol" / "6_1.dcm"
 PD = sorted(
     (TEST_MRI / "prostatex" / "ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276").glob("*.dcm")

@@ -27,11 +27,8 @@ from dicom_node.outputs.overlay import EncodedOverlay, encode_overlay
 from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, segments_from_catalog
 from dicom_node.outputs.validation import validate_with_dciodvfy
 from tests.dicom_node.seg_support import synthetic_label_map, volumes_of
+from tests.support.paths import PD_TRA, T2_SAG
 
-ROOT = Path(__file__).resolve().parents[2]
-MRI = ROOT / "tests/data/mri/prostatex"
-PD_TRA = MRI / "ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276"
-T2_SAG = MRI / "ProstateX-0000_3.000000-t2tsesag-87368"
 ALGORITHM = AlgorithmInfo("TotalSegmentator", "total_mr", "2.0")
 SEGMENTS = segments_from_catalog("total_mr")
 LABELS = [1, 2, 3, 5, 17]

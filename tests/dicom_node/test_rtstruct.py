@@ -24,13 +24,12 @@ from dicom_node.outputs.rtstruct import encode_rtstruct
 from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, segments_from_catalog
 from dicom_node.outputs.validation import validate_with_dciodvfy
 from tests.dicom_node.seg_support import synthetic_label_map, volumes_of
+from tests.support.paths import PD_TRA, T2_COR, T2_SAG
 
-ROOT = Path(__file__).resolve().parents[2]
-MRI = ROOT / "tests/data/mri/prostatex"
 SERIES = {
-    "axial": MRI / "ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276",
-    "sagittal": MRI / "ProstateX-0000_3.000000-t2tsesag-87368",
-    "coronal-oblique": MRI / "ProstateX-0000_5.000000-t2tsecor-03471",
+    "axial": PD_TRA,
+    "sagittal": T2_SAG,
+    "coronal-oblique": T2_COR,
 }
 ALGORITHM = AlgorithmInfo("TotalSegmentator", "total_mr", "2.0")
 SEGMENTS = segments_from_catalog("total_mr")
