@@ -155,9 +155,32 @@ def _apply_overrides(data: dict[str, Any], overrides: dict[tuple[str, ...], tupl
 
 
 def parse_config(
-    data: Any, source: str = "<config>", environ: Mapping[str, str] | None = None
+    data: object, source: str = "<config>", environ: Mapping[str, str] | None = None
 ) -> SegNodeConfig:
-    """Validate an already-parsed YAML document, after applying the environment overrides in ``environ``."""
+    """Validate an already-parsed YAML document, after applying the environment overrides in ``environ``.
+
+    Parameters
+    ----------
+    data
+        The document as YAML gives it (a mapping; ``None`` for an empty file). It is changed in place by the
+        overrides.
+    source
+        The name messages give the document (the file name).
+    environ
+        ``SEGNODE__SECTION__KEY`` variables that override keys (:func:`env_overrides`); ``None``: none.
+
+    Returns
+    -------
+    SegNodeConfig
+        The typed configuration, every key not given at its one default.
+
+    Raises
+    ------
+    ConfigError
+        Every problem found at once in ``problems``, each as ``file: key.path: reason`` (or ``$VARIABLE:
+        key.path: reason`` for an override): unknown keys, wrong types, values out of range, rules across
+        sections.
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -180,8 +203,26 @@ def parse_config(
 
 
 def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> SegNodeConfig:
-    """Read, parse and validate a YAML configuration file; the process environment supplies overrides
-    unless ``environ`` is given."""
+    """Read, parse and validate a YAML configuration file (what ``segnode serve --config`` does).
+
+    Parameters
+    ----------
+    path
+        The YAML file (UTF-8).
+    environ
+        Where ``SEGNODE__SECTION__KEY`` overrides are read; ``None``: the process environment.
+
+    Returns
+    -------
+    SegNodeConfig
+        The typed configuration.
+
+    Raises
+    ------
+    ConfigError
+        The file cannot be read or is not UTF-8, is not valid YAML (line and column given), repeats a key,
+        or fails validation (see :func:`parse_config`); messages name the file.
+    """
     path = Path(path)
     name = path.name
     try:
@@ -194,7 +235,13 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> S
 
 
 def load_config_text(text: str, name: str, environ: Mapping[str, str] | None = None) -> SegNodeConfig:
-    """Parse and validate YAML text; ``name`` is the file name used in messages."""
+    """Parse and validate YAML text; ``name`` is the file name used in messages.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`load_config` (YAML syntax with line and column, duplicate keys, validation).
+    """
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
@@ -208,6 +255,12 @@ def load_config_text(text: str, name: str, environ: Mapping[str, str] | None = N
 
 
 def default_config(environ: Mapping[str, str] | None = None) -> SegNodeConfig:
-    """The embedded defaults: the packaged ``config/example.yaml`` (plus environment overrides)."""
+    """The embedded defaults: the packaged ``config/example.yaml`` (plus environment overrides).
+
+    Raises
+    ------
+    ConfigError
+        An override in ``environ`` (default: the process environment) is invalid.
+    """
     text = resources.files("config").joinpath("example.yaml").read_text(encoding="utf-8")
     return load_config_text(text, "example.yaml", os.environ if environ is None else environ)

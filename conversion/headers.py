@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +43,7 @@ from conversion.rawheader import (
     first_text,
     scan_file,
 )
+from conversion.values import as_float, as_int, as_number, floats, int_or_none, number_or_none, spacing
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +253,7 @@ def _transfer_syntax(ds: Dataset) -> UID:
 def is_enhanced(view: HeaderView) -> bool:
     """Multi-frame object described by functional groups (not a classic object that carries one)."""
     return (first_text(view, 0x00080016) or "") in ENHANCED_SOP_CLASSES or (
-        _int(first_text(view, 0x00280008), 1) > 1 and view.has(0x52009230)
+        as_int(first_text(view, 0x00280008), 1) > 1 and view.has(0x52009230)
     )
 
 
@@ -285,11 +284,11 @@ def series_name(view: HeaderView) -> str:
 def frames_of(index: int, src: SourceImage) -> list[FrameInfo]:
     """Describe every 2D image of one source instance."""
     view = src.view
-    rows = _int(view.number(0x00280010), 0)
-    columns = _int(view.number(0x00280011), 0)
+    rows = as_int(view.number(0x00280010), 0)
+    columns = as_int(view.number(0x00280011), 0)
     sop = first_text(view, 0x00080018) or ""
     sop_class = first_text(view, 0x00080016) or ""
-    instance_number = _int(first_text(view, 0x00200013), 0)
+    instance_number = as_int(first_text(view, 0x00200013), 0)
     if is_enhanced(view):
         try:
             return _enhanced_frames(index, view, rows, columns, sop, sop_class, instance_number)
@@ -305,11 +304,11 @@ def frames_of(index: int, src: SourceImage) -> list[FrameInfo]:
             instance_number=instance_number,
             rows=rows,
             columns=columns,
-            orientation=_floats(view.text(0x00200037), 6),
-            position=_floats(view.text(0x00200032), 3),
-            pixel_spacing=_spacing(view.text(0x00280030)),
-            slope=_float(first_text(view, 0x00281053), 1.0),
-            intercept=_float(first_text(view, 0x00281052), 0.0),
+            orientation=floats(view.text(0x00200037), 6),
+            position=floats(view.text(0x00200032), 3),
+            pixel_spacing=spacing(view.text(0x00280030)),
+            slope=as_float(first_text(view, 0x00281053), 1.0),
+            intercept=as_float(first_text(view, 0x00281052), 0.0),
             attrs=_classic_attrs(view),
         )
     ]
@@ -322,14 +321,14 @@ _FUNCTIONAL_GROUP_TAGS = frozenset(FUNCTIONAL_GROUP_TAGS)
 def _enhanced_frames(
     index: int, view: HeaderView, rows: int, columns: int, sop: str, sop_class: str, instance_number: int
 ) -> list[FrameInfo]:
-    n_frames = _int(first_text(view, 0x00280008), 1)
+    n_frames = as_int(first_text(view, 0x00280008), 1)
     shared_groups = view.items(0x52009229, _FUNCTIONAL_GROUP_TAGS)  # Shared Functional Groups Sequence
     per_frame = view.items(0x52009230, _FUNCTIONAL_GROUP_TAGS)  # Per-frame Functional Groups Sequence
     top = _classic_attrs(view)
     frames: list[FrameInfo] = []
     shared_items = _first_items(shared_groups[0]) if shared_groups else {}
-    top_slope = _float(first_text(view, 0x00281053), 1.0)
-    top_intercept = _float(first_text(view, 0x00281052), 0.0)
+    top_slope = as_float(first_text(view, 0x00281053), 1.0)
+    top_intercept = as_float(first_text(view, 0x00281052), 0.0)
     empty = RawHeader(b"", False, {})
     for f in range(n_frames):
         items = dict(shared_items)
@@ -350,10 +349,10 @@ def _enhanced_frames(
             attrs["image_type"] = "\\".join(image_type)
         b_value = diffusion.number(0x00189087)  # Diffusion b-value (FD)
         if b_value is not None:
-            attrs["b_value"] = _number(b_value)
+            attrs["b_value"] = as_number(b_value)
         echo_time = echo.number(0x00189082)  # Effective Echo Time (FD)
         if echo_time is not None:
-            attrs["echo_time"] = _number(echo_time)
+            attrs["echo_time"] = as_number(echo_time)
         temporal = content.number(0x00209128)  # Temporal Position Index (UL)
         if temporal is not None:
             attrs["temporal_position"] = int(temporal)
@@ -365,7 +364,7 @@ def _enhanced_frames(
             attrs["acquisition_number"] = int(acquisition)
         trigger = cardiac.number(0x00209153)  # Nominal Cardiac Trigger Delay Time (FD)
         if trigger is not None:
-            attrs["trigger_time"] = _number(trigger)
+            attrs["trigger_time"] = as_number(trigger)
         frames.append(
             FrameInfo(
                 source=index,
@@ -375,13 +374,13 @@ def _enhanced_frames(
                 instance_number=instance_number,
                 rows=rows,
                 columns=columns,
-                orientation=_floats(plane_ori.text(0x00200037), 6),
-                position=_floats(plane_pos.text(0x00200032), 3),
-                pixel_spacing=_spacing(measures.text(0x00280030)),
-                slope=top_slope if transform is None else _float(first_text(transform, 0x00281053), 1.0),
+                orientation=floats(plane_ori.text(0x00200037), 6),
+                position=floats(plane_pos.text(0x00200032), 3),
+                pixel_spacing=spacing(measures.text(0x00280030)),
+                slope=top_slope if transform is None else as_float(first_text(transform, 0x00281053), 1.0),
                 intercept=top_intercept
                 if transform is None
-                else _float(first_text(transform, 0x00281052), 0.0),
+                else as_float(first_text(transform, 0x00281052), 0.0),
                 attrs=attrs,
             )
         )
@@ -408,11 +407,11 @@ def _classic_attrs(view: HeaderView) -> dict[str, Any]:
     if b_value is not None:
         attrs["b_value"] = b_value
     for key, tag, parse in (
-        ("echo_number", 0x00180086, _int_or_none),
-        ("echo_time", 0x00180081, _number_or_none),
-        ("temporal_position", 0x00200100, _int_or_none),
-        ("acquisition_number", 0x00200012, _int_or_none),
-        ("trigger_time", 0x00181060, _number_or_none),
+        ("echo_number", 0x00180086, int_or_none),
+        ("echo_time", 0x00180081, number_or_none),
+        ("temporal_position", 0x00200100, int_or_none),
+        ("acquisition_number", 0x00200012, int_or_none),
+        ("trigger_time", 0x00181060, number_or_none),
     ):
         value = parse(first_text(view, tag))
         if value is not None:
@@ -420,19 +419,11 @@ def _classic_attrs(view: HeaderView) -> dict[str, Any]:
     return attrs
 
 
-def _int_or_none(text: str | None) -> int | None:
-    return None if text is None else _int(text, 0)
-
-
-def _number_or_none(text: str | None) -> float | int | None:
-    return None if text is None else _number(text)
-
-
 def diffusion_b_value(view: HeaderView) -> float | int | None:
     """The b-value: standard (0018,9087), then Siemens (0019,xx0C), GE (0043,xx39), Philips (2001,xx03)."""
     standard = view.number(0x00189087)  # FD
     if standard is not None:
-        return _number(standard)
+        return as_number(standard)
     blocks = view.private_blocks(PRIVATE_GROUPS)
     for (group, creator, elem), vr in PRIVATE_VRS.items():
         block = blocks.get((group, creator))
@@ -449,67 +440,3 @@ def diffusion_b_value(view: HeaderView) -> float | int | None:
             number %= 1e9  # GE encodes a flag in the high digits
         return int(number) if number.is_integer() else number
     return None
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    if isinstance(value, str | bytes):
-        return [value]
-    try:
-        return list(value)
-    except TypeError:
-        return [value]
-
-
-def _floats(value: Any, n: int) -> npt.NDArray[np.float64] | None:
-    values = _as_list(value)
-    if len(values) != n:
-        return None
-    return _parsed_floats(tuple(values))
-
-
-@lru_cache(maxsize=4096)
-def _parsed_floats(values: tuple[str, ...]) -> npt.NDArray[np.float64] | None:
-    """Numbers of a multi-valued DS (shared by the frames of a series that carry the same text: the
-    array is read-only)."""
-    try:
-        floats = [float(v) for v in values]
-    except (TypeError, ValueError):
-        return None
-    if not all(map(math.isfinite, floats)):  # NaN/inf geometry counts as missing
-        return None
-    arr = np.array(floats, dtype=np.float64)
-    arr.flags.writeable = False
-    return arr
-
-
-def _spacing(value: Any) -> tuple[float, float] | None:
-    arr = _floats(value, 2)
-    if arr is None:
-        return None
-    row, column = float(arr[0]), float(arr[1])
-    return (row, column) if row > 0 and column > 0 else None
-
-
-def _float(value: Any, default: float) -> float:
-    if value in (None, ""):
-        return default
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return default
-
-
-def _number(value: Any) -> float | int:
-    number = _float(value, 0.0)
-    return int(number) if number.is_integer() else number
-
-
-def _int(value: Any, default: int) -> int:
-    if value in (None, ""):
-        return default
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return default

@@ -51,17 +51,38 @@ def load_series(
     *,
     non_uniform: NonUniformPolicy = "reject",
 ) -> list[Volume]:
-    """Build every segmentable stack of one series.
+    """Build every segmentable stack of one series as a :class:`~conversion.volume.Volume`.
 
-    ``items`` are the instances of the series, as file paths or datasets (with pixel data), or sources
-    already read by :func:`conversion.headers.read_sources`. Returns the
-    stacks in a stable order (geometry group, then the distinguishing attributes ascending), each with its
-    ``stack_key``/``stack_label``. Stacks that cannot be segmented while others can are left out and logged;
-    when none can, :class:`NotSegmentableError` is raised with the reason of the series.
+    Each header is read once (up to its Pixel Data element); the instances are grouped into stacks by
+    geometry and by the attributes that tell stacks apart (b-value, echo, temporal position, image type,
+    ...); each stack's pixels are then decoded straight into its volume.
 
-    ``non_uniform``: ``"reject"`` raises ``non_uniform_spacing`` for stacks whose slice spacing varies;
-    ``"resample"`` interpolates them linearly onto a uniform grid with the smallest gap as step
-    (``Volume.resampled`` is then set and ``slice_refs`` give the nearest source slice).
+    Parameters
+    ----------
+    items
+        The instances of one series: file paths, pydicom datasets (with pixel data), or sources already
+        read by :func:`conversion.headers.read_sources`. Any order; compressed transfer syntaxes are decoded
+        through pydicom's decoders.
+    non_uniform
+        ``"reject"``: a stack whose slice spacing varies is not segmentable (``non_uniform_spacing``).
+        ``"resample"``: it is interpolated linearly onto a uniform grid with the smallest gap as step
+        (:attr:`Volume.resampled` is then set and ``slice_refs`` give the nearest source slice).
+
+    Returns
+    -------
+    list of Volume
+        The segmentable stacks in a stable order (geometry group, then the distinguishing attributes
+        ascending), each with its ``stack_key`` and ``stack_label``. Stacks that cannot be segmented while
+        others can are left out and logged.
+
+    Raises
+    ------
+    NotSegmentableError
+        No stack of the series can be segmented; ``reason`` is one of :class:`~conversion.errors.Reason`
+        (``single_slice``, ``localizer``, ``missing_slices``, ``unreadable``, ``mixed_series``, ...) and
+        the message names the series (or the file) in words a PACS administrator understands.
+    ValueError
+        ``non_uniform`` is neither ``"reject"`` nor ``"resample"``.
     """
     stacks, sources, name = plan_series(items, non_uniform=non_uniform)
     return [_to_volume(stack, sources, name) for stack in stacks]

@@ -250,6 +250,33 @@ def build_stack(
             series=series,
             stack_label=label,
         )
+    _check_in_plane(where, positions, row, col, extent, modality, gantry_tilt, series=series, label=label)
+    resample_step = _resample_step(where, gaps, len(frames), non_uniform, series=series, label=label)
+    affine = np.eye(4)
+    affine[:3, 0] = row * ref.pixel_spacing[1]
+    affine[:3, 1] = col * ref.pixel_spacing[0]
+    affine[:3, 2] = (positions[-1] - positions[0]) / (len(frames) - 1)
+    affine[:3, 3] = positions[0]
+    if resample_step is not None:
+        affine[:3, 2] = (positions[-1] - positions[0]) / extent * resample_step
+    return Stack(
+        frames=frames, key=key, label=label, affine=affine, along_normal=along, resample_step=resample_step
+    )
+
+
+def _check_in_plane(
+    where: str,
+    positions: npt.NDArray[np.float64],
+    row: npt.NDArray[np.float64],
+    col: npt.NDArray[np.float64],
+    extent: float,
+    modality: str,
+    gantry_tilt: float,
+    *,
+    series: str,
+    label: str,
+) -> None:
+    """Refuse a stack whose slice positions drift in-plane (sheared), or a tilted CT."""
     drift = positions - positions[0]
     inplane = np.hypot(drift @ row, drift @ col)
     if modality == "CT" and abs(gantry_tilt) > 1e-3:
@@ -274,37 +301,41 @@ def build_stack(
             series=series,
             stack_label=label,
         )
+
+
+def _resample_step(
+    where: str,
+    gaps: npt.NDArray[np.float64],
+    n_frames: int,
+    non_uniform: NonUniformPolicy,
+    *,
+    series: str,
+    label: str,
+) -> float | None:
+    """``None`` for uniform slice gaps; the smallest gap where they differ and ``non_uniform`` allows
+    resampling. Refuses gaps that are multiples of the step (missing slices) and, under ``reject``,
+    non-uniform ones."""
     step = float(np.median(gaps))
     tol = max(SPACING_ABS_TOLERANCE, SPACING_REL_TOLERANCE * step)
-    resample_step: float | None = None
-    if float(np.max(np.abs(gaps - step))) > tol:
-        ratios = gaps / step
-        multiples = np.round(ratios)
-        if np.all(np.abs(ratios - multiples) * step <= tol) and np.all(multiples >= 1):
-            missing = int(np.sum(multiples - 1))
-            raise NotSegmentableError(
-                f"{where} is missing {missing} slice(s): {len(frames)} slices with a step of {step:.3g} mm "
-                f"but gaps of up to {float(np.max(gaps)):.3g} mm (send the complete series again)",
-                reason=Reason.MISSING_SLICES,
-                series=series,
-                stack_label=label,
-            )
-        if non_uniform == "reject":
-            raise NotSegmentableError(
-                f"{where} has non-uniform slice spacing ({float(np.min(gaps)):.3g} to "
-                f"{float(np.max(gaps)):.3g} mm); set conversion to resample to accept it",
-                reason=Reason.NON_UNIFORM_SPACING,
-                series=series,
-                stack_label=label,
-            )
-        resample_step = float(np.min(gaps))
-    affine = np.eye(4)
-    affine[:3, 0] = row * ref.pixel_spacing[1]
-    affine[:3, 1] = col * ref.pixel_spacing[0]
-    affine[:3, 2] = (positions[-1] - positions[0]) / (len(frames) - 1)
-    affine[:3, 3] = positions[0]
-    if resample_step is not None:
-        affine[:3, 2] = (positions[-1] - positions[0]) / extent * resample_step
-    return Stack(
-        frames=frames, key=key, label=label, affine=affine, along_normal=along, resample_step=resample_step
-    )
+    if float(np.max(np.abs(gaps - step))) <= tol:
+        return None
+    ratios = gaps / step
+    multiples = np.round(ratios)
+    if np.all(np.abs(ratios - multiples) * step <= tol) and np.all(multiples >= 1):
+        missing = int(np.sum(multiples - 1))
+        raise NotSegmentableError(
+            f"{where} is missing {missing} slice(s): {n_frames} slices with a step of {step:.3g} mm "
+            f"but gaps of up to {float(np.max(gaps)):.3g} mm (send the complete series again)",
+            reason=Reason.MISSING_SLICES,
+            series=series,
+            stack_label=label,
+        )
+    if non_uniform == "reject":
+        raise NotSegmentableError(
+            f"{where} has non-uniform slice spacing ({float(np.min(gaps)):.3g} to "
+            f"{float(np.max(gaps)):.3g} mm); set conversion to resample to accept it",
+            reason=Reason.NON_UNIFORM_SPACING,
+            series=series,
+            stack_label=label,
+        )
+    return float(np.min(gaps))

@@ -73,10 +73,18 @@ class SliceRef:
 
 @dataclass
 class Volume:
-    """One segmentable stack of a series."""
+    """One segmentable stack of a series: voxels, their exact geometry and where each slice comes from.
 
+    Built by :func:`conversion.load_series`; the conventions of the axes and the affine are those of this
+    module's description. The attributes below are what the later stages (inference, the DICOM-SEG writer)
+    read; a volume is never written back to DICOM itself.
+    """
+
+    #: Rescaled pixel values (RescaleSlope/Intercept applied), shape ``(columns, rows, slices)``.
     voxels: npt.NDArray[np.float32]
+    #: 4x4 map from ``(i, j, k, 1)`` to patient coordinates (LPS, mm).
     affine: npt.NDArray[np.float64]
+    #: The source instance (and frame) of each slice ``k``, in slice order.
     slice_refs: tuple[SliceRef, ...]
     frame_of_reference_uid: str
     modality: str
