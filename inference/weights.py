@@ -90,7 +90,20 @@ class LicenseError(WeightsError):
 def resolve_weights_dir(
     config: InferenceConfig | None = None, environ: Mapping[str, str] | None = None
 ) -> Path:
-    """The weights folder: the configuration's, else ``$TOTALSEG_WEIGHTS_PATH``, else TotalSegmentator's."""
+    """The weights folder: the configuration's, else ``$TOTALSEG_WEIGHTS_PATH``, else TotalSegmentator's.
+
+    Parameters
+    ----------
+    config
+        The ``inference`` section; its ``weights_dir`` wins when set.
+    environ
+        Where ``TOTALSEG_WEIGHTS_PATH`` is looked up; ``None``: the process environment.
+
+    Returns
+    -------
+    Path
+        The folder (``~`` expanded); it need not exist yet.
+    """
     env = os.environ if environ is None else environ
     if config is not None and config.weights_dir is not None:
         return Path(config.weights_dir).expanduser()
@@ -126,6 +139,8 @@ class DownloadLocations:
 
     @classmethod
     def from_config(cls, config: InferenceConfig | None = None) -> DownloadLocations:
+        """TotalSegmentator's official locations, with ``inference.weights_base_url`` and
+        ``inference.license_server_url`` of ``config`` in their place where set (a mirror)."""
         data = _package_data()
         base = data["release_base_url"]
         server = data["license_server_url"]
@@ -230,8 +245,25 @@ def model_problems(model: PartModel, weights_dir: Path) -> list[str]:
 def find_model_folder(model: PartModel, weights_dir: Path | None = None, *, task: str | None = None) -> Path:
     """The nnU-Net results folder of ``model`` (``<weights>/DatasetNNN_Name/<Trainer>__<Plans>__<conf>``).
 
-    Raises :class:`MissingWeightsError` (reason ``missing_weights``) naming the task, the folder and the
-    command that gets the weights, when the folder is absent or incomplete.
+    Parameters
+    ----------
+    model
+        The part model.
+    weights_dir
+        The weights folder; ``None``: :func:`resolve_weights_dir` of the defaults.
+    task
+        The task named in the message (default: the tasks that use ``model``).
+
+    Returns
+    -------
+    Path
+        The folder, with its ``dataset.json``, ``plans.json`` and checkpoint found usable.
+
+    Raises
+    ------
+    MissingWeightsError
+        The folder is absent or incomplete (reason ``missing_weights``); the message names the task, the
+        folder, what is wrong and the command that gets the weights.
     """
     weights_dir = resolve_weights_dir() if weights_dir is None else weights_dir
     problems = model_problems(model, weights_dir)
@@ -328,5 +360,17 @@ def task_status(task: Task, weights_dir: Path) -> TaskStatus:
 
 
 def weights_status(weights_dir: Path) -> list[TaskStatus]:
-    """Status of every registered task, in registry order."""
+    """What is installed of every registered task, in registry order (``segnode models list``).
+
+    Parameters
+    ----------
+    weights_dir
+        The weights folder (it need not exist: every task is then ``missing``).
+
+    Returns
+    -------
+    list of TaskStatus
+        Per task: ``installed``, ``partial`` or ``missing``, the modes that can run, each part model's
+        folder, size and problems. Nothing is raised for a broken folder: its problems are listed.
+    """
     return [task_status(task, weights_dir) for task in registry.tasks().values()]

@@ -233,12 +233,45 @@ def download_task(
     force: bool = False,
     sources: Mapping[int, WeightSource] | None = None,
 ) -> list[Path]:
-    """Download and install the weights of a task (every mode, or only ``mode``); returns the model folders.
+    """Download and install the weights of a task (``segnode models download``).
 
-    Part models already installed are skipped unless ``force``. ``sources`` (default: the package data)
-    gives each dataset's folder, release or licence-server task name and sha256. Errors:
-    :class:`LicenseError` (licensed task without key, key refused), :class:`DownloadError` (reason
-    ``offline`` or ``download_failed``), :class:`InvalidWeightsError` (corrupt zip, wrong layout).
+    Parameters
+    ----------
+    task_name
+        A registered task (``total_mr``).
+    weights_dir
+        The weights folder (created if needed).
+    locations
+        Where to download from; ``None``: TotalSegmentator's official locations.
+    license_key
+        TotalSegmentator licence number, required for licensed tasks.
+    mode
+        ``default``, ``fast`` or ``fastest``: only that mode's part models; ``None``: every mode.
+    progress
+        Where the progress bar is drawn (a terminal, or a log: one line per 10 %); ``None``: nowhere.
+    timeout
+        Seconds a connection may stay silent.
+    force
+        Download part models that are already installed too.
+    sources
+        Each dataset's folder, release or licence-server task name and sha256; ``None``: the package data.
+
+    Returns
+    -------
+    list of Path
+        The model folders of the task (those already installed included), each complete.
+
+    Raises
+    ------
+    LicenseError
+        A licensed task without key (``license_required``), or a key the server refuses (``invalid_license``).
+    DownloadError
+        The server cannot be reached (``offline``), answers with an error or a truncated or corrupt body
+        (``download_failed``, ``corrupt_download``), or the location is not an http(s) URL (``invalid_url``).
+    InvalidWeightsError
+        The zip is corrupt or does not hold the expected folders; nothing is left half-installed.
+    inference.registry.UnknownTaskError, inference.registry.UnsupportedModeError
+        Unknown task or mode.
     """
     task = registry.get_task(task_name)
     models = task.all_models if mode is None else task.models(registry.parse_mode(mode))
@@ -261,26 +294,38 @@ def download_task(
         if source is None:
             raise DownloadError(f"no download location known for nnU-Net dataset {model.dataset_id}")
         request = _build_request(source, locations, license_key)
-        logger.info("downloading dataset %d from %s", model.dataset_id, request.full_url)
-        with _temp_file(weights_dir, ".zip") as (handle, path):
-            size, sha256 = fetch(
-                request,
-                handle,
-                label=model.dataset_folder_name,
-                progress=progress,
-                timeout=timeout,
-                licensed=source.license_task is not None,
-            )
-            handle.close()
-            if source.sha256 and sha256 != source.sha256:
-                raise DownloadError(
-                    f"download from {request.full_url} is corrupt: sha256 {sha256}, expected {source.sha256}",
-                    reason="corrupt_download",
-                )
-            logger.info("dataset %d: %d bytes, sha256 %s", model.dataset_id, size, sha256)
-            install_zip(path, weights_dir, expected=[model], origin=request.full_url)
+        _download_model(model, source, request, weights_dir, progress, timeout)
         installed.append(model.model_dir(weights_dir))
     return installed
+
+
+def _download_model(
+    model: PartModel,
+    source: WeightSource,
+    request: urllib.request.Request,
+    weights_dir: Path,
+    progress: TextIO | None,
+    timeout: float,
+) -> None:
+    """Fetch one dataset's zip into a temporary file in ``weights_dir``, check its sha256, install it."""
+    logger.info("downloading dataset %d from %s", model.dataset_id, request.full_url)
+    with _temp_file(weights_dir, ".zip") as (handle, path):
+        size, sha256 = fetch(
+            request,
+            handle,
+            label=model.dataset_folder_name,
+            progress=progress,
+            timeout=timeout,
+            licensed=source.license_task is not None,
+        )
+        handle.close()
+        if source.sha256 and sha256 != source.sha256:
+            raise DownloadError(
+                f"download from {request.full_url} is corrupt: sha256 {sha256}, expected {source.sha256}",
+                reason="corrupt_download",
+            )
+        logger.info("dataset %d: %d bytes, sha256 %s", model.dataset_id, size, sha256)
+        install_zip(path, weights_dir, expected=[model], origin=request.full_url)
 
 
 # ------------------------------------------------------------------------------------ archives, import
@@ -389,10 +434,26 @@ def _place(staging: Path, weights_dir: Path, models: Sequence[PartModel], origin
 
 
 def import_weights(path: Path, weights_dir: Path) -> list[PartModel]:
-    """Install weights from a zip file or a folder (a ``DatasetNNN_Name`` folder or a folder holding some).
+    """Install weights from a zip file or a folder without internet access (``segnode models import``).
 
-    Every known dataset folder found is validated and copied into ``weights_dir`` (replacing what was there);
-    raises :class:`InvalidWeightsError` naming the problem when the input holds none or a broken one.
+    Parameters
+    ----------
+    path
+        A zip with dataset folders at its top, a ``DatasetNNN_Name`` folder, or a folder holding some.
+    weights_dir
+        The weights folder (created if needed).
+
+    Returns
+    -------
+    list of PartModel
+        The part models installed. Each dataset folder is validated and moved into place whole, replacing
+        what was there.
+
+    Raises
+    ------
+    InvalidWeightsError
+        ``path`` does not exist, holds no dataset folder SegNode knows, or one with a wrong layout (the
+        message names it); a corrupt zip (``corrupt_archive``).
     """
     path = Path(path).expanduser()
     if not path.exists():

@@ -34,6 +34,7 @@ from conversion.dicomwalk import (
 )
 from conversion.rawheader import scan_file
 from dicom_node.receiving.admission import MalformedDatasetError, check_encoding
+from tests.support.mutations import EDIT_KINDS, mutate_bytes
 from tests.support.paths import TEST_MRI
 
 XA10 = TEST_MRI / "dcm_qa_enh" / "Siemens_XA10_EnhancedMR_4vol" / "6_1.dcm"
@@ -71,24 +72,10 @@ def test_both_modes_walk_real_files_to_their_end(path: Path) -> None:
     assert set(meta) == {int(tag) for tag in reference.file_meta.keys()}
 
 
-def _mutate(data: bytes, edits: list[tuple[float, str, bytes]]) -> bytes:
-    for where, how, chunk in edits:
-        at = 132 + int(where * (len(data) - 132))
-        if how == "overwrite":
-            data = data[:at] + chunk + data[at + len(chunk) :]
-        elif how == "insert":
-            data = data[:at] + chunk + data[at:]
-        elif how == "delete":
-            data = data[:at] + data[at + len(chunk) :]
-        else:
-            data = data[:at]
-    return data
-
-
 EDITS = st.lists(
     st.tuples(
         st.floats(min_value=0.0, max_value=1.0),
-        st.sampled_from(["overwrite", "insert", "delete", "truncate"]),
+        st.sampled_from(EDIT_KINDS),
         st.one_of(
             st.binary(min_size=1, max_size=6), st.just(b"\xff\xff\xff\xff"), st.just(b"\xfe\xff\x0d\xe0")
         ),
@@ -105,7 +92,7 @@ def test_damaged_bytes_give_a_walk_error_or_a_result_in_every_reader(
 ) -> None:
     """The loader's scanners and the admission check on the same damaged bytes: a result, ``None`` (left to
     pydicom), ``EOFError`` (read more) or a refusal naming the problem; never another exception."""
-    data = _mutate(source.read_bytes(), edits)
+    data = mutate_bytes(source.read_bytes(), edits, start=132)
     for implicit in (False, True):
         for strict in (True, False):
             try:

@@ -28,6 +28,7 @@ from config.loader import parse_config
 from dicom_node.audit.tables import Instance
 from dicom_node.receiving import statuses as status
 from dicom_node.service import NodeService
+from tests.support.mutations import EDIT_KINDS, mutate_bytes
 from tests.support.node import raw_store
 from tests.support.scu import associate
 from tests.support.series import dataset_bytes
@@ -100,7 +101,7 @@ SOURCE_UID = str(pydicom.dcmread(SOURCE, stop_before_pixels=True).SOPInstanceUID
     edits=st.lists(
         st.tuples(
             st.floats(min_value=0.0, max_value=1.0),
-            st.sampled_from(["overwrite", "insert", "delete", "truncate"]),
+            st.sampled_from(EDIT_KINDS),
             st.binary(min_size=1, max_size=6),
         ),
         min_size=1,
@@ -110,17 +111,7 @@ SOURCE_UID = str(pydicom.dcmread(SOURCE, stop_before_pixels=True).SOPInstanceUID
 def test_byte_mutations_of_a_real_instance(
     node: NodeService, assoc: Association, edits: list[tuple[float, str, bytes]]
 ) -> None:
-    data = SOURCE_BYTES
-    for where, how, chunk in edits:
-        at = int(where * len(data))
-        if how == "overwrite":
-            data = data[:at] + chunk + data[at + len(chunk) :]
-        elif how == "insert":
-            data = data[:at] + chunk + data[at:]
-        elif how == "delete":
-            data = data[:at] + data[at + len(chunk) :]
-        else:
-            data = data[:at]
+    data = mutate_bytes(SOURCE_BYTES, edits)
     # pynetdicom's SCU sends no data set PDV for empty bytes; test_bad_input_pdu sends that case itself
     assume(len(data) > 0)
     check_example(node, assoc, data, SOURCE_UID)
