@@ -365,14 +365,14 @@ class Walker(Generic[Item]):
                     continue
                 while True:  # the elements of an undefined-length item, up to its Item Delimitation Item
                     key, vr_code, length = head(data, pos)
-                    if key & 0xFFFF == 0xFFFE:
-                        if key != _ITEM_END_KEY:
-                            raise _misplaced(key, pos)
+                    if key == _ITEM_END_KEY:
                         pos += 8
-                        if pos > end:
+                        if pos > end:  # a value ran past the item's container (checked once per item)
                             raise WalkError(_NO_ITEM_END)
                         break
                     if implicit:
+                        if key & 0xFFFF == 0xFFFE:
+                            raise _misplaced(key, pos)
                         length = vr_code | (length << 16)
                         value_pos = pos + 8
                     elif vr_code in short_codes:
@@ -381,15 +381,14 @@ class Walker(Generic[Item]):
                         length = u32(data, pos + 8)[0]
                         value_pos = pos + 12
                     else:  # any other VR has a 16-bit length (or is refused): never an undefined one
+                        if key in _DELIMITER_KEYS:
+                            raise _misplaced(key, pos)
                         _, value_pos, length = _other_vr(data, little, strict, key, vr_code, length, pos, end)
                     if length == undefined:
                         vr = None if implicit else long_codes[vr_code]
                         pos = self._undefined_length(key, vr, value_pos, end, depth, None)
                     else:
                         pos = value_pos + length
-                        if pos > end:
-                            what = f"value of element {tag_text(key_of(key))} ({length} bytes)"
-                            raise _short(what, value_pos, length, end)
         except struct.error:  # fewer than 8 bytes left for an element header
             raise _short("element header", pos, 8, end) from None
 
