@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.paths import ROOT
+
 PACKAGES = ("conversion", "config", "inference")
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
