@@ -102,6 +102,8 @@ def _write_seg(args: argparse.Namespace, volume: Any, result: Any, path: Path) -
         return
     write_dicom(encoded.dataset, path)
     sys.stdout.write(f"{path}: DICOM-SEG {args.seg.upper()}, {len(encoded.segment_labels)} segments\n")
+    for correction in encoded.corrections:
+        sys.stdout.write(f"{path}: source attribute corrected: {correction}\n")
 
 
 def run_segment(args: argparse.Namespace) -> int:

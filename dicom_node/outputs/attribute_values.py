@@ -2,26 +2,37 @@
 
 :func:`value_problem` says what is wrong with one element of a source header (value length, characters,
 format, value multiplicity, enumerated values, a VR other than the dictionary's), in words that never
-contain the value itself (values are PHI). :func:`decode_text` decodes the text of an element whose bytes do
-not fit the declared Specific Character Set. The rules that decide what to do about a problem (empty, drop,
+contain the value itself (values are PHI). The text of text VRs is decoded first
+(:mod:`dicom_node.outputs.copied_text`); the rules that decide what to do about a problem (empty, drop,
 refuse) are in :mod:`dicom_node.outputs.derived_attributes`.
 """
 
 from __future__ import annotations
 
-import codecs
 import datetime
-import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from pydicom import charset as dicom_charset
 from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.valuerep import MAX_VALUE_LEN, VALIDATORS, PersonName
+
+
+@dataclass(frozen=True)
+class Correction:
+    """One correction of a copied attribute: its keyword, what was wrong and what was done (no value)."""
+
+    keyword: str
+    problem: str
+    action: str
+
+    def __str__(self) -> str:
+        return f"{self.keyword}: {self.problem} -> {self.action}"
+
 
 #: Text VRs: their bytes are in the Specific Character Set (PS3.5 6.1.2.3).
 TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "PN", "UC", "UT"})
@@ -212,79 +223,3 @@ def value_problem(dataset: Dataset, tag: BaseTag) -> str | None:
         return None
     values = list(value) if isinstance(value, (list, MultiValue)) else [value]
     return _vm_and_enum_problem(tag, values)
-
-
-# ------------------------------------------------------------------------------------- character sets
-
-#: Specific Character Set terms a derived object may declare: known to pydicom (it encodes the text) and to
-#: highdicom (it refuses others).
-DECLARABLE_CHARSETS = frozenset(dicom_charset.python_encoding) - {"", "ISO_IR 6", "ISO 2022 58"}
-
-#: Spellings of character sets seen in exports instead of the Defined Terms of PS3.3 C.12.1.1.2 (after
-#: upper-casing and removing everything but letters and digits).
-_CHARSET_ALIASES = {
-    "ISO88591": "ISO_IR 100",
-    "LATIN1": "ISO_IR 100",
-    "ISOLATIN1": "ISO_IR 100",
-    "UTF8": "ISO_IR 192",
-    "ASCII": "",
-    "ISOIR6": "",
-    "USASCII": "",
-}
-
-
-def _squash(term: str) -> str:
-    return re.sub(r"[^A-Z0-9]", "", term.upper())
-
-
-_BY_SQUASHED = {_squash(term): term for term in DECLARABLE_CHARSETS} | _CHARSET_ALIASES
-
-
-def normalise_charset_term(term: str) -> str | None:
-    """A Specific Character Set term as PS3.3 spells it (``''`` for the default repertoire), or ``None``."""
-    stripped = term.strip()
-    if stripped in DECLARABLE_CHARSETS:
-        return stripped
-    return _BY_SQUASHED.get(_squash(stripped))
-
-
-_C1_CONTROLS = re.compile("[\x80-\x9f]")
-
-
-def decodes_strictly(data: bytes, terms: Sequence[str]) -> str | None:
-    """``data`` decoded with the declared terms, or ``None`` when it does not decode without loss."""
-    if data.isascii():
-        return data.decode("ascii")
-    if not terms or not any(terms):
-        return None
-    if len(terms) == 1:
-        try:
-            text = data.decode(dicom_charset.python_encoding[terms[0]], errors="strict")
-        except (UnicodeDecodeError, LookupError):
-            return None
-        # ISO 8859 decodes any byte, but 0x80-0x9F (C1 controls) are outside the repertoire (PS3.5 6.1.2.5.2):
-        # such bytes are text in another encoding (UTF-8 read as Latin-1 is the usual case).
-        return None if _C1_CONTROLS.search(text) else text
-    # ISO 2022 code extensions: pydicom switches on the escape sequences (lenient; replacement = loss).
-    text = dicom_charset.decode_bytes(data, list(terms), set())
-    return None if "\ufffd" in text else text
-
-
-def guess_decode(data: bytes) -> tuple[str, str]:
-    """Text of undeclared bytes: UTF-8 when the bytes are valid UTF-8, else ISO 8859-1 (never fails)."""
-    try:
-        return codecs.decode(data, "utf-8", errors="strict"), "UTF-8"
-    except UnicodeDecodeError:
-        return data.decode("latin-1"), "ISO 8859-1"
-
-
-def charset_for(texts: Sequence[str]) -> str | None:
-    """The Specific Character Set that holds every text: none (ASCII), ISO_IR 100 (Latin-1) or ISO_IR 192."""
-    if all(t.isascii() for t in texts):
-        return None
-    try:
-        for text in texts:
-            text.encode("latin-1")
-    except UnicodeEncodeError:
-        return "ISO_IR 192"
-    return "ISO_IR 100"

@@ -31,8 +31,7 @@ shipped with highdicom; which modules a derived object copies is data (:class:`C
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -43,6 +42,8 @@ from pydicom.tag import BaseTag, Tag
 
 from config.errors import SegNodeError
 from dicom_node.outputs import attribute_values as values
+from dicom_node.outputs.attribute_values import Correction
+from dicom_node.outputs.copied_text import fix_character_set
 
 
 class SourceAttributeError(SegNodeError):
@@ -54,18 +55,6 @@ class SourceAttributeError(SegNodeError):
     def __init__(self, message: str, keyword: str) -> None:
         super().__init__(message)
         self.keyword = keyword
-
-
-@dataclass(frozen=True)
-class Correction:
-    """One correction of a copied attribute: its keyword, what was wrong and what was done (no value)."""
-
-    keyword: str
-    problem: str
-    action: str
-
-    def __str__(self) -> str:
-        return f"{self.keyword}: {self.problem} -> {self.action}"
 
 
 @dataclass(frozen=True)
@@ -260,7 +249,7 @@ def sanitize_source(header: Dataset, copied: CopiedAttributes, where: str) -> Sa
     work = _Work(private_copy(header), copied, where)
     work.types = _types(copied)
     _fix_value_representations(work)
-    _fix_character_set(work)
+    fix_character_set(work.dataset, [_tag(k) for k in work.types], work.note)
     for keyword, (_, module) in work.types.items():
         tag = _tag(keyword)
         if tag not in work.dataset or values.is_empty(work.dataset, tag):
@@ -387,12 +376,7 @@ def apply_type_rule(work: _Work, keyword: str, problem: str) -> None:
         if module is not None and not module.mandatory:
             _drop_module(work, module, keyword, problem)
             return
-        raise SourceAttributeError(
-            f"{work.where}: the source's {describe(keyword)} {problem}; it is Type 1 in the "
-            f"{work.copied.iod} object and cannot be corrected without detaching the result from the "
-            "source: correct it at the modality or in the PACS and send the series again",
-            keyword,
-        )
+        raise _refusal(work.where, keyword, problem, work.copied.iod)
     if type_ in ("2", "2C"):
         vr = values.dictionary_vr(tag) or "UN"
         work.dataset[tag] = DataElement(tag, vr, empty_value_for_VR(vr))
@@ -401,6 +385,25 @@ def apply_type_rule(work: _Work, keyword: str, problem: str) -> None:
         if tag in work.dataset:
             del work.dataset[tag]
         work.note(keyword, problem, f"dropped (Type {type_})")
+
+
+def _refusal(where: str, keyword: str, problem: str, iod: str) -> SourceAttributeError:
+    return SourceAttributeError(
+        f"{where}: the source's {describe(keyword)} {problem}; it is Type 1 in the {iod} object and cannot "
+        "be corrected without detaching the result from the source: correct it at the modality or in the "
+        "PACS and send the series again",
+        keyword,
+    )
+
+
+def check_uids(header: Dataset, keywords: Sequence[str], where: str, iod: str) -> None:
+    """Raise :class:`SourceAttributeError` when one of the UIDs ``keywords`` of a source header is missing or
+    invalid (UIDs that a derived object's references carry unchanged, e.g. SOP Instance UID)."""
+    for keyword in keywords:
+        tag = _tag(keyword)
+        problem = "missing or empty" if values.is_empty(header, tag) else values.value_problem(header, tag)
+        if problem is not None:
+            raise _refusal(where, keyword, problem, iod)
 
 
 def _drop_module(work: _Work, module: CopiedModule, keyword: str, problem: str) -> None:
@@ -480,103 +483,3 @@ def _require_types(work: _Work) -> None:
     for keyword, type_ in work.copied.attributes:
         if type_ == "1" and values.is_empty(ds, _tag(keyword)):
             apply_type_rule(work, keyword, "missing or empty")
-
-
-# ------------------------------------------------------------------------------------- character set
-
-
-def _text_elements(dataset: Dataset, tags: Iterable[BaseTag]) -> Iterator[tuple[Dataset, BaseTag]]:
-    """(dataset, tag) of every text element among ``tags`` and in their sequences' items."""
-    for tag in tags:
-        if tag not in dataset:
-            continue
-        element = dataset.get_item(tag)
-        vr = element.VR if element.VR and element.VR != "UN" else values.dictionary_vr(tag)
-        if vr == "SQ":
-            try:
-                items = dataset[tag].value
-            except (ValueError, TypeError, KeyError):
-                continue
-            for item in items:
-                yield from _text_elements(item, [t for t in item.keys() if not t.is_private])
-        elif vr in values.TEXT_VRS:
-            yield dataset, tag
-
-
-def _declared_terms(work: _Work) -> list[str]:
-    """The source's Specific Character Set as Defined Terms (``[]``: the default repertoire); misspelt
-    terms are respelt, unknown ones ignored (noted)."""
-    ds = work.dataset
-    if "SpecificCharacterSet" not in ds:
-        return []
-    found = values.string_values(ds.get_item(0x00080005), "CS")
-    raw_terms = [t.strip() for t in found] if isinstance(found, list) else ["?"]
-    terms = [values.normalise_charset_term(t) for t in raw_terms]
-    clean = [t for t in terms if t is not None]
-    if len(clean) < len(terms):
-        work.note("SpecificCharacterSet", "not a Defined Term of PS3.3 C.12.1.1.2", "ignored")
-        return []
-    if not any(clean):
-        if raw_terms and any(raw_terms):
-            work.note("SpecificCharacterSet", "names the default repertoire", "removed (default by absence)")
-        return []
-    if clean != raw_terms:
-        work.note("SpecificCharacterSet", "not spelt as the Defined Term", "respelt")
-    return clean
-
-
-def _decode_texts(
-    dataset: Dataset, tags: list[BaseTag], terms: list[str]
-) -> tuple[list[tuple[Dataset, BaseTag, str]], dict[str, str]]:
-    """The text of every copied text element, and keyword -> how it was decoded where the declared
-    character set does not hold its bytes."""
-    texts: list[tuple[Dataset, BaseTag, str]] = []
-    redecoded: dict[str, str] = {}
-    for holder, tag in _text_elements(dataset, tags):
-        element = holder.get_item(tag)
-        if not isinstance(element, RawDataElement):
-            found = values.string_values(element, values.dictionary_vr(tag) or "LO")
-            texts.append((holder, tag, "\\".join(found) if isinstance(found, list) else ""))
-            continue
-        data = bytes(element.value or b"")
-        text = values.decodes_strictly(data, terms)
-        if text is None:
-            text, how = values.guess_decode(data)
-            redecoded[keyword_for_tag(tag) or str(tag)] = how
-        texts.append((holder, tag, text))
-    return texts, redecoded
-
-
-def _fix_character_set(work: _Work) -> None:
-    """Decode every copied text value; where the declared character set does not hold the bytes, decode as
-    UTF-8 or Latin-1 and declare the character set that holds all copied text."""
-    ds = work.dataset
-    had = "SpecificCharacterSet" in ds
-    tags = [_tag(k) for k in work.types if _tag(k) in ds]
-    # Sequences are copied before their items' text is replaced (the source header stays as it was).
-    for tag in tags:
-        if values.dictionary_vr(tag) == "SQ":
-            try:
-                ds[tag] = copy.deepcopy(ds[tag])
-            except (ValueError, TypeError, KeyError):
-                continue
-    terms = _declared_terms(work)
-    texts, redecoded = _decode_texts(ds, tags, terms)
-    target: list[str] | None = terms or None
-    if redecoded or (not terms and not all(text.isascii() for _, _, text in texts)):
-        chosen = values.charset_for([text for _, _, text in texts])
-        target = [chosen] if chosen else None
-        for keyword, how in redecoded.items():
-            what = "text not in the declared character set" if terms else "non-ASCII text, no character set"
-            work.note(keyword, what, f"decoded as {how}")
-        if target is not None:
-            problem = "does not hold the copied text" if terms else "missing for non-ASCII text"
-            work.note("SpecificCharacterSet", problem, f"declared {target[0]}")
-    if target is None:
-        if had:
-            del ds.SpecificCharacterSet
-    else:
-        ds.SpecificCharacterSet = target[0] if len(target) == 1 else target
-    for holder, tag, text in texts:
-        vr = values.dictionary_vr(tag) or "LO"
-        holder[tag] = DataElement(tag, vr, text if vr in ("LT", "ST", "UT") else text.rstrip(" "))

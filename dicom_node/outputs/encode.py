@@ -4,6 +4,7 @@ deliveries are opened by ``dicom_node.outputs.outbox``)."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -11,14 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy.typing as npt
+from sqlalchemy import select
 
 from config.routing import SegConfig
 from conversion.volume import Volume
+from dicom_node.audit.tables import Event
 from dicom_node.durable import write_dicom
 from dicom_node.jobs.context import PipelineContext, PipelineError, check_free_space
-from dicom_node.jobs.records import Converted, SegOutput, label_maps
+from dicom_node.jobs.records import Converted, JobPlan, SegOutput, label_maps
 from dicom_node.jobs.routing import plan_outputs
 from dicom_node.jobs.segment import load_label_map
+from dicom_node.outputs.attribute_values import Correction
+from dicom_node.outputs.derived_attributes import correct_derived, root_attributes
 from dicom_node.outputs.seg import (
     AlgorithmInfo,
     EmptySegmentationError,
@@ -28,7 +33,14 @@ from dicom_node.outputs.seg import (
     seg_options,
     segments_from_catalog,
 )
+from dicom_node.outputs.seg_sources import SEG_COPIED
 from dicom_node.uids import path_safe_uid
+
+logger = logging.getLogger(__name__)
+#: Keywords of the attributes a SEG copies from its source (validation errors of others are SegNode's own).
+SEG_COPIED_KEYWORDS = frozenset(dict(SEG_COPIED.attributes)) | {
+    keyword for module in SEG_COPIED.modules for keyword, _ in root_attributes(module.key)
+}
 
 #: Algorithm name written in the SEG's Algorithm Identification.
 ALGORITHM_NAME = "TotalSegmentator"
@@ -73,6 +85,35 @@ def encode_result_seg(
     return encode_seg(volume, labels, segments_from_catalog(str(result.task)), algorithm, options)
 
 
+def _validate_seg(
+    ctx: PipelineContext, encoded: EncodedSeg, path: Path, where: str
+) -> tuple[int, tuple[Correction, ...]]:
+    """Validate a written SEG; returns the number of warnings and the corrections that validation led to.
+
+    Like is compared with like: each error dciodvfy reports is attributed to the attribute it names. Errors
+    of attributes the SEG copied from its source are the source's (a fault the sanitiser did not know):
+    they get the sanitiser's Type rules in the SEG, which is written and validated again. An error of what
+    SegNode wrote itself, or one that names no attribute, fails the job (``seg_invalid``).
+    """
+    from dicom_node.outputs.validation import SegValidationError, reported_attributes
+
+    try:
+        return _validate(ctx, path), ()
+    except SegValidationError as exc:
+        reported, unnamed = reported_attributes(exc.errors)
+        own = [k for k in reported if k not in SEG_COPIED_KEYWORDS]
+        if unnamed or own:
+            first = (unnamed or [line for line in exc.errors if any(k in line for k in own)] or exc.errors)[0]
+            raise SegValidationError(
+                f"{where}: dciodvfy reported {len(exc.errors)} error(s) in the SEG, of what SegNode wrote "
+                f"itself: {first}",
+                exc.errors,
+            ) from exc
+        corrections, _ = correct_derived(encoded.dataset, reported, SEG_COPIED, where)
+    write_dicom(encoded.dataset, path)
+    return _validate(ctx, path), corrections
+
+
 def _validate(ctx: PipelineContext, path: Path) -> int:
     """dciodvfy per ``seg.validate_with_dciodvfy``; returns the number of warnings."""
     from dicom_node.outputs.validation import validate_with_dciodvfy
@@ -97,6 +138,7 @@ def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
     if not records:
         raise PipelineError(f"job {plan.job_id}: no label maps recorded", reason="label_map_missing")
     outputs: list[SegOutput] = []
+    corrections: dict[str, Correction] = {}
     folder = ctx.outbox_dir(plan.job_id)
     for record in records:
         if record.stack_index >= len(converted.volumes):
@@ -128,7 +170,9 @@ def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
             name = f"{path_safe_uid(encoded.sop_instance_uid, 'SEG SOP Instance UID')}.dcm"
             path = write_dicom(encoded.dataset, folder / name)
             encoded_s = time.perf_counter() - started
-            warnings = _validate(ctx, path)
+            warnings, reported = _validate_seg(ctx, encoded, path, _where(volume))
+            for correction in (*encoded.corrections, *reported):
+                corrections.setdefault(str(correction), correction)
             validation_s = time.perf_counter() - started - encoded_s
             outputs.append(
                 SegOutput(
@@ -148,4 +192,44 @@ def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
                 )
             )
     ctx.jobs.set_output(plan.job_id, "seg", [o.to_json() for o in outputs])
+    _record_corrections(ctx, plan, list(corrections))
     return outputs
+
+
+def _where(volume: Volume) -> str:
+    return f"series {volume.series_instance_uid}" + (
+        f" stack {volume.stack_label}" if volume.stack_label else ""
+    )
+
+
+def _record_corrections(ctx: PipelineContext, plan: JobPlan, corrections: list[str]) -> None:
+    """One ``source_attributes_corrected`` event per job: every correction of the source attributes its SEG
+    objects copy (``keyword: problem -> rule``, never the value, separated by ``; ``); not repeated when the
+    stage runs again with the same corrections."""
+    if not corrections:
+        return
+    detail = "; ".join(corrections)
+    with ctx.db.read() as session:
+        earlier = session.scalars(
+            select(Event.detail).where(
+                Event.job_id == plan.job_id, Event.what == "source_attributes_corrected"
+            )
+        ).all()
+    if detail in earlier:
+        return
+    logger.info(
+        "job %d: %d attribute(s) of series %s corrected for the SEG: %s",
+        plan.job_id,
+        len(corrections),
+        plan.series_instance_uid,
+        detail,
+    )
+    ctx.audit.event(
+        "source_attributes_corrected",
+        "info",
+        f"{len(corrections)} attribute(s)",
+        job_id=plan.job_id,
+        study=plan.study_instance_uid,
+        series=plan.series_instance_uid,
+        detail=detail,
+    )

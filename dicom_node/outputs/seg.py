@@ -43,6 +43,7 @@ from pydicom.dataset import Dataset
 
 from conversion.volume import Volume
 from dicom_node.outputs import seg_frames
+from dicom_node.outputs.attribute_values import Correction
 from dicom_node.outputs.errors import EmptySegmentationError, SegEncodingError
 from dicom_node.outputs.seg_options import (
     Compression,
@@ -69,6 +70,7 @@ from dicom_node.outputs.seg_sources import (
     frame_position,
     orientation_and_spacing,
     restrict_frame_references,
+    sanitized_volume,
     slice_thickness,
     source_for_highdicom,
 )
@@ -114,6 +116,8 @@ class EncodedSeg:
     #: SEG segment number -> model label.
     segment_labels: Mapping[int, int]
     number_of_frames: int
+    #: Corrections of the source attributes the SEG copies (keyword and rule, never the value).
+    corrections: tuple[Correction, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -207,7 +211,6 @@ def _highdicom_seg(
     that :func:`seg_frames.assemble_binary_frames` fills."""
     import highdicom as hd
 
-    where = _where(volume)
     if fast:
         nonempty: npt.NDArray[np.bool_] = np.asarray(planes.census.counts[:, 1:].any(axis=1))
         pixel_array = seg_frames.skeleton_pixel_array(nonempty, *planes.frames.shape[1:])
@@ -221,7 +224,7 @@ def _highdicom_seg(
     if volume.stack_label:
         content_description += f" ({volume.stack_label})"
     seg: Dataset = hd.seg.Segmentation(
-        source_images=[source_for_highdicom(h, where) for h in volume.source_headers],
+        source_images=[source_for_highdicom(h) for h in volume.source_headers],
         pixel_array=pixel_array,
         segmentation_type=hd.seg.SegmentationTypeValues(str(options.segmentation_type)),
         segment_descriptions=descriptions,
@@ -328,8 +331,9 @@ def encode_seg(
     Returns
     -------
     EncodedSeg
-        The dataset with its UIDs, the segment number -> label map and the number of frames. The UIDs are
-        derived from what determines the content (:func:`seg_uids`): encoding again gives the same ones.
+        The dataset with its UIDs, the segment number -> label map, the number of frames and the
+        corrections of the source attributes it copies (:func:`sanitized_volume`). The UIDs are derived
+        from what determines the content (:func:`seg_uids`): encoding again gives the same ones.
 
     Raises
     ------
@@ -340,6 +344,9 @@ def encode_seg(
         has no description, BINARY is asked with RLE, the source headers disagree with the Volume's
         geometry or Frame of Reference, a frame would reference no source image, or highdicom refuses the
         inputs.
+    SourceAttributeError
+        A Type 1 attribute the SEG carries unchanged (Study Instance UID, Frame of Reference UID, a
+        referenced UID) is missing or invalid in the source (reason ``source_attribute_invalid``).
     """
     options = options or SegOptions()
     where = _where(volume)
@@ -352,6 +359,7 @@ def encode_seg(
     if options.segmentation_type is SegmentationType.BINARY and options.compression is Compression.RLE:
         raise SegEncodingError(f"{where}: RLE compression is only possible for LABELMAP SEGs (use jpeg2000)")
     positions = _source_positions(volume, where)
+    volume, corrections = sanitized_volume(volume, where)
     orientation, pixel_spacing = orientation_and_spacing(volume)
     planes = _Planes(
         label_frames, census, present, positions, orientation, pixel_spacing, slice_thickness(volume)
@@ -377,6 +385,7 @@ def encode_seg(
         sop_instance_uid=sop_uid,
         segment_labels={n: label for n, label in enumerate(present, start=1)},
         number_of_frames=number_of_frames,
+        corrections=corrections,
     )
 
 

@@ -1,9 +1,11 @@
 """The source images as the SEG sees them: plane positions, orientation and spacing from the headers
-(cross-checked against the Volume), headers fixed up for highdicom (tolerant reading, strict writing), and
-the source references of the SEG's frames."""
+(cross-checked against the Volume), the attributes the SEG copies made valid (:data:`SEG_COPIED`, the
+sanitiser of :mod:`dicom_node.outputs.derived_attributes`: tolerant reading, strict writing), headers fixed
+up for highdicom, and the source references of the SEG's frames."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -11,6 +13,8 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 
 from conversion.volume import SliceRef, Volume
+from dicom_node.outputs.attribute_values import Correction
+from dicom_node.outputs.derived_attributes import CopiedAttributes, check_uids, private_copy, sanitize_source
 from dicom_node.outputs.errors import SegEncodingError
 
 logger = logging.getLogger(__name__)
@@ -82,36 +86,62 @@ def slice_thickness(volume: Volume) -> float:
     return float(thickness) if thickness not in (None, "") else float(volume.spacing[2])
 
 
-#: Date attributes the SEG copies from the source (Patient and General Study modules).
-_COPIED_DATES = ("PatientBirthDate", "StudyDate")
+#: What a SEG takes from its first source image: the modules of the Patient and Study IEs of the
+#: Segmentation IOD and its Specimen module (highdicom copies them whole), and single attributes with the
+#: Type that applies to them: the Frame of Reference, the UIDs its references carry, what
+#: :mod:`dicom_node.outputs.seg_options` reads (Series Number, Series Description, Slice Thickness; read,
+#: not copied: Type 3), Lossy Image Compression, and the acquisition equipment highdicom copies into the
+#: Contributing Equipment Sequence (an invalid one leaves that item out: Type 3).
+SEG_COPIED = CopiedAttributes.of_iod(
+    "segmentation",
+    ("Patient", "Study"),
+    modules=("specimen",),
+    attributes=(
+        ("StudyInstanceUID", "1"),
+        ("SeriesInstanceUID", "1"),
+        ("SOPClassUID", "1"),
+        ("SOPInstanceUID", "1"),
+        ("FrameOfReferenceUID", "1"),
+        ("PositionReferenceIndicator", "2"),
+        ("SeriesNumber", "3"),
+        ("SeriesDescription", "3"),
+        ("SliceThickness", "3"),
+        ("LossyImageCompression", "3"),
+        ("LossyImageCompressionRatio", "3"),
+        ("LossyImageCompressionMethod", "3"),
+        ("Manufacturer", "3"),
+        ("ManufacturerModelName", "3"),
+        ("SoftwareVersions", "3"),
+        ("DeviceSerialNumber", "3"),
+        ("InstitutionName", "3"),
+        ("InstitutionalDepartmentName", "3"),
+        ("InstitutionAddress", "3"),
+        ("StationName", "3"),
+        ("AcquisitionDateTime", "3"),
+        ("AcquisitionDate", "3"),
+        ("AcquisitionTime", "3"),
+    ),
+)
+#: UIDs of every source image that the SEG's references carry unchanged.
+REFERENCED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID")
 
 
-def _valid_date(value: str) -> bool:
-    import datetime
+def sanitized_volume(volume: Volume, where: str) -> tuple[Volume, tuple[Correction, ...]]:
+    """The volume with its first source header made valid for copying into the SEG (the sanitiser of
+    :mod:`dicom_node.outputs.derived_attributes`), and the corrections made; the UIDs that the SEG's
+    references carry are checked in every source header. Raises
+    :class:`~dicom_node.outputs.derived_attributes.SourceAttributeError` for a fault that cannot be
+    corrected."""
+    for header in volume.source_headers:
+        check_uids(header, REFERENCED_UIDS, where, SEG_COPIED.iod)
+    sanitized = sanitize_source(volume.first_header, SEG_COPIED, where)
+    headers = [sanitized.header, *volume.source_headers[1:]]
+    return dataclasses.replace(volume, source_headers=headers), sanitized.corrections
 
-    try:
-        datetime.datetime.strptime(value, "%Y%m%d")
-    except ValueError:
-        return False
-    return True
 
-
-def source_for_highdicom(header: Dataset, where: str) -> Dataset:
-    """The source header as highdicom should see it: tolerant reading, strict writing.
-
-    Invalid dates in attributes that are copied into the SEG (e.g. an anonymised ``00000000`` birth date)
-    become empty (both are type 2), with a warning, rather than a non-conformant SEG.
-    """
-    header = _with_shared_geometry(header)
-    bad = [k for k in _COPIED_DATES if str(header.get(k, "") or "") and not _valid_date(str(header.get(k)))]
-    if not bad:
-        return header
-    copy = Dataset(header)
-    for keyword in bad:
-        # The value itself is not logged: it may be a birth date.
-        logger.warning("%s: source %s is not a valid DICOM date; the SEG leaves it empty", where, keyword)
-        setattr(copy, keyword, "")
-    return copy
+def source_for_highdicom(header: Dataset) -> Dataset:
+    """The source header as highdicom reads it (see :func:`_with_shared_geometry`)."""
+    return _with_shared_geometry(header)
 
 
 #: Functional group macros that highdicom reads from the shared group of a multi-frame source.
@@ -142,7 +172,7 @@ def _with_shared_geometry(header: Dataset) -> Dataset:
             moved[keyword] = first
     if not moved:
         return header
-    copy = Dataset(header)
+    copy = private_copy(header)
     copy.SharedFunctionalGroupsSequence = [Dataset(shared[0])]
     for keyword, value in moved.items():
         setattr(copy.SharedFunctionalGroupsSequence[0], keyword, [value])

@@ -86,14 +86,20 @@ def validate_with_dciodvfy(
         witness = None if max_frames is None else _witness(path, max_frames, Path(folder))
         checked = path if witness is None else witness[0]
         try:
+            # errors="replace": dciodvfy quotes values as they are stored (e.g. a Latin-1 name).
             proc = subprocess.run(
-                [binary, str(checked)], capture_output=True, text=True, timeout=timeout_s, check=False
+                [binary, str(checked)],
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout_s,
+                check=False,
             )
         except subprocess.TimeoutExpired as exc:
             raise SegEncodingError(
                 f"{path.name}: dciodvfy did not finish within {timeout_s:g} s", reason="validator_timeout"
             ) from exc
-    lines = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    lines = [redact(line.strip()) for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error")]
     warnings = [line for line in lines if line.startswith("Warning")]
     gaps: list[str] = []
@@ -110,6 +116,53 @@ def validate_with_dciodvfy(
     return DciodvfyReport(
         warnings=warnings, validator_gaps=gaps, witness_frames=None if witness is None else witness[1]
     )
+
+
+#: Values that dciodvfy quotes in its messages: ``PN [1] = <Doe^John>``, ``enumerated value <MALE>``,
+#: ``Character invalid for this VR = 'a' (0x61)``.
+_QUOTED_VALUES = (
+    (re.compile(r"(\[\d+\] = )<[^>]*>"), r"\1<...>"),
+    (re.compile(r"(enumerated value )<[^>]*>"), r"\1<...>"),
+    (re.compile(r"= '[^']*' \((0x[0-9a-fA-F]+|\d+)\)"), "= <...>"),
+)
+
+
+def redact(line: str) -> str:
+    """A dciodvfy message without the values it quotes (they may be a patient's name or birth date)."""
+    for pattern, replacement in _QUOTED_VALUES:
+        line = pattern.sub(replacement, line)
+    return line
+
+
+_ELEMENT = re.compile(r"^Error - (?P<problem>.*?) Element=<(?P<keyword>\w+)>")
+_TAG = re.compile(r"^Error - (?P<problem>[^-]*?) - \(0x(?P<group>[0-9a-f]{4}),0x(?P<element>[0-9a-f]{4})\)")
+_NAMED = re.compile(r"^Error - (?P<problem>.*?) of attribute <(?P<name>[^>]+)>")
+#: Lines that only sum up the others.
+_SUMMARIES = ("Error - Dicom dataset contains invalid data values for Value Representations",)
+
+
+def reported_attributes(errors: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """keyword -> problem (without values) of every dciodvfy error line that names an attribute, and the
+    lines that name none. A summary line counts as named when another line names an attribute."""
+    from pydicom.datadict import dictionary_description, keyword_dict, keyword_for_tag
+
+    by_name = {dictionary_description(tag): keyword for keyword, tag in keyword_dict.items()}
+    named: dict[str, str] = {}
+    unnamed: list[str] = []
+    for line in errors:
+        if found := _ELEMENT.match(line):
+            keyword = found["keyword"]
+        elif found := _TAG.match(line):
+            keyword = keyword_for_tag(int(found["group"] + found["element"], 16))
+        elif found := _NAMED.match(line):
+            keyword = by_name.get(found["name"], "")
+        else:
+            unnamed.append(line)
+            continue
+        named.setdefault(keyword or line, found["problem"].split(" <")[0].strip())
+    if named:
+        unnamed = [line for line in unnamed if line not in _SUMMARIES]
+    return named, unnamed
 
 
 def _witness(path: Path, max_frames: int, folder: Path) -> tuple[Path, int] | None:

@@ -15,6 +15,7 @@ import pytest
 from pydicom.uid import PYDICOM_ROOT_UID
 
 from conversion.volume import Volume
+from dicom_node.outputs.derived_attributes import private_copy
 from dicom_node.outputs.seg import (
     AlgorithmInfo,
     Compression,
@@ -374,24 +375,25 @@ def test_options_from_configuration(test_mri: Path) -> None:
     assert ds.SeriesInstanceUID.startswith("1.2.3.")
 
 
-def test_invalid_source_dates_are_left_empty(
-    tmp_path: Path, test_mri: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Anonymised sources with dates such as 00000000 (read tolerantly) still give a conformant SEG."""
+def test_invalid_source_dates_are_left_empty(tmp_path: Path, test_mri: Path) -> None:
+    """Anonymised sources with dates such as 00000000 (read tolerantly) still give a conformant SEG; the
+    corrections name the attributes and the rule, not the values."""
     volume = volumes_of(test_mri / SERIES["sagittal"])[0]
     headers = []
     for header in volume.source_headers:
-        copy = pydicom.Dataset(header)
+        copy = private_copy(header)
         copy.PatientBirthDate = "00000000"
         copy.StudyDate = "20120000"
         headers.append(copy)
     broken = dataclasses.replace(volume, source_headers=tuple(headers))
-    with caplog.at_level("WARNING", logger="dicom_node.outputs.seg_sources"):
-        encoded, path = _encode_write_validate(
-            tmp_path, broken, synthetic_label_map(volume.shape, LABELS), SegOptions()
-        )
+    encoded, path = _encode_write_validate(
+        tmp_path, broken, synthetic_label_map(volume.shape, LABELS), SegOptions()
+    )
     ds = pydicom.dcmread(path)
     assert ds.PatientBirthDate == "" and ds.StudyDate == ""
-    ours = [r.getMessage() for r in caplog.records if r.name == "dicom_node.outputs.seg_sources"]
-    assert any("PatientBirthDate is not a valid DICOM date" in m for m in ours)
-    assert not any("00000000" in m for m in ours)
+    found = {c.keyword: f"{c.problem} -> {c.action}" for c in encoded.corrections}
+    assert found["PatientBirthDate"] == "not a valid DA value -> emptied (Type 2)"
+    assert found["StudyDate"] == "not a valid DA value -> emptied (Type 2)"
+    assert not any("0000" in str(c) for c in encoded.corrections)
+    # the source headers are left as they were
+    assert broken.first_header.PatientBirthDate == "00000000"
