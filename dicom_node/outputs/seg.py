@@ -331,9 +331,8 @@ def encode_seg(
     Returns
     -------
     EncodedSeg
-        The dataset with its UIDs, the segment number -> label map, the number of frames and the
-        corrections of the source attributes it copies (:func:`sanitized_volume`). The UIDs are derived
-        from what determines the content (:func:`seg_uids`): encoding again gives the same ones.
+        The dataset, UIDs (derived from what determines the content: :func:`seg_uids`), segment number ->
+        label, number of frames, corrections of the copied source attributes (:func:`sanitized_volume`).
 
     Raises
     ------
@@ -345,8 +344,7 @@ def encode_seg(
         geometry or Frame of Reference, a frame would reference no source image, or highdicom refuses the
         inputs.
     SourceAttributeError
-        A Type 1 attribute the SEG carries unchanged (Study Instance UID, Frame of Reference UID, a
-        referenced UID) is missing or invalid in the source (reason ``source_attribute_invalid``).
+        A Type 1 UID the SEG carries unchanged is missing or invalid in the source.
     """
     options = options or SegOptions()
     where = _where(volume)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,9 +30,6 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 import pytest
-from node_support import MRI, dcmtk_storescp, node_settings, series_files, wait_for
-from pynetdicom import AE
-from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from config.inference import InferenceConfig
@@ -47,10 +44,12 @@ from dicom_node.outputs.validation import validate_with_dciodvfy
 from dicom_node.service import NodeService
 from inference.engine import Engine
 from tests.dicom_node.source_faults import FAULTS, SourceFault, faulty_copy
+from tests.support.dcmtk import storescp
+from tests.support.paths import MODELS, PD_TRA, series_files
+from tests.support.scu import send_series
+from tests.support.settings import node_settings
+from tests.support.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
-MODELS = ROOT / "tests" / "data" / "models"
-PD_TRA = MRI / "prostatex" / "ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276"
 #: The middle 8 of the 16 slices (contiguous): half the instances, frames and validation time of the whole
 #: series, and the tiny models still find structures in them.
 SLICES = slice(4, 12)
@@ -109,18 +108,6 @@ def _collected_log() -> Iterator[list[str]]:
         root.setLevel(level)
 
 
-def _send(port: int, files: Sequence[Path]) -> None:
-    ae = AE(ae_title="PYSCU")
-    ae.add_requested_context(MRImageStorage, pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", port, ae_title="SEGNODE")
-    assert assoc.is_established
-    try:
-        for path in files:
-            assert int(assoc.send_c_store(path).Status) == 0, path
-    finally:
-        assoc.release()
-
-
 def _receive_all(service: NodeService, copies: dict[str, list[Path]]) -> dict[str, int]:
     """C-STORE every faulty copy (one association each) and complete the series; fault name -> job id.
 
@@ -129,14 +116,14 @@ def _receive_all(service: NodeService, copies: dict[str, list[Path]]) -> dict[st
     completion on release would then wait for the quiet period."""
     jobs: dict[str, int] = {}
     for name, files in copies.items():
-        _send(service.port, files)
+        assert send_series(service.port, files) == [0x0000] * len(files), name
 
         def ended() -> bool:
             with service.db.read() as session:
                 last = session.scalars(select(Association.result).order_by(Association.id.desc())).first()
                 return last in ("released", "aborted")
 
-        wait_for(ended, 120, f"the association of {name} recorded as ended")
+        wait_until(ended, 120, f"the association of {name} recorded as ended")
         [job] = service.completer.run_once(datetime.now(UTC) + timedelta(days=1))
         jobs[name] = job.id
     return jobs
@@ -148,10 +135,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     files = series_files(PD_TRA)[SLICES]
     copies = {f.name: faulty_copy(files, f, tmp / "copies" / f.name) for f in FAULTS}
     engine = OnceEngine(Engine(InferenceConfig(weights_dir=MODELS, device="cpu")))
-    with dcmtk_storescp(tmp / "pacs") as port, _collected_log() as log:
+    with storescp(tmp / "pacs", "--bit-preserving") as pacs, _collected_log() as log:
         data = node_settings(tmp)
         data["completion"] = {"quiet_period_s": 3600, "on_association_release": True}
-        data["destinations"] = {"pacs": {"ae_title": "STORESCP", "host": "127.0.0.1", "port": port}}
+        data["destinations"] = {"pacs": {"ae_title": "STORESCP", "host": "127.0.0.1", "port": pacs.port}}
         data["routes"] = [
             {
                 "name": "mr",
@@ -176,7 +163,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             pipeline.start()
             pipeline.wake()
             ended = (JobState.done, JobState.failed)
-            wait_for(
+            wait_until(
                 lambda: all(ctx.jobs.get(j).state in ended for j in jobs.values()), 1800, "every job ended"
             )
         finally:
