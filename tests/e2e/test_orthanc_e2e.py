@@ -22,7 +22,7 @@ from conversion import load_series
 from dicom_node.jobs.store import JobState
 from tests.support.cli import run_segnode
 from tests.support.orthanc import Orthanc
-from tests.support.paths import PD_TRA, T2_SAG, series_files
+from tests.support.paths import PD_TRA, T2_SAG, TEST_MRI, series_files
 from tests.support.ports import free_port
 from tests.support.series import header
 from tests.support.serve import SegNode, orthanc_and_segnode
@@ -188,3 +188,68 @@ def test_a_node_killed_mid_job_resumes_and_the_same_series_twice_leaves_one_seg_
     assert seg_instances_of_sagittal() == [
         (first_output["series_instance_uid"], first_output["sop_instance_uid"])
     ]
+
+
+#: Source faults of real exports (tests/dicom_node/source_faults.py) injected together into one copy of a
+#: classic and of an Enhanced MR series of tests/data.
+E2E_FAULTS = {
+    PD_TRA: (
+        "study_id_of_20_characters",
+        "species_without_neutered_status",
+        "latin_1_name_without_character_set",
+        "study_time_with_colons",
+        "study_description_of_70_characters",
+        "patient_sex_not_enumerated",
+    ),
+    TEST_MRI / "dcm_qa_enh" / "Siemens_XA10_EnhancedMR_4vol": (
+        "utf_8_name_declared_latin_1",
+        "accession_number_of_17_characters",
+        "type_2_attributes_missing",
+    ),
+}
+
+
+@pytest.mark.parametrize("folder", list(E2E_FAULTS), ids=["classic_mr", "enhanced_mr"])
+def test_series_with_broken_source_headers_get_a_valid_seg_in_their_study(stack: Stack, folder: Path) -> None:
+    """Orthanc -> SegNode -> Orthanc with headers that break the standard (each copy has its own Series and
+    SOP Instance UIDs, in the source's study; of the Enhanced MR series one file, one volume): the job ends
+    done, the SEG Orthanc holds lies in the study, references the faulty series, passes dciodvfy, and the
+    audit lists the corrections by keyword."""
+    from dicom_node.outputs.validation import validate_with_dciodvfy
+    from tests.dicom_node.source_faults import FAULTS, SourceFault, both, faulty_copy
+
+    chosen = [f for f in FAULTS if f.name in E2E_FAULTS[folder]]
+    fault = SourceFault(
+        f"e2e_{folder.name}",
+        "several faults of real exports in one series",
+        both(*(f.mutate for f in chosen)),
+        {k: v for f in chosen for k, v in f.expected.items()},
+    )
+    originals = series_files(folder)[:1] if folder != PD_TRA else series_files(folder)
+    files = faulty_copy(originals, fault, stack.tmp / fault.name)
+    orthanc, node = stack.orthanc, stack.segnode
+    source = pydicom.dcmread(files[0], stop_before_pixels=True)
+    orthanc.store_to("segnode", orthanc.upload(files))
+    job_id = node.wait_for_job(str(source.SeriesInstanceUID))
+    node.wait_for_state(job_id, {JobState.done})
+
+    [output] = node.outputs(job_id)["seg"]
+    assert orthanc.seg_instances(str(source.StudyInstanceUID), str(source.SeriesInstanceUID)) == [
+        (output["series_instance_uid"], output["sop_instance_uid"])
+    ]
+    [found] = orthanc.lookup(output["sop_instance_uid"])
+    path = stack.tmp / f"{fault.name}.seg.dcm"
+    path.write_bytes(orthanc.instance_file(str(found["ID"])))
+    validate_with_dciodvfy(path)
+    seg = pydicom.dcmread(path, stop_before_pixels=True)
+    assert seg.StudyInstanceUID == source.StudyInstanceUID
+    [event] = node.events(job_id, "source_attributes_corrected")
+    listed = dict(line.split(": ", 1) for line in (event.detail or "").split("; "))
+    for keyword, words in fault.expected.items():
+        assert words in listed.get(keyword, ""), (keyword, listed)
+    if folder == PD_TRA:
+        assert (seg.SpecificCharacterSet, str(seg.PatientName)) == ("ISO_IR 100", "Müller^Jürgen")
+        assert seg.StudyID == "" and seg.PatientSex == "" and seg.PatientSexNeutered == ""
+    else:
+        assert (seg.SpecificCharacterSet, str(seg.PatientName)) == ("ISO_IR 192", "Wałęsa^Łukasz")
+        assert seg.AccessionNumber == "" and "StudyTime" in seg
