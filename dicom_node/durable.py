@@ -79,7 +79,9 @@ def atomic_write(target: Path, write: Callable[[IO[bytes]], None]) -> Path:
     except OSError as exc:
         Path(temp).unlink(missing_ok=True)
         if is_disk_full(exc):
-            raise DiskFullError(f"disk full while writing {target}") from exc
+            raise DiskFullError(
+                f"disk full while writing {target.name}: free space on its file system"
+            ) from exc
         raise
     except BaseException:
         Path(temp).unlink(missing_ok=True)

@@ -50,7 +50,10 @@ class SeriesInput:
         try:
             return [source.header for source in self.sources()]
         except NotSegmentableError as exc:
-            raise PipelineError(exc.message, reason="spool_file_unreadable") from exc
+            raise PipelineError(
+                f"{exc.message}; the stored instance is damaged: send the series again",
+                reason="spool_file_unreadable",
+            ) from exc
 
 
 def read_series(ctx: PipelineContext, job: JobInfo) -> SeriesInput:
@@ -98,9 +101,10 @@ def _raise_missing(ctx: PipelineContext, job: JobInfo, missing: list[Path], tota
             "cannot be segmented without them: send the complete series again",
             reason="spool_purged",
         )
+    # Spool files are named after their SOP Instance UID; their folders are internal and not shown.
     raise PipelineError(
-        f"series {job.series_instance_uid}: spool file {missing[0]} is missing"
-        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+        f"series {job.series_instance_uid}: {len(missing)} of its {total} stored instance(s) are no longer "
+        f"in the spool (first: instance {missing[0].stem}), removed outside SegNode: send the series again",
         reason="spool_file_missing",
     )
 
@@ -159,7 +163,8 @@ def _volumes(ctx: PipelineContext, plan: JobPlan, series: SeriesInput) -> list[V
     if not selected:
         labels = ", ".join(v.stack_label or f"stack {n + 1}" for n, v in enumerate(volumes))
         raise PipelineError(
-            f"series {plan.series_instance_uid}: route {plan.route!r} selects none of its stacks ({labels})",
+            f"series {plan.series_instance_uid}: route {plan.route!r} selects none of its stacks ({labels}); "
+            "change the route's stack selection if this series should be segmented",
             reason="no_stack_selected",
         )
     return selected

@@ -55,7 +55,8 @@ def segment_stage(ctx: PipelineContext, converted: Converted, engine: EngineLike
             except Exception as exc:  # torch/CUDA errors: the job fails with a stable reason, not the node
                 raise PipelineError(
                     f"series {plan.series_instance_uid}: inference of task {task.name} on stack {index + 1} "
-                    f"failed: {type(exc).__name__}: {exc}",
+                    f"failed: {type(exc).__name__}: {exc}; retry the job (segnode jobs retry) once the cause "
+                    "is fixed",
                     reason="inference_failed",
                 ) from exc
             labels = np.ascontiguousarray(result.labels)
@@ -102,5 +103,9 @@ def load_label_map(ctx: PipelineContext, job_id: int, record: LabelMapRecord) ->
     try:
         data: npt.NDArray[np.uint8] = np.load(path, allow_pickle=False)
     except FileNotFoundError as exc:
-        raise PipelineError(f"job {job_id}: label map {path} is missing", reason="label_map_missing") from exc
+        raise PipelineError(
+            f"job {job_id}: its label map {record.file} is no longer in the work folder (removed outside "
+            "SegNode): send the series again to segment it anew",
+            reason="label_map_missing",
+        ) from exc
     return data

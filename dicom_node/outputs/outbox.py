@@ -139,11 +139,15 @@ def _datasets(ctx: PipelineContext, job_id: int, destination: str) -> list[Datas
             out.append(pydicom.dcmread(path))
         except FileNotFoundError as exc:
             raise PipelineError(
-                f"job {job_id}: outbox file {path} is missing", reason="outbox_file_missing"
+                f"job {job_id}: SEG file {output.file} is no longer in the outbox (removed outside SegNode): "
+                "send the series again to make it anew",
+                reason="outbox_file_missing",
             ) from exc
         except (InvalidDicomError, OSError) as exc:
             raise PipelineError(
-                f"job {job_id}: outbox file {path} cannot be read: {exc}", reason="outbox_file_unreadable"
+                f"job {job_id}: SEG file {output.file} in the outbox cannot be read ({type(exc).__name__}): "
+                "send the series again to make it anew",
+                reason="outbox_file_unreadable",
             ) from exc
     return out
 

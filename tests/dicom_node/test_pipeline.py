@@ -412,9 +412,12 @@ def test_a_missing_spool_file_fails_the_job_naming_the_file(
     victim = sorted((tmp_path / "spool").rglob("*.dcm"))[3]
     victim.unlink()
     node.ctx.jobs.transition(job_id, JobState.converting)
-    with pytest.raises(PipelineError, match=f"spool file .*{victim.name} is missing") as caught:
+    with pytest.raises(
+        PipelineError, match=f"no longer in the spool \\(first: instance {victim.stem}\\)"
+    ) as caught:
         convert_stage(node.ctx, job_id)
     assert caught.value.reason == "spool_file_missing"
+    assert str(tmp_path) not in caught.value.message and "send the series again" in caught.value.message
 
 
 def test_a_late_instance_after_retention_purged_its_series_fails_with_what_to_do(
@@ -453,6 +456,7 @@ def test_an_unreadable_spool_file_fails_the_job_naming_the_file(
     with pytest.raises(PipelineError, match=f"cannot read .*{victim.name}") as caught:
         convert_stage(node.ctx, job_id)
     assert caught.value.reason == "spool_file_unreadable"
+    assert str(tmp_path) not in caught.value.message and "send the series again" in caught.value.message
 
 
 def test_a_label_map_that_vanished_fails_encoding_with_its_reason(
@@ -461,7 +465,7 @@ def test_a_label_map_that_vanished_fails_encoding_with_its_reason(
     node, job_id = _resumable_copy(delivered, tmp_path, JobState.encoding, free_port())
     [record] = node.ctx.jobs.outputs(job_id)["label_maps"]
     (node.ctx.work_dir(job_id) / record["file"]).unlink()
-    with pytest.raises(PipelineError, match="label map .* is missing") as caught:
+    with pytest.raises(PipelineError, match="label map .* is no longer in the work folder") as caught:
         encode_stage(node.ctx, reload_volumes(node.ctx, job_id))
     node.service.stop()
     assert caught.value.reason == "label_map_missing"
