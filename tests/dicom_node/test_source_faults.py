@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +34,7 @@ from sqlalchemy import select
 
 from config.inference import InferenceConfig
 from config.loader import parse_config
+from config.model import SegNodeConfig
 from conversion import load_series
 from dicom_node.audit.tables import Association, Event, Job
 from dicom_node.jobs.context import PipelineContext
@@ -44,6 +45,7 @@ from dicom_node.outputs.validation import validate_with_dciodvfy
 from dicom_node.service import NodeService
 from inference.engine import Engine
 from tests.dicom_node.source_faults import FAULTS, SourceFault, faulty_copy
+from tests.support import audit
 from tests.support.dcmtk import storescp
 from tests.support.paths import MODELS, PD_TRA, series_files
 from tests.support.scu import send_series
@@ -266,3 +268,18 @@ def test_no_name_or_birth_date_of_the_faulty_headers_reaches_the_log(run: Run) -
     values = ["Müller", "Wałęsa", "Łukasz", "Mustermann", "Doe^Jane", "Gößling", "Smith^John", "00000000"]
     leaked = [(v, m) for m in run.log for v in values if v in m]
     assert leaked == []
+
+
+def test_an_instance_without_series_instance_uid_is_refused_at_reception(
+    tmp_path: Path, make_config: Callable[..., SegNodeConfig], start_node: Callable[..., NodeService]
+) -> None:
+    """No Series Instance UID: nothing can place the instance (nor a SEG of it) in a series. The SCP refuses
+    it with 0xC210 and the reason (conformance statement 3.1.4); nothing is stored."""
+    node = start_node(make_config())
+    ds = pydicom.dcmread(series_files(PD_TRA)[0])
+    del ds.SeriesInstanceUID
+    ds.save_as(tmp_path / "no_series.dcm")
+    assert send_series(node.port, [tmp_path / "no_series.dcm"]) == [0xC210]
+    [refused] = audit.events(node.db, "instance_refused")
+    assert "Series Instance UID is missing" in (refused.reason or "")
+    assert list((tmp_path / "spool").rglob("*.dcm")) == []
