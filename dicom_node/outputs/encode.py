@@ -7,7 +7,8 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from dicom_node.jobs.records import Converted, JobPlan, SegOutput, label_maps
 from dicom_node.jobs.routing import plan_outputs
 from dicom_node.jobs.segment import load_label_map
 from dicom_node.outputs.attribute_values import Correction
-from dicom_node.outputs.derived_attributes import correct_derived, root_attributes
+from dicom_node.outputs.derived_attributes import correct_derived
 from dicom_node.outputs.seg import (
     AlgorithmInfo,
     EmptySegmentationError,
@@ -33,14 +34,10 @@ from dicom_node.outputs.seg import (
     seg_options,
     segments_from_catalog,
 )
-from dicom_node.outputs.seg_sources import SEG_COPIED
+from dicom_node.outputs.seg_sources import SEG_COPIED, SEG_ROOT_COPIES
 from dicom_node.uids import path_safe_uid
 
 logger = logging.getLogger(__name__)
-#: Keywords of the attributes a SEG copies from its source (validation errors of others are SegNode's own).
-SEG_COPIED_KEYWORDS = frozenset(dict(SEG_COPIED.attributes)) | {
-    keyword for module in SEG_COPIED.modules for keyword, _ in root_attributes(module.key)
-}
 
 #: Algorithm name written in the SEG's Algorithm Identification.
 ALGORITHM_NAME = "TotalSegmentator"
@@ -85,10 +82,12 @@ def encode_result_seg(
     return encode_seg(volume, labels, segments_from_catalog(str(result.task)), algorithm, options)
 
 
-def _validate_seg(
-    ctx: PipelineContext, encoded: EncodedSeg, path: Path, where: str
+def validate_seg(
+    encoded: EncodedSeg, path: Path, where: str, validate: Callable[[Path], int]
 ) -> tuple[int, tuple[Correction, ...]]:
-    """Validate a written SEG; returns the number of warnings and the corrections that validation led to.
+    """Validate a written SEG with ``validate`` (returns the number of warnings, raises
+    :class:`~dicom_node.outputs.validation.SegValidationError`); returns the warnings and the corrections
+    that validation led to.
 
     Like is compared with like: each error dciodvfy reports is attributed to the attribute it names. Errors
     of attributes the SEG copied from its source are the source's (a fault the sanitiser did not know):
@@ -98,10 +97,10 @@ def _validate_seg(
     from dicom_node.outputs.validation import SegValidationError, reported_attributes
 
     try:
-        return _validate(ctx, path), ()
+        return validate(path), ()
     except SegValidationError as exc:
         reported, unnamed = reported_attributes(exc.errors)
-        own = [k for k in reported if k not in SEG_COPIED_KEYWORDS]
+        own = [k for k in reported if k not in SEG_ROOT_COPIES]
         if unnamed or own:
             first = (unnamed or [line for line in exc.errors if any(k in line for k in own)] or exc.errors)[0]
             raise SegValidationError(
@@ -111,7 +110,7 @@ def _validate_seg(
             ) from exc
         corrections, _ = correct_derived(encoded.dataset, reported, SEG_COPIED, where)
     write_dicom(encoded.dataset, path)
-    return _validate(ctx, path), corrections
+    return validate(path), corrections
 
 
 def _validate(ctx: PipelineContext, path: Path) -> int:
@@ -170,7 +169,7 @@ def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
             name = f"{path_safe_uid(encoded.sop_instance_uid, 'SEG SOP Instance UID')}.dcm"
             path = write_dicom(encoded.dataset, folder / name)
             encoded_s = time.perf_counter() - started
-            warnings, reported = _validate_seg(ctx, encoded, path, _where(volume))
+            warnings, reported = validate_seg(encoded, path, _where(volume), partial(_validate, ctx))
             for correction in (*encoded.corrections, *reported):
                 corrections.setdefault(str(correction), correction)
             validation_s = time.perf_counter() - started - encoded_s

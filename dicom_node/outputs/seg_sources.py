@@ -14,7 +14,13 @@ from pydicom.dataset import Dataset
 
 from conversion.volume import SliceRef, Volume
 from dicom_node.outputs.attribute_values import Correction
-from dicom_node.outputs.derived_attributes import CopiedAttributes, check_uids, private_copy, sanitize_source
+from dicom_node.outputs.derived_attributes import (
+    CopiedAttributes,
+    check_uids,
+    private_copy,
+    root_attributes,
+    sanitize_source,
+)
 from dicom_node.outputs.errors import SegEncodingError
 
 logger = logging.getLogger(__name__)
@@ -121,6 +127,20 @@ SEG_COPIED = CopiedAttributes.of_iod(
         ("AcquisitionDate", "3"),
         ("AcquisitionTime", "3"),
     ),
+)
+#: Attributes the SEG carries at its root as the source has them (the copied modules, the Frame of
+#: Reference, Lossy Image Compression); others of :data:`SEG_COPIED` are read, not copied (Series Number)
+#: or copied into items (acquisition equipment), and the SEG's own attributes of the same name are SegNode's.
+SEG_ROOT_COPIES = frozenset(
+    {keyword for module in SEG_COPIED.modules for keyword, _ in root_attributes(module.key)}
+    | {
+        "StudyInstanceUID",
+        "FrameOfReferenceUID",
+        "PositionReferenceIndicator",
+        "LossyImageCompression",
+        "LossyImageCompressionRatio",
+        "LossyImageCompressionMethod",
+    }
 )
 #: UIDs of every source image that the SEG's references carry unchanged.
 REFERENCED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID")
