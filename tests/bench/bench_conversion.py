@@ -31,10 +31,10 @@ from pathlib import Path
 
 import pydicom
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
-from conversion import NotSegmentableError, load_series  # noqa: E402
+from conversion import NotSegmentableError, load_series
+from tests.support.paths import SHARED_MRI, TEST_MRI
 
 try:
     from dicom2nifti.exceptions import ConversionError as D2NError
@@ -133,9 +133,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
-    roots = args.roots or [
-        p for p in (ROOT / "tests" / "data" / "mri", ROOT.parent / "shared" / "data" / "mri") if p.is_dir()
-    ]
+    roots = args.roots or [p for p in (TEST_MRI, SHARED_MRI) if p.is_dir()]
     header = (
         f"{'series':56} {'files':>5} {'SegNode':>8} {'d2nifti':>8} {'dcm2niix':>8} "
         f"{'wall x d2n':>10} {'x niix':>7} {'cpu x d2n':>10} {'x niix':>7}"

@@ -32,11 +32,10 @@ import numpy as np
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
-from conversion.volume import SliceRef, Volume  # noqa: E402
-from dicom_node.outputs.seg import (  # noqa: E402
+from conversion.volume import SliceRef, Volume
+from dicom_node.outputs.seg import (
     AlgorithmInfo,
     Compression,
     SegmentationType,
@@ -45,10 +44,9 @@ from dicom_node.outputs.seg import (  # noqa: E402
     segments_from_catalog,
     write_seg,
 )
+from tests.support.paths import PD_TRA
 
-HEADER_SOURCE = (
-    ROOT / "tests/data/mri/prostatex/ProstateX-0000_9.000000-tfl3d_PD_reftra1.5x1.5t3-67276/1-01.dcm"
-)
+HEADER_SOURCE = PD_TRA / "1-01.dcm"
 SIZE = 512
 SPACING = 0.8
 STEP = 2.0
