@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +9,7 @@ import pytest
 from config import ConfigError, default_config, load_config_text
 from config.http import HttpRole
 from config.notifications import NotificationKind
+from tests.support.cli import run_segnode
 
 BAD: list[tuple[str, str, str]] = [
     (
@@ -90,11 +89,6 @@ def test_example_yaml_runs_the_dashboard_on_loopback_with_secrets_from_the_envir
 def test_config_validate_reports_an_http_problem_with_its_key_path(tmp_path: Path) -> None:
     path = tmp_path / "node.yaml"
     path.write_text("http:\n  users:\n    - {name: admin, password_env: 'a b'}\n", encoding="utf-8")
-    result = subprocess.run(
-        [sys.executable, "-m", "dicom_node.cli", "config", "validate", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_segnode("config", "validate", str(path))
     assert result.returncode == 2
     assert "node.yaml: http.users[0].password_env: 'a b' is not an environment variable name" in result.stderr
