@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "dicom_node.cli.segment",
     "dicom_node.cli.models",
     "dicom_node.cli.jobs",
+    "dicom_node.cli.results",
     "dicom_node.cli.route",
 )
 

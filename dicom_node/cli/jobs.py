@@ -30,27 +30,23 @@ def register(subparsers: Any) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
 
-    def common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--config", type=Path, metavar="FILE", help="YAML configuration (for its database)")
-        sub.add_argument("--database", metavar="URL", help="SQLAlchemy URL (overrides the configuration's)")
-
     listing = actions.add_parser("list", help="jobs, newest first")
-    common(listing)
+    add_database_options(listing)
     listing.add_argument("--state", choices=[s.value for s in JobState], help="only jobs in this state")
     listing.add_argument("--series", metavar="UID", help="only jobs of this Series Instance UID")
     listing.add_argument("--limit", type=int, default=50, help="at most this many jobs (default 50)")
     listing.add_argument("--format", choices=["table", "json"], default="table")
     show = actions.add_parser("show", help="one job: stages, timings, outputs, destinations, events")
-    common(show)
+    add_database_options(show)
     show.add_argument("job_id", type=int, metavar="JOB_ID")
     show.add_argument("--format", choices=["table", "json"], default="table")
     retry = actions.add_parser("retry", help="retry a failed job at its failed stage, or resend now")
-    common(retry)
+    add_database_options(retry)
     retry.add_argument("job_id", type=int, metavar="JOB_ID")
     resend = actions.add_parser(
         "resend", help="send the SEG objects of a done job again (e.g. the PACS lost them)"
     )
-    common(resend)
+    add_database_options(resend)
     resend.add_argument("job_id", type=int, metavar="JOB_ID")
     resend.add_argument(
         "--destination",
@@ -60,12 +56,20 @@ def register(subparsers: Any) -> None:
         help="only this destination of the job (repeatable; default: all its destinations)",
     )
     cancel = actions.add_parser("cancel", help="cancel a job that is not finished")
-    common(cancel)
+    add_database_options(cancel)
     cancel.add_argument("job_id", type=int, metavar="JOB_ID")
     parser.set_defaults(func=run)
 
 
-def _context(args: argparse.Namespace) -> Any:
+def add_database_options(sub: argparse.ArgumentParser) -> None:
+    """``--config`` and ``--database``: which node database a command reads."""
+    sub.add_argument("--config", type=Path, metavar="FILE", help="YAML configuration (for its database)")
+    sub.add_argument("--database", metavar="URL", help="SQLAlchemy URL (overrides the configuration's)")
+
+
+def open_context(args: argparse.Namespace) -> Any:
+    """The stage context on the database of ``--config``/``--database`` (``JobsCommandError`` when it has
+    no jobs table); the caller disposes of ``ctx.db``."""
     from dicom_node.audit.database import Database
     from dicom_node.audit.log import AuditLog
     from dicom_node.jobs.context import PipelineContext
@@ -140,6 +144,12 @@ def _show(ctx: Any, args: argparse.Namespace) -> str:
                 f"  {seg['file']} ({seg['segmentation_type']}, {seg['segments']} segments, "
                 f"{seg['number_of_frames']} frames) -> {', '.join(seg['destinations'])}"
             )
+    volumes = data["outputs"].get("volumetry")
+    if volumes is not None:
+        flagged = sum(1 for v in volumes if v["touches_border"] or v["below_cutoff"])
+        out.append(
+            f"volumes: {len(volumes)} structure(s), {flagged} with a warning (segnode results {data['id']})"
+        )
     if data["deliveries"]:
         out.append("destinations:")
         columns = ["destination", "state", "attempts", "last_outcome", "last_attempt_at", "next_attempt_at"]
@@ -161,7 +171,7 @@ def _show(ctx: Any, args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     from dicom_node.jobs.admin import cancel_job, resend_job, retry_job
 
-    ctx = _context(args)
+    ctx = open_context(args)
     try:
         if args.action == "list":
             text = _list(ctx, args)

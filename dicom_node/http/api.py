@@ -25,7 +25,14 @@ from dicom_node.http.health import (
     readiness,
     spool_check,
 )
-from dicom_node.http.schemas import ActionResult, DestinationRow, JobDetail, JobRow, Readiness
+from dicom_node.http.schemas import (
+    ActionResult,
+    DestinationRow,
+    JobDetail,
+    JobRow,
+    Readiness,
+    ResultRow,
+)
 from dicom_node.jobs import queries
 from dicom_node.jobs.store import JobNotFoundError, JobState
 
@@ -186,8 +193,35 @@ def _job_routes(router: APIRouter, h: HttpContext) -> None:
         except JobNotFoundError as exc:
             raise _not_found(exc) from exc
 
+    _results_route(router, h)
     for action, description in ACTIONS.items():
         _action_route(router, h, action, description)
+
+
+def _results_route(router: APIRouter, h: HttpContext) -> None:
+    @router.get(
+        "/jobs/{job_id}/results",
+        response_model=list[ResultRow],
+        tags=["jobs"],
+        summary="The volume of every structure of a job, with border and plausibility flags",
+        description="The numbers of the job's volumetry SR (also with ``segnode results``): JSON rows, or "
+        "CSV with ``format=csv``. 404: no such job; 409: the job has no volumes (yet), with the reason.",
+        responses={200: {"content": {"text/csv": {}}}},
+    )
+    def results(request: Request, job_id: int, format: Literal["json", "csv"] = "json") -> Any:
+        from dicom_node.outputs.volumetry import to_csv
+
+        h.api_principal(request)
+        try:
+            rows = queries.job_results(h.db, job_id)
+        except JobNotFoundError as exc:
+            raise _not_found(exc) from exc
+        except queries.NoResultsError as exc:
+            raise HTTPException(409, {"reason": exc.reason, "message": exc.message}) from exc
+        if format == "csv":
+            headers = {"Content-Disposition": f'attachment; filename="job-{job_id}-volumes.csv"'}
+            return Response(to_csv(rows), media_type="text/csv", headers=headers)
+        return rows
 
 
 def _action_route(router: APIRouter, h: HttpContext, action: str, description: str) -> None:

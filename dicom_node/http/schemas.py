@@ -58,6 +58,22 @@ class JobDetail(JobRow):
     events: list[EventRow] = Field(description="The job's audit trail.")
 
 
+class ResultRow(BaseModel):
+    """The volume of one structure in one stack (``segnode results``; the volumetry SR's numbers)."""
+
+    series_instance_uid: str
+    stack: str = Field(description="Stack label of a multi-stack series (empty for a single stack).")
+    task: str
+    label: int = Field(description="The model's label value.")
+    structure: str = Field(description="Catalog name, e.g. kidney_left.")
+    display_name: str
+    voxels: int
+    volume_ml: float = Field(description="Voxel count x voxel volume, ml.")
+    touches_border: bool = Field(description="On the stack's border: the volume is a lower bound.")
+    cutoff_ml: float | None = Field(description="Plausibility cut-off of the structure (ml), if it has one.")
+    below_cutoff: bool = Field(description="Below the cut-off: likely a failed segmentation.")
+
+
 class ActionResult(BaseModel):
     job_id: int
     action: str

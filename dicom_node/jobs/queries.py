@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
 
+from config.errors import SegNodeError
 from config.model import SegNodeConfig
 from dicom_node.audit.database import Database
 from dicom_node.audit.query import PATIENT_COLUMNS
@@ -156,6 +157,36 @@ def show_job(db: Database, job_id: int) -> dict[str, Any]:
             "deliveries": [delivery_row(d) for d in deliveries],
             "events": [event_row(e) for e in events],
         }
+
+
+class NoResultsError(SegNodeError):
+    """The job has no measured volumes (yet)."""
+
+    reason = "no_results"
+
+
+def job_results(db: Database, job_id: int) -> list[dict[str, Any]]:
+    """The volume of every structure the job segmented (the rows of
+    :func:`dicom_node.outputs.volumetry.result_rows`, stored by the encoding stage), in label order per
+    stack; :class:`JobNotFoundError`, or :class:`NoResultsError` saying why there are none."""
+    with db.read() as session:
+        row = session.get(Job, job_id)
+        if row is None:
+            raise JobNotFoundError(f"job {job_id} does not exist")
+        outputs = json.loads(row.outputs) if row.outputs else {}
+        state, failed_stage, reason = row.state, row.failed_stage, row.reason
+    rows = outputs.get("volumetry")
+    if rows is not None:
+        return list(rows)
+    if state == JobState.failed.value:
+        why = f"it failed while {failed_stage} ({reason}) before its volumes were measured"
+    elif state in (JobState.cancelled.value, JobState.superseded.value):
+        why = f"it was {state} before its volumes were measured"
+    elif state in WORK_STATES:
+        why = f"it is {state}; volumes are measured when its label maps are encoded"
+    else:
+        why = f"it is {state} but no volumes were recorded for it"
+    raise NoResultsError(f"job {job_id} has no results: {why}")
 
 
 def list_associations(

@@ -1,6 +1,7 @@
 """The encoding stage: one DICOM-SEG per saved label map and Segmentation Type the destinations want,
 written atomically to ``<outbox_dir>/<job id>/``, validated, and listed in ``Job.outputs['seg']`` (the
-deliveries are opened by ``dicom_node.outputs.outbox``)."""
+deliveries are opened by ``dicom_node.outputs.outbox``); the volume of every structure of every label map
+in ``Job.outputs['volumetry']`` (the rows of ``segnode results``)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from dicom_node.jobs.context import PipelineContext, PipelineError, check_free_s
 from dicom_node.jobs.records import Converted, JobPlan, SegOutput, label_maps
 from dicom_node.jobs.routing import plan_outputs
 from dicom_node.jobs.segment import load_label_map
+from dicom_node.outputs import volumetry
 from dicom_node.outputs.attribute_values import Correction
 from dicom_node.outputs.derived_attributes import correct_derived
 from dicom_node.outputs.seg import (
@@ -138,6 +140,7 @@ def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
         raise PipelineError(f"job {plan.job_id}: no label maps recorded", reason="label_map_missing")
     outputs: list[SegOutput] = []
     corrections: dict[str, Correction] = {}
+    measured: list[volumetry.Volumetry] = []
     folder = ctx.outbox_dir(plan.job_id)
     for record in records:
         if record.stack_index >= len(converted.volumes):
@@ -148,6 +151,8 @@ def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
             )
         volume = converted.volumes[record.stack_index]
         labels = load_label_map(ctx, plan.job_id, record)
+        names = volumetry.catalog_names(record.task)
+        measured.append(volumetry.measure(volume, labels, record.task, names))
         segments = segments_from_catalog(record.task)
         algorithm = algorithm_info(record.task, record.mode, record.models, record.roi_subset)
         for target in plan_outputs(plan.action, ctx.config.destinations):
@@ -190,6 +195,7 @@ def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
                     validation_s=round(validation_s, 4),
                 )
             )
+    ctx.jobs.set_output(plan.job_id, "volumetry", volumetry.result_rows(measured))
     ctx.jobs.set_output(plan.job_id, "seg", [o.to_json() for o in outputs])
     _record_corrections(ctx, plan, list(corrections))
     return outputs

@@ -164,14 +164,16 @@ def result_rows(volumetries: Sequence[Volumetry]) -> list[dict[str, Any]]:
     return rows
 
 
-def to_csv(volumetries: Sequence[Volumetry]) -> str:
+def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The rows of :func:`result_rows` (or of a job's ``outputs['volumetry']``) as CSV, header first."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=RESULT_COLUMNS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
-    for row in result_rows(volumetries):
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in RESULT_COLUMNS})
     return out.getvalue()
 
 
-def to_json(volumetries: Sequence[Volumetry]) -> str:
-    return json.dumps(result_rows(volumetries), indent=2)
+def to_json(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The rows of :func:`result_rows` as a JSON array of objects with the keys of :data:`RESULT_COLUMNS`."""
+    return json.dumps([{k: row.get(k) for k in RESULT_COLUMNS} for row in rows], indent=2)

@@ -165,6 +165,26 @@ def test_unknown_job_and_missing_database_are_clear_errors(
     assert code == 1 and "no jobs table (has the node run there?)" in err
 
 
+def test_results_of_a_job_without_volumes_say_why(
+    tmp_path: Path, make_node: Callable[..., Node], capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = make_node(tmp_path, free_port())
+    job_id = receive(node.service, series_files(T2_SAG))
+    results = ["results", str(job_id), "--database", node.config.database.url]
+    assert run_main(results) == 1
+    assert capsys.readouterr().err == (
+        f"error [no_results]: job {job_id} has no results: it is queued; volumes are measured when its "
+        "label maps are encoded\n"
+    )
+    node.ctx.jobs.transition(job_id, JobState.converting)
+    node.ctx.jobs.transition(job_id, JobState.failed, reason="spool_file_missing", detail="file gone")
+    assert run_main([*results, "--format", "csv"]) == 1
+    assert capsys.readouterr().err == (
+        f"error [no_results]: job {job_id} has no results: it failed while converting (spool_file_missing) "
+        "before its volumes were measured\n"
+    )
+
+
 def test_resend_sends_a_done_jobs_seg_again_and_explains_what_it_cannot(
     tmp_path: Path, make_node: Callable[..., PipelineNode], capsys: pytest.CaptureFixture[str]
 ) -> None:

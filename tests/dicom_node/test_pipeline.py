@@ -210,6 +210,68 @@ def test_the_sent_seg_reads_back_as_the_label_map(delivered: Delivered) -> None:
     assert names == [catalog[v].name for v in present]
 
 
+#: Plausibility cut-offs of TotalSegmentator's MRI paper (ml), as issue 13 lists them.
+PAPER_CUTOFFS = {
+    "spleen": 40.0,
+    "kidney_right": 50.0,
+    "kidney_left": 30.0,
+    "liver": 100.0,
+    "adrenal_gland_right": 1.0,
+    "adrenal_gland_left": 1.0,
+}
+
+
+def header_voxel_ml(files: list[Path]) -> float:
+    """Pixel Spacing x the distance between neighbouring slice positions, from the source headers."""
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+    spacing = [float(v) for v in headers[0].PixelSpacing]
+    normal = np.cross(*np.reshape([float(v) for v in headers[0].ImageOrientationPatient], (2, 3)))
+    along = sorted(float(np.dot([float(v) for v in h.ImagePositionPatient], normal)) for h in headers)
+    return spacing[0] * spacing[1] * float(np.median(np.diff(along))) / 1000.0
+
+
+def test_the_job_records_every_structures_volume_and_segnode_results_prints_it(
+    delivered: Delivered, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``Job.outputs['volumetry']``: voxel count x voxel volume (from the headers, within 0.1 %), the border
+    flag from the label map's faces, the paper's cut-offs; ``segnode results`` prints the same rows as
+    CSV, JSON and a table."""
+    from dicom_node.cli import main
+    from dicom_node.outputs import volumetry
+
+    ctx, job_id, label_map = delivered.ctx, delivered.job_id, delivered.label_map
+    rows = ctx.jobs.outputs(job_id)["volumetry"]
+    counts = np.bincount(label_map.ravel())
+    present = [int(v) for v in np.flatnonzero(counts) if v]
+    assert [r["label"] for r in rows] == present
+    voxel_ml = header_voxel_ml(series_files(T2_SAG))
+    faces = np.concatenate(
+        [f.ravel() for a in range(3) for f in (np.take(label_map, 0, a), np.take(label_map, -1, a))]
+    )
+    catalog = segments_from_catalog("total_mr")
+    for row in rows:
+        assert row["display_name"] == catalog[row["label"]].name
+        assert row["voxels"] == counts[row["label"]]
+        assert row["volume_ml"] == pytest.approx(counts[row["label"]] * voxel_ml, rel=1e-3)
+        assert row["touches_border"] == (row["label"] in faces)
+        assert row["cutoff_ml"] == PAPER_CUTOFFS.get(row["structure"])
+        assert row["below_cutoff"] == (row["cutoff_ml"] is not None and row["volume_ml"] < row["cutoff_ml"])
+    url = ctx.config.database.url
+    assert main(["results", str(job_id), "--database", url, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == rows
+    assert main(["results", str(job_id), "--database", url, "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ",".join(volumetry.RESULT_COLUMNS)
+    assert [int(line.split(",")[3]) for line in lines[1:]] == present
+    assert main(["results", str(job_id), "--database", url]) == 0
+    text = capsys.readouterr().out
+    assert f"job {job_id}: series {rows[0]['series_instance_uid']}" in text
+    for row in rows:
+        assert f"{row['volume_ml']:.2f}" in text and row["display_name"] in text
+    assert main(["results", "999999", "--database", url]) == 1
+    assert "job 999999 does not exist" in capsys.readouterr().err
+
+
 def _resumable_copy(
     delivered: Delivered, tmp: Path, to_state: JobState, port: int, **overrides: Any
 ) -> tuple[PipelineNode, int]:

@@ -172,7 +172,7 @@ def test_results_rows_are_the_sr_numbers(volume: Volume, encoded: tuple[Any, Any
     for row in rows:
         (measurement,) = groups[row["display_name"]].get_measurements()
         assert float(measurement.value) == pytest.approx(row["volume_ml"], rel=1e-9)
-    csv_text = volumetry.to_csv([report])
+    csv_text = volumetry.to_csv(rows)
     assert csv_text.splitlines()[0] == ",".join(volumetry.RESULT_COLUMNS)
     assert len(csv_text.splitlines()) == len(rows) + 1
 

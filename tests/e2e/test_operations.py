@@ -53,6 +53,8 @@ GET_PATHS = [
     "/api/jobs",
     "/api/jobs?state=failed",
     "/api/jobs/{a}",
+    "/api/jobs/{a}/results",
+    "/api/jobs/{a}/results?format=csv",
     "/api/associations",
     "/api/series",
     "/api/destinations",
@@ -94,6 +96,7 @@ def test_api_every_endpoint_both_roles_refusals_audited_no_patient_data(ops: Ops
         "/api/ready",
         "/api/jobs",
         "/api/jobs/{job_id}",
+        "/api/jobs/{job_id}/results",
         "/api/jobs/{job_id}/retry",
         "/api/jobs/{job_id}/resend",
         "/api/jobs/{job_id}/cancel",
@@ -113,6 +116,16 @@ def test_api_every_endpoint_both_roles_refusals_audited_no_patient_data(ops: Ops
     assert {run["stage"] for run in job["stage_runs"]} >= {"converting", "segmenting", "encoding", "sending"}
     assert job["deliveries"][0]["last_outcome"] == "peer_unreachable"
     assert any(e["what"] == "job_transition" and e["outcome"] == "failure" for e in job["events"])
+    # the volumes of the job that failed at sending were measured; the one that failed at segmenting has none
+    volumes = api.admin(f"/api/jobs/{a}/results")
+    assert volumes == job["outputs"]["volumetry"] and all(v["volume_ml"] > 0 for v in volumes)
+    csv_answer = api.get(f"/api/jobs/{a}/results?format=csv", api.basic("viewer"))
+    assert csv_answer.headers["content-type"].startswith("text/csv")
+    assert len(csv_answer.body.decode().splitlines()) == len(volumes) + 1
+    none = api.get(f"/api/jobs/{b}/results", api.basic("viewer"))
+    assert none.status == 409 and none.json()["detail"]["reason"] == "no_results"
+    assert "failed while segmenting" in none.json()["detail"]["message"]
+    assert api.get("/api/jobs/999999/results", api.basic("viewer")).status == 404
     failed = api.admin("/api/jobs?state=failed")
     assert {j["id"] for j in failed} == {a, b} and all("segmenting" in j["stage_seconds"] for j in failed)
     assert api.get("/api/jobs?state=finished", api.basic("viewer")).status == 422
