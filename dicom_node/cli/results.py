@@ -56,9 +56,8 @@ def table(job_id: int, rows: Sequence[Mapping[str, Any]]) -> str:
         out.append(f"  {'structure':<{width}}  {'volume ml':>10}  {'voxels':>9}  flags")
         for r in rows:
             if (r["series_instance_uid"], r["stack"], r["task"]) == (series, stack, task):
-                out.append(
-                    f"  {r['display_name']:<{width}}  {r['volume_ml']:>10.2f}  {r['voxels']:>9d}  {_flags(r)}".rstrip()
-                )
+                name, ml, voxels = r["display_name"], r["volume_ml"], r["voxels"]
+                out.append(f"  {name:<{width}}  {ml:>10.2f}  {voxels:>9d}  {_flags(r)}".rstrip())
     return "\n".join(out) + "\n"
 
 

@@ -166,7 +166,7 @@ def test_unknown_job_and_missing_database_are_clear_errors(
 
 
 def test_results_of_a_job_without_volumes_say_why(
-    tmp_path: Path, make_node: Callable[..., Node], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, make_node: Callable[..., PipelineNode], capsys: pytest.CaptureFixture[str]
 ) -> None:
     node = make_node(tmp_path, free_port())
     job_id = receive(node.service, series_files(T2_SAG))
