@@ -196,7 +196,11 @@ def parse_config(
             for path, (name, _value) in overrides.items():
                 if tuple(str(p) for p in loc[: len(path)]) == path:
                     origin = f"${name}"
-            problems.append(f"{origin}: {_key_path(loc)}: {_reason(error)}")
+            if not loc and error["type"] == "value_error":
+                # problems between sections: each line already starts with its key path
+                problems += [f"{origin}: {line}" for line in _reason(error).splitlines()]
+            else:
+                problems.append(f"{origin}: {_key_path(loc)}: {_reason(error)}")
     if problems:
         raise ConfigError(problems)
     return config

@@ -7,6 +7,7 @@ import json
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from config.cluster import ClusterConfig, cluster_problems
 from config.http import HttpConfig
 from config.inference import InferenceConfig
 from config.node import (
@@ -60,14 +61,19 @@ class SegNodeConfig(BaseModel):
     )
     http: HttpConfig = Field(default_factory=HttpConfig)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
+    cluster: ClusterConfig | None = Field(
+        default=None,
+        description="Receivers and Celery workers on a broker (config/cluster.py); unset: the embedded node.",
+    )
 
     @model_validator(mode="after")
-    def _routing_references(self) -> SegNodeConfig:
+    def _cross_section_references(self) -> SegNodeConfig:
         problems = routing_reference_problems(
             self.routes, self.default_route, self.destinations, [a.ae_title for a in self.node.ae_titles]
         )
+        problems += cluster_problems(self)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))  # one 'key.path: reason' per line (see config.loader)
         return self
 
     def config_hash(self) -> str:

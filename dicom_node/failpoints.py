@@ -14,7 +14,8 @@ logs a warning at start when it is set. Keys:
   point where ``stage_pause_s`` would pause it) stands still until the test releases it: it creates
   ``<dir>/<stage>-<job id>.held`` and waits until ``<dir>/<stage>-<job id>.release`` exists. The test knows
   the job is in the stage, and for as long as it needs (a stop, a kill, a peer going away), instead of
-  hoping to catch it there.
+  hoping to catch it there. A cluster worker also holds at ``<stage>.committed`` (e.g.
+  ``segmenting.committed``): after the stage's result is committed and before its task is acknowledged.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 #: The environment variable that switches fault injection on (tests only).
 ENVIRONMENT_VARIABLE = "SEGNODE_TEST_FAULTS"
 _STAGES = frozenset({"converting", "segmenting", "encoding", "sending"})
+#: Where a job can be held: in a stage, or (cluster workers) between its commit and the acknowledgement.
+_HOLD_POINTS = _STAGES | {f"{stage}.committed" for stage in _STAGES}
 _KEYS = frozenset({"stage_pause_s", "fail_prediction_series", "hold"})
 #: How long a held job waits for its release before it goes on (a test that forgot to release).
 HOLD_LIMIT_S = 900.0
@@ -107,6 +110,13 @@ class FaultPlan:
             time.sleep(0.05)
         logger.warning("job %d: released from stage %s", job_id, stage)
 
+    def after_commit(self, stage: str, job_id: int) -> None:
+        """Cluster workers: hold the job (``<stage>.committed``) between the commit of ``stage`` and the
+        acknowledgement of its task, if the plan says so."""
+        point = f"{stage}.committed"
+        if point in self.hold_stages and self.hold_dir is not None:
+            self._hold(point, job_id, self.hold_dir)
+
     def before_prediction(self, series_instance_uid: str) -> None:
         if series_instance_uid in self.fail_prediction_series:
             raise RuntimeError(
@@ -122,8 +132,8 @@ def _hold_settings(raw: object) -> tuple[frozenset[str], Path | None]:
     if not isinstance(raw, dict) or set(raw) != {"stages", "dir"}:
         raise FaultPlanError(f'{ENVIRONMENT_VARIABLE}: hold must be {{"stages": [...], "dir": "..."}}')
     stages = raw["stages"]
-    if not isinstance(stages, list) or not stages or set(stages) - _STAGES:
-        raise FaultPlanError(f"{ENVIRONMENT_VARIABLE}: hold stages must be among {sorted(_STAGES)}")
+    if not isinstance(stages, list) or not stages or set(stages) - _HOLD_POINTS:
+        raise FaultPlanError(f"{ENVIRONMENT_VARIABLE}: hold stages must be among {sorted(_HOLD_POINTS)}")
     folder = Path(str(raw["dir"]))
     if not folder.is_dir():
         raise FaultPlanError(f"{ENVIRONMENT_VARIABLE}: hold dir {folder} is not a folder")

@@ -60,6 +60,11 @@ class NodeService:
     metrics: NodeMetrics = field(init=False)
     #: HTTP service, destination checks and notifications (``dicom_node.http.runtime``).
     operations: Any = field(init=False, default=None)
+    #: embedded: everything in this process; receiver: SCP, completion and the cluster's dispatcher
+    #: (``dicom_node.cluster``), the stages run in ``segnode worker`` processes.
+    role: str = "embedded"
+    #: The receiver's dispatcher of tasks to the broker (``dicom_node.cluster.dispatch``).
+    dispatcher: Any = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -71,7 +76,15 @@ class NodeService:
             cfg.storage.spool_dir, cfg.storage.min_free_space_mb * 1024 * 1024, self.free_space_probe
         )
         self.tracker = CompletionTracker(cfg.completion, self.clock)
-        self.completer = SeriesCompleter(self.tracker, self.audit, self.jobs, self.metrics)
+        if self.role == "receiver":
+            from dicom_node.cluster.completion import ClusterCompleter
+            from dicom_node.cluster.worker import cluster_of
+
+            cluster_of(cfg, "segnode serve --role receiver")
+            self.process_jobs = False
+            self.completer = ClusterCompleter(self.tracker, self.audit, self.jobs, self.metrics)
+        else:
+            self.completer = SeriesCompleter(self.tracker, self.audit, self.jobs, self.metrics)
         self.context = PipelineContext.create(
             cfg, self.audit, self.jobs, free_space_probe=self.free_space_probe, faults=self.faults
         )
@@ -108,9 +121,9 @@ class NodeService:
             "node_started",
             "success",
             detail=f"{removed} temporary file(s) removed, {restored} open series restored, "
-            f"{len(resumable)} resumable job(s)",
+            f"{len(resumable)} resumable job(s)" + (" (cluster receiver)" if self.role == "receiver" else ""),
         )
-        for job in resumable:
+        for job in resumable if self.role == "embedded" else ():
             if job.state is not JobState.queued:
                 self.audit.event(
                     "job_interrupted",
@@ -140,6 +153,7 @@ class NodeService:
         if self.process_jobs:
             self.pipeline = Pipeline(self.context)
             self.pipeline.start()
+        self._start_dispatcher()
         interval = self.housekeeping_interval_s
         interval = self.config.retention.sweep_interval_s if interval is None else interval
         if interval > 0:
@@ -160,6 +174,19 @@ class NodeService:
             " (TLS)" if ssl_context is not None else "",
             ", ".join(a.ae_title for a in self.config.node.ae_titles),
         )
+
+    def _start_dispatcher(self) -> None:
+        """A receiver hands jobs to the cluster's workers through the broker (``dicom_node.cluster``)."""
+        if self.role != "receiver" or self.config.cluster is None:
+            return
+        from dicom_node.cluster.app import Publisher
+        from dicom_node.cluster.dispatch import Dispatcher
+        from dicom_node.jobs.leases import JobLeases
+
+        self.dispatcher = Dispatcher(
+            JobLeases(self.jobs), self.config.cluster, Publisher(self.config.cluster)
+        )
+        self.dispatcher.start()
 
     def _start_operations(self) -> None:
         from dicom_node.http.runtime import Operations
@@ -207,6 +234,9 @@ class NodeService:
         if self.pipeline is not None:
             self.pipeline.stop()
             self.pipeline = None
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+            self.dispatcher = None
         self.audit.event("node_stopped", "success")
         self.db.dispose()
         LOG.warning("SegNode stopped")

@@ -11,12 +11,15 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.errors import SegNodeError
 
 LOG = logging.getLogger(__name__)
+
+#: PostgreSQL advisory lock held while migrating (any fixed number; 'SEGN' in ASCII).
+MIGRATION_LOCK_KEY = 0x5345474E
 
 
 class DatabaseError(SegNodeError):
@@ -57,6 +60,9 @@ class Database:
         """Run the Alembic migrations up to ``revision`` (the service runs ``head`` at start)."""
         cfg = alembic_config(self.url)
         with self.engine.begin() as connection:
+            if self.engine.dialect.name == "postgresql":
+                # receivers of a cluster may start together: one migrates, the others wait and find it done
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, revision)
         LOG.info("audit database at revision %s", revision)
@@ -71,6 +77,22 @@ class Database:
     def read(self) -> Iterator[Session]:
         with self._sessions() as session:
             yield session
+
+    def revision(self) -> str | None:
+        """The Alembic revision the database is at (None: not migrated yet)."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as connection:
+            current: str | None = MigrationContext.configure(connection).get_current_revision()
+            return current
+
+    def head_revision(self) -> str:
+        """The newest revision of the packaged migrations (what this version of SegNode needs)."""
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+        assert head is not None
+        return head
 
     def dispose(self) -> None:
         self.engine.dispose()

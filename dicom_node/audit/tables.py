@@ -139,6 +139,12 @@ class Job(Base):
     stage_timings: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: JSON: the result files of the job (label maps, SEG objects in the outbox) and where each goes.
     outputs: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: Cluster mode: when the task of the current state was handed to the broker (None: not yet).
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Cluster mode: the worker (``host:pid``) holding the current stage, or the last one that held it.
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    #: Cluster mode: until when the worker's lease on the stage runs (None: no worker holds it).
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (Index("ix_jobs_state", "state"), Index("ix_jobs_series", "series_instance_uid"))
 

@@ -20,6 +20,7 @@ from dicom_node.logs import configure_logging
 #: Subcommand modules, in the order ``segnode --help`` lists them.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "dicom_node.cli.serve",
+    "dicom_node.cli.worker",
     "dicom_node.cli.config_cmd",
     "dicom_node.cli.audit",
     "dicom_node.cli.segment",

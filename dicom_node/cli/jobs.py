@@ -129,6 +129,9 @@ def _show(ctx: Any, args: argparse.Namespace) -> str:
         if data[key] is not None:
             out.append(f"  {key}: {data[key]}")
     out.append(f"  created {_text(data['created_at'])}, updated {_text(data['updated_at'])}")
+    if data.get("worker"):
+        held = f" (holds it until {_text(data['lease_expires_at'])})" if data.get("lease_expires_at") else ""
+        out.append(f"  worker: {data['worker']}{held}")
     if data["stage_timings"]:
         out.append("stages:")
         for stage, entry in data["stage_timings"].items():

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from config.errors import ConfigError
 from config.loader import default_config, load_config
 from dicom_node.logs import configure_logging
 
@@ -25,6 +26,13 @@ def register(subparsers: Any) -> None:
         "keys of the file.",
     )
     parser.add_argument("--config", type=Path, metavar="FILE", help="YAML configuration file")
+    parser.add_argument(
+        "--role",
+        choices=["embedded", "receiver"],
+        default="embedded",
+        help="embedded (default): everything in this process; receiver: SCP, series completion and the "
+        "dispatch of jobs to the cluster's workers (needs the cluster section; see segnode worker)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -33,7 +41,15 @@ def run(args: argparse.Namespace) -> int:
 
     configure_logging(logging.DEBUG if args.verbose >= 2 else logging.INFO)
     config = load_config(args.config) if args.config else default_config()
-    service = NodeService(config)
+    if config.cluster is not None and args.role == "embedded":
+        raise ConfigError(
+            [
+                "cluster: this configuration is a cluster's (broker "
+                f"{config.cluster.broker_url.split('@')[-1]}): run `segnode serve --role receiver` and "
+                "`segnode worker`, or remove the cluster section for the embedded node"
+            ]
+        )
+    service = NodeService(config, role=args.role)
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:

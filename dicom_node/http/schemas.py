@@ -51,6 +51,10 @@ class EventRow(BaseModel):
 class JobDetail(JobRow):
     """One job with everything about it."""
 
+    worker: str | None = Field(
+        default=None, description="Cluster: the worker (host:pid) holding the stage, or the last one."
+    )
+    lease_expires_at: datetime | None = Field(default=None, description="Cluster: until when it holds it.")
     stage_timings: dict[str, Any] = Field(description="The latest run of each stage: start, end, seconds.")
     stage_runs: list[dict[str, Any]] = Field(description="Every run of every stage, in order.")
     outputs: dict[str, Any] = Field(description="Label maps and SEG objects, and where each goes.")

@@ -151,6 +151,9 @@ def show_job(db: Database, job_id: int) -> dict[str, Any]:
         events = session.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.id))
         return {
             **job_row(row),
+            # cluster mode: the worker (host:pid) holding the current stage, or the last one that held it
+            "worker": row.worker,
+            "lease_expires_at": row.lease_expires_at,
             "stage_timings": {k: v for k, v in timings.items() if k != "runs"},
             "stage_runs": timings.get("runs", []),
             "outputs": json.loads(row.outputs) if row.outputs else {},

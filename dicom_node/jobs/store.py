@@ -71,6 +71,13 @@ class IllegalTransitionError(SegNodeError):
     reason = "illegal_transition"
 
 
+class LeaseLostError(IllegalTransitionError):
+    """Cluster mode: the worker no longer holds the job's stage (its lease expired and the stage went to
+    another worker, or an operator moved the job); its result is not recorded."""
+
+    reason = "lease_lost"
+
+
 @dataclass(frozen=True, slots=True)
 class JobInfo:
     """A read-only snapshot of a job row."""
@@ -192,46 +199,79 @@ class JobStore:
         return job
 
     def transition(
-        self, job_id: int, new_state: JobState, reason: str | None = None, detail: str | None = None
+        self,
+        job_id: int,
+        new_state: JobState,
+        reason: str | None = None,
+        detail: str | None = None,
+        *,
+        holder: str | None = None,
+        dispatched: bool = False,
     ) -> JobInfo:
         """Move a job to ``new_state``; :class:`IllegalTransitionError` when the table forbids it.
 
         Moving to ``failed`` records the stage the job was in as ``failed_stage``; ``reason`` is the stable
         reason code (required for ``failed`` and ``cancelled``); ``detail`` (the failure message) is kept
         on the job and added to the audit event.
+
+        Cluster mode: a transition ends the lease on the stage; ``holder`` (a worker's ``host:pid``) makes
+        it conditional on that worker still holding the lease (:class:`LeaseLostError` otherwise);
+        ``dispatched`` records that the caller hands the new state's task to the broker now (otherwise the
+        receivers' dispatcher does).
         """
         new_state = JobState(new_state)
         if new_state in {S.failed, S.cancelled} and not reason:
             raise IllegalTransitionError(f"job {job_id}: a reason is required to move to {new_state}")
         with self.db.write() as session:
-            job = session.get(Job, job_id)
+            job = session.get(Job, job_id, with_for_update=True)
             if job is None:
                 raise JobNotFoundError(f"job {job_id} does not exist")
             current = JobState(job.state)
-            if new_state not in TRANSITIONS[current]:
-                raise IllegalTransitionError(f"job {job_id}: cannot move from {current} to {new_state}")
-            job.state = new_state.value
-            job.updated_at = self.audit.clock()
-            job.reason = reason
-            job.detail = detail
-            if new_state is S.failed:
-                job.failed_stage = current.value
-            elif new_state is S.queued or current is S.failed:
-                job.failed_stage = None
-            self.audit.add_event(
-                session,
-                "job_transition",
-                "failure" if new_state is S.failed else "success",
-                reason,
-                job_id=job.id,
-                study=job.study_instance_uid,
-                series=job.series_instance_uid,
-                detail=f"{current} -> {new_state}" + (f": {detail}" if detail else ""),
-            )
+            if holder is not None and (job.worker != holder or job.lease_expires_at is None):
+                raise LeaseLostError(
+                    f"job {job_id}: worker {holder} no longer holds {current} (held by {job.worker})"
+                )
+            self.move_in(session, job, new_state, reason, detail, dispatched=dispatched)
             info = JobInfo.of(job)
         if new_state is S.failed:
             self.metrics.job_failed(current.value, reason)
         return info
+
+    def move_in(
+        self,
+        session: Session,
+        job: Job,
+        new_state: JobState,
+        reason: str | None = None,
+        detail: str | None = None,
+        *,
+        dispatched: bool = False,
+    ) -> None:
+        """The transition of :meth:`transition` on a row of the caller's transaction (the cluster's claim of
+        a queued job moves it to converting in the transaction that takes the lease)."""
+        current = JobState(job.state)
+        if new_state not in TRANSITIONS[current]:
+            raise IllegalTransitionError(f"job {job.id}: cannot move from {current} to {new_state}")
+        job.state = new_state.value
+        job.updated_at = self.audit.clock()
+        job.lease_expires_at = None
+        job.dispatched_at = job.updated_at if dispatched else None
+        job.reason = reason
+        job.detail = detail
+        if new_state is S.failed:
+            job.failed_stage = current.value
+        elif new_state is S.queued or current is S.failed:
+            job.failed_stage = None
+        self.audit.add_event(
+            session,
+            "job_transition",
+            "failure" if new_state is S.failed else "success",
+            reason,
+            job_id=job.id,
+            study=job.study_instance_uid,
+            series=job.series_instance_uid,
+            detail=f"{current} -> {new_state}" + (f": {detail}" if detail else ""),
+        )
 
     def get(self, job_id: int) -> JobInfo:
         with self.db.read() as session:
@@ -308,13 +348,13 @@ class JobStore:
             job.stage_timings = json.dumps(timings, sort_keys=True)
         self.metrics.stage_finished(timer.stage, seconds)
 
-    def fail(self, job_id: int, exc: BaseException) -> JobInfo:
+    def fail(self, job_id: int, exc: BaseException, holder: str | None = None) -> JobInfo:
         """Move a job to ``failed`` with the error's reason code (``internal_error`` for an error that is not
-        a :class:`SegNodeError`) and message."""
+        a :class:`SegNodeError`) and message (``holder``: see :meth:`transition`)."""
         reason = exc.reason if isinstance(exc, SegNodeError) else "internal_error"
         message = exc.message if isinstance(exc, SegNodeError) else f"{type(exc).__name__}: {exc}"
         LOG.warning("job %d failed: [%s] %s", job_id, reason, message)
-        return self.transition(job_id, S.failed, reason=reason, detail=message[:2000])
+        return self.transition(job_id, S.failed, reason=reason, detail=message[:2000], holder=holder)
 
     def record_route(self, job_id: int, rule: str, fan_out: Sequence[str], detail: str) -> list[int]:
         """Store the routing decision of a job: it carries out ``rule``; each rule of ``fan_out`` gets a new

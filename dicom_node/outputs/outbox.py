@@ -71,9 +71,17 @@ class DeliveryInfo:
         )
 
 
-def open_deliveries(ctx: PipelineContext, job_id: int, outputs: Sequence[SegOutput]) -> list[str]:
+def open_deliveries(
+    ctx: PipelineContext,
+    job_id: int,
+    outputs: Sequence[SegOutput],
+    *,
+    holder: str | None = None,
+    dispatched: bool = False,
+) -> list[str]:
     """Create (or reset, when encoding ran again) a pending delivery per destination of ``outputs`` and move
-    the job to ``sending``. Returns the destination names. A job without outputs goes straight to ``done``."""
+    the job to ``sending``. Returns the destination names. A job without outputs goes straight to ``done``.
+    ``holder``, ``dispatched``: the cluster worker's lease and hand-over (``JobStore.transition``)."""
     names = list(dict.fromkeys(name for output in outputs for name in output.destinations))
     now = ctx.now()
     with ctx.db.write() as session:
@@ -87,7 +95,13 @@ def open_deliveries(ctx: PipelineContext, job_id: int, outputs: Sequence[SegOutp
             elif row.state != DELIVERED:
                 row.state = PENDING
                 row.next_attempt_at = now
-    ctx.jobs.transition(job_id, JobState.sending, detail=f"to {', '.join(names)}" if names else None)
+    ctx.jobs.transition(
+        job_id,
+        JobState.sending,
+        detail=f"to {', '.join(names)}" if names else None,
+        holder=holder,
+        dispatched=dispatched and bool(names),
+    )
     if not names:
         ctx.jobs.transition(
             job_id, JobState.done, reason="empty_segmentation", detail="no structure found; nothing to send"

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from config.node import CompletionConfig
 from dicom_node.audit.log import AuditLog, Clock, InstanceHeader, utc_now
@@ -54,6 +55,9 @@ class ReadySeries:
     #: the rule that fired: expected_count | association_release | quiet_period
     rule: str
     instance_count: int
+    #: the associations of this process that delivered instances of the series (a cluster's receivers
+    #: check the others' in the database, ``dicom_node.cluster.completion``)
+    associations: frozenset[int] = frozenset()
 
 
 class CompletionTracker:
@@ -155,7 +159,8 @@ class CompletionTracker:
                 rule = self._rule(item, now)
                 if rule is not None:
                     del self._series[uid]
-                    ready.append(ReadySeries(uid, item.study_instance_uid, rule, item.count))
+                    local = frozenset(item.open_associations | item.released_associations)
+                    ready.append(ReadySeries(uid, item.study_instance_uid, rule, item.count, local))
         return ready
 
     def tracked(self) -> list[str]:
@@ -173,6 +178,10 @@ class SeriesCompleter:
         self.audit = audit
         self.jobs = jobs
         self.metrics = metrics or NodeMetrics()
+
+    def still_ready(self, session: Session, series: Series, ready: ReadySeries) -> bool:
+        """Whether the locked series row confirms the rule that fired (one process: always)."""
+        return True
 
     def restore_open_series(self) -> int:
         series = self.audit.open_series()
@@ -196,8 +205,8 @@ class SeriesCompleter:
 
     def _complete(self, ready: ReadySeries) -> JobInfo | None:
         with self.audit.db.write() as session:
-            series = session.get_one(Series, ready.series_instance_uid)
-            if series.state == "complete":
+            series = session.get_one(Series, ready.series_instance_uid, with_for_update=True)
+            if series.state == "complete" or not self.still_ready(session, series, ready):
                 return None
             series.state = "complete"
             series.completed_at = self.audit.clock()

@@ -30,7 +30,7 @@ BAD_YAML: list[tuple[str, str, str]] = [
     (
         "unknown top-level key",
         "netwrok:\n  port: 1\n",
-        "node.yaml: netwrok: unknown key (allowed: accept, completion, database,",
+        "node.yaml: netwrok: unknown key (allowed: accept, cluster, completion, database,",
     ),
     (
         "unknown nested key",

@@ -17,6 +17,7 @@
 - ``models``: model folders in TotalSegmentator's layout, zips of them.
 - ``cli``: the ``segnode`` command in a new process.
 - ``browser``: headless Chromium through selenium.
+- ``postgres``, ``redis_server``: a real PostgreSQL and Redis on free loopback ports (the cluster tests).
 
 Nothing here sleeps to let something happen: a peer is used once it answers, a job that must stand still in
 a stage is held there (``ServeProcess.start(hold=...)``), and every wait has a condition.

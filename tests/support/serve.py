@@ -48,7 +48,8 @@ class ServeProcess:
 
     ``config_path``: its ``--config`` (None: the embedded defaults); ``env``: extra environment variables
     (``SEGNODE__...`` settings); ``echo``: (called, calling) AE titles of the C-ECHO it is awaited with,
-    a caller the configuration allows; ``options``: of ``segnode`` itself (``-vv``). ``start`` may be called
+    a caller the configuration allows; ``options``: of ``segnode`` itself (``-vv``); ``args``: of ``serve``
+    (``--role receiver``). ``start`` may be called
     again after ``stop`` or ``kill``.
     """
 
@@ -60,6 +61,7 @@ class ServeProcess:
         env: Mapping[str, str] | None = None,
         echo: tuple[str, str] = ("SEGNODE", "ECHOSCU"),
         options: Sequence[str] = (),
+        args: Sequence[str] = (),
     ) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
@@ -67,6 +69,8 @@ class ServeProcess:
         self.env = dict(env or {})
         self.echo = echo
         self.options = list(options)
+        #: More arguments of ``segnode serve`` itself (``--role receiver``).
+        self.args = list(args)
         self.log_path = folder / "segnode.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -91,6 +95,7 @@ class ServeProcess:
         command = [sys.executable, "-m", "dicom_node.cli", *self.options, "serve"]
         if self.config_path is not None:
             command += ["--config", str(self.config_path)]
+        command += self.args
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, env=node_environment(extra)

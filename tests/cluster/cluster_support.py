@@ -1,0 +1,280 @@
+"""A SegNode cluster for tests: real PostgreSQL, Redis and Orthanc on loopback ports, receivers
+(``segnode serve --role receiver``) and workers (``segnode worker``) as subprocesses sharing one folder as
+their "shared file system"."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from dicom_node.audit.database import Database
+from dicom_node.audit.tables import Event, Job
+from dicom_node.jobs.store import JobState
+from tests.support.orthanc import Orthanc
+from tests.support.paths import MODELS
+from tests.support.postgres import PostgresServer
+from tests.support.redis_server import RedisServer
+from tests.support.serve import FAULTS_VARIABLE, ServeProcess, node_environment
+from tests.support.settings import apply_overrides, write_settings
+from tests.support.waiting import wait_until
+
+#: A safety net for one job with the tiny models on a loaded 2-core machine (never waited out when passing).
+JOB_TIMEOUT_S = 600
+CALLER = "PYSCU"
+
+
+def cluster_settings(
+    folder: Path, db_url: str, broker_url: str, orthanc_port: int, **keys: Any
+) -> dict[str, Any]:
+    """A cluster's configuration: receivers on port 0 (each logs its port), the shared folders under
+    ``folder``, short leases and reconcile delays so that failures are handled within a test."""
+    shared = folder / "shared"
+    settings: dict[str, Any] = {
+        "node": {
+            "ae_titles": [
+                {"ae_title": "SEGNODE", "allowed_callers": [{"ae_title": CALLER}, {"ae_title": "ECHOSCU"}]}
+            ]
+        },
+        "network": {"bind_address": "127.0.0.1", "port": 0},
+        "storage": {"spool_dir": str(shared / "spool"), "min_free_space_mb": 0},
+        "completion": {"quiet_period_s": 60, "on_association_release": True, "use_expected_count": False},
+        "database": {"url": db_url},
+        "inference": {"weights_dir": str(MODELS), "device": "cpu", "cpu_threads": 1},
+        "destinations": {
+            "orthanc": {
+                "ae_title": "ORTHANC",
+                "host": "127.0.0.1",
+                "port": orthanc_port,
+                "retry": {"initial_delay_s": 1.0, "factor": 1.5, "max_delay_s": 3.0, "max_total_s": 600},
+            }
+        },
+        "sending": {"calling_ae_title": "SEGNODE", "connect_timeout_s": 3, "acse_timeout_s": 10},
+        "routes": [
+            {
+                "name": "mr_total",
+                "match": {"modality": "MR"},
+                "action": {"tasks": [{"name": "total_mr", "fast": True}], "destinations": ["orthanc"]},
+            }
+        ],
+        "pipeline": {"work_dir": str(shared / "work"), "outbox_dir": str(shared / "outbox")},
+        "seg": {"validate_with_dciodvfy": "never"},
+        "cluster": {
+            "broker_url": broker_url,
+            "lease_s": 15,
+            "heartbeat_s": 3,
+            "reconcile_after_s": 5,
+            "dispatch_interval_s": 0.3,
+            "visibility_timeout_s": 20,
+            "redelivery_check_s": 1,
+        },
+    }
+    return apply_overrides(settings, keys)
+
+
+class WorkerProcess:
+    """``segnode worker`` in a new process (its log: ``folder/worker.log``); awaited until it has started
+    (its ``worker_started`` line): tasks published before its consumer connects wait in the broker."""
+
+    def __init__(self, folder: Path, config_path: Path, queues: str = "convert,segment,encode,send") -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config_path = config_path
+        self.queues = queues
+        self.log_path = folder / "worker.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.identity = ""
+
+    @property
+    def hold_dir(self) -> Path:
+        return self.folder / "holds"
+
+    def start(self, hold: Sequence[str] = (), timeout_s: float = 300) -> str:
+        """Start the worker (its jobs held at the ``hold`` points, see ``dicom_node.failpoints``); returns
+        its identity ``host:pid``."""
+        assert self.process is None, "worker already running"
+        extra: dict[str, str] = {}
+        if hold:
+            self.hold_dir.mkdir(exist_ok=True)
+            extra[FAULTS_VARIABLE] = json.dumps({"hold": {"stages": list(hold), "dir": str(self.hold_dir)}})
+        command = [sys.executable, "-m", "dicom_node.cli", "worker", "--config", str(self.config_path)]
+        command += ["--queues", self.queues]
+        before = self.log_text().count("SegNode worker ")
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, env=node_environment(extra)
+            )
+        self.identity = f"{socket.gethostname()}:{self.process.pid}"
+        wait_until(
+            lambda: self.log_text().count("SegNode worker ") > before,
+            timeout_s,
+            "segnode worker to start",
+            process=self.process,
+            details=self.log_tail,
+        )
+        return self.identity
+
+    def wait_held(self, point: str, timeout_s: float = JOB_TIMEOUT_S) -> int:
+        """Wait until a job is held at ``point``; returns its id."""
+
+        def held() -> int | None:
+            found = sorted(self.hold_dir.glob(f"{point}-*.held")) if self.hold_dir.is_dir() else []
+            return int(found[0].stem.rsplit("-", 1)[1]) if found else None
+
+        job_id: int = wait_until(
+            held, timeout_s, f"a job held at {point}", process=self.process, details=self.log_tail
+        )
+        return job_id
+
+    def stop(self, timeout_s: float = 120) -> None:
+        """SIGTERM: Celery's warm shutdown (the running task finishes)."""
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed machine."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+        self.process = None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self) -> str:
+        return f"worker log ({self.log_path}):\n{self.log_text()[-4000:]}"
+
+
+@dataclass
+class Cluster:
+    """Servers shared by the tests of a module, and the database the cluster writes (read here)."""
+
+    folder: Path
+    postgres: PostgresServer
+    redis: RedisServer
+    orthanc: Orthanc
+    config_path: Path
+    receivers: list[ServeProcess] = field(default_factory=list)
+    workers: list[WorkerProcess] = field(default_factory=list)
+    _db: Database | None = None
+
+    @classmethod
+    def start(cls, folder: Path, receivers: int = 2, **keys: Any) -> Cluster:
+        postgres = PostgresServer()
+        redis = RedisServer(folder / "redis")
+        orthanc = Orthanc(folder / "orthanc", {})
+        cluster = cls(folder, postgres, redis, orthanc, folder / "segnode.yaml")
+        try:
+            postgres.start()
+            redis.start()
+            orthanc.start()
+            settings = cluster_settings(folder, postgres.url, redis.url, orthanc.dicom_port, **keys)
+            write_settings(cluster.config_path, settings)
+            for n in range(receivers):
+                receiver = ServeProcess(
+                    folder / f"receiver{n + 1}", cluster.config_path, args=["--role", "receiver"]
+                )
+                cluster.receivers.append(receiver)
+                receiver.start()  # one after the other: the first migrates the database
+        except BaseException:
+            cluster.stop()
+            raise
+        return cluster
+
+    def worker(self, name: str, queues: str = "convert,segment,encode,send") -> WorkerProcess:
+        worker = WorkerProcess(self.folder / name, self.config_path, queues)
+        self.workers.append(worker)
+        return worker
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.workers.clear()
+
+    def stop(self) -> None:
+        self.stop_workers()
+        for receiver in self.receivers:
+            receiver.stop()
+        if self._db is not None:
+            self._db.dispose()
+        self.orthanc.stop()
+        self.redis.stop()
+        self.postgres.stop()
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            self._db = Database(self.postgres.url)
+        return self._db
+
+    def details(self) -> str:
+        parts = [r.log_tail() for r in self.receivers] + [w.log_tail() for w in self.workers]
+        return "\n".join(parts)
+
+    # -- what the database says ----------------------------------------------------------------------------
+
+    def jobs(self, series_uid: str) -> list[Job]:
+        with self.db.read() as session:
+            return list(
+                session.scalars(select(Job).where(Job.series_instance_uid == series_uid).order_by(Job.id))
+            )
+
+    def events(self, job_id: int, what: str | None = None) -> list[Event]:
+        statement = select(Event).where(Event.job_id == job_id).order_by(Event.id)
+        if what is not None:
+            statement = statement.where(Event.what == what)
+        with self.db.read() as session:
+            return list(session.scalars(statement))
+
+    def events_of_series(self, series_uid: str) -> list[Event]:
+        statement = select(Event).where(Event.series_instance_uid == series_uid).order_by(Event.id)
+        with self.db.read() as session:
+            return list(session.scalars(statement))
+
+    def timings(self, job_id: int) -> dict[str, Any]:
+        with self.db.read() as session:
+            raw = session.get_one(Job, job_id).stage_timings
+        data: dict[str, Any] = json.loads(raw) if raw else {}
+        return data
+
+    def wait_for_job(self, series_uid: str, timeout_s: float = JOB_TIMEOUT_S) -> int:
+        def created() -> int | None:
+            jobs = self.jobs(series_uid)
+            return jobs[-1].id if jobs else None
+
+        job_id: int = wait_until(created, timeout_s, f"a job for series {series_uid}", details=self.details)
+        return job_id
+
+    def wait_for_state(
+        self, job_id: int, states: set[JobState], timeout_s: float = JOB_TIMEOUT_S
+    ) -> JobState:
+        """Wait until the job is in one of ``states``; a job that fails on the way fails the wait."""
+
+        def reached() -> JobState | None:
+            with self.db.read() as session:
+                row = session.get_one(Job, job_id)
+                current = JobState(row.state)
+                if current is JobState.failed and JobState.failed not in states:
+                    raise AssertionError(
+                        f"job {job_id} failed at {row.failed_stage}: [{row.reason}] {row.detail}"
+                    )
+            return current if current in states else None
+
+        names = sorted(s.value for s in states)
+        state: JobState = wait_until(reached, timeout_s, f"job {job_id} in {names}", details=self.details)
+        return state
