@@ -154,14 +154,7 @@ class NodeService:
             self.pipeline = Pipeline(self.context)
             self.pipeline.start()
         self._start_dispatcher()
-        interval = self.housekeeping_interval_s
-        interval = self.config.retention.sweep_interval_s if interval is None else interval
-        if interval > 0:
-            pipeline = self.pipeline
-            self.housekeeping = Housekeeping(
-                self.context, interval, on_resumed=pipeline.wake if pipeline is not None else None
-            )
-            self.housekeeping.start()
+        self._start_housekeeping()
         try:
             self._start_operations()
         except BaseException:
@@ -174,6 +167,21 @@ class NodeService:
             " (TLS)" if ssl_context is not None else "",
             ", ".join(a.ae_title for a in self.config.node.ae_titles),
         )
+
+    def _start_housekeeping(self) -> None:
+        """Retention and resumption after a full disk (a cluster: ``dicom_node.cluster.housekeeping``)."""
+        interval = self.housekeeping_interval_s
+        interval = self.config.retention.sweep_interval_s if interval is None else interval
+        if interval <= 0:
+            return
+        pipeline = self.pipeline
+        chores = Housekeeping
+        if self.role == "receiver":
+            from dicom_node.cluster.housekeeping import ClusterHousekeeping as chores
+        self.housekeeping = chores(
+            self.context, interval, on_resumed=pipeline.wake if pipeline is not None else None
+        )
+        self.housekeeping.start()
 
     def _start_dispatcher(self) -> None:
         """A receiver hands jobs to the cluster's workers through the broker (``dicom_node.cluster``)."""

@@ -78,6 +78,23 @@ class Database:
         with self._sessions() as session:
             yield session
 
+    @contextmanager
+    def exclusive(self, key: int) -> Iterator[bool]:
+        """Whether this process may run a cluster-wide chore now (PostgreSQL: an advisory lock taken without
+        waiting and held until the end of the block; another process's ``exclusive(key)`` meanwhile gets
+        False). On SQLite, one process: always True."""
+        if self.engine.dialect.name != "postgresql":
+            yield True
+            return
+        with self.engine.connect() as connection:
+            mine = bool(connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar())
+            try:
+                yield mine
+            finally:
+                if mine:
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                connection.commit()
+
     def revision(self) -> str | None:
         """The Alembic revision the database is at (None: not migrated yet)."""
         from alembic.runtime.migration import MigrationContext

@@ -197,7 +197,8 @@ class AuditLog:
         """Record a durably stored instance: series upsert, instance row, association counters."""
         now = self.clock()
         with self.db.write() as session:
-            series = session.get(Series, header.series_instance_uid)
+            # the row lock orders the instances of a series that several receivers of a cluster record at once
+            series = session.get(Series, header.series_instance_uid, with_for_update=True)
             reopened = False
             if series is None:
                 series = Series(

@@ -25,7 +25,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from config.model import SegNodeConfig
 from dicom_node.audit.log import AuditLog, InstanceHeader
@@ -403,10 +403,12 @@ def _store(event: evt.Event, receiver: Receiver) -> int:
             return _refuse(receiver, association_id, status.OUT_OF_RESOURCES, exc.message, sop_instance)
         except SpoolWriteError as exc:
             return _refuse(receiver, association_id, status.PROCESSING_FAILURE, exc.message, sop_instance)
+        record = (association_id, header, stored.relative_path, stored.size, stored.sha256)
         try:
-            result = receiver.audit.record_instance(
-                association_id, header, stored.relative_path, stored.size, stored.sha256
-            )
+            try:
+                result = receiver.audit.record_instance(*record)
+            except IntegrityError:  # another receiver of a cluster created the series row at the same moment
+                result = receiver.audit.record_instance(*record)
         except SQLAlchemyError as exc:
             LOG.error("audit database write failed for %s: %s", sop_instance, exc)
             receiver.metrics.instance_refused(status.PROCESSING_FAILURE)
