@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.paths import ROOT
 
-PACKAGES = ("conversion", "config", "inference")
+PACKAGES = ("conversion", "config", "inference", "dicom_node")
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
 

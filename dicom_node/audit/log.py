@@ -197,84 +197,95 @@ class AuditLog:
         """Record a durably stored instance: series upsert, instance row, association counters."""
         now = self.clock()
         with self.db.write() as session:
-            # the row lock orders the instances of a series that several receivers of a cluster record at once
-            series = session.get(Series, header.series_instance_uid, with_for_update=True)
-            reopened = False
-            if series is None:
-                series = Series(
-                    series_instance_uid=header.series_instance_uid,
-                    study_instance_uid=header.study_instance_uid,
-                    patient_id=self._patient_id(header.patient_id),
-                    patient_name=header.patient_name if self.privacy.store_patient_name else None,
-                    patient_birth_date=(
-                        header.patient_birth_date if self.privacy.store_patient_birth_date else None
-                    ),
-                    modality=header.modality,
-                    state="open",
-                    instance_count=0,
-                    first_received_at=now,
-                    last_received_at=now,
-                )
-                session.add(series)
+            series = self._series_for(session, header, now)
             existing = session.get(Instance, header.sop_instance_uid)
             if existing is None:
-                session.add(
-                    Instance(
-                        sop_instance_uid=header.sop_instance_uid,
-                        sop_class_uid=header.sop_class_uid,
-                        series_instance_uid=header.series_instance_uid,
-                        study_instance_uid=header.study_instance_uid,
-                        transfer_syntax_uid=header.transfer_syntax_uid,
-                        size_bytes=size,
-                        sha256=sha256,
-                        spool_path=spool_path,
-                        received_at=now,
-                        association_id=association_id,
-                        times_received=1,
-                    )
-                )
+                session.add(_new_instance(association_id, header, spool_path, size, sha256, now))
                 series.instance_count += 1
                 outcome = "new"
             else:
-                outcome = "duplicate" if existing.sha256 == sha256 else "replaced"
-                existing.times_received += 1
-                existing.received_at = now
-                existing.association_id = association_id
-                existing.size_bytes = size
-                existing.sha256 = sha256
-                existing.transfer_syntax_uid = header.transfer_syntax_uid
-                self.add_event(
-                    session,
-                    f"instance_{outcome}",
-                    "info",
-                    "SOP Instance UID received again"
-                    + (" with identical content" if outcome == "duplicate" else " with new content"),
-                    association_id=association_id,
-                    study=header.study_instance_uid,
-                    series=header.series_instance_uid,
-                    sop_instance=header.sop_instance_uid,
-                )
-            if series.state == "complete" and outcome != "duplicate":
-                series.state = "open"
-                series.completed_at = None
-                series.completed_by = None
-                reopened = True
-                self.add_event(
-                    session,
-                    "series_reopened",
-                    "info",
-                    "instance arrived after the series was complete",
-                    association_id=association_id,
-                    study=header.study_instance_uid,
-                    series=header.series_instance_uid,
-                    sop_instance=header.sop_instance_uid,
-                )
+                outcome = self._instance_again(session, existing, association_id, header, size, sha256, now)
+            reopened = series.state == "complete" and outcome != "duplicate"
+            if reopened:
+                self._reopen(session, series, association_id, header)
             series.last_received_at = now
             if association_id is not None:
                 assoc = session.get_one(Association, association_id)
                 assoc.instances_received += 1
                 assoc.bytes_received += size
             return StoredInstance(outcome, reopened, series.instance_count)
+
+    def _series_for(self, session: Session, header: InstanceHeader, now: datetime) -> Series:
+        """The instance's series row, locked, or a new open one (the patient attributes as the privacy
+        settings allow)."""
+        # the row lock orders the instances of a series that several receivers of a cluster record at once
+        series = session.get(Series, header.series_instance_uid, with_for_update=True)
+        if series is not None:
+            return series
+        series = Series(
+            series_instance_uid=header.series_instance_uid,
+            study_instance_uid=header.study_instance_uid,
+            patient_id=self._patient_id(header.patient_id),
+            patient_name=header.patient_name if self.privacy.store_patient_name else None,
+            patient_birth_date=(header.patient_birth_date if self.privacy.store_patient_birth_date else None),
+            modality=header.modality,
+            state="open",
+            instance_count=0,
+            first_received_at=now,
+            last_received_at=now,
+        )
+        session.add(series)
+        return series
+
+    def _instance_again(
+        self,
+        session: Session,
+        existing: Instance,
+        association_id: int | None,
+        header: InstanceHeader,
+        size: int,
+        sha256: str,
+        now: datetime,
+    ) -> str:
+        """Update the row of an instance received again and audit it; ``duplicate`` (same content) or
+        ``replaced``."""
+        outcome = "duplicate" if existing.sha256 == sha256 else "replaced"
+        existing.times_received += 1
+        existing.received_at = now
+        existing.association_id = association_id
+        existing.size_bytes = size
+        existing.sha256 = sha256
+        existing.transfer_syntax_uid = header.transfer_syntax_uid
+        self.add_event(
+            session,
+            f"instance_{outcome}",
+            "info",
+            "SOP Instance UID received again"
+            + (" with identical content" if outcome == "duplicate" else " with new content"),
+            association_id=association_id,
+            study=header.study_instance_uid,
+            series=header.series_instance_uid,
+            sop_instance=header.sop_instance_uid,
+        )
+        return outcome
+
+    def _reopen(
+        self, session: Session, series: Series, association_id: int | None, header: InstanceHeader
+    ) -> None:
+        """Open a complete series again for an instance that arrived after it was complete."""
+        series.state = "open"
+        series.completed_at = None
+        series.completed_by = None
+        self.add_event(
+            session,
+            "series_reopened",
+            "info",
+            "instance arrived after the series was complete",
+            association_id=association_id,
+            study=header.study_instance_uid,
+            series=header.series_instance_uid,
+            sop_instance=header.sop_instance_uid,
+        )
 
     def store_failed(
         self, association_id: int | None, status: str, reason: str, sop_instance: str | None
@@ -292,3 +303,22 @@ class AuditLog:
         """Series not complete yet (reloaded by the completion tracker at start)."""
         with self.db.read() as session:
             return list(session.scalars(select(Series).where(Series.state == "open")))
+
+
+def _new_instance(
+    association_id: int | None, header: InstanceHeader, spool_path: str, size: int, sha256: str, now: datetime
+) -> Instance:
+    """The row of an instance received for the first time."""
+    return Instance(
+        sop_instance_uid=header.sop_instance_uid,
+        sop_class_uid=header.sop_class_uid,
+        series_instance_uid=header.series_instance_uid,
+        study_instance_uid=header.study_instance_uid,
+        transfer_syntax_uid=header.transfer_syntax_uid,
+        size_bytes=size,
+        sha256=sha256,
+        spool_path=spool_path,
+        received_at=now,
+        association_id=association_id,
+        times_received=1,
+    )

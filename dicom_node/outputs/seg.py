@@ -294,6 +294,33 @@ def _encode_planes(
     return seg, list(descriptions)
 
 
+def _prepare_planes(
+    volume: Volume,
+    label_map: npt.NDArray[np.integer[Any]],
+    segments: Mapping[int, SegmentSpec],
+    task: str,
+    options: SegOptions,
+) -> tuple[Volume, _Planes, tuple[Correction, ...]]:
+    """The checked inputs of :func:`encode_seg`: the volume with its copied attributes sanitised, the label
+    map as planes on the source geometry, and the corrections made (raises as :func:`encode_seg` says)."""
+    where = _where(volume)
+    _check_label_map(volume, label_map, where)
+    # Frames (slice, row, column) and the voxel count of every label on every plane, in linear time
+    # (np.unique sorts the voxels: seconds on a 512x512x100 map).
+    label_frames = seg_frames.frames_of(label_map)
+    census = seg_frames.plane_label_census(label_frames)
+    present = _labels_present(census, segments, task, where)
+    if options.segmentation_type is SegmentationType.BINARY and options.compression is Compression.RLE:
+        raise SegEncodingError(f"{where}: RLE compression is only possible for LABELMAP SEGs (use jpeg2000)")
+    positions = _source_positions(volume, where)
+    volume, corrections = sanitized_volume(volume, where)
+    orientation, pixel_spacing = orientation_and_spacing(volume)
+    planes = _Planes(
+        label_frames, census, present, positions, orientation, pixel_spacing, slice_thickness(volume)
+    )
+    return volume, planes, corrections
+
+
 def encode_seg(
     volume: Volume,
     label_map: npt.NDArray[np.integer[Any]],
@@ -348,21 +375,8 @@ def encode_seg(
     """
     options = options or SegOptions()
     where = _where(volume)
-    _check_label_map(volume, label_map, where)
-    # Frames (slice, row, column) and the voxel count of every label on every plane, in linear time
-    # (np.unique sorts the voxels: seconds on a 512x512x100 map).
-    label_frames = seg_frames.frames_of(label_map)
-    census = seg_frames.plane_label_census(label_frames)
-    present = _labels_present(census, segments, algorithm.task, where)
-    if options.segmentation_type is SegmentationType.BINARY and options.compression is Compression.RLE:
-        raise SegEncodingError(f"{where}: RLE compression is only possible for LABELMAP SEGs (use jpeg2000)")
-    positions = _source_positions(volume, where)
-    volume, corrections = sanitized_volume(volume, where)
-    orientation, pixel_spacing = orientation_and_spacing(volume)
-    planes = _Planes(
-        label_frames, census, present, positions, orientation, pixel_spacing, slice_thickness(volume)
-    )
-    fast = _fast_path(options, label_frames, highdicom_frames)
+    volume, planes, corrections = _prepare_planes(volume, label_map, segments, algorithm.task, options)
+    fast = _fast_path(options, planes.frames, highdicom_frames)
     series_uid, sop_uid = seg_uids(volume, algorithm, options)
     seg, descriptions = _encode_planes(
         volume, planes, segments, algorithm, options, (series_uid, sop_uid), fast
@@ -373,7 +387,7 @@ def encode_seg(
         "encoded %s SEG for %s: %d segments, %d frames, series %s",
         options.segmentation_type,
         where,
-        len(present),
+        len(planes.present),
         number_of_frames,
         series_uid,
     )
@@ -381,7 +395,7 @@ def encode_seg(
         dataset=seg,
         series_instance_uid=series_uid,
         sop_instance_uid=sop_uid,
-        segment_labels={n: label for n, label in enumerate(present, start=1)},
+        segment_labels={n: label for n, label in enumerate(planes.present, start=1)},
         number_of_frames=number_of_frames,
         corrections=corrections,
     )

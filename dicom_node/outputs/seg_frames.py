@@ -182,49 +182,48 @@ def _compress(skeleton: Dataset, mask: npt.NDArray[np.uint8]) -> bytes:
     )
 
 
-def assemble_binary_frames(
-    skeleton: Dataset,
-    frames: npt.NDArray[Any],
-    census: PlaneCensus,
-    labels: Sequence[int],
-    positions: npt.NDArray[np.float64],
-    segment_descriptions: Sequence[Dataset],
-) -> Dataset:
-    """The full BINARY SEG from highdicom's skeleton (see the module docstring).
+_Plane = tuple[int, int, tuple[bytes, bytes, bytes]]
 
-    ``frames`` holds the model labels ``(slice, row, column)``, ``census`` where the labels lie,
-    ``labels[n - 1]`` the label of segment ``n``, ``positions[slice]`` the plane positions given to highdicom.
-    Returns a plain pydicom Dataset (with the skeleton's file meta): highdicom's frame lookup tables inside
-    the skeleton object describe the skeleton, not these frames.
-    """
+
+def _check_skeleton(skeleton: Dataset) -> None:
+    """:class:`FrameAssemblyError` when the fast assembly cannot handle the skeleton's Bits Allocated,
+    transfer syntax or row width."""
     transfer_syntax = skeleton.file_meta.TransferSyntaxUID
     if int(skeleton.BitsAllocated) != 1 or transfer_syntax not in (ExplicitVRLittleEndian, JPEG2000Lossless):
         raise FrameAssemblyError(
             "the fast frame assembly handles BINARY SEGs in explicit VR little endian or JPEG 2000 only"
         )
-    encapsulated = transfer_syntax.is_encapsulated
-    rows, columns = int(skeleton.Rows), int(skeleton.Columns)
-    if not encapsulated and columns % 8:
+    columns = int(skeleton.Columns)
+    if not transfer_syntax.is_encapsulated and columns % 8:
         raise FrameAssemblyError(f"rows of {columns} pixels do not fill whole bytes")
-    encodings = skeleton.get("SpecificCharacterSet", "iso8859")
-    planes: list[tuple[int, int, tuple[bytes, bytes, bytes]]] = []
+
+
+def _skeleton_planes(
+    skeleton: Dataset, positions: npt.NDArray[np.float64], encodings: str | list[str]
+) -> list[_Plane]:
+    """The skeleton's frames in its order: the plane (slice) each lies on, its dimension index and its
+    encoded per-frame item parts (:func:`_plane_parts`)."""
+    planes: list[_Plane] = []
     for item in skeleton.PerFrameFunctionalGroupsSequence:
         dimension = [int(v) for v in item[_FRAME_CONTENT].value[0][_DIMENSION_INDEX_VALUES].value]
         if len(dimension) != 2 or dimension[0] != 1:
             raise FrameAssemblyError(f"skeleton frame with Dimension Index Values {dimension}")
         planes.append((_plane_of(item, positions), dimension[1], _plane_parts(item, encodings)))
+    return planes
 
-    # A one-segment SEG (like the skeleton) identifies its segment in the shared functional groups; with
-    # more segments every frame does.
-    shared = skeleton.SharedFunctionalGroupsSequence[0]
-    if _SEGMENT_IDENTIFICATION not in shared:
-        raise FrameAssemblyError("skeleton without a shared Segment Identification Sequence")
-    single = len(labels) == 1
-    template = _frame_content_template(encodings)
-    frame_bytes = rows * columns // 8
-    label_values = np.asarray(labels)
-    plane_slices = [k for k, _, _ in planes]
-    present = census.counts[plane_slices][:, label_values] > 0  # (plane in skeleton order, segment index)
+
+def _pixel_data(
+    skeleton: Dataset,
+    frames: npt.NDArray[Any],
+    census: PlaneCensus,
+    label_values: npt.NDArray[Any],
+    plane_slices: list[int],
+    present: npt.NDArray[np.bool_],
+) -> bytes:
+    """The Pixel Data of the frames, segment by segment, each in plane order (``present[plane, segment]``
+    says which frames exist): packed bits, or the frames compressed and encapsulated."""
+    encapsulated = skeleton.file_meta.TransferSyntaxUID.is_encapsulated
+    rows, columns = int(skeleton.Rows), int(skeleton.Columns)
     # Frames go segment by segment, each in plane order: the frame index of (plane, segment).
     order = np.cumsum(present.T.ravel()).reshape(present.T.shape).T - 1
     number_of_frames = int(present.sum())
@@ -233,7 +232,7 @@ def assemble_binary_frames(
     if encapsulated:
         compressed: list[bytes] = [b""] * number_of_frames
     else:
-        pixels = np.zeros((number_of_frames, frame_bytes), dtype=np.uint8)
+        pixels = np.zeros((number_of_frames, rows * columns // 8), dtype=np.uint8)
     for p, k in enumerate(plane_slices):
         for index in np.flatnonzero(present[p]):
             label = label_values[index]
@@ -248,14 +247,23 @@ def assemble_binary_frames(
                 start = first * columns // 8
                 pixels[frame, start : start + band.size // 8] = np.packbits(band, bitorder="little")
     if encapsulated:
-        data = bytes(encapsulate(compressed))
-    else:
-        data = pixels.tobytes()
-        if len(data) % 2:
-            data += b"0"  # highdicom's padding of odd-length native pixel data
+        return bytes(encapsulate(compressed))
+    data = pixels.tobytes()
+    if len(data) % 2:
+        data += b"0"  # highdicom's padding of odd-length native pixel data
+    return data
+
+
+def _per_frame_items(
+    planes: list[_Plane], present: npt.NDArray[np.bool_], segments: int, encodings: str | list[str]
+) -> bytes:
+    """The encoded items of the Per-frame Functional Groups Sequence, in the frames' order. A one-segment
+    SEG (like the skeleton) identifies its segment in the shared functional groups; with more segments every
+    frame does."""
+    template = _frame_content_template(encodings)
     items: list[bytes] = []
-    for number in range(1, len(labels) + 1):
-        identification = b"" if single else _segment_identification(number, encodings)
+    for number in range(1, segments + 1):
+        identification = b"" if segments == 1 else _segment_identification(number, encodings)
         for p, (_, dimension_index, (before, middle, after)) in enumerate(planes):
             if not present[p, number - 1]:
                 continue
@@ -263,25 +271,88 @@ def assemble_binary_frames(
                 (before, template, struct.pack("<2I", number, dimension_index), middle, identification, after)
             )
             items.append(b"".join((_ITEM, struct.pack("<I", len(body)), body)))
+    return b"".join(items)
 
+
+def _binary_seg(
+    skeleton: Dataset,
+    segment_descriptions: Sequence[Dataset],
+    single: bool,
+    number_of_frames: int,
+    pixel_data: bytes,
+    per_frame: bytes,
+) -> Dataset:
+    """The skeleton's attributes with the full SEG's segments, frames and per-frame functional groups (the
+    encoded ``per_frame`` items stored as a raw sequence)."""
     seg = Dataset(skeleton)
     seg.file_meta = skeleton.file_meta
     seg.preamble = getattr(skeleton, "preamble", None)
     seg.SegmentSequence = list(segment_descriptions)
     if not single:
-        shared = Dataset(shared)
+        shared = Dataset(skeleton.SharedFunctionalGroupsSequence[0])
         del shared[_SEGMENT_IDENTIFICATION]
         seg.SharedFunctionalGroupsSequence = [shared]
         # highdicom infers the 3D dimension organization only when frames differ by position alone.
         if "DimensionOrganizationType" in seg:
             del seg.DimensionOrganizationType
     seg.NumberOfFrames = number_of_frames
-    seg.PixelData = data
+    seg.PixelData = pixel_data
     del seg[_PER_FRAME]
     # Everything but the raw sequence gets pydicom's usual VR correction now, since marking the dataset as
     # explicit VR little endian below lets the writer skip it.
     correct_ambiguous_vr(seg, True)
-    value = b"".join(items)
-    seg[_PER_FRAME] = RawDataElement(_PER_FRAME, "SQ", len(value), value, 0, False, True)
+    seg[_PER_FRAME] = RawDataElement(_PER_FRAME, "SQ", len(per_frame), per_frame, 0, False, True)
     seg.set_original_encoding(False, True, seg._character_set)
     return seg
+
+
+def assemble_binary_frames(
+    skeleton: Dataset,
+    frames: npt.NDArray[Any],
+    census: PlaneCensus,
+    labels: Sequence[int],
+    positions: npt.NDArray[np.float64],
+    segment_descriptions: Sequence[Dataset],
+) -> Dataset:
+    """The full BINARY SEG from highdicom's skeleton (see the module docstring).
+
+    Parameters
+    ----------
+    skeleton: pydicom.dataset.Dataset
+        highdicom's SEG of the skeleton (one segment, one voxel on every non-empty plane), BINARY, in
+        explicit VR little endian or JPEG 2000 lossless.
+    frames: numpy.ndarray
+        The model labels ``(slice, row, column)``.
+    census: PlaneCensus
+        Where the labels lie (:func:`plane_label_census` of ``frames``).
+    labels: Sequence[int]
+        ``labels[n - 1]`` is the label of segment ``n``.
+    positions: numpy.ndarray
+        ``positions[slice]``: the plane positions given to highdicom.
+    segment_descriptions: Sequence[pydicom.dataset.Dataset]
+        The Segment Sequence items, one a label, in segment order.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        A plain pydicom Dataset (with the skeleton's file meta): highdicom's frame lookup tables inside the
+        skeleton object describe the skeleton, not these frames.
+
+    Raises
+    ------
+    FrameAssemblyError
+        The skeleton is not BINARY, not in a handled transfer syntax, has rows that do not fill whole bytes
+        (uncompressed), or lacks the structure the assembly relies on.
+    """
+    _check_skeleton(skeleton)
+    encodings = skeleton.get("SpecificCharacterSet", "iso8859")
+    planes = _skeleton_planes(skeleton, positions, encodings)
+    if _SEGMENT_IDENTIFICATION not in skeleton.SharedFunctionalGroupsSequence[0]:
+        raise FrameAssemblyError("skeleton without a shared Segment Identification Sequence")
+    label_values = np.asarray(labels)
+    plane_slices = [k for k, _, _ in planes]
+    present = census.counts[plane_slices][:, label_values] > 0  # (plane in skeleton order, segment index)
+    pixel_data = _pixel_data(skeleton, frames, census, label_values, plane_slices, present)
+    per_frame = _per_frame_items(planes, present, len(labels), encodings)
+    single = len(labels) == 1
+    return _binary_seg(skeleton, segment_descriptions, single, int(present.sum()), pixel_data, per_frame)

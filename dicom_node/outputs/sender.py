@@ -194,36 +194,41 @@ def tls_args_for(destination: DestinationConfig) -> tuple[Any, str] | None:
     return context, tls.server_hostname or destination.host
 
 
-def send_datasets(
-    datasets: Sequence[Dataset],
-    destination_name: str,
-    destination: DestinationConfig,
-    sending: SendingConfig,
-) -> SendResult:
-    """Store ``datasets`` (with file meta: their transfer syntax is used) at ``destination`` over one
-    association. Returns the classified result; raises only for programming errors."""
-    from pynetdicom import AE, evt
+class _Attempt:
+    """One send attempt: where it goes, when it started, and its result once it ends."""
 
-    started = time.monotonic()
-    where = f"{destination_name} ({destination.ae_title}@{destination.host}:{destination.port})"
+    def __init__(self, destination_name: str, destination: DestinationConfig) -> None:
+        self.destination_name = destination_name
+        self.where = f"{destination_name} ({destination.ae_title}@{destination.host}:{destination.port})"
+        self.started = time.monotonic()
 
     def done(
-        outcome: SendOutcome, retryable: bool, detail: str, instances: list[InstanceResult]
+        self,
+        outcome: SendOutcome,
+        retryable: bool,
+        detail: str,
+        instances: Sequence[InstanceResult] = (),
     ) -> SendResult:
+        """The attempt's result (logged; a delivered result is never retryable)."""
         result = SendResult(
-            destination=destination_name,
+            destination=self.destination_name,
             outcome=outcome,
             retryable=retryable and outcome not in DELIVERED,
             detail=detail,
             instances=tuple(instances),
-            duration_s=time.monotonic() - started,
+            duration_s=time.monotonic() - self.started,
         )
         log = logger.info if result.delivered else logger.warning
-        log("C-STORE to %s: %s: %s", where, outcome, detail)
+        log("C-STORE to %s: %s: %s", self.where, outcome, detail)
         return result
 
-    if not datasets:
-        return done(SendOutcome.SUCCESS, False, "nothing to send", [])
+
+def _application_entity(
+    datasets: Sequence[Dataset], destination: DestinationConfig, sending: SendingConfig
+) -> Any:
+    """pynetdicom's AE with the timeouts of ``sending`` and the presentation contexts the datasets need."""
+    from pynetdicom import AE
+
     ae = AE(ae_title=destination.calling_ae_title or sending.calling_ae_title)
     ae.acse_timeout = sending.acse_timeout_s
     ae.dimse_timeout = sending.dimse_timeout_s
@@ -231,10 +236,139 @@ def send_datasets(
     ae.connection_timeout = sending.connect_timeout_s
     for sop_class, syntaxes in _contexts(datasets):
         ae.add_requested_context(sop_class, syntaxes)
+    return ae
+
+
+def _negotiation_failure(
+    assoc: Any, received: Sequence[Any], datasets: Sequence[Dataset], where: str
+) -> tuple[SendOutcome, bool, str] | None:
+    """Outcome, retryability and detail of an association that was not established, else ``None``."""
+    rejection = _rejection(assoc, received)
+    if rejection is not None:
+        detail, transient = _rejection_detail(rejection)
+        return SendOutcome.ASSOCIATION_REJECTED, transient, f"{where}: {detail}"
+    if assoc.is_established:
+        return None
+    # pynetdicom marks every failed negotiation as aborted; what the peer answered tells them apart.
+    answer = assoc.acceptor.primitive
+    if answer is None:
+        return SendOutcome.PEER_UNREACHABLE, True, f"{where}: connection failed (peer down?)"
+    if getattr(answer, "result", None) == 0x00:  # A-ASSOCIATE-AC, but no context usable
+        offered = ", ".join(f"{c} [{', '.join(t)}]" for c, t in _contexts(datasets))
+        return (
+            SendOutcome.NO_ACCEPTED_CONTEXT,
+            False,
+            f"{where}: the peer accepted no presentation context for {offered}",
+        )
+    return SendOutcome.ASSOCIATION_ABORTED, True, f"{where}: association aborted while negotiating"
+
+
+def _store_one(
+    assoc: Any, ds: Dataset, accepted: set[tuple[str, str]], where: str, sending: SendingConfig
+) -> tuple[InstanceResult, bool]:
+    """The C-STORE of one dataset on the established association, and whether a failure is retryable."""
+    uid = str(ds.SOPInstanceUID)
+    if not any((str(ds.SOPClassUID), ts) in accepted for ts in _usable(ds)):
+        detail = (
+            f"{where}: no presentation context accepted for SOP Class {ds.SOPClassUID} in transfer "
+            f"syntax {ds.file_meta.TransferSyntaxUID}"
+        )
+        return InstanceResult(uid, None, SendOutcome.NO_ACCEPTED_CONTEXT, detail), False
+    sent_at = time.monotonic()
+    response = assoc.send_c_store(ds)
+    status = response.get("Status") if response else None
+    if status is None:
+        # pynetdicom returns an empty response both when the peer aborts and when the DIMSE
+        # timeout expires (it then aborts itself): the time waited tells them apart.
+        waited = time.monotonic() - sent_at
+        if waited >= sending.dimse_timeout_s * 0.95:
+            detail = f"{where}: no C-STORE response for {uid} within {sending.dimse_timeout_s:g} s"
+            return InstanceResult(uid, None, SendOutcome.NO_RESPONSE, detail), True
+        detail = f"{where}: association aborted during C-STORE of {uid}"
+        return InstanceResult(uid, None, SendOutcome.ASSOCIATION_ABORTED, detail), True
+    code = int(status)
+    text = _describe_status(code)
+    comment = str(response.get("ErrorComment", "") or "").strip()
+    if comment:
+        text += f" ({comment})"
+    category = _status_category(code)
+    if category == "Success":
+        return InstanceResult(uid, code, SendOutcome.SUCCESS, text), False
+    if category == "Warning":
+        return InstanceResult(uid, code, SendOutcome.WARNING, text), False
+    detail = f"{where}: C-STORE of {uid} failed: {text}"
+    return InstanceResult(uid, code, SendOutcome.FAILURE_STATUS, detail), failure_is_retryable(code)
+
+
+def _store_all(
+    assoc: Any, datasets: Sequence[Dataset], attempt: _Attempt, sending: SendingConfig
+) -> SendResult:
+    """Store the datasets one by one on the established association, stopping at the first that is not
+    delivered; the association is released at the end."""
+    instances: list[InstanceResult] = []
+    try:
+        accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
+        for ds in datasets:
+            instance, retryable = _store_one(assoc, ds, accepted, attempt.where, sending)
+            instances.append(instance)
+            if instance.outcome not in DELIVERED:
+                return attempt.done(instance.outcome, retryable, instance.detail, instances)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    warned = [i for i in instances if i.outcome is SendOutcome.WARNING]
+    if warned:
+        detail = f"stored {len(instances)} object(s), {len(warned)} with warning: {warned[0].detail}"
+        return attempt.done(SendOutcome.WARNING, False, detail, instances)
+    return attempt.done(SendOutcome.SUCCESS, False, f"stored {len(instances)} object(s)", instances)
+
+
+def send_datasets(
+    datasets: Sequence[Dataset],
+    destination_name: str,
+    destination: DestinationConfig,
+    sending: SendingConfig,
+) -> SendResult:
+    """Store ``datasets`` at ``destination`` over one association.
+
+    Every C-STORE response status is checked; the send stops at the first object that is not stored.
+    Network and peer failures are outcomes, not exceptions: the caller records them and decides on a retry
+    (:func:`decide_retry`).
+
+    Parameters
+    ----------
+    datasets: Sequence[pydicom.dataset.Dataset]
+        The objects to store, with file meta: each is sent in its own transfer syntax (the uncompressed
+        ones may be converted into each other). An empty sequence is a success without an association.
+    destination_name: str
+        The destination's name in the routing configuration (named in the result and the log).
+    destination: config.routing.DestinationConfig
+        Address, called AE title, optional calling AE title and TLS settings of the peer.
+    sending: config.routing.SendingConfig
+        Default calling AE title and the ACSE, DIMSE, network and connection timeouts.
+
+    Returns
+    -------
+    SendResult
+        The outcome (:class:`SendOutcome`), whether a later attempt may succeed, a detail naming the
+        destination, the result of every object tried and the duration.
+
+    Raises
+    ------
+    Nothing for network, TLS or peer failures; only programming errors (e.g. a dataset without file meta)
+    propagate.
+    """
+    from pynetdicom import evt
+
+    attempt = _Attempt(destination_name, destination)
+    where = attempt.where
+    if not datasets:
+        return attempt.done(SendOutcome.SUCCESS, False, "nothing to send")
+    ae = _application_entity(datasets, destination, sending)
     try:
         tls_args = tls_args_for(destination)
     except TlsSetupError as exc:
-        return done(SendOutcome.TLS_SETUP_FAILED, False, f"{where}: {exc.message}", [])
+        return attempt.done(SendOutcome.TLS_SETUP_FAILED, False, f"{where}: {exc.message}")
     received: list[Any] = []  # PDUs of the negotiation (see _rejection)
     try:
         assoc = ae.associate(
@@ -245,73 +379,11 @@ def send_datasets(
             evt_handlers=[(evt.EVT_PDU_RECV, lambda event: received.append(event.pdu))],
         )
     except OSError as exc:  # e.g. an unresolvable host name
-        return done(SendOutcome.PEER_UNREACHABLE, True, f"{where}: {exc}", [])
-    rejection = _rejection(assoc, received)
-    if rejection is not None:
-        detail, transient = _rejection_detail(rejection)
-        return done(SendOutcome.ASSOCIATION_REJECTED, transient, f"{where}: {detail}", [])
-    if not assoc.is_established:
-        # pynetdicom marks every failed negotiation as aborted; what the peer answered tells them apart.
-        answer = assoc.acceptor.primitive
-        if answer is None:
-            return done(SendOutcome.PEER_UNREACHABLE, True, f"{where}: connection failed (peer down?)", [])
-        if getattr(answer, "result", None) == 0x00:  # A-ASSOCIATE-AC, but no context usable
-            offered = ", ".join(f"{c} [{', '.join(t)}]" for c, t in _contexts(datasets))
-            detail = f"{where}: the peer accepted no presentation context for {offered}"
-            return done(SendOutcome.NO_ACCEPTED_CONTEXT, False, detail, [])
-        return done(
-            SendOutcome.ASSOCIATION_ABORTED, True, f"{where}: association aborted while negotiating", []
-        )
-
-    instances: list[InstanceResult] = []
-    try:
-        accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
-        for ds in datasets:
-            uid = str(ds.SOPInstanceUID)
-            if not any((str(ds.SOPClassUID), ts) in accepted for ts in _usable(ds)):
-                detail = (
-                    f"{where}: no presentation context accepted for SOP Class {ds.SOPClassUID} in transfer "
-                    f"syntax {ds.file_meta.TransferSyntaxUID}"
-                )
-                instances.append(InstanceResult(uid, None, SendOutcome.NO_ACCEPTED_CONTEXT, detail))
-                return done(SendOutcome.NO_ACCEPTED_CONTEXT, False, detail, instances)
-            sent_at = time.monotonic()
-            response = assoc.send_c_store(ds)
-            status = response.get("Status") if response else None
-            if status is None:
-                # pynetdicom returns an empty response both when the peer aborts and when the DIMSE
-                # timeout expires (it then aborts itself): the time waited tells them apart.
-                waited = time.monotonic() - sent_at
-                if waited >= sending.dimse_timeout_s * 0.95:
-                    detail = f"{where}: no C-STORE response for {uid} within {sending.dimse_timeout_s:g} s"
-                    outcome = SendOutcome.NO_RESPONSE
-                else:
-                    detail = f"{where}: association aborted during C-STORE of {uid}"
-                    outcome = SendOutcome.ASSOCIATION_ABORTED
-                instances.append(InstanceResult(uid, None, outcome, detail))
-                return done(outcome, True, detail, instances)
-            code = int(status)
-            text = _describe_status(code)
-            comment = str(response.get("ErrorComment", "") or "").strip()
-            if comment:
-                text += f" ({comment})"
-            category = _status_category(code)
-            if category == "Success":
-                instances.append(InstanceResult(uid, code, SendOutcome.SUCCESS, text))
-            elif category == "Warning":
-                instances.append(InstanceResult(uid, code, SendOutcome.WARNING, text))
-            else:
-                detail = f"{where}: C-STORE of {uid} failed: {text}"
-                instances.append(InstanceResult(uid, code, SendOutcome.FAILURE_STATUS, detail))
-                return done(SendOutcome.FAILURE_STATUS, failure_is_retryable(code), detail, instances)
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    warned = [i for i in instances if i.outcome is SendOutcome.WARNING]
-    if warned:
-        detail = f"stored {len(instances)} object(s), {len(warned)} with warning: {warned[0].detail}"
-        return done(SendOutcome.WARNING, False, detail, instances)
-    return done(SendOutcome.SUCCESS, False, f"stored {len(instances)} object(s)", instances)
+        return attempt.done(SendOutcome.PEER_UNREACHABLE, True, f"{where}: {exc}")
+    failure = _negotiation_failure(assoc, received, datasets, where)
+    if failure is not None:
+        return attempt.done(*failure)
+    return _store_all(assoc, datasets, attempt, sending)
 
 
 def retry_policy(destination: DestinationConfig, sending: SendingConfig) -> RetryConfig:

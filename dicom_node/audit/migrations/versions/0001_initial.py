@@ -20,7 +20,8 @@ def _ts() -> sa.DateTime:
     return sa.DateTime(timezone=True)
 
 
-def upgrade() -> None:
+def _create_associations() -> None:
+    """DICOM associations received."""
     op.create_table(
         "associations",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -35,6 +36,10 @@ def upgrade() -> None:
         sa.Column("instances_received", sa.Integer, nullable=False),
         sa.Column("bytes_received", sa.BigInteger, nullable=False),
     )
+
+
+def _create_series() -> None:
+    """Series received, with their completion state."""
     op.create_table(
         "series",
         sa.Column("series_instance_uid", sa.String(64), primary_key=True),
@@ -52,6 +57,10 @@ def upgrade() -> None:
         sa.Column("completed_by", sa.String(32), nullable=True),
     )
     op.create_index("ix_series_study_instance_uid", "series", ["study_instance_uid"])
+
+
+def _create_instances() -> None:
+    """Instances received, with their spool file."""
     op.create_table(
         "instances",
         sa.Column("sop_instance_uid", sa.String(64), primary_key=True),
@@ -71,6 +80,10 @@ def upgrade() -> None:
         sa.Column("association_id", sa.Integer, sa.ForeignKey("associations.id"), nullable=True),
         sa.Column("times_received", sa.Integer, nullable=False),
     )
+
+
+def _create_jobs() -> None:
+    """Jobs: one per series run through the pipeline."""
     op.create_table(
         "jobs",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -88,6 +101,10 @@ def upgrade() -> None:
         sa.Column("created_at", _ts(), nullable=False),
         sa.Column("updated_at", _ts(), nullable=False),
     )
+
+
+def _create_events() -> None:
+    """The append-only audit event log."""
     op.create_table(
         "events",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -104,6 +121,14 @@ def upgrade() -> None:
         sa.Column("sop_instance_uid", sa.String(64), nullable=True),
         sa.Column("detail", sa.Text, nullable=True),
     )
+
+
+def upgrade() -> None:
+    _create_associations()
+    _create_series()
+    _create_instances()
+    _create_jobs()
+    _create_events()
 
 
 def downgrade() -> None:
