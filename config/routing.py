@@ -354,7 +354,22 @@ class StackFilter(BaseModel):
         return self
 
 
-OutputKind = Literal["seg", "seg_binary", "seg_labelmap"]
+OutputKind = Literal["seg", "seg_binary", "seg_labelmap", "sr", "overlay", "rtstruct"]
+#: The output kinds that are a DICOM-SEG.
+SEG_KINDS = ("seg", "seg_binary", "seg_labelmap")
+#: What a route sends when it does not say: the SEG and the volumetry SR that references it.
+DEFAULT_OUTPUTS: tuple[OutputKind, ...] = ("seg", "sr")
+
+
+def _outputs(value: list[OutputKind]) -> list[OutputKind]:
+    """Each kind once; ``sr`` only beside a SEG (the report references the SEG's segments)."""
+    kinds = list(dict.fromkeys(value))
+    if "sr" in kinds and not any(k in SEG_KINDS for k in kinds):
+        raise ValueError(
+            "sr references the segments of the SEG it measures: list seg (or seg_binary, seg_labelmap) "
+            "beside it"
+        )
+    return kinds
 
 
 def _ignore_shorthand(value: Any) -> Any:
@@ -378,9 +393,17 @@ class RouteAction(BaseModel):
     stacks: Literal["all", "largest"] | StackFilter = Field(
         default="all", description="Stacks of a multi-stack series to segment: all, largest or a filter."
     )
-    outputs: Annotated[list[OutputKind], BeforeValidator(_as_list), AfterValidator(_non_empty_list)] = Field(
-        default=["seg"],
-        description="seg (Segmentation Type from each destination's seg_type), seg_binary, seg_labelmap.",
+    outputs: Annotated[
+        list[OutputKind],
+        BeforeValidator(_as_list),
+        AfterValidator(_non_empty_list),
+        AfterValidator(_outputs),
+    ] = Field(
+        default_factory=lambda: list(DEFAULT_OUTPUTS),
+        description="What each destination of the route receives: seg (Segmentation Type from each "
+        "destination's seg_type), seg_binary, seg_labelmap, sr (TID 1500 volumetry report; it references "
+        "the SEG's segments, so a route with sr lists a seg kind too), overlay (Secondary Capture images "
+        "with burned-in outlines), rtstruct (RT Structure Set).",
     )
     destinations: Annotated[list[str], BeforeValidator(_as_list)] = Field(
         default_factory=list, description="Names from the destinations section."

@@ -22,6 +22,7 @@ from pydicom.uid import UID
 
 from config.routing import (
     IGNORE,
+    SEG_KINDS,
     DestinationConfig,
     MatchConfig,
     NumberRange,
@@ -30,6 +31,7 @@ from config.routing import (
     StackFilter,
 )
 from conversion.volume import Volume
+from dicom_node.outputs.derived import OutputKind
 from dicom_node.outputs.seg import SegmentationType
 
 logger = logging.getLogger(__name__)
@@ -330,6 +332,8 @@ def plan_outputs(action: RouteAction, destinations: Mapping[str, DestinationConf
     """
     targets: dict[SegmentationType, list[str]] = {}
     for kind in action.outputs:
+        if kind not in SEG_KINDS:
+            continue
         for name in action.destinations:
             if kind == "seg_binary":
                 seg_type = SegmentationType.BINARY
@@ -341,6 +345,13 @@ def plan_outputs(action: RouteAction, destinations: Mapping[str, DestinationConf
             if name not in names:
                 names.append(name)
     return [OutputPlan(t, tuple(names)) for t, names in sorted(targets.items())]
+
+
+def derived_kinds(action: RouteAction) -> list[OutputKind]:
+    """The objects beside the SEG that the route asks for, in the order they are made (the SR first: it
+    references the SEG), each sent to every destination of the route."""
+    asked = set(action.outputs)
+    return [kind for kind in (OutputKind.SR, OutputKind.OVERLAY, OutputKind.RTSTRUCT) if kind.value in asked]
 
 
 def describe_decision(decision: RouteDecision) -> Iterable[str]:

@@ -16,10 +16,12 @@ from dicom_node.cli import main
 from dicom_node.jobs.routing import (
     DEFAULT_ROUTE_NAME,
     SeriesFacts,
+    derived_kinds,
     plan_outputs,
     route_series,
     select_stacks,
 )
+from dicom_node.outputs.derived import OutputKind
 from dicom_node.outputs.seg import SegmentationType
 from tests.dicom_node.seg_support import volumes_of
 
@@ -222,6 +224,35 @@ def test_stack_selection(test_mri: Path) -> None:
     assert largest.shape == (84, 128, 19)
 
 
+def test_outputs_default_to_seg_and_sr_and_each_kind_is_listed_once() -> None:
+    config = config_with([rule("r", {})])
+    assert config.routes[0].action.outputs == ["seg", "sr"]
+    assert derived_kinds(config.routes[0].action) == [OutputKind.SR]
+    chosen = config_with(
+        [
+            rule("r", {})
+            | {
+                "action": {
+                    "tasks": "total_mr",
+                    "destinations": "pacs",
+                    "outputs": ["rtstruct", "seg_labelmap", "overlay", "rtstruct", "sr"],
+                }
+            }
+        ]
+    )
+    action = chosen.routes[0].action
+    assert action.outputs == ["rtstruct", "seg_labelmap", "overlay", "sr"]
+    assert derived_kinds(action) == [OutputKind.SR, OutputKind.OVERLAY, OutputKind.RTSTRUCT]
+    assert [(p.segmentation_type, p.destinations) for p in plan_outputs(action, chosen.destinations)] == [
+        (SegmentationType.LABELMAP, ("pacs",))
+    ]
+    only_rt = config_with(
+        [rule("r", {}) | {"action": {"tasks": "total_mr", "destinations": "pacs", "outputs": "rtstruct"}}]
+    )
+    assert plan_outputs(only_rt.routes[0].action, only_rt.destinations) == []
+    assert derived_kinds(only_rt.routes[0].action) == [OutputKind.RTSTRUCT]
+
+
 def test_outputs_per_destination() -> None:
     config = config_with(
         [{"name": "r", "action": {"tasks": "total_mr", "destinations": ["pacs", "research"]}}]
@@ -287,6 +318,23 @@ def test_outputs_per_destination() -> None:
             "default_route.destinations[0]",
         ),
         ([{"name": "r", "match": {}, "action": {"ignore": True, "tasks": "total_mr"}}], {}, "takes no tasks"),
+        (
+            [
+                rule("r", {})
+                | {"action": {"tasks": "total_mr", "destinations": "pacs", "outputs": ["seg", "png"]}}
+            ],
+            {},
+            "routes[0].action.outputs[1]: must be one of 'seg', 'seg_binary', 'seg_labelmap', 'sr', "
+            "'overlay' or 'rtstruct', not 'png'",
+        ),
+        (
+            [
+                rule("r", {})
+                | {"action": {"tasks": "total_mr", "destinations": "pacs", "outputs": ["sr", "overlay"]}}
+            ],
+            {},
+            "routes[0].action.outputs: sr references the segments of the SEG it measures: list seg",
+        ),
     ],
 )
 def test_configuration_errors_name_the_key(
@@ -332,7 +380,7 @@ def test_route_simulate(tmp_path: Path, test_mri: Path, capsys: pytest.CaptureFi
     assert "=> ignored by no-dwi" in by_description["ep2d_diff"]
     tfl = by_description["tfl_3d"]
     assert "=> route big" in tfl and "does not match /(?i)t2/" in tfl
-    assert "action of 'big': tasks total_mr; stacks all; outputs seg; destinations research" in tfl
+    assert "action of 'big': tasks total_mr; stacks all; outputs seg, sr; destinations research" in tfl
 
 
 def test_route_simulate_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -39,7 +39,7 @@ def pipeline_settings(tmp: Path, port: int, **overrides: Any) -> dict[str, Any]:
         {
             "name": "mr_total",
             "match": {"modality": "MR", "calling_ae_title": "PYSCU"},
-            "action": {"tasks": ["total_mr"], "destinations": ["pacs"]},
+            "action": {"tasks": ["total_mr"], "outputs": ["seg"], "destinations": ["pacs"]},
         },
     ]
     data["pipeline"] = {

@@ -204,7 +204,11 @@ class SegNode(ServeProcess):
                 {
                     "name": "mr_total",
                     "match": {"modality": "MR", "calling_ae_title": "ORTHANC"},
-                    "action": {"tasks": [{"name": "total_mr", "fast": fast}], "destinations": ["orthanc"]},
+                    "action": {
+                        "tasks": [{"name": "total_mr", "fast": fast}],
+                        "outputs": ["seg"],
+                        "destinations": ["orthanc"],
+                    },
                 }
             ],
             "pipeline": {
