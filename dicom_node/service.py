@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
@@ -25,6 +25,10 @@ from dicom_node.receiving.scp import Receiver, build_ae, handler_table
 from dicom_node.receiving.server import SCPServer, close_connections, start_server
 from dicom_node.receiving.spool import FreeSpaceProbe, Spool, disk_free_bytes
 from dicom_node.tls import server_context
+
+if TYPE_CHECKING:
+    from dicom_node.cluster.dispatch import Dispatcher
+    from dicom_node.http.runtime import Operations
 
 LOG = logging.getLogger(__name__)
 
@@ -59,12 +63,12 @@ class NodeService:
     #: Prometheus metrics of this node (``dicom_node.http.metrics``); its hooks sit in the code paths.
     metrics: NodeMetrics = field(init=False)
     #: HTTP service, destination checks and notifications (``dicom_node.http.runtime``).
-    operations: Any = field(init=False, default=None)
+    operations: Operations | None = field(init=False, default=None)
     #: embedded: everything in this process; receiver: SCP, completion and the cluster's dispatcher
     #: (``dicom_node.cluster``), the stages run in ``segnode worker`` processes.
     role: str = "embedded"
     #: The receiver's dispatcher of tasks to the broker (``dicom_node.cluster.dispatch``).
-    dispatcher: Any = field(init=False, default=None)
+    dispatcher: Dispatcher | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         cfg = self.config

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, Request
 
@@ -16,6 +16,9 @@ from dicom_node.audit.log import AuditLog
 from dicom_node.http.auth import AuthFailure, Credentials, Principal, RefusalLog, SessionSigner
 from dicom_node.http.health import EngineStatus
 from dicom_node.http.metrics import NodeMetrics
+
+if TYPE_CHECKING:
+    from dicom_node.jobs.context import PipelineContext
 
 LOG = logging.getLogger(__name__)
 
@@ -27,7 +30,7 @@ class HttpContext:
     config: SegNodeConfig
     audit: AuditLog
     #: The job actions' context (``dicom_node.jobs.admin`` functions take it).
-    actions: Any
+    actions: PipelineContext
     metrics: NodeMetrics
     credentials: Credentials
     engine_status: Callable[[], EngineStatus] = lambda: EngineStatus("absent", "no pipeline in this process")

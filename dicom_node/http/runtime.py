@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from config.model import SegNodeConfig
 from dicom_node.audit.log import AuditLog
@@ -15,12 +15,32 @@ from dicom_node.http.health import EchoMonitor, EngineStatus
 from dicom_node.http.metrics import NodeMetrics, StateSources
 from dicom_node.http.notify import Notifier
 from dicom_node.jobs import queries
+from dicom_node.jobs.segment import EngineLike
+
+if TYPE_CHECKING:
+    from dicom_node.http.server import HttpServer
+    from dicom_node.jobs.context import PipelineContext
 
 LOG = logging.getLogger(__name__)
 
 
-def engine_status(pipeline: Any) -> EngineStatus:
-    """What the pipeline's engine has loaded (``pipeline``: ``dicom_node.jobs.workers.Pipeline`` or None)."""
+class PipelineView(Protocol):
+    """What the operations side reads of the job pipeline (:class:`dicom_node.jobs.workers.Pipeline`)."""
+
+    #: ``lazy``, ``loading``, ``loaded`` or ``failed``: the models of ``inference.default_task`` at start.
+    warm_up_state: str
+    warm_up_error: str | None
+
+    @property
+    def loaded_engine(self) -> EngineLike | None: ...
+
+    def queue_depth(self) -> dict[str, int]: ...
+
+    def wake(self) -> None: ...
+
+
+def engine_status(pipeline: PipelineView | None) -> EngineStatus:
+    """What the pipeline's engine has loaded (``pipeline``: None in a process that only receives)."""
     if pipeline is None:
         return EngineStatus("absent", "this process receives only (no pipeline, no engine)")
     engine = pipeline.loaded_engine
@@ -41,7 +61,7 @@ def engine_status(pipeline: Any) -> EngineStatus:
     )
 
 
-def engine_memory(pipeline: Any) -> Mapping[tuple[str, str], int]:
+def engine_memory(pipeline: PipelineView | None) -> Mapping[tuple[str, str], int]:
     """Accelerator memory held by torch (only where torch is already imported and a GPU is in use)."""
     torch = sys.modules.get("torch")
     if torch is None or pipeline is None or pipeline.loaded_engine is None:
@@ -68,20 +88,19 @@ class Operations:
     audit: AuditLog
     metrics: NodeMetrics
     #: The job actions' context (``dicom_node.jobs.admin``).
-    actions: Any
+    actions: PipelineContext
     spool_free_bytes: Callable[[], int | None]
-    pipeline: Any = None
+    pipeline: PipelineView | None = None
     environ: Mapping[str, str] | None = None
-    http: Any = field(init=False, default=None)
+    http: HttpServer | None = field(init=False, default=None)
     echo: EchoMonitor | None = field(init=False, default=None)
     notifier: Notifier | None = field(init=False, default=None)
 
     def queue_depth(self) -> Mapping[str, int]:
         counts = queries.jobs_by_state(self.audit.db)
         depth = {"queued": counts.get("queued", 0), "sending": queries.pending_deliveries(self.audit.db)}
-        waiting = getattr(self.pipeline, "queue_depth", None)
-        if callable(waiting):
-            depth.update(waiting())
+        if self.pipeline is not None:
+            depth.update(self.pipeline.queue_depth())
         return depth
 
     def start(self) -> None:

@@ -13,8 +13,8 @@ need a task: a new or retried job (``dispatched_at`` unset), a job whose worker'
 (:meth:`JobLeases.interrupt_expired`: ``job_interrupted``, reason ``worker_lost``), or a task dispatched
 ``cluster.reconcile_after_s`` ago that no worker took while the queue of its stage had no busy worker
 (the broker lost it: ``task_lost``). Rows are locked with ``FOR UPDATE SKIP LOCKED``, so two receivers
-never dispatch the same job twice at once. Every class here writes Job rows on behalf of the
-:class:`~dicom_node.jobs.store.JobStore`, the one writer of job state.
+never dispatch the same job twice at once. This module decides; the writes to the job rows (state, lease,
+dispatch time) are :class:`~dicom_node.jobs.store.JobStore`'s, the one writer of job rows.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from dicom_node.audit.tables import Delivery, Event, Job
@@ -123,8 +123,7 @@ class JobLeases:
                 )
                 or 0
             )
-            job.worker = worker
-            job.lease_expires_at = now + timedelta(seconds=lease_s)
+            self.store.take_lease(job, worker, now + timedelta(seconds=lease_s))
             detail = f"worker {worker} took {job.state} (attempt {attempt})"
             self._event(session, job, "stage_claimed", "success", stage, detail)
             return Claim(JobInfo.of(job), None, detail, attempt)
@@ -138,35 +137,20 @@ class JobLeases:
             "or lost its machine; the stage runs again"
         )
         self._event(session, job, "job_interrupted", "failure", "worker_lost", detail)
-        job.lease_expires_at = None
-        job.dispatched_at = None
+        self.store.drop_lease(job)
 
     def renew(self, job_id: int, worker: str, lease_s: float) -> bool:
         """Extend ``worker``'s lease; False when it no longer holds the job's stage."""
-        expires = self.audit.clock() + timedelta(seconds=lease_s)
-        with self.db.write() as session:
-            result = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.worker == worker, Job.lease_expires_at.is_not(None))
-                .values(lease_expires_at=expires)
-            )
-            return bool(getattr(result, "rowcount", 0))
+        return self.store.renew_lease(job_id, worker, self.audit.clock() + timedelta(seconds=lease_s))
 
     def release(self, job_id: int, worker: str) -> None:
         """End ``worker``'s lease without a transition (a sending stage waiting for its next attempt); the
         dispatcher hands the stage out again when it is due."""
-        with self.db.write() as session:
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.worker == worker, Job.lease_expires_at.is_not(None))
-                .values(lease_expires_at=None, dispatched_at=None)
-            )
+        self.store.end_lease(job_id, worker)
 
     def set_dispatched(self, job_id: int, dispatched: bool) -> None:
         """Record that the job's task was handed to the broker now, or (False) that it could not be."""
-        value = self.audit.clock() if dispatched else None
-        with self.db.write() as session:
-            session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=value))
+        self.store.set_dispatched(job_id, self.audit.clock() if dispatched else None)
 
     def interrupt_expired(self) -> list[int]:
         """Jobs whose worker's lease expired: ``job_interrupted`` (reason ``worker_lost``), to be dispatched
@@ -225,7 +209,7 @@ class JobLeases:
                         "busy on that queue (the broker lost it); dispatched again"
                     )
                     self._event(session, job, "task_lost", "info", "task_lost", detail)
-                job.dispatched_at = now
+                self.store.mark_dispatched(job, now)
                 out.append((job.id, stage))
         return out
 

@@ -4,7 +4,7 @@ saved as ``.npy`` in the job's work folder (``<work_dir>/<job id>/``) and listed
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -13,10 +13,13 @@ from config.errors import SegNodeError
 from dicom_node.durable import write_npy
 from dicom_node.jobs.context import PipelineContext, PipelineError
 from dicom_node.jobs.records import Converted, LabelMapRecord
+from inference.results import SegmentationResult
 
 
 class EngineLike(Protocol):
-    """What the segmentation stage needs of ``inference.engine.Engine``."""
+    """The engine as the pipeline uses it: what the segmentation stage needs of
+    :class:`inference.engine.Engine` (whose :meth:`~inference.engine.Engine.segment` documents the
+    parameters, the result and the exceptions)."""
 
     def segment(
         self,
@@ -26,7 +29,7 @@ class EngineLike(Protocol):
         fast: bool = ...,
         fastest: bool = ...,
         roi_subset: Sequence[str] | None = ...,
-    ) -> Any: ...
+    ) -> SegmentationResult: ...
 
 
 def _safe_name(text: str) -> str:

@@ -17,7 +17,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from config.errors import SegNodeError
@@ -294,6 +294,47 @@ class JobStore:
                 select(Job).where(Job.state.in_([s.value for s in RESUMABLE])).order_by(Job.id)
             )
             return [JobInfo.of(r) for r in rows]
+
+    # -- cluster leases: who holds a job's stage (decided by dicom_node.jobs.leases) ---------------------
+
+    def take_lease(self, job: Job, worker: str, expires: datetime) -> None:
+        """``worker`` holds the stage of ``job`` (a row of the caller's transaction) until ``expires``."""
+        job.worker = worker
+        job.lease_expires_at = expires
+
+    def drop_lease(self, job: Job) -> None:
+        """The lease on the stage of ``job`` (a row of the caller's transaction) ends without a result: the
+        stage is to be dispatched again."""
+        job.lease_expires_at = None
+        job.dispatched_at = None
+
+    def mark_dispatched(self, job: Job, at: datetime | None) -> None:
+        """The task of ``job`` (a row of the caller's transaction) went to the broker ``at`` (None: not)."""
+        job.dispatched_at = at
+
+    def renew_lease(self, job_id: int, worker: str, expires: datetime) -> bool:
+        """Extend ``worker``'s lease to ``expires``; False when it no longer holds the job's stage."""
+        with self.db.write() as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.worker == worker, Job.lease_expires_at.is_not(None))
+                .values(lease_expires_at=expires)
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    def end_lease(self, job_id: int, worker: str) -> None:
+        """End ``worker``'s lease on the job's stage, if it still holds it, without a transition."""
+        with self.db.write() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.worker == worker, Job.lease_expires_at.is_not(None))
+                .values(lease_expires_at=None, dispatched_at=None)
+            )
+
+    def set_dispatched(self, job_id: int, at: datetime | None) -> None:
+        """As :meth:`mark_dispatched`, in a transaction of its own."""
+        with self.db.write() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=at))
 
     # -- results and timings of the stages -----------------------------------------------------------------
 
