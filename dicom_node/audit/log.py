@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from config.node import PatientIdMode, PrivacyConfig
 from dicom_node.audit.database import Database
-from dicom_node.audit.tables import Association, Event, Instance, Series
+from dicom_node.audit.tables import Association, Event, Instance, Series, SeriesState
 
 LOG = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class AuditLog:
                 outcome = "new"
             else:
                 outcome = self._instance_again(session, existing, association_id, header, size, sha256, now)
-            reopened = series.state == "complete" and outcome != "duplicate"
+            reopened = series.state == SeriesState.complete.value and outcome != "duplicate"
             if reopened:
                 self._reopen(session, series, association_id, header)
             series.last_received_at = now
@@ -229,7 +229,7 @@ class AuditLog:
             patient_name=header.patient_name if self.privacy.store_patient_name else None,
             patient_birth_date=(header.patient_birth_date if self.privacy.store_patient_birth_date else None),
             modality=header.modality,
-            state="open",
+            state=SeriesState.open.value,
             instance_count=0,
             first_received_at=now,
             last_received_at=now,
@@ -273,7 +273,7 @@ class AuditLog:
         self, session: Session, series: Series, association_id: int | None, header: InstanceHeader
     ) -> None:
         """Open a complete series again for an instance that arrived after it was complete."""
-        series.state = "open"
+        series.state = SeriesState.open.value
         series.completed_at = None
         series.completed_by = None
         self.add_event(
@@ -302,7 +302,7 @@ class AuditLog:
     def open_series(self) -> list[Series]:
         """Series not complete yet (reloaded by the completion tracker at start)."""
         with self.db.read() as session:
-            return list(session.scalars(select(Series).where(Series.state == "open")))
+            return list(session.scalars(select(Series).where(Series.state == SeriesState.open.value)))
 
 
 def _new_instance(

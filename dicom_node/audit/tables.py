@@ -6,6 +6,7 @@ Changes to this schema go with an Alembic migration in ``dicom_node/audit/migrat
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -24,6 +25,16 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from config.errors import SegNodeError
+
+
+class SeriesState(StrEnum):
+    """Where a series stands in its reception (``Series.state``)."""
+
+    #: Instances may still arrive; no job yet.
+    open = "open"
+    #: Completion decided (the rule in ``Series.completed_by``) and the series' job created. An instance
+    #: with new content opens the series again.
+    complete = "complete"
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dicom_node.audit.tables import Association, Instance, Series
+from dicom_node.audit.tables import Association, Instance, Series, SeriesState
 from dicom_node.jobs.store import JobInfo
 from dicom_node.receiving.completion import ReadySeries, SeriesCompleter
 
@@ -69,7 +69,10 @@ class ClusterCompleter(SeriesCompleter):
                 session.execute(
                     select(
                         Series.series_instance_uid, Series.study_instance_uid, Series.instance_count
-                    ).where(Series.state == "open", Series.last_received_at <= now - timedelta(seconds=quiet))
+                    ).where(
+                        Series.state == SeriesState.open.value,
+                        Series.last_received_at <= now - timedelta(seconds=quiet),
+                    )
                 )
             )
         for uid, study, count in stale:

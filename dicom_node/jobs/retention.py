@@ -31,7 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from config.errors import SegNodeError
-from dicom_node.audit.tables import Instance, Job, Series
+from dicom_node.audit.tables import Instance, Job, Series, SeriesState
 from dicom_node.durable import OUT_OF_RESOURCES
 from dicom_node.jobs.context import PipelineContext, free_space_ok
 from dicom_node.jobs.store import IllegalTransitionError, JobState
@@ -93,7 +93,9 @@ class RetentionSweeper:
                 for j in session.scalars(select(Job).order_by(Job.id))
             ]
             complete = set(
-                session.scalars(select(Series.series_instance_uid).where(Series.state == "complete"))
+                session.scalars(
+                    select(Series.series_instance_uid).where(Series.state == SeriesState.complete.value)
+                )
             )
         for job_id, series, study, state, ended in jobs:
             if state in _ENDED and now - ended >= _delay(self.ctx, state):

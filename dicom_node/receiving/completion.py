@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from config.node import CompletionConfig
 from dicom_node.audit.log import AuditLog, Clock, InstanceHeader, utc_now
-from dicom_node.audit.tables import Series
+from dicom_node.audit.tables import Series, SeriesState
 from dicom_node.http.metrics import NodeMetrics
 from dicom_node.jobs.store import JobInfo, JobStore
 
@@ -206,9 +206,9 @@ class SeriesCompleter:
     def _complete(self, ready: ReadySeries) -> JobInfo | None:
         with self.audit.db.write() as session:
             series = session.get_one(Series, ready.series_instance_uid, with_for_update=True)
-            if series.state == "complete" or not self.still_ready(session, series, ready):
+            if series.state == SeriesState.complete.value or not self.still_ready(session, series, ready):
                 return None
-            series.state = "complete"
+            series.state = SeriesState.complete.value
             series.completed_at = self.audit.clock()
             waited_s = (series.completed_at - series.first_received_at).total_seconds()
             series.completed_by = ready.rule
