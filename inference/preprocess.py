@@ -51,10 +51,6 @@ class Canonical:
     #: nibabel orientation of the source array (``io_orientation`` of its RAS affine).
     source_ornt: npt.NDArray[np.float64]
 
-    @property
-    def is_identity(self) -> bool:
-        return bool(np.array_equal(self.source_ornt, _ornt.axcodes2ornt("RAS")))
-
 
 def to_canonical(data: np.ndarray, affine_ras: npt.NDArray[np.float64]) -> Canonical:
     """``nibabel.as_closest_canonical`` on an array with its RAS affine."""

@@ -14,16 +14,10 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.errors import SegNodeError
-
 LOG = logging.getLogger(__name__)
 
 #: PostgreSQL advisory lock held while migrating (any fixed number; 'SEGN' in ASCII).
 MIGRATION_LOCK_KEY = 0x5345474E
-
-
-class DatabaseError(SegNodeError):
-    reason = "database_error"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:

@@ -280,13 +280,6 @@ class JobStore:
                 raise JobNotFoundError(f"job {job_id} does not exist")
             return JobInfo.of(job)
 
-    def for_series(self, series_instance_uid: str) -> list[JobInfo]:
-        with self.db.read() as session:
-            rows = session.scalars(
-                select(Job).where(Job.series_instance_uid == series_instance_uid).order_by(Job.id)
-            )
-            return [JobInfo.of(r) for r in rows]
-
     def resumable_jobs(self) -> list[JobInfo]:
         """Jobs not in a terminal state, oldest first (what the node resumes after a restart)."""
         with self.db.read() as session:

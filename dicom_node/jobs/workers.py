@@ -338,10 +338,6 @@ class Pipeline:
         seconds = (due - self.ctx.now()).total_seconds()
         return max(0.0, min(seconds, self.settings.poll_interval_s))
 
-    def send_once(self, now: datetime | None = None) -> int:
-        """Attempt every due delivery and settle jobs; returns the number of attempts (tests call it)."""
-        return self._send_once(now)
-
     def _send_once(self, now: datetime | None = None) -> int:
         attempts = 0
         touched: set[int] = set()

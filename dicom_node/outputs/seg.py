@@ -34,7 +34,6 @@ import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -92,7 +91,6 @@ __all__ = [
     "seg_options",
     "seg_uids",
     "segments_from_catalog",
-    "write_seg",
 ]
 
 logger = logging.getLogger(__name__)
@@ -435,10 +433,3 @@ def _finish(
         import highdicom as hd
 
         raise SegEncodingError(f"{where}: {exc} (highdicom {hd.__version__})") from exc
-
-
-def write_seg(encoded: EncodedSeg, path: Path) -> Path:
-    """Write the SEG as a DICOM file (with file meta information) and return the path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    encoded.dataset.save_as(path, enforce_file_format=True)
-    return path

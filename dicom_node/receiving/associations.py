@@ -63,11 +63,6 @@ class AssociationTable:
         with self._lock:
             self._slots.discard(id(assoc))
 
-    @property
-    def slots_held(self) -> int:
-        with self._lock:
-            return len(self._slots)
-
     def forget(self, assoc: Association) -> int | None:
         """The connection of ``assoc`` closed: release its slot; returns its audit id (None: no request)."""
         with self._lock:
@@ -117,10 +112,6 @@ class AccessPolicy:
     def __init__(self, node: NodeConfig, resolve: Callable[[str], set[str]] | None = None) -> None:
         self._called = {item.ae_title: item for item in node.ae_titles}
         self._resolve = resolve or _resolve_host
-
-    @property
-    def called_ae_titles(self) -> list[str]:
-        return list(self._called)
 
     def check(self, calling: str, called: str, address: str) -> Rejection | None:
         calling, called = calling.strip(), called.strip()

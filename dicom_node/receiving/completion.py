@@ -163,10 +163,6 @@ class CompletionTracker:
                     ready.append(ReadySeries(uid, item.study_instance_uid, rule, item.count, local))
         return ready
 
-    def tracked(self) -> list[str]:
-        with self._lock:
-            return sorted(self._series)
-
 
 class SeriesCompleter:
     """Marks ready series complete and creates their ``queued`` job, in one transaction each."""

@@ -10,7 +10,7 @@ labels of ``total_mr`` as adjacent regions filling about half of a body-shaped e
 label maps do.
 
 Measured in the same run, on the same label map and source series:
-- SegNode ``encode_seg`` + ``write_seg`` (BINARY, BINARY + JPEG 2000, LABELMAP, LABELMAP + RLE), and BINARY
+- SegNode ``encode_seg`` + writing the file (BINARY, BINARY + JPEG 2000, LABELMAP, LABELMAP + RLE), and BINARY
   with ``highdicom_frames=True`` (highdicom's constructor builds every frame: the reference the fast BINARY
   frame assembly is tested against);
 - TotalSegmentator 2.18's ``dicom_io.save_mask_as_dicomseg`` (highdicom BINARY), which also reads the
@@ -42,7 +42,6 @@ from dicom_node.outputs.seg import (
     SegOptions,
     encode_seg,
     segments_from_catalog,
-    write_seg,
 )
 from tests.support.paths import PD_TRA
 
@@ -194,7 +193,8 @@ def main() -> int:
                 encoded = encode_seg(
                     volume, label_map, segments, algorithm, options, highdicom_frames=reference
                 )
-                return write_seg(encoded, out)
+                encoded.dataset.save_as(out, enforce_file_format=True)
+                return out
 
             best, median, cpu = timed(run, args.repeat)
             rows.append((name, best, median, cpu, out.stat().st_size))

@@ -15,6 +15,7 @@ import pytest
 from pydicom.uid import PYDICOM_ROOT_UID
 
 from conversion.volume import Volume
+from dicom_node.durable import write_dicom
 from dicom_node.outputs.derived_attributes import private_copy
 from dicom_node.outputs.seg import (
     AlgorithmInfo,
@@ -28,7 +29,6 @@ from dicom_node.outputs.seg import (
     seg_options,
     seg_uids,
     segments_from_catalog,
-    write_seg,
 )
 from dicom_node.outputs.validation import SegValidationError, validate_with_dciodvfy
 from tests.dicom_node.seg_support import TEST_SEGMENTS, synthetic_label_map, volumes_of
@@ -92,7 +92,7 @@ def _encode_write_validate(
     tmp_path: Path, volume: Volume, label_map: npt.NDArray[np.uint8], options: SegOptions
 ) -> tuple[EncodedSeg, Path]:
     encoded = encode_seg(volume, label_map, TEST_SEGMENTS, ALGORITHM, options)
-    path = write_seg(encoded, tmp_path / f"{encoded.sop_instance_uid}.dcm")
+    path = write_dicom(encoded.dataset, tmp_path / f"{encoded.sop_instance_uid}.dcm")
     report = validate_with_dciodvfy(path)
     unexpected = [w for w in report.warnings if not any(p.match(w) for p in ACCEPTED_WARNINGS)]
     assert unexpected == []
@@ -269,7 +269,7 @@ def test_dciodvfy_errors_fail(tmp_path: Path, test_mri: Path) -> None:
     volume = volumes_of(test_mri / SERIES["sagittal"])[0]
     encoded = encode_seg(volume, synthetic_label_map(volume.shape, LABELS), TEST_SEGMENTS, ALGORITHM)
     del encoded.dataset.SegmentSequence[0].SegmentLabel  # type 1 attribute
-    path = write_seg(encoded, tmp_path / "broken.dcm")
+    path = write_dicom(encoded.dataset, tmp_path / "broken.dcm")
     with pytest.raises(SegValidationError, match="broken.dcm: dciodvfy reported") as err:
         validate_with_dciodvfy(path)
     assert any("SegmentLabel" in e for e in err.value.errors), err.value.errors
@@ -282,7 +282,7 @@ def test_dciodvfy_on_a_witness(tmp_path: Path, test_mri: Path, compression: Comp
     volume = volumes_of(test_mri / SERIES["sagittal"])[0]
     options = SegOptions(compression=compression)
     encoded = encode_seg(volume, synthetic_label_map(volume.shape, LABELS), TEST_SEGMENTS, ALGORITHM, options)
-    path = write_seg(encoded, tmp_path / "seg.dcm")
+    path = write_dicom(encoded.dataset, tmp_path / "seg.dcm")
     report = validate_with_dciodvfy(path, max_frames=8)
     assert report.witness_frames is not None
     assert 8 <= report.witness_frames < encoded.number_of_frames
@@ -290,7 +290,7 @@ def test_dciodvfy_on_a_witness(tmp_path: Path, test_mri: Path, compression: Comp
     assert validate_with_dciodvfy(path, max_frames=encoded.number_of_frames).witness_frames is None
 
     del encoded.dataset.SegmentSequence[0].SegmentLabel  # type 1 attribute
-    broken = write_seg(encoded, tmp_path / "broken.dcm")
+    broken = write_dicom(encoded.dataset, tmp_path / "broken.dcm")
     with pytest.raises(SegValidationError, match=r"broken.dcm \(witness of \d+ of its frames\)") as err:
         validate_with_dciodvfy(broken, max_frames=8)
     assert any("SegmentLabel" in e for e in err.value.errors), err.value.errors
@@ -299,7 +299,7 @@ def test_dciodvfy_on_a_witness(tmp_path: Path, test_mri: Path, compression: Comp
 def test_dciodvfy_timeout_is_an_error(tmp_path: Path, test_mri: Path) -> None:
     volume = volumes_of(test_mri / SERIES["sagittal"])[0]
     encoded = encode_seg(volume, synthetic_label_map(volume.shape, LABELS), TEST_SEGMENTS, ALGORITHM)
-    path = write_seg(encoded, tmp_path / "seg.dcm")
+    path = write_dicom(encoded.dataset, tmp_path / "seg.dcm")
     slow = tmp_path / "slow-dciodvfy"
     slow.write_text("#!/bin/sh\nexec sleep 30\n")
     slow.chmod(0o755)
@@ -333,7 +333,7 @@ def test_segments_from_the_structure_catalog(tmp_path: Path, test_mri: Path) -> 
         i, j = divmod(n, 8)
         label_map[8 + 12 * i : 16 + 12 * i, 8 + 12 * j : 16 + 12 * j, 2 + n % 10 : 5 + n % 10] = label
     encoded = encode_seg(volume, label_map, segments, ALGORITHM, SegOptions())
-    path = write_seg(encoded, tmp_path / "catalog.dcm")
+    path = write_dicom(encoded.dataset, tmp_path / "catalog.dcm")
     assert not [
         w for w in validate_with_dciodvfy(path).warnings if not any(p.match(w) for p in ACCEPTED_WARNINGS)
     ]

@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.dsutils import decode, encode
 
 from conversion.volume import Volume
+from dicom_node.durable import write_dicom
 from dicom_node.outputs import seg_frames
 from dicom_node.outputs.seg import (
     Compression,
@@ -21,7 +22,6 @@ from dicom_node.outputs.seg import (
     SegmentationType,
     SegOptions,
     encode_seg,
-    write_seg,
 )
 from tests.dicom_node.seg_support import TEST_SEGMENTS, synthetic_label_map, volumes_of
 from tests.dicom_node.test_seg import ALGORITHM, LABELS, SERIES
@@ -65,8 +65,8 @@ def _both(
     assert fast.number_of_frames == reference.number_of_frames
     return (
         fast,
-        write_seg(fast, tmp_path / "fast.dcm"),
-        write_seg(reference, tmp_path / "highdicom.dcm"),
+        write_dicom(fast.dataset, tmp_path / "fast.dcm"),
+        write_dicom(reference.dataset, tmp_path / "highdicom.dcm"),
     )
 
 
@@ -106,7 +106,7 @@ def test_in_memory_dataset_encodes_in_every_transfer_syntax(tmp_path: Path, test
     volume = volumes_of(test_mri / SERIES["coronal_oblique"])[0]
     label_map = synthetic_label_map(volume.shape, LABELS)
     fast = encode_seg(volume, label_map, TEST_SEGMENTS, ALGORITHM)
-    expected = pydicom.dcmread(write_seg(fast, tmp_path / "fast.dcm"))
+    expected = pydicom.dcmread(write_dicom(fast.dataset, tmp_path / "fast.dcm"))
     items = expected.PerFrameFunctionalGroupsSequence
     assert len(items) == fast.number_of_frames
     for implicit in (True, False):

@@ -11,8 +11,9 @@ import pytest
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
+from dicom_node.durable import write_dicom
 from dicom_node.outputs.encode import validate_seg
-from dicom_node.outputs.seg import AlgorithmInfo, EncodedSeg, encode_seg, write_seg
+from dicom_node.outputs.seg import AlgorithmInfo, EncodedSeg, encode_seg
 from dicom_node.outputs.validation import (
     SegValidationError,
     redact,
@@ -47,7 +48,7 @@ def test_a_copied_attributes_fault_reported_by_dciodvfy_is_corrected_by_its_type
     attribute and an over-long Type 3 value. dciodvfy reports them; the SEG passes after the correction."""
     encoded.dataset.PatientSpeciesDescription = "Canis lupus"
     _raw(encoded, "StudyDescription", "LO", b"S" * 70)
-    path = write_seg(encoded, tmp_path / "seg.dcm")
+    path = write_dicom(encoded.dataset, tmp_path / "seg.dcm")
     with pytest.raises(SegValidationError):
         validate_with_dciodvfy(path)
     _, corrections = validate_seg(encoded, path, "series 1", _dciodvfy)
@@ -66,7 +67,7 @@ def test_an_error_in_what_segnode_wrote_fails_and_is_not_corrected(
 ) -> None:
     del encoded.dataset.SegmentSequence[0].SegmentLabel  # Type 1 of SegNode's own segment description
     _raw(encoded, "ContentLabel", "CS", b"lower case")  # SegNode's own attribute
-    path = write_seg(encoded, tmp_path / "seg.dcm")
+    path = write_dicom(encoded.dataset, tmp_path / "seg.dcm")
     with pytest.raises(SegValidationError, match="in the SEG, of what SegNode wrote itself") as failed:
         validate_seg(encoded, path, "series 1", _dciodvfy)
     assert failed.value.reason == "seg_invalid"
