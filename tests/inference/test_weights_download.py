@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import os
-import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from inference.weights import (
 from inference.weights_install import download_task
 from tests.support.models import make_model_folder, zip_bytes
 from tests.support.paths import MODELS
+from tests.support.ports import free_port
 
 
 def model_zip(tmp_path: Path, model: PartModel, checkpoint: bytes = b"tiny checkpoint") -> bytes:
@@ -161,9 +161,7 @@ def test_fast_mode_downloads_only_its_model(server: WeightsServer, tmp_path: Pat
 
 
 def test_server_down_is_reported_as_offline_naming_the_url(tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     locations = replace(DownloadLocations.from_config(), release_base_url=f"http://127.0.0.1:{port}/rel")
     with pytest.raises(DownloadError) as info:
         download_task("vertebrae_mr", tmp_path / "w", locations=locations, timeout=5)
