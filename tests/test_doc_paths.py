@@ -12,7 +12,8 @@ from tests.support.paths import ROOT
 DOCUMENTS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 #: ``dicom_node/jobs/store.py``, ``tests/bench/``, ``deploy/install.sh``: a top-level folder of the repository
 #: and what follows it, up to the first character that cannot be part of a path.
-_PATH = re.compile(r"(?<![\w./-])((?:dicom_node|conversion|inference|config|tests|deploy|docs|scripts)/[\w./-]*)")
+_FOLDERS = "dicom_node|conversion|inference|config|tests|deploy|docs|scripts"
+_PATH = re.compile(rf"(?<![\w./-])((?:{_FOLDERS})/[\w./-]*)")
 
 
 def named_paths(text: str) -> set[str]:
