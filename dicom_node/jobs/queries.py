@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import Session
 
 from config.errors import SegNodeError
 from config.model import SegNodeConfig
@@ -288,7 +289,7 @@ def destinations_overview(
     return out
 
 
-def _waiting_deliveries(session: Any) -> dict[str, list[dict[str, Any]]]:
+def _waiting_deliveries(session: Session) -> dict[str, list[dict[str, Any]]]:
     """Pending deliveries that already failed at least once (in back-off), per destination (20 at most)."""
     rows = session.scalars(
         select(Delivery)

@@ -27,6 +27,9 @@ from dicom_node.http.metrics import NodeMetrics
 
 
 class JobState(StrEnum):
+    """Where a job stands (``Job.state``): waiting, in a stage (the stage whose result is still missing),
+    or ended; the moves between them are :data:`TRANSITIONS`."""
+
     queued = "queued"
     converting = "converting"
     segmenting = "segmenting"
@@ -64,10 +67,14 @@ LOG = logging.getLogger(__name__)
 
 
 class JobNotFoundError(SegNodeError):
+    """No job has the id asked for."""
+
     reason = "job_not_found"
 
 
 class IllegalTransitionError(SegNodeError):
+    """:data:`TRANSITIONS` forbids the move asked for (or a reason required for it is missing)."""
+
     reason = "illegal_transition"
 
 
@@ -96,6 +103,7 @@ class JobInfo:
 
     @classmethod
     def of(cls, row: Job) -> JobInfo:
+        """The snapshot of a job row."""
         return cls(
             id=row.id,
             series_instance_uid=row.series_instance_uid,
@@ -274,6 +282,7 @@ class JobStore:
         )
 
     def get(self, job_id: int) -> JobInfo:
+        """The job's snapshot; :class:`JobNotFoundError` when there is none with that id."""
         with self.db.read() as session:
             job = session.get(Job, job_id)
             if job is None:

@@ -96,13 +96,16 @@ class SendResult:
 
     @property
     def delivered(self) -> bool:
+        """Whether the objects are at the destination (success, or stored with a warning)."""
         return self.outcome in DELIVERED
 
     @property
     def warnings(self) -> list[InstanceResult]:
+        """The objects stored with a Warning status."""
         return [i for i in self.instances if i.outcome is SendOutcome.WARNING]
 
     def raise_for_failure(self) -> None:
+        """:class:`SendError` unless the objects were delivered."""
         if not self.delivered:
             raise SendError(self)
 
