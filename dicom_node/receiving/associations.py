@@ -35,6 +35,8 @@ class AssociationTable:
         self._ids: dict[int, tuple[Association, int]] = {}
         #: id(association) of the associations holding a slot.
         self._slots: set[int] = set()
+        #: id(association) of the associations whose A-RELEASE-RP has been handed to the DUL.
+        self._released: set[int] = set()
         self._lock = threading.Lock()
         self._stores = 0
         self._idle = threading.Condition(self._lock)
@@ -63,12 +65,22 @@ class AssociationTable:
         with self._lock:
             self._slots.discard(id(assoc))
 
-    def forget(self, assoc: Association) -> int | None:
-        """The connection of ``assoc`` closed: release its slot; returns its audit id (None: no request)."""
+    def release_answered(self, assoc: Association) -> None:
+        """The node answered ``assoc``'s A-RELEASE-RQ: the association is released, whichever of the
+        connection close and ``EVT_RELEASED`` is seen first."""
+        with self._lock:
+            if id(assoc) in self._ids:
+                self._released.add(id(assoc))
+
+    def forget(self, assoc: Association) -> tuple[int | None, bool]:
+        """The connection of ``assoc`` closed: release its slot; returns its audit id (None: no request)
+        and whether its release was answered (:meth:`release_answered`)."""
         with self._lock:
             self._slots.discard(id(assoc))
             entry = self._ids.pop(id(assoc), None)
-        return None if entry is None else entry[1]
+            released = id(assoc) in self._released
+            self._released.discard(id(assoc))
+        return (None if entry is None else entry[1]), released
 
     def pop_dead(self) -> list[int]:
         """Forget the associations whose thread has ended without any closing event; their audit ids."""
@@ -76,6 +88,7 @@ class AssociationTable:
             dead = [key for key, (assoc, _) in self._ids.items() if not assoc.is_alive()]
             for key in dead:
                 self._slots.discard(key)
+                self._released.discard(key)
             return [self._ids.pop(key)[1] for key in dead]
 
     @contextmanager

@@ -24,6 +24,7 @@ from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -303,10 +304,24 @@ def handle_aborted(event: evt.Event, receiver: Receiver) -> None:
     _ended(event, receiver, released=False)
 
 
+def handle_acse_sent(event: evt.Event, receiver: Receiver) -> None:
+    """The node hands an A-RELEASE response to the DUL: the association is released.
+
+    pynetdicom's association thread queues the A-RELEASE-RP and only then triggers ``EVT_RELEASED``; the
+    DUL thread meanwhile sends it, the peer closes the connection, and ``EVT_CONN_CLOSE`` can come first.
+    Marking the release here, before the response can reach the peer, lets :func:`handle_conn_close`
+    record it as released however the two threads interleave.
+    """
+    primitive = getattr(event, "primitive", None)  # set from the event data; not declared on Event
+    if isinstance(primitive, A_RELEASE) and primitive.result == "affirmative":
+        receiver.associations.release_answered(event.assoc)
+
+
 def handle_conn_close(event: evt.Event, receiver: Receiver) -> None:
-    """The connection closed: an accepted association not released or aborted by now counts as aborted;
-    a connection without a request ends its thread at once (see :func:`wake_acceptor`)."""
-    association_id = receiver.associations.forget(event.assoc)
+    """The connection closed: an accepted association not released or aborted by now counts as released
+    if its release was answered (:func:`handle_acse_sent`), else as aborted; a connection without a
+    request ends its thread at once (see :func:`wake_acceptor`)."""
+    association_id, released = receiver.associations.forget(event.assoc)
     if association_id is None:
         wake_acceptor(event.assoc)
         # no A-ASSOCIATE-RQ was decoded: garbage or a malformed PDU, a failed TLS handshake
@@ -320,10 +335,11 @@ def handle_conn_close(event: evt.Event, receiver: Receiver) -> None:
         )
         return
     if not event.assoc.is_rejected:
-        # Normally A-RELEASE or A-ABORT has already ended it (both calls are then no-ops); where pynetdicom's
-        # state machine gave up on a malformed PDU without such an event, the closed connection ends it.
-        receiver.tracker.association_ended(association_id, released=False)
-        receiver.ended(association_id, "aborted")
+        # Often EVT_RELEASED or EVT_ABORTED has already ended it (both calls are then no-ops); a release
+        # whose EVT_RELEASED is still to come ends here as released. Where pynetdicom's state machine gave
+        # up on a malformed PDU without such an event, the closed connection ends it as aborted.
+        receiver.tracker.association_ended(association_id, released=released)
+        receiver.ended(association_id, "released" if released else "aborted")
 
 
 def _ended(event: evt.Event, receiver: Receiver, released: bool) -> None:
@@ -439,6 +455,7 @@ def handler_table(receiver: Receiver) -> list[Any]:
         (evt.EVT_REJECTED, handle_rejected, [receiver]),
         (evt.EVT_RELEASED, handle_released, [receiver]),
         (evt.EVT_ABORTED, handle_aborted, [receiver]),
+        (evt.EVT_ACSE_SENT, handle_acse_sent, [receiver]),
         (evt.EVT_CONN_CLOSE, handle_conn_close, [receiver]),
         (evt.EVT_C_ECHO, handle_echo, [receiver]),
         (evt.EVT_C_STORE, handle_store, [receiver]),

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pydicom
 import pytest
+from pynetdicom import evt
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -14,10 +15,12 @@ from config.node import CompletionConfig
 from dicom_node.audit.log import InstanceHeader
 from dicom_node.audit.tables import Event, Job, Series
 from dicom_node.jobs.store import JobState
+from dicom_node.receiving import scp
 from dicom_node.receiving.completion import CompletionTracker
 from dicom_node.service import NodeService
 from tests.support.node import FrozenClock, send_recorded
 from tests.support.paths import CINE, T2_SAG, series_files
+from tests.support.waiting import wait_until
 
 StartNode = Callable[..., NodeService]
 
@@ -64,6 +67,31 @@ def test_completion_by_association_release_with_frozen_clock(
     )
     send_recorded(node, series_files(T2_SAG))
     [job] = node.completer.run_once()  # the clock has not moved: only the release can have fired
+    assert series_row(node).completed_by == "association_release"
+    assert [j.id for j in jobs(node)] == [job.id]
+
+
+def test_a_release_whose_connection_close_is_seen_first_is_still_a_release(
+    make_config: Callable[..., SegNodeConfig], start_node: StartNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pynetdicom's association thread triggers EVT_RELEASED only after it queued the A-RELEASE-RP; its DUL
+    thread may send it, see the peer close the connection and trigger EVT_CONN_CLOSE first. Here
+    EVT_RELEASED is held until the connection close has been handled, and the association is still
+    recorded as released and its series completed on release."""
+    original = scp.handle_released
+
+    def released_after_the_close(event: evt.Event, receiver: scp.Receiver) -> None:
+        wait_until(lambda: receiver.association_id(event.assoc) is None, what="the connection close handled")
+        original(event, receiver)
+
+    monkeypatch.setattr(scp, "handle_released", released_after_the_close)
+    clock = FrozenClock()
+    node = start_node(
+        make_config(**{"completion.quiet_period_s": 3600, "completion.on_association_release": True}),
+        clock=clock,
+    )
+    send_recorded(node, series_files(T2_SAG))  # waits until the audit records the association released
+    [job] = node.completer.run_once()
     assert series_row(node).completed_by == "association_release"
     assert [j.id for j in jobs(node)] == [job.id]
 
