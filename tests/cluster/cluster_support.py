@@ -23,7 +23,7 @@ from tests.support.orthanc import Orthanc
 from tests.support.paths import MODELS
 from tests.support.postgres import PostgresServer
 from tests.support.redis_server import RedisServer
-from tests.support.serve import FAULTS_VARIABLE, ServeProcess, node_environment
+from tests.support.serve import FAULTS_VARIABLE, NodeProcess, ServeProcess
 from tests.support.settings import apply_overrides, write_settings
 from tests.support.waiting import wait_until
 
@@ -80,22 +80,15 @@ def cluster_settings(
     return apply_overrides(settings, keys)
 
 
-class WorkerProcess:
+class WorkerProcess(NodeProcess):
     """``segnode worker`` in a new process (its log: ``folder/worker.log``); awaited until it has started
     (its ``worker_started`` line): tasks published before its consumer connects wait in the broker."""
 
     def __init__(self, folder: Path, config_path: Path, queues: str = "convert,segment,encode,send") -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
+        super().__init__(folder, "worker.log", "segnode worker", 4000)
         self.config_path = config_path
         self.queues = queues
-        self.log_path = folder / "worker.log"
-        self.process: subprocess.Popen[bytes] | None = None
         self.identity = ""
-
-    @property
-    def hold_dir(self) -> Path:
-        return self.folder / "holds"
 
     def start(self, hold: Sequence[str] = (), timeout_s: float = 300) -> str:
         """Start the worker (its jobs held at the ``hold`` points, see ``dicom_node.failpoints``); returns
@@ -103,36 +96,20 @@ class WorkerProcess:
         assert self.process is None, "worker already running"
         extra: dict[str, str] = {}
         if hold:
-            self.hold_dir.mkdir(exist_ok=True)
-            extra[FAULTS_VARIABLE] = json.dumps({"hold": {"stages": list(hold), "dir": str(self.hold_dir)}})
+            extra[FAULTS_VARIABLE] = json.dumps({"hold": self.hold_plan(hold)})
         command = [sys.executable, "-m", "dicom_node.cli", "worker", "--config", str(self.config_path)]
         command += ["--queues", self.queues]
         before = self.log_text().count("SegNode worker ")
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, env=node_environment(extra)
-            )
-        self.identity = f"{socket.gethostname()}:{self.process.pid}"
+        process = self.spawn(command, extra)
+        self.identity = f"{socket.gethostname()}:{process.pid}"
         wait_until(
             lambda: self.log_text().count("SegNode worker ") > before,
             timeout_s,
             "segnode worker to start",
-            process=self.process,
+            process=process,
             details=self.log_tail,
         )
         return self.identity
-
-    def wait_held(self, point: str, timeout_s: float = JOB_TIMEOUT_S) -> int:
-        """Wait until a job is held at ``point``; returns its id."""
-
-        def held() -> int | None:
-            found = sorted(self.hold_dir.glob(f"{point}-*.held")) if self.hold_dir.is_dir() else []
-            return int(found[0].stem.rsplit("-", 1)[1]) if found else None
-
-        job_id: int = wait_until(
-            held, timeout_s, f"a job held at {point}", process=self.process, details=self.log_tail
-        )
-        return job_id
 
     def stop(self, timeout_s: float = 120) -> None:
         """SIGTERM: Celery's warm shutdown (the running task finishes)."""
@@ -142,22 +119,8 @@ class WorkerProcess:
         try:
             self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
+            self.kill()
         self.process = None
-
-    def kill(self) -> None:
-        """SIGKILL, as a crashed machine."""
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(timeout=30)
-        self.process = None
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
-
-    def log_tail(self) -> str:
-        return f"worker log ({self.log_path}):\n{self.log_text()[-4000:]}"
 
 
 @dataclass

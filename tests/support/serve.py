@@ -43,7 +43,73 @@ def node_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env | dict(extra or {}) | {"PYTHONUNBUFFERED": "1"}
 
 
-class ServeProcess:
+class NodeProcess:
+    """A SegNode process a test starts (``segnode serve`` or ``segnode worker``): run in its own ``folder``,
+    its output in the log file ``log_name`` there, its jobs held at the failpoints' hold points on request.
+
+    ``name`` says in failure messages which process the log is of; ``tail_chars`` how much of it they show.
+    """
+
+    def __init__(self, folder: Path, log_name: str, name: str, tail_chars: int) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.log_path = folder / log_name
+        self.name = name
+        self.tail_chars = tail_chars
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def spawn(self, command: Sequence[str], extra_env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        """Start ``command`` in the folder, its output appended to the log, in :func:`node_environment`."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                list(command),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.folder,
+                env=node_environment(extra_env),
+            )
+        return self.process
+
+    @property
+    def hold_dir(self) -> Path:
+        return self.folder / "holds"
+
+    def hold_plan(self, hold: Sequence[str]) -> dict[str, Any]:
+        """The fault plan's ``hold`` entry for the hold points ``hold`` (the folder of their markers)."""
+        self.hold_dir.mkdir(exist_ok=True)
+        return {"stages": list(hold), "dir": str(self.hold_dir)}
+
+    def wait_held(self, point: str, timeout_s: float = JOB_TIMEOUT_S) -> int:
+        """Wait until a job is held at ``point`` (a stage or a failpoints hold point); returns its id."""
+
+        def held() -> int | None:
+            found = sorted(self.hold_dir.glob(f"{point}-*.held")) if self.hold_dir.is_dir() else []
+            return int(found[0].stem.rsplit("-", 1)[1]) if found else None
+
+        job_id: int = wait_until(
+            held, timeout_s, f"a job held at {point}", process=self.process, details=self.log_tail
+        )
+        return job_id
+
+    def release(self, point: str, job_id: int) -> None:
+        """Let a job held at ``point`` go on."""
+        (self.hold_dir / f"{point}-{job_id}.release").touch()
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies mid-work, as in a power cut or a crashed machine."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+        self.process = None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self) -> str:
+        return f"{self.name}'s log ({self.log_path}):\n{self.log_text()[-self.tail_chars :]}"
+
+
+class ServeProcess(NodeProcess):
     """``segnode serve`` in a new process, working directory ``folder`` (its log: ``folder/segnode.log``).
 
     ``config_path``: its ``--config`` (None: the embedded defaults); ``env``: extra environment variables
@@ -63,16 +129,13 @@ class ServeProcess:
         options: Sequence[str] = (),
         args: Sequence[str] = (),
     ) -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
+        super().__init__(folder, "segnode.log", "segnode serve", 3000)
         self.config_path = config_path
         self.env = dict(env or {})
         self.echo = echo
         self.options = list(options)
         #: More arguments of ``segnode serve`` itself (``--role receiver``).
         self.args = list(args)
-        self.log_path = folder / "segnode.log"
-        self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
 
     def start(
@@ -86,27 +149,23 @@ class ServeProcess:
         extra = dict(self.env)
         plan = dict(faults or {})
         if hold:
-            self.hold_dir.mkdir(exist_ok=True)
+            plan["hold"] = self.hold_plan(hold)
             for marker in [*self.hold_dir.glob("*.held"), *self.hold_dir.glob("*.release")]:
                 marker.unlink()  # of an earlier run
-            plan["hold"] = {"stages": list(hold), "dir": str(self.hold_dir)}
         if plan:
             extra[FAULTS_VARIABLE] = json.dumps(plan)
         command = [sys.executable, "-m", "dicom_node.cli", *self.options, "serve"]
         if self.config_path is not None:
             command += ["--config", str(self.config_path)]
         command += self.args
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, env=node_environment(extra)
-            )
+        process = self.spawn(command, extra)
 
         def listening_port() -> int | None:
             found = LISTENING.findall(self.log_text())
             return int(found[-1]) if len(found) > before else None
 
         self.port = wait_until(
-            listening_port, timeout_s, "segnode serve to listen", process=self.process, details=self.log_tail
+            listening_port, timeout_s, "segnode serve to listen", process=process, details=self.log_tail
         )
         called, calling = self.echo
         wait_for_echo(
@@ -115,30 +174,10 @@ class ServeProcess:
             "segnode serve",
             calling_ae=calling,
             timeout_s=timeout_s,
-            process=self.process,
+            process=process,
             details=self.log_tail,
         )
         return self.port
-
-    @property
-    def hold_dir(self) -> Path:
-        return self.folder / "holds"
-
-    def wait_held(self, stage: str, timeout_s: float = JOB_TIMEOUT_S) -> int:
-        """Wait until a job is held in ``stage`` (started with ``hold``); returns its id."""
-
-        def held() -> int | None:
-            found = sorted(self.hold_dir.glob(f"{stage}-*.held")) if self.hold_dir.is_dir() else []
-            return int(found[0].stem.split("-")[1]) if found else None
-
-        job_id: int = wait_until(
-            held, timeout_s, f"a job held in {stage}", process=self.process, details=self.log_tail
-        )
-        return job_id
-
-    def release(self, stage: str, job_id: int) -> None:
-        """Let a job held in ``stage`` go on."""
-        (self.hold_dir / f"{stage}-{job_id}.release").touch()
 
     def stop(self, timeout_s: float = 60) -> int:
         """SIGTERM (a clean stop); returns the exit code."""
@@ -148,19 +187,6 @@ class ServeProcess:
         code = self.process.wait(timeout=timeout_s)
         self.process = None
         return code
-
-    def kill(self) -> None:
-        """SIGKILL: the node dies mid-work, as in a power cut of the process."""
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(timeout=30)
-        self.process = None
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
-
-    def log_tail(self) -> str:
-        return f"segnode serve's log ({self.log_path}):\n{self.log_text()[-3000:]}"
 
 
 class SegNode(ServeProcess):
