@@ -22,14 +22,16 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
-from pydicom.dataset import Dataset
-from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import PYDICOM_ROOT_UID, UID, ExplicitVRLittleEndian, generate_uid
 
 from config.errors import SegNodeError
 from conversion.volume import Volume
 from dicom_node.outputs.derived_attributes import CopiedAttributes, root_attributes, sanitize_source
 from dicom_node.outputs.seg_options import SegOptions, seg_uids
-from dicom_node.outputs.seg_segments import AlgorithmInfo
+from dicom_node.outputs.seg_segments import AlgorithmInfo, SegmentSpec
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,33 @@ class DerivedContext:
         source = self.volume.first_header.get("SeriesNumber")
         base = int(source) if source not in (None, "") else 0
         return base + offset
+
+
+def labels_present(
+    context: DerivedContext, label_map: npt.NDArray[np.integer[Any]], segments: Mapping[int, SegmentSpec]
+) -> list[int]:
+    """The labels in ``label_map`` (0 left out), in increasing order.
+
+    Raises :class:`DerivedEncodingError` when the label map is not on the grid of ``context.volume`` or a
+    label has no entry in ``segments``.
+    """
+    volume = context.volume
+    if label_map.shape != volume.shape:
+        raise DerivedEncodingError(f"{context.where}: label map shape {label_map.shape} != {volume.shape}")
+    present = [int(v) for v in np.flatnonzero(np.bincount(np.asarray(label_map).ravel())) if v]
+    missing = [v for v in present if v not in segments]
+    if missing:
+        raise DerivedEncodingError(f"{context.where}: labels {missing} have no catalog entry")
+    return present
+
+
+def set_file_meta(dataset: Dataset, sop_class_uid: str, sop_instance_uid: str) -> None:
+    """The file meta information of a newly made object, encoded in Explicit VR Little Endian."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.file_meta = meta
 
 
 def fingerprint_of(settings: Mapping[str, Any]) -> str:

@@ -27,18 +27,19 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.dataset import Dataset
+from pydicom.uid import SecondaryCaptureImageStorage
 
 from conversion.volume import SliceRef
 from dicom_node.outputs.derived import (
     NOT_FOR_DIAGNOSIS,
     DerivedContext,
-    DerivedEncodingError,
     OutputKind,
+    labels_present,
     lo,
     set_creation_time,
     set_equipment,
+    set_file_meta,
 )
 from dicom_node.outputs.seg_segments import SegmentSpec
 
@@ -244,11 +245,7 @@ def _image(
         f"{NOT_FOR_DIAGNOSIS}: outlines of the {algorithm.name} {algorithm.task} structures on the "
         f"source image; {window.describe()}"
     )
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
+    set_file_meta(ds, SecondaryCaptureImageStorage, ds.SOPInstanceUID)
     return ds
 
 
@@ -257,12 +254,7 @@ def encode_overlay(
 ) -> EncodedOverlay:
     """The overlay series of a stack: one image per slice of ``context.volume``."""
     volume = context.volume
-    if label_map.shape != volume.shape:
-        raise DerivedEncodingError(f"{context.where}: label map shape {label_map.shape} != {volume.shape}")
-    present = [int(v) for v in np.flatnonzero(np.bincount(np.asarray(label_map).ravel())) if v]
-    missing = [v for v in present if v not in segments]
-    if missing:
-        raise DerivedEncodingError(f"{context.where}: labels {missing} have no catalog entry")
+    present = labels_present(context, label_map, segments)
     colours = np.zeros((max(present, default=0) + 1, 3), dtype=np.uint8)
     for label in present:
         colours[label] = segments[label].rgb

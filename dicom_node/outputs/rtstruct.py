@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.tag import Tag
-from pydicom.uid import UID, ExplicitVRLittleEndian, RTStructureSetStorage
+from pydicom.uid import UID, RTStructureSetStorage
 
 from conversion.volume import SliceRef
 from dicom_node.outputs.derived import (
@@ -36,9 +36,11 @@ from dicom_node.outputs.derived import (
     DerivedContext,
     DerivedEncodingError,
     OutputKind,
+    labels_present,
     lo,
     set_creation_time,
     set_equipment,
+    set_file_meta,
 )
 from dicom_node.outputs.seg_segments import CodeTriple, SegmentSpec
 
@@ -213,11 +215,7 @@ def _header(context: DerivedContext, series_uid: str, sop_uid: str) -> Dataset:
     for keyword in ("ContentDate", "ContentTime"):
         delattr(ds, keyword)
     ds.ReferencedFrameOfReferenceSequence = [_referenced_frame_of_reference(context)]
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RTStructureSetStorage
-    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
+    set_file_meta(ds, RTStructureSetStorage, UID(sop_uid))
     return ds
 
 
@@ -226,12 +224,7 @@ def encode_rtstruct(
 ) -> EncodedRtstruct:
     """The RT Structure Set of one stack: one ROI per label present in ``label_map``."""
     volume = context.volume
-    if label_map.shape != volume.shape:
-        raise DerivedEncodingError(f"{context.where}: label map shape {label_map.shape} != {volume.shape}")
-    present: Sequence[int] = [int(v) for v in np.flatnonzero(np.bincount(np.asarray(label_map).ravel())) if v]
-    missing = [v for v in present if v not in segments]
-    if missing:
-        raise DerivedEncodingError(f"{context.where}: labels {missing} have no catalog entry")
+    present: Sequence[int] = labels_present(context, label_map, segments)
     if not present:
         raise DerivedEncodingError(f"{context.where}: the label map is empty: no structure to contour")
     series_uid = context.uid(OutputKind.RTSTRUCT, "series")
