@@ -49,7 +49,7 @@ from tests.support import audit
 from tests.support.dcmtk import storescp
 from tests.support.paths import MODELS, PD_TRA, series_files
 from tests.support.scu import send_series
-from tests.support.settings import node_settings
+from tests.support.settings import local_pipeline, node_settings
 from tests.support.waiting import wait_until
 
 #: The middle 8 of the 16 slices (contiguous): half the instances, frames and validation time of the whole
@@ -148,12 +148,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 "action": {"tasks": [{"name": "total_mr", "fast": True}], "destinations": ["pacs"]},
             }
         ]
-        data["pipeline"] = {
-            "work_dir": str(tmp / "work"),
-            "outbox_dir": str(tmp / "outbox"),
-            "warm_up": False,
-        }
-        data["inference"] = {"weights_dir": str(MODELS), "device": "cpu"}
+        data |= local_pipeline(tmp)
         data["seg"] = {"validate_with_dciodvfy": "always"}
         config = parse_config(data, "test.yaml", environ={})
         service = NodeService(config, completion_interval_s=0, process_jobs=False)

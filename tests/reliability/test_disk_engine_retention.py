@@ -31,10 +31,10 @@ from inference.engine import Engine
 from tests.support import audit
 from tests.support.audit import spooled
 from tests.support.orthanc import Orthanc
-from tests.support.paths import CINE, MODELS, PD_TRA, T2_COR, T2_SAG
+from tests.support.paths import CINE, PD_TRA, T2_COR, T2_SAG
 from tests.support.scu import StoreLog, associate, send_series, store
 from tests.support.series import renamed_series
-from tests.support.settings import apply_overrides, node_settings
+from tests.support.settings import apply_overrides, local_pipeline, node_settings
 from tests.support.waiting import wait_until
 
 pytestmark = [
@@ -78,13 +78,7 @@ def make_config(tmp: Path, orthanc: Orthanc, **overrides: Any) -> SegNodeConfig:
             "action": {"tasks": [{"name": "total_mr", "fast": True}], "destinations": ["orthanc"]},
         }
     ]
-    data["pipeline"] = {
-        "work_dir": str(tmp / "work"),
-        "outbox_dir": str(tmp / "outbox"),
-        "poll_interval_s": 0.1,
-        "warm_up": False,
-    }
-    data["inference"] = {"weights_dir": str(MODELS), "device": "cpu"}
+    data |= local_pipeline(tmp)
     return parse_config(apply_overrides(data, overrides), "reliability.yaml", environ={})
 
 

@@ -15,8 +15,7 @@ from dicom_node.jobs.context import PipelineContext
 from dicom_node.jobs.store import JobState
 from dicom_node.service import NodeService
 from tests.support.node import send_recorded
-from tests.support.paths import MODELS
-from tests.support.settings import apply_overrides, node_settings
+from tests.support.settings import apply_overrides, local_pipeline, node_settings
 
 
 def pipeline_settings(tmp: Path, port: int, **overrides: Any) -> dict[str, Any]:
@@ -42,13 +41,7 @@ def pipeline_settings(tmp: Path, port: int, **overrides: Any) -> dict[str, Any]:
             "action": {"tasks": ["total_mr"], "outputs": ["seg"], "destinations": ["pacs"]},
         },
     ]
-    data["pipeline"] = {
-        "work_dir": str(tmp / "work"),
-        "outbox_dir": str(tmp / "outbox"),
-        "poll_interval_s": 0.1,
-        "warm_up": False,
-    }
-    data["inference"] = {"weights_dir": str(MODELS), "device": "cpu"}
+    data |= local_pipeline(tmp)
     data["seg"] = {"validate_with_dciodvfy": "always"}
     return apply_overrides(data, overrides)
 

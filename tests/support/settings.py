@@ -10,6 +10,7 @@ import yaml
 
 from config.loader import parse_config
 from config.model import SegNodeConfig
+from tests.support.paths import MODELS
 
 
 def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -76,3 +77,19 @@ def config_maker(tmp_path: Path) -> Callable[..., SegNodeConfig]:
 def inference_settings(path: Path, weights_dir: Path, **inference: Any) -> Path:
     """A configuration file with only an ``inference`` section: ``weights_dir`` and the keys given."""
     return write_settings(path, {"inference": {"weights_dir": str(weights_dir), **inference}})
+
+
+def local_pipeline(folder: Path, **pipeline: Any) -> dict[str, dict[str, Any]]:
+    """The ``pipeline`` and ``inference`` sections of a node that runs its jobs itself: work and outbox
+    folders under ``folder``, a look for work every 0.1 s, no warm-up (plus ``pipeline``); the tiny models
+    on the CPU."""
+    return {
+        "pipeline": {
+            "work_dir": str(folder / "work"),
+            "outbox_dir": str(folder / "outbox"),
+            "poll_interval_s": 0.1,
+            "warm_up": False,
+        }
+        | pipeline,
+        "inference": {"weights_dir": str(MODELS), "device": "cpu"},
+    }
