@@ -161,7 +161,8 @@ class Job(Base):
 
 
 class Delivery(Base):
-    """The sending of a job's results to one destination: attempts, next attempt time, last status."""
+    """The sending of one kind of a job's results to one destination: attempts, next attempt time, last
+    status."""
 
     __tablename__ = "deliveries"
 
@@ -169,6 +170,9 @@ class Delivery(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
     #: Destination name from the configuration's ``destinations`` section.
     destination: Mapped[str] = mapped_column(String(64))
+    #: The kind of objects delivered: seg | sr | overlay | rtstruct (each is sent, fails and is retried on
+    #: its own).
+    kind: Mapped[str] = mapped_column(String(16), default="seg", server_default="seg")
     #: pending | delivered | failed | cancelled
     state: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -185,7 +189,7 @@ class Delivery(Base):
     __table_args__ = (
         Index("ix_deliveries_job", "job_id"),
         Index("ix_deliveries_due", "state", "next_attempt_at"),
-        UniqueConstraint("job_id", "destination", name="uq_deliveries_job_destination"),
+        UniqueConstraint("job_id", "destination", "kind", name="uq_deliveries_job_destination_kind"),
     )
 
 

@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
     add_database_options(retry)
     retry.add_argument("job_id", type=int, metavar="JOB_ID")
     resend = actions.add_parser(
-        "resend", help="send the SEG objects of a done job again (e.g. the PACS lost them)"
+        "resend", help="send the objects of a done job again (e.g. the PACS lost them)"
     )
     add_database_options(resend)
     resend.add_argument("job_id", type=int, metavar="JOB_ID")
@@ -54,6 +54,13 @@ def register(subparsers: Any) -> None:
         default=[],
         metavar="NAME",
         help="only this destination of the job (repeatable; default: all its destinations)",
+    )
+    resend.add_argument(
+        "--kind",
+        action="append",
+        default=[],
+        choices=["seg", "sr", "overlay", "rtstruct"],
+        help="only this kind of object (repeatable; default: every kind the job made)",
     )
     cancel = actions.add_parser("cancel", help="cancel a job that is not finished")
     add_database_options(cancel)
@@ -120,6 +127,7 @@ def _list(ctx: Any, args: argparse.Namespace) -> str:
 
 def _show(ctx: Any, args: argparse.Namespace) -> str:
     from dicom_node.jobs.queries import show_job
+    from dicom_node.outputs.outbox import delivery_label, first_line
 
     data = show_job(ctx.db, args.job_id)
     if args.format == "json":
@@ -147,6 +155,11 @@ def _show(ctx: Any, args: argparse.Namespace) -> str:
                 f"  {seg['file']} ({seg['segmentation_type']}, {seg['segments']} segments, "
                 f"{seg['number_of_frames']} frames) -> {', '.join(seg['destinations'])}"
             )
+    for derived in data["outputs"].get("derived", []):
+        out.append(
+            f"{derived['kind']}: {len(derived['files'])} object(s), series "
+            f"{derived['series_instance_uid']} -> {', '.join(derived['destinations'])}"
+        )
     volumes = data["outputs"].get("volumetry")
     if volumes is not None:
         flagged = sum(1 for v in volumes if v["touches_border"] or v["below_cutoff"])
@@ -155,14 +168,23 @@ def _show(ctx: Any, args: argparse.Namespace) -> str:
         )
     if data["deliveries"]:
         out.append("destinations:")
-        columns = ["destination", "state", "attempts", "last_outcome", "last_attempt_at", "next_attempt_at"]
+        columns = [
+            "destination",
+            "kind",
+            "state",
+            "attempts",
+            "last_outcome",
+            "last_attempt_at",
+            "next_attempt_at",
+        ]
         rows = [[_text(d[c]) for c in columns] for d in data["deliveries"]]
         out.append(_table(rows, columns).rstrip("\n"))
         for d in data["deliveries"]:
+            label = delivery_label(d["destination"], d["kind"])
             if d["last_status"]:
-                out.append(f"  {d['destination']} answered: {d['last_status'].splitlines()[0]}")
+                out.append(f"  {label} answered: {first_line(d['last_status'])}")
             if d["warning"]:
-                out.append(f"  {d['destination']} warning: {d['warning']}")
+                out.append(f"  {label} warning: {d['warning']}")
     out.append("events:")
     for e in data["events"]:
         reason = f" [{e['reason']}]" if e["reason"] else ""
@@ -183,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.action == "retry":
             text = retry_job(ctx, args.job_id) + "\n"
         elif args.action == "resend":
-            text = resend_job(ctx, args.job_id, args.destination) + "\n"
+            text = resend_job(ctx, args.job_id, args.destination, args.kind) + "\n"
         else:
             text = cancel_job(ctx, args.job_id) + "\n"
     finally:

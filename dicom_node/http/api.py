@@ -40,7 +40,8 @@ from dicom_node.jobs.store import JobNotFoundError, JobState
 ACTIONS: dict[str, str] = {
     "retry": "Retry a failed job at the stage that failed (sending: every failed destination again), or make "
     "the waiting deliveries of a job in sending due now.",
-    "resend": "Send the SEG objects of a done job again (all its destinations, or those named in the body).",
+    "resend": "Send the objects of a done job again (all its destinations and kinds, or those named in the "
+    "body).",
     "cancel": "Cancel a job that is not finished (its pending deliveries too).",
 }
 _REDACTED = "***"
@@ -98,7 +99,9 @@ def run_action(h: HttpContext, principal: Principal, action: str, job_id: int, b
 
     perform: dict[str, Callable[[], str]] = {
         "retry": lambda: retry_job(h.actions, job_id),
-        "resend": lambda: resend_job(h.actions, job_id, list(body.get("destinations") or [])),
+        "resend": lambda: resend_job(
+            h.actions, job_id, list(body.get("destinations") or []), list(body.get("kinds") or [])
+        ),
         "cancel": lambda: cancel_job(h.actions, job_id),
     }
     try:

@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from config.errors import SegNodeError
 from dicom_node.audit.tables import Job
 from dicom_node.jobs.context import PipelineContext
-from dicom_node.jobs.records import seg_outputs
 from dicom_node.jobs.store import JobState
 from dicom_node.outputs.outbox import (
     cancel_deliveries,
+    outbox_files,
     reopen_deliveries,
     retry_deliveries,
+    routed_kinds,
 )
 
 
@@ -53,17 +54,20 @@ def retry_job(ctx: PipelineContext, job_id: int) -> str:
     )
 
 
-def resend_job(ctx: PipelineContext, job_id: int, destinations: Sequence[str] = ()) -> str:
-    """Send the SEG objects of a done job again (all its destinations, or the named ones of them), e.g.
-    after the PACS lost them. The job goes back to ``sending`` and ends ``done`` again once delivered."""
+def resend_job(
+    ctx: PipelineContext, job_id: int, destinations: Sequence[str] = (), kinds: Sequence[str] = ()
+) -> str:
+    """Send the objects of a done job again (all its destinations, or the named ones of them; every kind,
+    or the named ones: ``seg``, ``sr``, ``overlay``, ``rtstruct``), e.g. after the PACS lost them. The job
+    goes back to ``sending`` and ends ``done`` again once delivered."""
     info = ctx.jobs.get(job_id)
     if info.state is not JobState.done:
         raise JobActionError(
             f"job {job_id} is {info.state}; only a done job can be sent again (use retry for a failed one)",
             reason="not_resendable",
         )
-    outputs = seg_outputs(ctx.jobs, job_id)
-    known = list(dict.fromkeys(name for output in outputs for name in output.destinations))
+    routed = routed_kinds(ctx, job_id)
+    known = list(routed)
     if not known:
         raise JobActionError(
             f"job {job_id} produced no SEG object (nothing was segmented): there is nothing to send",
@@ -76,23 +80,37 @@ def resend_job(ctx: PipelineContext, job_id: int, destinations: Sequence[str] = 
             reason="unknown_destination",
         )
     chosen = [name for name in known if not destinations or name in destinations]
+    made = list(dict.fromkeys(kind for name in chosen for kind in routed[name]))
+    absent = [kind for kind in kinds if kind not in made]
+    if absent:
+        raise JobActionError(
+            f"job {job_id} made no {', '.join(absent)} for {', '.join(chosen)}; it made: {', '.join(made)}",
+            reason="unknown_output_kind",
+        )
     missing = [
-        output.file
-        for output in outputs
-        if set(output.destinations) & set(chosen) and not (ctx.outbox_dir(job_id) / output.file).is_file()
+        name
+        for destination in chosen
+        for kind in routed[destination]
+        if not kinds or kind in kinds
+        for name in outbox_files(ctx, job_id, destination, kind)
+        if not (ctx.outbox_dir(job_id) / name).is_file()
     ]
     if missing:
         raise JobActionError(
-            f"job {job_id}: its SEG object(s) {', '.join(missing)} are no longer in the outbox "
+            f"job {job_id}: its object(s) {', '.join(dict.fromkeys(missing))} are no longer in the outbox "
             f"({ctx.outbox_dir(job_id)}; deleted by retention after delivery): send the series to the node "
             "again to segment it anew",
             reason="outbox_purged",
         )
-    reopen_deliveries(ctx, job_id, chosen)
+    reopen_deliveries(ctx, job_id, chosen, kinds)
+    what = f" ({', '.join(kinds)})" if kinds else ""
     ctx.jobs.transition(
-        job_id, JobState.sending, reason="resend_requested", detail=f"sending again to {', '.join(chosen)}"
+        job_id,
+        JobState.sending,
+        reason="resend_requested",
+        detail=f"sending again to {', '.join(chosen)}{what}",
     )
-    return f"job {job_id}: sending again to {', '.join(chosen)}"
+    return f"job {job_id}: sending again to {', '.join(chosen)}{what}"
 
 
 def _not_routed(ctx: PipelineContext, job_id: int) -> bool:

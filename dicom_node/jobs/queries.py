@@ -119,6 +119,7 @@ def delivery_row(row: Delivery) -> dict[str, Any]:
         "id": row.id,
         "job_id": row.job_id,
         "destination": row.destination,
+        "kind": row.kind,
         "state": row.state,
         "attempts": row.attempts,
         "first_attempt_at": row.first_attempt_at,

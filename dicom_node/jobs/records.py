@@ -1,11 +1,12 @@
 """What the stages of a job hand on: the routed plan, the converted volumes (in memory), and the records
-of saved label maps and encoded SEG objects kept in ``Job.outputs`` (JSON)."""
+of saved label maps, encoded SEG objects and the objects derived beside them kept in ``Job.outputs``
+(JSON)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from config.routing import RouteAction
 from conversion.volume import Volume
@@ -31,8 +32,19 @@ class Converted:
     volumes: list[Volume]
 
 
+class JsonRecord:
+    """A record kept as a JSON object in ``Job.outputs``: its fields are the object's keys."""
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def of(cls, data: Mapping[str, Any]) -> Self:
+        return cls(**dict(data))
+
+
 @dataclass(frozen=True)
-class LabelMapRecord:
+class LabelMapRecord(JsonRecord):
     """One saved label map (``Job.outputs['label_maps']``)."""
 
     file: str
@@ -47,16 +59,9 @@ class LabelMapRecord:
     device: str
     timings: dict[str, float]
 
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def of(cls, data: Mapping[str, Any]) -> LabelMapRecord:
-        return cls(**dict(data))
-
 
 @dataclass(frozen=True)
-class SegOutput:
+class SegOutput(JsonRecord):
     """One encoded SEG in the outbox and the destinations it goes to (``Job.outputs['seg']``)."""
 
     file: str
@@ -74,12 +79,29 @@ class SegOutput:
     encode_s: float = 0.0
     validation_s: float = 0.0
 
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
-    @classmethod
-    def of(cls, data: Mapping[str, Any]) -> SegOutput:
-        return cls(**dict(data))
+@dataclass(frozen=True)
+class DerivedOutput(JsonRecord):
+    """One object beside the SEG in the outbox (``Job.outputs['derived']``): the volumetry SR, the overlay
+    series (one file per image) or the RTSTRUCT of a stack, and the destinations it goes to."""
+
+    kind: str
+    files: list[str]
+    series_instance_uid: str
+    destinations: list[str]
+    task: str
+    stack_index: int
+    label_map: str
+    #: SOP Instance UID of the SEG the object was derived from (the SR references it).
+    seg_sop_instance_uid: str
+    validation_warnings: int = 0
+    encode_s: float = 0.0
+    validation_s: float = 0.0
+
+
+def derived_outputs(jobs: JobStore, job_id: int) -> list[DerivedOutput]:
+    """The SR, overlay and RTSTRUCT objects the encoding stage wrote for a job."""
+    return [DerivedOutput.of(o) for o in jobs.outputs(job_id).get("derived", [])]
 
 
 def label_maps(jobs: JobStore, job_id: int) -> list[LabelMapRecord]:

@@ -1,7 +1,9 @@
 """The encoding stage: one DICOM-SEG per saved label map and Segmentation Type the destinations want,
-written atomically to ``<outbox_dir>/<job id>/``, validated, and listed in ``Job.outputs['seg']`` (the
-deliveries are opened by ``dicom_node.outputs.outbox``); the volume of every structure of every label map
-in ``Job.outputs['volumetry']`` (the rows of ``segnode results``)."""
+written atomically to ``<outbox_dir>/<job id>/``, validated, and listed in ``Job.outputs['seg']``; the SR,
+overlay and RTSTRUCT the route asks for beside it (``dicom_node.outputs.encode_derived``,
+``Job.outputs['derived']``); the deliveries are opened per destination and kind by
+``dicom_node.outputs.outbox``. The volume of every structure of every label map goes to
+``Job.outputs['volumetry']`` (the rows of ``segnode results``)."""
 
 from __future__ import annotations
 
@@ -21,17 +23,19 @@ from conversion.volume import Volume
 from dicom_node.audit.tables import Event
 from dicom_node.durable import write_dicom
 from dicom_node.jobs.context import PipelineContext, PipelineError, check_free_space
-from dicom_node.jobs.records import Converted, JobPlan, SegOutput, label_maps
-from dicom_node.jobs.routing import plan_outputs
+from dicom_node.jobs.records import Converted, DerivedOutput, JobPlan, LabelMapRecord, SegOutput, label_maps
+from dicom_node.jobs.routing import derived_kinds, plan_outputs
 from dicom_node.jobs.segment import load_label_map
 from dicom_node.outputs import volumetry
 from dicom_node.outputs.attribute_values import Correction
 from dicom_node.outputs.derived_attributes import correct_derived
+from dicom_node.outputs.encode_derived import StackResult, encode_derived
 from dicom_node.outputs.seg import (
     AlgorithmInfo,
     EmptySegmentationError,
     EncodedSeg,
     SegmentationType,
+    SegOptions,
     encode_seg,
     seg_options,
     segments_from_catalog,
@@ -129,9 +133,72 @@ def _validate(ctx: PipelineContext, path: Path) -> int:
     return len(report.warnings)
 
 
+def _encode_segs(
+    ctx: PipelineContext,
+    plan: JobPlan,
+    volume: Volume,
+    labels: npt.NDArray[Any],
+    record: LabelMapRecord,
+    corrections: dict[str, Correction],
+) -> tuple[list[SegOutput], EncodedSeg | None, SegOptions] | None:
+    """The SEGs of one stack (one per Segmentation Type the destinations want), written and validated;
+    with the first SEG and its settings (the identity of the objects derived beside it). None: the label
+    map is empty (``seg_skipped``), nothing to send."""
+    segments = segments_from_catalog(record.task)
+    algorithm = algorithm_info(record.task, record.mode, record.models, record.roi_subset)
+    outputs: list[SegOutput] = []
+    first: tuple[EncodedSeg, SegOptions] | None = None
+    folder = ctx.outbox_dir(plan.job_id)
+    for target in plan_outputs(plan.action, ctx.config.destinations):
+        options = seg_options(ctx.config.seg, SegmentationType(str(target.segmentation_type)))
+        started = time.perf_counter()
+        try:
+            encoded = encode_seg(volume, labels, segments, algorithm, options)
+        except EmptySegmentationError as exc:
+            ctx.audit.event(
+                "seg_skipped",
+                "info",
+                exc.reason,
+                job_id=plan.job_id,
+                study=plan.study_instance_uid,
+                series=plan.series_instance_uid,
+                detail=exc.message,
+            )
+            return None
+        first = first or (encoded, options)
+        name = f"{path_safe_uid(encoded.sop_instance_uid, 'SEG SOP Instance UID')}.dcm"
+        path = write_dicom(encoded.dataset, folder / name)
+        encoded_s = time.perf_counter() - started
+        warnings, reported = validate_seg(encoded, path, _where(volume), partial(_validate, ctx))
+        for correction in (*encoded.corrections, *reported):
+            corrections.setdefault(str(correction), correction)
+        validation_s = time.perf_counter() - started - encoded_s
+        outputs.append(
+            SegOutput(
+                file=name,
+                sop_instance_uid=encoded.sop_instance_uid,
+                series_instance_uid=encoded.series_instance_uid,
+                segmentation_type=str(target.segmentation_type),
+                destinations=list(target.destinations),
+                task=record.task,
+                stack_index=record.stack_index,
+                label_map=record.file,
+                number_of_frames=encoded.number_of_frames,
+                segments=len(encoded.segment_labels),
+                validation_warnings=warnings,
+                encode_s=round(encoded_s, 4),
+                validation_s=round(validation_s, 4),
+            )
+        )
+    if first is None:
+        return outputs, None, seg_options(ctx.config.seg, SegmentationType.BINARY)
+    return outputs, first[0], first[1]
+
+
 def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
-    """Encode every saved label map as DICOM-SEG (one per Segmentation Type the destinations want), write
-    it atomically to the job's outbox and return the outputs (also stored in ``Job.outputs['seg']``)."""
+    """Encode every saved label map as the route's outputs: DICOM-SEG (one per Segmentation Type the
+    destinations want, in ``Job.outputs['seg']``, returned) and the SR, overlay and RTSTRUCT it asks for
+    (``Job.outputs['derived']``), written atomically to the job's outbox and validated."""
     plan = converted.plan
     ctx.faults.pause("encoding", plan.job_id)
     check_free_space(ctx, ctx.outbox_root, f"job {plan.job_id}: SEG objects not written")
@@ -139,9 +206,10 @@ def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
     if not records:
         raise PipelineError(f"job {plan.job_id}: no label maps recorded", reason="label_map_missing")
     outputs: list[SegOutput] = []
+    derived: list[DerivedOutput] = []
     corrections: dict[str, Correction] = {}
     measured: list[volumetry.Volumetry] = []
-    folder = ctx.outbox_dir(plan.job_id)
+    kinds = derived_kinds(plan.action)
     for record in records:
         if record.stack_index >= len(converted.volumes):
             raise PipelineError(
@@ -151,52 +219,26 @@ def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
             )
         volume = converted.volumes[record.stack_index]
         labels = load_label_map(ctx, plan.job_id, record)
-        names = volumetry.catalog_names(record.task)
-        measured.append(volumetry.measure(volume, labels, record.task, names))
-        segments = segments_from_catalog(record.task)
-        algorithm = algorithm_info(record.task, record.mode, record.models, record.roi_subset)
-        for target in plan_outputs(plan.action, ctx.config.destinations):
-            options = seg_options(ctx.config.seg, SegmentationType(str(target.segmentation_type)))
-            started = time.perf_counter()
-            try:
-                encoded = encode_seg(volume, labels, segments, algorithm, options)
-            except EmptySegmentationError as exc:
-                ctx.audit.event(
-                    "seg_skipped",
-                    "info",
-                    exc.reason,
-                    job_id=plan.job_id,
-                    study=plan.study_instance_uid,
-                    series=plan.series_instance_uid,
-                    detail=exc.message,
-                )
-                break
-            name = f"{path_safe_uid(encoded.sop_instance_uid, 'SEG SOP Instance UID')}.dcm"
-            path = write_dicom(encoded.dataset, folder / name)
-            encoded_s = time.perf_counter() - started
-            warnings, reported = validate_seg(encoded, path, _where(volume), partial(_validate, ctx))
-            for correction in (*encoded.corrections, *reported):
-                corrections.setdefault(str(correction), correction)
-            validation_s = time.perf_counter() - started - encoded_s
-            outputs.append(
-                SegOutput(
-                    file=name,
-                    sop_instance_uid=encoded.sop_instance_uid,
-                    series_instance_uid=encoded.series_instance_uid,
-                    segmentation_type=str(target.segmentation_type),
-                    destinations=list(target.destinations),
-                    task=record.task,
-                    stack_index=record.stack_index,
-                    label_map=record.file,
-                    number_of_frames=encoded.number_of_frames,
-                    segments=len(encoded.segment_labels),
-                    validation_warnings=warnings,
-                    encode_s=round(encoded_s, 4),
-                    validation_s=round(validation_s, 4),
-                )
-            )
+        measured.append(volumetry.measure(volume, labels, record.task, volumetry.catalog_names(record.task)))
+        encoded = _encode_segs(ctx, plan, volume, labels, record, corrections)
+        if encoded is None:
+            continue
+        segs, seg, options = encoded
+        outputs += segs
+        stack = StackResult(
+            volume,
+            labels,
+            record,
+            segments_from_catalog(record.task),
+            algorithm_info(record.task, record.mode, record.models, record.roi_subset),
+            measured[-1],
+            seg,
+            options,
+        )
+        derived += encode_derived(ctx, plan.job_id, stack, kinds, plan.action.destinations)
     ctx.jobs.set_output(plan.job_id, "volumetry", volumetry.result_rows(measured))
     ctx.jobs.set_output(plan.job_id, "seg", [o.to_json() for o in outputs])
+    ctx.jobs.set_output(plan.job_id, "derived", [o.to_json() for o in derived])
     _record_corrections(ctx, plan, list(corrections))
     return outputs
 

@@ -1,8 +1,11 @@
 """Sending a job's results: one persisted delivery per destination, attempts with back-off, job settlement.
 
-After encoding, :func:`open_deliveries` creates a ``pending`` delivery per destination of the job's SEG
-objects and moves the job to ``sending``. :func:`attempt_delivery` sends the destination's objects from the
-job's outbox folder with ``dicom_node.outputs.sender.send_datasets`` and records the attempt on the delivery
+After encoding, :func:`open_deliveries` creates a ``pending`` delivery per destination and output kind
+(``seg``, ``sr``, ``overlay``, ``rtstruct``) of the job's objects and moves the job to ``sending``; each
+kind is sent on its own association, so a destination that refuses one kind (e.g. no RT Structure Set
+Storage) receives the others, and only the failed kind is tried again (``segnode jobs retry``).
+:func:`attempt_delivery` sends the destination's objects of the delivery's kind from the job's outbox
+folder with ``dicom_node.outputs.sender.send_datasets`` and records the attempt on the delivery
 row
 (attempt count, first/last attempt time, outcome, the peer's statuses, a warning status) and as a
 ``send_attempt`` audit event; a failed attempt gets its next attempt time from the destination's retry
@@ -26,7 +29,7 @@ from sqlalchemy import select
 from config.routing import DestinationConfig, SendingConfig
 from dicom_node.audit.tables import Delivery, Job
 from dicom_node.jobs.context import PipelineContext, PipelineError
-from dicom_node.jobs.records import SegOutput, seg_outputs
+from dicom_node.jobs.records import SegOutput, derived_outputs, seg_outputs
 from dicom_node.jobs.store import JobState, StageTimer
 from dicom_node.outputs.sender import SendResult, decide_retry, retry_policy, send_datasets
 
@@ -34,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 #: Delivery states.
 PENDING, DELIVERED, FAILED, CANCELLED = "pending", "delivered", "failed", "cancelled"
+#: The kind of a SEG delivery (the others: ``OutputKind`` sr, overlay, rtstruct).
+SEG_KIND = "seg"
 
 SendFunction = Callable[[Sequence[Dataset], str, DestinationConfig, SendingConfig], SendResult]
 
@@ -45,6 +50,7 @@ class DeliveryInfo:
     id: int
     job_id: int
     destination: str
+    kind: str
     state: str
     attempts: int
     first_attempt_at: datetime | None
@@ -60,6 +66,7 @@ class DeliveryInfo:
             id=row.id,
             job_id=row.job_id,
             destination=row.destination,
+            kind=row.kind,
             state=row.state,
             attempts=row.attempts,
             first_attempt_at=row.first_attempt_at,
@@ -79,19 +86,24 @@ def open_deliveries(
     holder: str | None = None,
     dispatched: bool = False,
 ) -> list[str]:
-    """Create (or reset, when encoding ran again) a pending delivery per destination of ``outputs`` and move
-    the job to ``sending``. Returns the destination names. A job without outputs goes straight to ``done``.
+    """Create (or reset, when encoding ran again) a pending delivery per destination and kind of the SEG
+    ``outputs`` and of the derived objects the job records (``Job.outputs['derived']``), and move the job
+    to ``sending``. Returns the destination names. A job without outputs goes straight to ``done``.
     ``holder``, ``dispatched``: the cluster worker's lease and hand-over (``JobStore.transition``)."""
-    names = list(dict.fromkeys(name for output in outputs for name in output.destinations))
+    pairs = [(name, SEG_KIND) for output in outputs for name in output.destinations]
+    pairs += [(name, o.kind) for o in derived_outputs(ctx.jobs, job_id) for name in o.destinations]
+    pairs = list(dict.fromkeys(pairs))
+    names = list(dict.fromkeys(name for name, _ in pairs))
     now = ctx.now()
     with ctx.db.write() as session:
         existing = {
-            d.destination: d for d in session.scalars(select(Delivery).where(Delivery.job_id == job_id))
+            (d.destination, d.kind): d
+            for d in session.scalars(select(Delivery).where(Delivery.job_id == job_id))
         }
-        for name in names:
-            row = existing.get(name)
+        for name, kind in pairs:
+            row = existing.get((name, kind))
             if row is None:
-                session.add(Delivery(job_id=job_id, destination=name, state=PENDING, attempts=0))
+                session.add(Delivery(job_id=job_id, destination=name, kind=kind, state=PENDING, attempts=0))
             elif row.state != DELIVERED:
                 row.state = PENDING
                 row.next_attempt_at = now
@@ -140,30 +152,64 @@ def next_due_at(ctx: PipelineContext) -> datetime | None:
     return min(times) if times else None
 
 
-def _datasets(ctx: PipelineContext, job_id: int, destination: str) -> list[Dataset]:
+def routed_kinds(ctx: PipelineContext, job_id: int) -> dict[str, list[str]]:
+    """Destination -> the kinds of objects the job encoded for it (``seg`` first)."""
+    out: dict[str, list[str]] = {}
+    for output in seg_outputs(ctx.jobs, job_id):
+        for name in output.destinations:
+            out.setdefault(name, [SEG_KIND])
+    for derived in derived_outputs(ctx.jobs, job_id):
+        for name in derived.destinations:
+            kinds = out.setdefault(name, [])
+            if derived.kind not in kinds:
+                kinds.append(derived.kind)
+    return out
+
+
+def outbox_files(ctx: PipelineContext, job_id: int, destination: str, kind: str) -> list[str]:
+    """The outbox files of ``kind`` that go to ``destination``."""
+    if kind == SEG_KIND:
+        return [o.file for o in seg_outputs(ctx.jobs, job_id) if destination in o.destinations]
+    return [
+        name
+        for o in derived_outputs(ctx.jobs, job_id)
+        if o.kind == kind and destination in o.destinations
+        for name in o.files
+    ]
+
+
+def _datasets(ctx: PipelineContext, job_id: int, destination: str, kind: str = SEG_KIND) -> list[Dataset]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     out: list[Dataset] = []
-    for output in seg_outputs(ctx.jobs, job_id):
-        if destination not in output.destinations:
-            continue
-        path = ctx.outbox_dir(job_id) / output.file
+    what = "SEG" if kind == SEG_KIND else kind
+    for name in outbox_files(ctx, job_id, destination, kind):
+        path = ctx.outbox_dir(job_id) / name
         try:
             out.append(pydicom.dcmread(path))
         except FileNotFoundError as exc:
             raise PipelineError(
-                f"job {job_id}: SEG file {output.file} is no longer in the outbox (removed outside SegNode): "
+                f"job {job_id}: {what} file {name} is no longer in the outbox (removed outside SegNode): "
                 "send the series again to make it anew",
                 reason="outbox_file_missing",
             ) from exc
         except (InvalidDicomError, OSError) as exc:
             raise PipelineError(
-                f"job {job_id}: SEG file {output.file} in the outbox cannot be read ({type(exc).__name__}): "
+                f"job {job_id}: {what} file {name} in the outbox cannot be read ({type(exc).__name__}): "
                 "send the series again to make it anew",
                 reason="outbox_file_unreadable",
             ) from exc
     return out
+
+
+def delivery_label(destination: str, kind: str) -> str:
+    """How a delivery is named in messages: the destination, and the kind unless it is the SEG."""
+    return destination if kind == SEG_KIND else f"{destination} ({kind})"
+
+
+def first_line(text: str | None) -> str:
+    return (text or "").split("\n", 1)[0]
 
 
 def _statuses(result: SendResult) -> str:
@@ -179,9 +225,10 @@ def attempt_delivery(
     with ctx.db.read() as session:
         row = session.get_one(Delivery, delivery_id)
         job = session.get_one(Job, row.job_id)
-        job_id, name, study, series = (
+        job_id, name, kind, study, series = (
             row.job_id,
             row.destination,
+            row.kind,
             job.study_instance_uid,
             job.series_instance_uid,
         )
@@ -192,7 +239,7 @@ def attempt_delivery(
         permanent = ("destination_unknown", f"destination {name!r} is no longer in the configuration")
     else:
         try:
-            datasets = _datasets(ctx, job_id, name)
+            datasets = _datasets(ctx, job_id, name, kind)
         except PipelineError as exc:
             permanent = (exc.reason, exc.message)
         else:
@@ -226,6 +273,7 @@ def attempt_delivery(
             if row.state == PENDING and row.next_attempt_at
             else ("; giving up" if row.state == FAILED else "")
         )
+        label = delivery_label(name, kind)
         ctx.audit.add_event(
             session,
             "send_attempt",
@@ -234,14 +282,15 @@ def attempt_delivery(
             job_id=job_id,
             study=study,
             series=series,
-            detail=f"{name}: attempt {row.attempts}: {(row.last_status or '').splitlines()[0]}{then}"[:4000],
+            detail=f"{label}: attempt {row.attempts}: {first_line(row.last_status)}{then}"[:4000],
         )
         info = DeliveryInfo.of(row)
     ctx.metrics.send_attempt(name, info.last_outcome or "", (info.last_status or "").split("\n", 1)[0])
     log = logger.info if info.state == DELIVERED else logger.warning
     log(
-        "job %d: delivery to %s attempt %d: %s (%s)",
+        "job %d: delivery of %s to %s attempt %d: %s (%s)",
         job_id,
+        kind,
         name,
         info.attempts,
         info.last_outcome,
@@ -263,15 +312,17 @@ def settle_job(ctx: PipelineContext, job_id: int) -> JobState | None:
     failed = [d for d in deliveries if d.state == FAILED]
     if failed:
         first = failed[0]
-        detail = "; ".join(f"{d.destination}: {(d.last_status or '').splitlines()[0]}" for d in failed)
+        detail = "; ".join(
+            f"{delivery_label(d.destination, d.kind)}: {first_line(d.last_status)}" for d in failed
+        )
         ctx.jobs.transition(
             job_id,
             JobState.failed,
             reason=first.last_outcome or "send_failed",
-            detail=f"{len(failed)} of {len(deliveries)} destination(s) failed after retries: {detail}"[:2000],
+            detail=f"{len(failed)} of {len(deliveries)} delivery(ies) failed after retries: {detail}"[:2000],
         )
         return JobState.failed
-    names = ", ".join(d.destination for d in deliveries)
+    names = ", ".join(dict.fromkeys(d.destination for d in deliveries))
     ctx.jobs.transition(job_id, JobState.done, detail=f"delivered to {names}" if names else None)
     return JobState.done
 
@@ -302,7 +353,9 @@ def jobs_to_settle(ctx: PipelineContext) -> list[int]:
 
 
 def retry_deliveries(ctx: PipelineContext, job_id: int) -> list[str]:
-    """Make the failed (or waiting) deliveries of a job pending again with a fresh attempt budget, due now."""
+    """Make the failed (or waiting) deliveries of a job pending again with a fresh attempt budget, due now;
+    the delivered ones (other kinds, other destinations) are left alone. Returns the destination of each
+    (``destination (kind)`` for the objects beside the SEG)."""
     now = ctx.now()
     names = []
     with ctx.db.write() as session:
@@ -312,17 +365,19 @@ def retry_deliveries(ctx: PipelineContext, job_id: int) -> list[str]:
                 row.attempts = 0
                 row.first_attempt_at = None
                 row.next_attempt_at = now
-                names.append(row.destination)
+                names.append(delivery_label(row.destination, row.kind))
     return names
 
 
-def reopen_deliveries(ctx: PipelineContext, job_id: int, destinations: Sequence[str]) -> None:
-    """Make the deliveries of a job to ``destinations`` pending again, due now, with a fresh budget
-    (delivered ones included: sending the same SEG objects again)."""
+def reopen_deliveries(
+    ctx: PipelineContext, job_id: int, destinations: Sequence[str], kinds: Sequence[str] = ()
+) -> None:
+    """Make the deliveries of a job to ``destinations`` (of ``kinds``; none given: every kind) pending
+    again, due now, with a fresh budget (delivered ones included: sending the same objects again)."""
     now = ctx.now()
     with ctx.db.write() as session:
         for row in session.scalars(select(Delivery).where(Delivery.job_id == job_id)):
-            if row.destination in destinations:
+            if row.destination in destinations and (not kinds or row.kind in kinds):
                 row.state = PENDING
                 row.attempts = 0
                 row.first_attempt_at = None

@@ -247,5 +247,9 @@ def encode_rtstruct(
     ds.StructureSetROISequence = rois
     ds.ROIContourSequence = contours
     ds.RTROIObservationsSequence = observations
+    for roi_contour in contours:
+        for item in roi_contour.ContourSequence:
+            # written as built: Contour Data stays raw bytes (pydicom would otherwise parse every value)
+            item.set_original_encoding(False, True, item._character_set)
     logger.info("encoded RTSTRUCT for %s: %d ROIs", context.where, len(rois))
     return EncodedRtstruct(ds, series_uid, sop_uid, roi_labels)

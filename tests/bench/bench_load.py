@@ -57,7 +57,7 @@ def config_for(tmp: Path, pacs_port: int | None) -> Any:
             {
                 "name": "mr",
                 "match": {"modality": "MR"},
-                "action": {"tasks": ["total_mr"], "destinations": ["pacs"]},
+                "action": {"tasks": ["total_mr"], "outputs": ["seg"], "destinations": ["pacs"]},
             }
         ]
         data["pipeline"] = {

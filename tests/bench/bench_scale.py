@@ -80,7 +80,11 @@ def cluster_runs(folder: Path, count: int, threads: int, fast: bool) -> dict[int
             {
                 "name": "mr_total",
                 "match": {"modality": "MR"},
-                "action": {"tasks": [{"name": "total_mr", "fast": fast}], "destinations": ["orthanc"]},
+                "action": {
+                    "tasks": [{"name": "total_mr", "fast": fast}],
+                    "outputs": ["seg"],
+                    "destinations": ["orthanc"],
+                },
             }
         ],
     }

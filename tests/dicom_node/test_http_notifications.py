@@ -126,7 +126,7 @@ def _settings(tmp_path: Path, r: Receivers, **more: Any) -> dict[str, Any]:
             {
                 "name": "mr",
                 "match": {"modality": "MR"},
-                "action": {"tasks": ["total_mr"], "destinations": ["pacs"]},
+                "action": {"tasks": ["total_mr"], "outputs": ["seg"], "destinations": ["pacs"]},
             }
         ],
         "http.destination_echo_interval_s": 0.2,

@@ -101,7 +101,7 @@ def test_show_lists_destinations_with_attempts_and_retry_makes_them_due_now(
     assert (info.state, info.last_outcome) == ("pending", "peer_unreachable")
     code, out, _ = cli(capsys, node, "show", str(job_id))
     assert code == 0
-    assert "destinations:" in out and "pacs         pending  1         peer_unreachable" in out
+    assert "destinations:" in out and "pacs         seg   pending  1         peer_unreachable" in out
     assert "pacs answered: pacs (STORESCP@127.0.0.1:" in out
     assert "send_attempt failure [peer_unreachable]: pacs: attempt 1:" in out
 
@@ -225,8 +225,6 @@ def test_resend_sends_a_done_jobs_seg_again_and_explains_what_it_cannot(
 
         shutil.rmtree(ctx.outbox_dir(job_id))  # what retention does after delivered_hours
         code, _, err = cli(capsys, node, "resend", str(job_id))
-        assert code == 1 and err.startswith(
-            f"error [outbox_purged]: job {job_id}: its SEG object(s) object.dcm"
-        )
+        assert code == 1 and err.startswith(f"error [outbox_purged]: job {job_id}: its object(s) object.dcm")
         assert "send the series to the node again" in err
         assert ctx.jobs.get(job_id).state is JobState.done

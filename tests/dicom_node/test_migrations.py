@@ -4,13 +4,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import Connection, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from dicom_node.audit.database import Database, alembic_config
 from dicom_node.audit.tables import Base
+
+
+def _series_and_job(conn: Connection, state: str) -> None:
+    """A complete series (1.2.3.4) and its job (id 1) in ``state``, as the first schema has them."""
+    conn.execute(
+        text(
+            "INSERT INTO series (series_instance_uid, study_instance_uid, state, instance_count, "
+            "first_received_at, last_received_at) VALUES ('1.2.3.4', '1.2.3', 'complete', 1, "
+            "'2026-01-05 08:00:00', '2026-01-05 08:00:00')"
+        )
+    )
+    conn.execute(
+        text(
+            "INSERT INTO jobs (series_instance_uid, study_instance_uid, state, created_at, updated_at) "
+            "VALUES ('1.2.3.4', '1.2.3', :state, '2026-01-05 08:00:10', '2026-01-05 08:00:10')"
+        ),
+        {"state": state},
+    )
 
 
 def test_upgrade_from_the_first_schema_keeps_existing_rows(tmp_path: Path) -> None:
@@ -24,19 +45,7 @@ def test_upgrade_from_the_first_schema_keeps_existing_rows(tmp_path: Path) -> No
                 "VALUES ('PACS', 'SEGNODE', '10.0.0.5', 4242, '2026-01-05 08:00:00', 'released', 1, 1234)"
             )
         )
-        conn.execute(
-            text(
-                "INSERT INTO series (series_instance_uid, study_instance_uid, state, instance_count, "
-                "first_received_at, last_received_at) VALUES ('1.2.3.4', '1.2.3', 'complete', 1, "
-                "'2026-01-05 08:00:00', '2026-01-05 08:00:00')"
-            )
-        )
-        conn.execute(
-            text(
-                "INSERT INTO jobs (series_instance_uid, study_instance_uid, state, created_at, updated_at) "
-                "VALUES ('1.2.3.4', '1.2.3', 'queued', '2026-01-05 08:00:10', '2026-01-05 08:00:10')"
-            )
-        )
+        _series_and_job(conn, "queued")
         conn.execute(
             text(
                 "INSERT INTO events (at, what, outcome, config_hash) "
@@ -81,3 +90,43 @@ def test_migration_scripts_are_packaged_with_dicom_node() -> None:
         "0001_initial.py",
         "0002_audit_query_indexes.py",
     ]
+
+
+def test_upgrade_to_per_kind_deliveries_keeps_the_seg_deliveries(tmp_path: Path) -> None:
+    """0004 -> 0005: a delivery made before is the SEG's; afterwards a job has one delivery per destination
+    and kind, and the same kind twice to one destination is refused."""
+    db = Database(f"sqlite:///{tmp_path / 'deliveries.db'}")
+    db.upgrade("0004")
+    with db.engine.begin() as conn:
+        _series_and_job(conn, "sending")
+        conn.execute(
+            text(
+                "INSERT INTO deliveries (job_id, destination, state, attempts, last_outcome) "
+                "VALUES (1, 'pacs', 'failed', 3, 'peer_unreachable')"
+            )
+        )
+    db.upgrade("0005")
+    with db.engine.begin() as conn:
+        assert conn.execute(text("SELECT destination, kind, state, attempts FROM deliveries")).all() == [
+            ("pacs", "seg", "failed", 3)
+        ]
+        conn.execute(
+            text(
+                "INSERT INTO deliveries (job_id, destination, kind, state, attempts) "
+                "VALUES (1, 'pacs', 'sr', 'pending', 0)"
+            )
+        )
+    with pytest.raises(IntegrityError), db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO deliveries (job_id, destination, kind, state, attempts) "
+                "VALUES (1, 'pacs', 'sr', 'pending', 0)"
+            )
+        )
+    cfg = alembic_config(db.url)
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0004")
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT destination, state FROM deliveries")).all() == [("pacs", "failed")]
+    db.dispose()

@@ -419,13 +419,13 @@ def test_fan_out_gives_one_job_per_matching_route(
         {
             "name": "research_copy",
             "match": {"modality": "MR"},
-            "action": {"tasks": ["total_mr"], "destinations": ["pacs"]},
+            "action": {"tasks": ["total_mr"], "outputs": ["seg"], "destinations": ["pacs"]},
             "continue": True,
         },
         {
             "name": "clinical",
             "match": {"modality": "MR"},
-            "action": {"tasks": ["total_mr"], "destinations": ["pacs"]},
+            "action": {"tasks": ["total_mr"], "outputs": ["seg"], "destinations": ["pacs"]},
         },
     ]
     node = make_node(tmp_path, free_port(), routes=routes)

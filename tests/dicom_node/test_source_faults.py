@@ -145,7 +145,11 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             {
                 "name": "mr",
                 "match": {"modality": "MR"},
-                "action": {"tasks": [{"name": "total_mr", "fast": True}], "destinations": ["pacs"]},
+                "action": {
+                    "tasks": [{"name": "total_mr", "fast": True}],
+                    "outputs": ["seg"],
+                    "destinations": ["pacs"],
+                },
             }
         ]
         data |= local_pipeline(tmp)

@@ -75,7 +75,11 @@ def make_config(tmp: Path, orthanc: Orthanc, **overrides: Any) -> SegNodeConfig:
             "name": "mr_total",
             "match": {"modality": "MR"},
             # the 3 mm model only: these tests are about what happens around the inference
-            "action": {"tasks": [{"name": "total_mr", "fast": True}], "destinations": ["orthanc"]},
+            "action": {
+                "tasks": [{"name": "total_mr", "fast": True}],
+                "outputs": ["seg"],
+                "destinations": ["orthanc"],
+            },
         }
     ]
     data |= local_pipeline(tmp)

@@ -1,0 +1,144 @@
+"""The objects a route asks for beside the SEG (volumetry SR, overlay series, RTSTRUCT): encoded from the
+stack's volume and label map in the encoding stage, written atomically to the job's outbox, validated, and
+listed in ``Job.outputs['derived']`` (one :class:`~dicom_node.jobs.records.DerivedOutput` per stack and
+kind; the deliveries are opened per destination and kind by ``dicom_node.outputs.outbox``).
+
+Every object's UIDs derive from the identity of the stack's SEG (:class:`DerivedContext`), so encoding the
+stack again writes the same files under the same names and a resend replaces the objects in the PACS.
+The SR references the segments of the SEG it measures; a route with ``sr`` always has a SEG (the
+configuration refuses ``sr`` without one). Where the destinations want SEGs of both Segmentation Types,
+the SR references the first encoded (BINARY before LABELMAP).
+
+Validation (dciodvfy, per ``seg.validate_with_dciodvfy``): the SR and the RTSTRUCT as written; of the
+overlay series the first, middle and last image (the images differ only in their pixels, Instance Number,
+SOP Instance UID and source reference, all made by the same code). An error fails the job
+(``output_invalid``), naming the object kind and the series.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+
+from conversion.volume import Volume
+from dicom_node.durable import write_dicom
+from dicom_node.jobs.context import PipelineContext, PipelineError
+from dicom_node.jobs.records import DerivedOutput, LabelMapRecord
+from dicom_node.outputs.derived import DerivedContext, OutputKind
+from dicom_node.outputs.seg import EncodedSeg
+from dicom_node.outputs.seg_options import SegOptions
+from dicom_node.outputs.seg_segments import AlgorithmInfo, SegmentSpec
+from dicom_node.outputs.volumetry import Volumetry
+from dicom_node.uids import path_safe_uid
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StackResult:
+    """What the derived objects of one stack are made from."""
+
+    volume: Volume
+    labels: npt.NDArray[Any]
+    record: LabelMapRecord
+    segments: Mapping[int, SegmentSpec]
+    algorithm: AlgorithmInfo
+    measured: Volumetry
+    #: The SEG the SR references (None: the route asks for no SEG).
+    seg: EncodedSeg | None
+    #: The settings of that SEG (or of the SEG the route would have), the identity of the derived objects.
+    options: SegOptions
+
+
+def _datasets(kind: OutputKind, context: DerivedContext, stack: StackResult) -> tuple[Dataset, ...]:
+    from dicom_node.outputs.overlay import encode_overlay
+    from dicom_node.outputs.rtstruct import encode_rtstruct
+    from dicom_node.outputs.sr import encode_volumetry_sr
+
+    if kind is OutputKind.SR:
+        if stack.seg is None:
+            raise PipelineError(
+                f"{context.where}: the volumetry SR references a SEG, and none was encoded",
+                reason="output_encoding_failed",
+            )
+        return (encode_volumetry_sr(context, stack.measured, stack.seg, stack.segments).dataset,)
+    if kind is OutputKind.OVERLAY:
+        return encode_overlay(context, stack.labels, stack.segments).datasets
+    return (encode_rtstruct(context, stack.labels, stack.segments).dataset,)
+
+
+def _validated(ctx: PipelineContext, kind: OutputKind, paths: Sequence[Path], where: str) -> int:
+    """dciodvfy on the written files (a sample of the overlay series); returns the number of warnings."""
+    from dicom_node.outputs.validation import SegValidationError, validate_with_dciodvfy
+
+    seg = ctx.config.seg
+    mode = seg.validate_with_dciodvfy
+    if mode == "never" or (mode == "auto" and shutil.which("dciodvfy") is None):
+        return 0
+    checked = list(dict.fromkeys([paths[0], paths[len(paths) // 2], paths[-1]])) if paths else []
+    warnings = 0
+    for path in checked:
+        try:
+            warnings += len(validate_with_dciodvfy(path, timeout_s=seg.validation_timeout_s).warnings)
+        except SegValidationError as exc:
+            raise PipelineError(
+                f"{where}: the {kind} object is not valid: dciodvfy reported {len(exc.errors)} error(s): "
+                f"{exc.errors[0] if exc.errors else exc}",
+                reason="output_invalid",
+            ) from exc
+    return warnings
+
+
+def encode_derived(
+    ctx: PipelineContext,
+    job_id: int,
+    stack: StackResult,
+    kinds: Sequence[OutputKind],
+    destinations: Sequence[str],
+) -> list[DerivedOutput]:
+    """Encode, write and validate the ``kinds`` of one stack for ``destinations``; nothing for an empty
+    label map (there is no structure to report, outline or contour)."""
+    if not kinds or not np.any(stack.labels):
+        return []
+    context = DerivedContext(stack.volume, stack.algorithm, stack.options)
+    folder = ctx.outbox_dir(job_id)
+    outputs = []
+    for kind in kinds:
+        started = time.perf_counter()
+        datasets = _datasets(kind, context, stack)
+        paths = [
+            write_dicom(
+                ds, folder / f"{path_safe_uid(str(ds.SOPInstanceUID), f'{kind} SOP Instance UID')}.dcm"
+            )
+            for ds in datasets
+        ]
+        encoded_s = time.perf_counter() - started
+        warnings = _validated(ctx, kind, paths, context.where)
+        outputs.append(
+            DerivedOutput(
+                kind=str(kind),
+                files=[p.name for p in paths],
+                series_instance_uid=str(datasets[0].SeriesInstanceUID),
+                destinations=list(destinations),
+                task=stack.record.task,
+                stack_index=stack.record.stack_index,
+                label_map=stack.record.file,
+                seg_sop_instance_uid=context.identity,
+                validation_warnings=warnings,
+                encode_s=round(encoded_s, 4),
+                validation_s=round(time.perf_counter() - started - encoded_s, 4),
+            )
+        )
+        logger.info(
+            "job %d: %s of %s: %d object(s) in %.2f s", job_id, kind, context.where, len(paths), encoded_s
+        )
+    return outputs
