@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from dicom_node.audit.database import Database
 from dicom_node.audit.tables import Event, Job
 from dicom_node.jobs.store import JobState
+from tests.support import audit
 from tests.support.orthanc import Orthanc
 from tests.support.paths import MODELS
 from tests.support.postgres import PostgresServer
@@ -192,52 +191,22 @@ class Cluster:
     # -- what the database says ----------------------------------------------------------------------------
 
     def jobs(self, series_uid: str) -> list[Job]:
-        with self.db.read() as session:
-            return list(
-                session.scalars(select(Job).where(Job.series_instance_uid == series_uid).order_by(Job.id))
-            )
+        return audit.jobs(self.db, series_uid)
 
     def events(self, job_id: int, what: str | None = None) -> list[Event]:
-        statement = select(Event).where(Event.job_id == job_id).order_by(Event.id)
-        if what is not None:
-            statement = statement.where(Event.what == what)
-        with self.db.read() as session:
-            return list(session.scalars(statement))
+        return audit.events(self.db, what, job_id=job_id)
 
     def events_of_series(self, series_uid: str) -> list[Event]:
-        statement = select(Event).where(Event.series_instance_uid == series_uid).order_by(Event.id)
-        with self.db.read() as session:
-            return list(session.scalars(statement))
+        return audit.events(self.db, series_uid=series_uid)
 
     def timings(self, job_id: int) -> dict[str, Any]:
-        with self.db.read() as session:
-            raw = session.get_one(Job, job_id).stage_timings
-        data: dict[str, Any] = json.loads(raw) if raw else {}
-        return data
+        return audit.job_json(self.db, job_id, "stage_timings")
 
     def wait_for_job(self, series_uid: str, timeout_s: float = JOB_TIMEOUT_S) -> int:
-        def created() -> int | None:
-            jobs = self.jobs(series_uid)
-            return jobs[-1].id if jobs else None
-
-        job_id: int = wait_until(created, timeout_s, f"a job for series {series_uid}", details=self.details)
-        return job_id
+        return audit.wait_for_job(self.db, series_uid, timeout_s, self.details)
 
     def wait_for_state(
         self, job_id: int, states: set[JobState], timeout_s: float = JOB_TIMEOUT_S
     ) -> JobState:
-        """Wait until the job is in one of ``states``; a job that fails on the way fails the wait."""
-
-        def reached() -> JobState | None:
-            with self.db.read() as session:
-                row = session.get_one(Job, job_id)
-                current = JobState(row.state)
-                if current is JobState.failed and JobState.failed not in states:
-                    raise AssertionError(
-                        f"job {job_id} failed at {row.failed_stage}: [{row.reason}] {row.detail}"
-                    )
-            return current if current in states else None
-
-        names = sorted(s.value for s in states)
-        state: JobState = wait_until(reached, timeout_s, f"job {job_id} in {names}", details=self.details)
-        return state
+        """Wait until the job is in one of ``states`` (see :func:`tests.support.audit.wait_for_state`)."""
+        return audit.wait_for_state(self.db, job_id, states, timeout_s, self.details)

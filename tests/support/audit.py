@@ -1,9 +1,11 @@
-"""Read-only queries of a node's audit database (``NodeService.db``, ``SegNode.db``, ...)."""
+"""Read-only queries of a node's audit database (``NodeService.db``, ``SegNode.db``, ...), and waits for a
+job to exist or reach a state."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -11,6 +13,8 @@ from sqlalchemy import func, inspect, select
 
 from dicom_node.audit.database import Database
 from dicom_node.audit.tables import Delivery, Event, Instance, Job
+from dicom_node.jobs.store import JobState
+from tests.support.waiting import wait_until
 
 RowT = TypeVar("RowT")
 
@@ -81,3 +85,32 @@ def spooled(db: Database, spool: Path, sop_uids: list[str]) -> dict[str, bool]:
             and hashlib.sha256(path.read_bytes()).hexdigest() == row.sha256
         )
     return found
+
+
+def wait_for_job(db: Database, series_uid: str, timeout_s: float, details: Callable[[], str]) -> int:
+    """The id of the series' latest job, once there is one (``details``: what a timeout shows)."""
+
+    def latest() -> int | None:
+        found = jobs(db, series_uid)
+        return found[-1].id if found else None
+
+    job_id: int = wait_until(latest, timeout_s, f"a job for series {series_uid}", details=details)
+    return job_id
+
+
+def wait_for_state(
+    db: Database, job_id: int, states: set[JobState], timeout_s: float, details: Callable[[], str]
+) -> JobState:
+    """Wait until the job is in one of ``states``; a job that fails on the way fails the wait at once
+    (unless ``failed`` is awaited) with its stage and reason."""
+
+    def reached() -> JobState | None:
+        row = job(db, job_id)
+        current = JobState(row.state)
+        if current is JobState.failed and JobState.failed not in states:
+            raise AssertionError(f"job {job_id} failed at {row.failed_stage}: [{row.reason}] {row.detail}")
+        return current if current in states else None
+
+    names = sorted(s.value for s in states)
+    state: JobState = wait_until(reached, timeout_s, f"job {job_id} in {names}", details=details)
+    return state

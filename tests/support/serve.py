@@ -289,32 +289,13 @@ class SegNode(ServeProcess):
 
     def wait_for_job(self, series_uid: str, timeout_s: float = 300) -> int:
         """The id of the series' latest job, once there is one."""
-
-        def latest() -> int | None:
-            jobs = self.jobs(series_uid)
-            return jobs[-1].id if jobs else None
-
-        job_id: int = wait_until(latest, timeout_s, f"a job for series {series_uid}", details=self.log_tail)
-        return job_id
+        return audit.wait_for_job(self.db, series_uid, timeout_s, self.log_tail)
 
     def wait_for_state(
         self, job_id: int, states: set[JobState], timeout_s: float = JOB_TIMEOUT_S
     ) -> JobState:
-        """Wait until the job is in one of ``states``; a job that fails on the way fails the wait at once
-        (unless ``failed`` is awaited) with its stage and reason."""
-
-        def reached() -> JobState | None:
-            row = self.job(job_id)
-            current = JobState(row.state)
-            if current is JobState.failed and JobState.failed not in states:
-                raise AssertionError(
-                    f"job {job_id} failed at {row.failed_stage}: [{row.reason}] {row.detail}"
-                )
-            return current if current in states else None
-
-        names = sorted(s.value for s in states)
-        state: JobState = wait_until(reached, timeout_s, f"job {job_id} in {names}", details=self.log_tail)
-        return state
+        """Wait until the job is in one of ``states`` (see :func:`tests.support.audit.wait_for_state`)."""
+        return audit.wait_for_state(self.db, job_id, states, timeout_s, self.log_tail)
 
 
 @contextlib.contextmanager
