@@ -111,6 +111,21 @@ class DerivedContext:
         return base + offset
 
 
+def label_counts(label_map: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.intp]:
+    """Voxels per label value (index) of a label map, counted a slab at a time along the first axis: no
+    temporary of the label map's size (``np.bincount`` of the whole map makes one of 8 bytes a voxel)."""
+    counts = np.zeros(1, dtype=np.intp)
+    rows = max(1, (1 << 18) // max(1, int(np.prod(label_map.shape[1:]))))
+    for start in range(0, label_map.shape[0], rows):
+        found = np.bincount(np.ravel(label_map[start : start + rows]))
+        if len(found) > len(counts):
+            found[: len(counts)] += counts
+            counts = found
+        else:
+            counts[: len(found)] += found
+    return counts
+
+
 def labels_present(
     context: DerivedContext, label_map: npt.NDArray[np.integer[Any]], segments: Mapping[int, SegmentSpec]
 ) -> list[int]:
@@ -122,7 +137,7 @@ def labels_present(
     volume = context.volume
     if label_map.shape != volume.shape:
         raise DerivedEncodingError(f"{context.where}: label map shape {label_map.shape} != {volume.shape}")
-    present = [int(v) for v in np.flatnonzero(np.bincount(np.asarray(label_map).ravel())) if v]
+    present = [int(v) for v in np.flatnonzero(label_counts(np.asarray(label_map))) if v]
     missing = [v for v in present if v not in segments]
     if missing:
         raise DerivedEncodingError(f"{context.where}: labels {missing} have no catalog entry")

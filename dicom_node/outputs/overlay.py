@@ -60,7 +60,27 @@ class Window:
     function: str = "LINEAR"
 
     def apply(self, pixels: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
-        """Window ``pixels`` (modality values) to 0..255 with pydicom's VOI LUT implementation."""
+        """Window ``pixels`` (modality values) to 0..255: LINEAR and LINEAR_EXACT with the arithmetic of
+        pydicom's ``apply_windowing`` (PS3.3 C.11.2.1.2.1, C.11.2.1.3.2) in one vectorised pass, giving
+        the same values; SIGMOID with pydicom's implementation."""
+        if self.function in ("LINEAR", "LINEAR_EXACT") and self.width >= 1:
+            center, width = self.center, self.width
+            if self.function == "LINEAR":
+                center, width = center - 0.5, width - 1
+            if width > 0:
+                x = np.asarray(pixels, dtype=np.float64)
+                y = x - center
+                y /= width
+                y += 0.5
+                y *= 255.0
+                y[x <= center - width / 2] = 0.0
+                y[x > center + width / 2] = 255.0
+                np.rint(y, out=y)
+                np.clip(y, 0, 255, out=y)
+                return y.astype(np.uint8)
+        return self._apply_with_pydicom(pixels)
+
+    def _apply_with_pydicom(self, pixels: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
         from pydicom.pixels.processing import apply_windowing
 
         ds = Dataset()
@@ -108,16 +128,18 @@ def stack_window(voxels: npt.NDArray[Any]) -> Window:
 
 
 def outline(labels: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
-    """Labelled pixels with a 4-neighbour of another label or on the image edge."""
-    padded = np.pad(labels, 1, mode="constant", constant_values=0)
-    centre = padded[1:-1, 1:-1]
-    differs = (
-        (padded[:-2, 1:-1] != centre)
-        | (padded[2:, 1:-1] != centre)
-        | (padded[1:-1, :-2] != centre)
-        | (padded[1:-1, 2:] != centre)
-    )
-    edge: npt.NDArray[np.bool_] = (centre != 0) & differs
+    """Labelled pixels with a 4-neighbour of another label or on the image edge, in the last two axes of
+    ``labels`` (one image, or a stack of images along the first axis)."""
+    differs = np.zeros(labels.shape, dtype=np.bool_)
+    differs[..., [0, -1], :] = True
+    differs[..., :, [0, -1]] = True
+    step = labels[..., 1:, :] != labels[..., :-1, :]
+    differs[..., 1:, :] |= step
+    differs[..., :-1, :] |= step
+    step = labels[..., :, 1:] != labels[..., :, :-1]
+    differs[..., :, 1:] |= step
+    differs[..., :, :-1] |= step
+    edge: npt.NDArray[np.bool_] = differs & (labels != 0)
     return edge
 
 
@@ -155,17 +177,23 @@ def render(
     labels: npt.NDArray[Any],
     colours: npt.NDArray[np.uint8],
     names: Mapping[int, str],
+    edge: npt.NDArray[np.bool_] | None = None,
 ) -> npt.NDArray[np.uint8]:
-    """One overlay image (rows, columns, RGB): ``gray`` (rows, columns) with outlines and the legend band."""
+    """One overlay image (rows, columns, RGB): ``gray`` (rows, columns) with outlines and the legend band.
+    ``edge``: the outline pixels when the caller has them (:func:`outline` of the whole stack at once)."""
     rows, columns = gray.shape
     width = max(columns, MIN_WIDTH)
-    image = np.zeros((rows, width, 3), dtype=np.uint8)
-    image[:, :columns] = gray[..., None]
-    edge = outline(labels)
-    image[:, :columns][edge] = colours[labels[edge]]
-    present = sorted(int(v) for v in np.unique(labels) if v)
+    present = [int(v) for v in np.flatnonzero(np.bincount(labels.ravel(), minlength=1)) if v]
     entries = tuple((names[v], tuple(int(c) for c in colours[v])) for v in present)
-    return np.concatenate([image, legend_band(width, entries)], axis=0)
+    band = legend_band(width, entries)
+    image = np.empty((rows + band.shape[0], width, 3), dtype=np.uint8)
+    image[:rows, :columns] = gray[..., None]
+    image[:rows, columns:] = 0
+    image[rows:] = band
+    if present:
+        edge = outline(labels) if edge is None else edge
+        image[:rows, :columns][edge] = colours[labels[edge]]
+    return image
 
 
 @dataclass(frozen=True)
@@ -255,6 +283,9 @@ def encode_overlay(
     """The overlay series of a stack: one image per slice of ``context.volume``."""
     volume = context.volume
     present = labels_present(context, label_map, segments)
+    # slice by slice, each slice's pixels contiguous (rows, columns), outlines of all slices in one pass
+    planes = np.ascontiguousarray(np.asarray(label_map).transpose(2, 1, 0))
+    edges = outline(planes)
     colours = np.zeros((max(present, default=0) + 1, 3), dtype=np.uint8)
     for label in present:
         colours[label] = segments[label].rgb
@@ -270,7 +301,7 @@ def encode_overlay(
         gray = window.apply(volume.voxels[:, :, k].T)
         if str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1":
             gray = 255 - gray
-        pixels = render(gray, np.asarray(label_map[:, :, k]).T, colours, names)
+        pixels = render(gray, planes[k], colours, names, edges[k])
         ds = _image(template, context, k, ref, header, window)
         ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
         ds.PixelData = np.ascontiguousarray(pixels).tobytes()

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import UID, RTStructureSetStorage
@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 #: Series Number offset of the RTSTRUCT (SEG: 1000, SR: 2000).
 RTSTRUCT_SERIES_NUMBER_OFFSET = 3000
 _CONTOUR_DATA = Tag(0x3006, 0x0050)
+_CONTOUR_IMAGES, _GEOMETRIC_TYPE = Tag(0x3006, 0x0016), Tag(0x3006, 0x0042)
+_NUMBER_OF_POINTS, _CONTOUR_NUMBER = Tag(0x3006, 0x0046), Tag(0x3006, 0x0048)
 #: Detached Study Management SOP Class: the value the RT Referenced Study Sequence takes.
 _STUDY_COMPONENT_CLASS = "1.2.840.10008.3.1.2.3.1"
 
@@ -87,10 +89,9 @@ def slice_contours(mask: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]
 
 
 def _ds_bytes(values: npt.NDArray[np.float64]) -> bytes:
-    """A DS value (backslash-separated, 0.001 mm) as raw bytes, padded to even length."""
+    """A DS value (backslash-separated, 0.001 mm) as bytes."""
     text = "\\".join(f"{v:.3f}" for v in values.ravel())
-    data = text.replace("-0.000", "0.000").encode("ascii")
-    return data + b" " * (len(data) % 2)
+    return text.replace("-0.000", "0.000").encode("ascii")
 
 
 def _code(code: CodeTriple) -> Dataset:
@@ -108,6 +109,31 @@ def _image_ref(ref: SliceRef) -> Dataset:
     return item
 
 
+def _raw(tag: int, vr: str, value: str | bytes) -> RawDataElement:
+    """An element as the bytes it is written with (explicit VR little endian), padded to even length."""
+    data = value.encode("ascii") if isinstance(value, str) else value
+    if len(data) % 2:
+        data += b"\0" if vr == "UI" else b" "
+    return RawDataElement(Tag(tag), vr, len(data), data, 0, False, True)
+
+
+def _as_written(dataset: Dataset) -> Dataset:
+    """Mark a dataset built of raw elements as encoded in explicit VR little endian, so that pydicom
+    writes its raw elements as they are instead of parsing every value first."""
+    dataset.set_original_encoding(False, True, dataset._character_set)
+    return dataset
+
+
+def _raw_image_ref(ref: SliceRef) -> Dataset:
+    """:func:`_image_ref` made of raw elements (one per contour: thousands of them)."""
+    item = Dataset()
+    item[0x00081150] = _raw(0x00081150, "UI", ref.sop_class_uid)
+    item[0x00081155] = _raw(0x00081155, "UI", ref.sop_instance_uid)
+    if ref.frame_number is not None:
+        item[0x00081160] = _raw(0x00081160, "IS", str(int(ref.frame_number)))
+    return _as_written(item)
+
+
 def _contour_items(
     context: DerivedContext, mask: npt.NDArray[np.bool_], k: int, offset: tuple[int, int], number: int
 ) -> list[Dataset]:
@@ -120,34 +146,35 @@ def _contour_items(
         ijk = np.stack([columns, rows, np.full(len(rows), float(k)), np.ones(len(rows))])
         points = (affine @ ijk)[:3].T
         item = Dataset()
-        item.ContourImageSequence = [_image_ref(context.volume.slice_refs[k])]
-        item.ContourGeometricType = "CLOSED_PLANAR"
-        item.NumberOfContourPoints = len(points)
-        item.ContourNumber = number + len(items)
-        data = _ds_bytes(points)
-        item[_CONTOUR_DATA] = RawDataElement(_CONTOUR_DATA, "DS", len(data), data, 0, False, True)
-        items.append(item)
+        item[_CONTOUR_IMAGES] = DataElement(
+            _CONTOUR_IMAGES, "SQ", [_raw_image_ref(context.volume.slice_refs[k])]
+        )
+        item[_GEOMETRIC_TYPE] = _raw(_GEOMETRIC_TYPE, "CS", "CLOSED_PLANAR")
+        item[_NUMBER_OF_POINTS] = _raw(_NUMBER_OF_POINTS, "IS", str(len(points)))
+        item[_CONTOUR_NUMBER] = _raw(_CONTOUR_NUMBER, "IS", str(number + len(items)))
+        item[_CONTOUR_DATA] = _raw(_CONTOUR_DATA, "DS", _ds_bytes(points))
+        items.append(_as_written(item))
     return items
 
 
 def _all_contours(
-    context: DerivedContext, label_map: npt.NDArray[Any], labels: Sequence[int]
+    context: DerivedContext, label_map: npt.NDArray[Any], boxes: Sequence[tuple[slice, ...] | None]
 ) -> dict[int, list[Dataset]]:
-    """Label -> its Contour Sequence items, slice by slice: each structure is traced inside its bounding
-    box on the slice (``scipy.ndimage.find_objects``), not over the whole image."""
-    from scipy import ndimage
-
-    out: dict[int, list[Dataset]] = {label: [] for label in labels}
-    for k in range(label_map.shape[2]):
-        plane = np.ascontiguousarray(label_map[:, :, k].T)
-        boxes = ndimage.find_objects(plane, max_label=max(labels))
-        for label in labels:
-            box = boxes[label - 1]
-            if box is None:
-                continue
-            mask = plane[box] == label
-            offset = (int(box[0].start), int(box[1].start))
-            out[label].extend(_contour_items(context, mask, k, offset, len(out[label]) + 1))
+    """Label -> its Contour Sequence items, slice by slice: each structure is cut out of the label map by
+    its bounding box (``scipy.ndimage.find_objects``, one pass over the stack for all of them) and traced
+    only on the slices of that box where it has pixels."""
+    out: dict[int, list[Dataset]] = {}
+    for label, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        inside = label_map[box] == label
+        first_column, first_row, first_slice = (int(b.start) for b in box)
+        items: list[Dataset] = []
+        for dk in np.flatnonzero(inside.any(axis=(0, 1))):
+            mask = inside[:, :, dk].T  # (rows, columns) of the slice
+            k = first_slice + int(dk)
+            items.extend(_contour_items(context, mask, k, (first_row, first_column), len(items) + 1))
+        out[label] = items
     return out
 
 
@@ -223,16 +250,19 @@ def encode_rtstruct(
     context: DerivedContext, label_map: npt.NDArray[np.integer[Any]], segments: Mapping[int, SegmentSpec]
 ) -> EncodedRtstruct:
     """The RT Structure Set of one stack: one ROI per label present in ``label_map``."""
+    from scipy import ndimage
+
     volume = context.volume
     present: Sequence[int] = labels_present(context, label_map, segments)
     if not present:
         raise DerivedEncodingError(f"{context.where}: the label map is empty: no structure to contour")
+    boxes = ndimage.find_objects(np.asarray(label_map), max_label=max(present))
     series_uid = context.uid(OutputKind.RTSTRUCT, "series")
     sop_uid = context.uid(OutputKind.RTSTRUCT, "instance")
     ds = _header(context, series_uid, sop_uid)
     roi_labels = {roi: label for roi, label in enumerate(present, start=1)}
     rois, contours, observations = [], [], []
-    traced = _all_contours(context, label_map, present)
+    traced = _all_contours(context, np.asarray(label_map), boxes)
     for roi, label in roi_labels.items():
         spec = segments[label]
         item = Dataset()
@@ -247,9 +277,5 @@ def encode_rtstruct(
     ds.StructureSetROISequence = rois
     ds.ROIContourSequence = contours
     ds.RTROIObservationsSequence = observations
-    for roi_contour in contours:
-        for item in roi_contour.ContourSequence:
-            # written as built: Contour Data stays raw bytes (pydicom would otherwise parse every value)
-            item.set_original_encoding(False, True, item._character_set)
     logger.info("encoded RTSTRUCT for %s: %d ROIs", context.where, len(rois))
     return EncodedRtstruct(ds, series_uid, sop_uid, roi_labels)

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from conversion.volume import Volume
-from dicom_node.outputs.derived import DerivedEncodingError
+from dicom_node.outputs.derived import DerivedEncodingError, label_counts
 
 #: Lower plausibility limits (ml) by catalog structure name, from TotalSegmentator's MRI paper.
 PLAUSIBILITY_CUTOFFS_ML: Mapping[str, float] = {
@@ -95,7 +95,7 @@ def measure(
     if label_map.shape != volume.shape:
         raise DerivedEncodingError(f"label map shape {label_map.shape} != volume shape {volume.shape}")
     voxel_ml = float(abs(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
-    counts = np.bincount(np.asarray(label_map).ravel())
+    counts = label_counts(np.asarray(label_map))
     on_border = border_labels(label_map)
     structures = []
     for label in (int(v) for v in np.flatnonzero(counts)):
