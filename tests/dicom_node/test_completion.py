@@ -13,11 +13,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from config.model import SegNodeConfig
 from config.node import CompletionConfig
 from dicom_node.audit.log import InstanceHeader
-from dicom_node.audit.tables import Event, Job, Series
+from dicom_node.audit.tables import Event, Series
 from dicom_node.jobs.store import JobState
 from dicom_node.receiving import scp
 from dicom_node.receiving.completion import CompletionTracker
 from dicom_node.service import NodeService
+from tests.support import audit
 from tests.support.node import FrozenClock, send_recorded
 from tests.support.paths import CINE, T2_SAG, series_files
 from tests.support.waiting import wait_until
@@ -29,11 +30,6 @@ def series_row(node: NodeService) -> Series:
     with node.db.read() as session:
         [row] = session.scalars(select(Series))
         return row
-
-
-def jobs(node: NodeService) -> list[Job]:
-    with node.db.read() as session:
-        return list(session.scalars(select(Job).order_by(Job.id)))
 
 
 def test_completion_by_quiet_period_with_frozen_clock(
@@ -68,7 +64,7 @@ def test_completion_by_association_release_with_frozen_clock(
     send_recorded(node, series_files(T2_SAG))
     [job] = node.completer.run_once()  # the clock has not moved: only the release can have fired
     assert series_row(node).completed_by == "association_release"
-    assert [j.id for j in jobs(node)] == [job.id]
+    assert [j.id for j in audit.jobs(node.db)] == [job.id]
 
 
 def test_a_release_whose_connection_close_is_seen_first_is_still_a_release(
@@ -93,7 +89,7 @@ def test_a_release_whose_connection_close_is_seen_first_is_still_a_release(
     send_recorded(node, series_files(T2_SAG))  # waits until the audit records the association released
     [job] = node.completer.run_once()
     assert series_row(node).completed_by == "association_release"
-    assert [j.id for j in jobs(node)] == [job.id]
+    assert [j.id for j in audit.jobs(node.db)] == [job.id]
 
 
 def test_untrusted_expected_count_holds_release_back_until_the_quiet_period(
@@ -134,7 +130,7 @@ def test_late_instance_reopens_the_series_and_the_new_job_supersedes_the_old(
     clock.advance(10)
     [second] = node.completer.run_once()
     assert series_row(node).instance_count == len(files)
-    old, new = jobs(node)
+    old, new = audit.jobs(node.db)
     assert (old.id, new.id) == (first.id, second.id)
     assert old.state == "superseded" and old.superseded_by == new.id and new.state == "queued"
     with node.db.read() as session:
@@ -159,7 +155,7 @@ def test_identical_resend_of_a_complete_series_does_not_reopen_it(
     send_recorded(node, files)
     clock.advance(10)
     assert node.completer.run_once() == []
-    assert series_row(node).state == "complete" and len(jobs(node)) == 1
+    assert series_row(node).state == "complete" and len(audit.jobs(node.db)) == 1
 
 
 def test_queued_job_and_open_series_survive_a_restart(
@@ -243,7 +239,7 @@ def test_a_database_failure_at_completion_is_retried_at_the_next_poll(
     clock.advance(5)
     with pytest.raises(SQLAlchemyError, match="refused"):
         node.completer.run_once()
-    assert series_row(node).state == "open" and jobs(node) == []
+    assert series_row(node).state == "open" and audit.jobs(node.db) == []
     with node.db.engine.begin() as conn:
         conn.execute(text("DROP TRIGGER refuse"))
     [job] = node.completer.run_once()

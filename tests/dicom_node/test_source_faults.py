@@ -36,7 +36,7 @@ from config.inference import InferenceConfig
 from config.loader import parse_config
 from config.model import SegNodeConfig
 from conversion import load_series
-from dicom_node.audit.tables import Association, Event, Job
+from dicom_node.audit.tables import Association, Job
 from dicom_node.jobs.context import PipelineContext
 from dicom_node.jobs.records import label_maps
 from dicom_node.jobs.store import JobState
@@ -177,11 +177,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     yield Run(ctx, jobs, copies, received, engine, log)
 
 
-def _events(ctx: PipelineContext, job_id: int, what: str) -> list[Event]:
-    with ctx.db.read() as session:
-        return list(session.scalars(select(Event).where(Event.job_id == job_id, Event.what == what)))
-
-
 def _injected_text(fault: SourceFault, copy: Path) -> list[str]:
     """Values the fault wrote that must not appear in the audit (longer than 3 characters)."""
     original = pydicom.dcmread(series_files(PD_TRA)[SLICES][0], stop_before_pixels=True)
@@ -229,7 +224,7 @@ def test_a_correctable_fault_gives_a_valid_seg_in_the_sources_study(run: Run, fa
     np.testing.assert_array_equal(lut[frames].transpose(2, 1, 0), label_map)
 
     # one audit event lists every correction by keyword and rule, never a value
-    [event] = _events(ctx, job_id, "source_attributes_corrected")
+    [event] = audit.events(ctx.db, "source_attributes_corrected", job_id=job_id)
     listed = dict(line.split(": ", 1) for line in (event.detail or "").split("; "))
     for keyword, words in {**BASELINE, **fault.expected}.items():
         assert keyword in listed and words in listed[keyword], (keyword, listed)
@@ -256,7 +251,7 @@ def test_a_fault_that_cannot_be_corrected_fails_the_job_naming_the_attribute(
     }
     assert f"the source's {names[str(fault.refused)]} not a valid UI value" in detail
     assert "send the series again" in detail
-    assert not _events(run.ctx, job.id, "source_attributes_corrected")
+    assert not audit.events(run.ctx.db, "source_attributes_corrected", job_id=job.id)
     source = pydicom.dcmread(run.copies[fault.name][0], stop_before_pixels=True)
     assert str(source.SeriesInstanceUID) not in run.received
 
