@@ -76,7 +76,7 @@ def _datasets(kind: OutputKind, context: DerivedContext, stack: StackResult) -> 
     return (encode_rtstruct(context, stack.labels, stack.segments).dataset,)
 
 
-def _validated(ctx: PipelineContext, kind: OutputKind, paths: Sequence[Path], where: str) -> int:
+def validate_derived(ctx: PipelineContext, kind: OutputKind, paths: Sequence[Path], where: str) -> int:
     """dciodvfy on the written files (a sample of the overlay series); returns the number of warnings."""
     from dicom_node.outputs.validation import SegValidationError, validate_with_dciodvfy
 
@@ -122,7 +122,7 @@ def encode_derived(
             for ds in datasets
         ]
         encoded_s = time.perf_counter() - started
-        warnings = _validated(ctx, kind, paths, context.where)
+        warnings = validate_derived(ctx, kind, paths, context.where)
         outputs.append(
             DerivedOutput(
                 kind=str(kind),

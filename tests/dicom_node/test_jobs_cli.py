@@ -209,8 +209,14 @@ def test_resend_sends_a_done_jobs_seg_again_and_explains_what_it_cannot(
             1,
             f"error [unknown_destination]: job {job_id} was not routed to archive; its destinations: pacs\n",
         )
-        code, out, _ = cli(capsys, node, "resend", str(job_id), "--destination", "pacs")
-        assert (code, out) == (0, f"job {job_id}: sending again to pacs\n")
+        code, _, err = cli(capsys, node, "resend", str(job_id), "--kind", "rtstruct")
+        assert (code, err) == (
+            1,
+            f"error [unknown_output_kind]: job {job_id} made no rtstruct for pacs; it made: seg\n",
+        )
+        assert ctx.jobs.get(job_id).state is JobState.done
+        code, out, _ = cli(capsys, node, "resend", str(job_id), "--destination", "pacs", "--kind", "seg")
+        assert (code, out) == (0, f"job {job_id}: sending again to pacs (seg)\n")
         job = ctx.jobs.get(job_id)
         assert (job.state, job.reason) == (JobState.sending, "resend_requested")
         assert due_deliveries(ctx) == [delivery_id]
