@@ -7,13 +7,16 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import inspect
 
 from config.errors import SegNodeError
 from config.loader import default_config, load_config
 from dicom_node.jobs.store import JobState
+
+if TYPE_CHECKING:
+    from dicom_node.jobs.context import PipelineContext
 
 
 class JobsCommandError(SegNodeError):
@@ -74,7 +77,7 @@ def add_database_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--database", metavar="URL", help="SQLAlchemy URL (overrides the configuration's)")
 
 
-def open_context(args: argparse.Namespace) -> Any:
+def open_context(args: argparse.Namespace) -> PipelineContext:
     """The stage context on the database of ``--config``/``--database`` (``JobsCommandError`` when it has
     no jobs table); the caller disposes of ``ctx.db``."""
     from dicom_node.audit.database import Database
@@ -114,7 +117,7 @@ def _table(rows: list[list[str]], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _list(ctx: Any, args: argparse.Namespace) -> str:
+def _list(ctx: PipelineContext, args: argparse.Namespace) -> str:
     from dicom_node.jobs.queries import JobFilter, list_jobs
 
     jobs = list_jobs(ctx.db, JobFilter(state=args.state, series=args.series, limit=args.limit))
@@ -125,7 +128,7 @@ def _list(ctx: Any, args: argparse.Namespace) -> str:
     return _table(rows, columns) + f"({len(jobs)} job{'s' if len(jobs) != 1 else ''})\n"
 
 
-def _show(ctx: Any, args: argparse.Namespace) -> str:
+def _show(ctx: PipelineContext, args: argparse.Namespace) -> str:
     from dicom_node.jobs.queries import show_job
     from dicom_node.outputs.outbox import delivery_label, first_line
 

@@ -13,10 +13,14 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config.errors import SegNodeError
 from config.inference import InferenceConfig
+
+if TYPE_CHECKING:
+    from conversion.volume import Volume
+    from inference.results import SegmentationResult
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +87,7 @@ def _stack_name(task: str, index: int, count: int, label: str) -> str:
     return f"{task}_{index + 1}" + (f"_{slug}" if slug else "")
 
 
-def _write_seg(args: argparse.Namespace, volume: Any, result: Any, path: Path) -> None:
+def _write_seg(args: argparse.Namespace, volume: Volume, result: SegmentationResult, path: Path) -> None:
     """Encode the stack's label map as DICOM-SEG (``seg`` section of --config) and write it atomically."""
     from config.routing import SegConfig
     from dicom_node.durable import write_dicom
