@@ -29,6 +29,7 @@ class DeliveryRow(BaseModel):
     id: int
     job_id: int
     destination: str
+    kind: str = Field(description="The objects delivered: seg, sr, overlay or rtstruct (each on its own).")
     state: str = Field(description="pending, delivered, failed or cancelled")
     attempts: int
     first_attempt_at: datetime | None
