@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any, Protocol
 
-from pydicom.charset import decode_bytes
+from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException
@@ -46,6 +46,8 @@ _BINARY = {
     for vr, code in (("US", "H"), ("SS", "h"), ("UL", "L"), ("SL", "l"), ("FL", "f"), ("FD", "d"))
     + (("UV", "Q"), ("SV", "q"))
 }
+#: Bytes at which an ISO 2022 code extension returns to the initial one (pydicom's delimiters).
+_DELIMITERS = {"PN": {0x5E, 0x3D}, "LT": {0x0D, 0x0A, 0x09, 0x0C}, "ST": {0x0D, 0x0A, 0x09, 0x0C}}
 #: Text VRs whose bytes follow the Specific Character Set (the others are plain ASCII).
 _CHARSET_VRS = frozenset(("LO", "SH", "PN", "LT", "ST", "UT", "UC"))
 
@@ -230,7 +232,13 @@ class RawHeader:
         else:
             vr = vr or _dictionary_vr(tag)
             charsets = self._charsets() if vr in _CHARSET_VRS else None
-            text = decode_bytes(raw, charsets or ["ISO_IR 6"], set()) if charsets else raw.decode("latin-1")
+            # decode_bytes takes Python's codec names, not the defined terms of (0008,0005)
+            encodings = convert_encodings(charsets) if charsets else None
+            text = (
+                decode_bytes(raw, encodings, _DELIMITERS.get(vr or "", set()))
+                if encodings
+                else raw.decode("latin-1")
+            )
         text = text.strip(" \x00")
         return [v.strip(" \x00") for v in text.split("\\")] if text else []
 

@@ -27,7 +27,8 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Imp
 from sqlalchemy.engine import make_url
 
 from config.errors import SegNodeError
-from conversion.dicomwalk import Walker, WalkError, file_meta, is_part10
+from conversion.dicomwalk import Walker, WalkError, file_meta, is_part10, key_of
+from conversion.rawheader import RawHeader
 from dicom_node.audit.database import Database
 from dicom_node.audit.log import InstanceHeader
 from dicom_node.audit.tables import Instance, Series
@@ -47,13 +48,35 @@ class MalformedDatasetError(SegNodeError):
     reason = "malformed_dataset"
 
 
-def check_encoding(data: bytes, transfer_syntax: str) -> None:
-    """Raise :class:`MalformedDatasetError` unless every declared length of ``data`` fits.
+#: The top-level attributes the node files an instance by (:class:`InstanceHeader`), and the character set
+#: its text is in: Specific Character Set, SOP Class and Instance UID, Modality, Patient's Name, ID and
+#: Birth Date, Study and Series Instance UID, Acquisition Number, Images in Acquisition.
+HEADER_TAGS = (
+    0x00080005,
+    0x00080016,
+    0x00080018,
+    0x00080060,
+    0x00100010,
+    0x00100020,
+    0x00100030,
+    0x0020000D,
+    0x0020000E,
+    0x00200012,
+    0x00201002,
+)
+_HEADER_KEYS = frozenset(key_of(tag) for tag in HEADER_TAGS)
+
+
+def check_encoding(data: bytes, transfer_syntax: str) -> RawHeader | None:
+    """Raise :class:`MalformedDatasetError` unless every declared length of ``data`` fits; return where
+    the :data:`HEADER_TAGS` lie in it (``None`` for big endian, which is left to pydicom).
 
     ``data`` is what pynetdicom's ``event.encoded_dataset()`` gives (File Meta Information included or
     not); ``transfer_syntax`` is the presentation context's. The walk is
     :class:`conversion.dicomwalk.Walker`'s structure check (any VR, pixel data fragments included); byte
     offsets in the messages count from the start of ``data`` (of the inflated data set when deflated).
+    The same walk notes where the header's attributes are, so that they are read without parsing the
+    data set again (nothing is decoded until read).
     """
     if not data:
         raise MalformedDatasetError("the data set is empty (zero-length object)")
@@ -67,9 +90,10 @@ def check_encoding(data: bytes, transfer_syntax: str) -> None:
         implicit = transfer_syntax == ImplicitVRLittleEndian
         little = transfer_syntax != ExplicitVRBigEndian
         walker: Walker[None] = Walker(body, implicit=implicit, little=little, strict_vrs=False)
-        walker.elements(start, len(body), frozenset())
+        found = walker.elements(start, len(body), _HEADER_KEYS if little else frozenset())[0]
     except WalkError as exc:
         raise MalformedDatasetError(str(exc)) from exc
+    return RawHeader(body, implicit, found) if little else None
 
 
 def _inflate(deflated: bytes) -> bytes:

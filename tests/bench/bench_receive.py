@@ -1,97 +1,89 @@
-"""Benchmark: receiving an MR series with DCMTK storescu, SegNode vs DCMTK storescp on the same machine.
+"""Benchmark: receiving 200 real MR instances, SegNode (durable) against three anchors at their best.
 
-A series of ``--instances`` (default 400) is made by cloning one real MR instance of tests/data/mri with new
-Study/Series/SOP Instance UIDs. storescu sends it, in the same run, to
+DCMTK storescu sends the same 200 instances (a real cine MR series of ../shared/data/mri, else the series
+of tests/data/mri) to each receiver, with 1 association and with 4 concurrent associations (4 storescu
+processes, 50 instances each), in one run, rounds alternating between the receivers so that they share
+the machine's state (load, caches) fairly. Each receiver starts empty for every round:
 
-* SegNode (``NodeService`` as ``segnode serve`` runs it: durable writes, i.e. fsync of every file and its
-  folder, SQLite WAL commit with synchronous=FULL, before each Success), and
-* DCMTK storescp (the anchor; it writes files without fsync),
+* **DCMTK storescp**, with ``TCP_NODELAY=1`` in the environment of storescp and of storescu (without it
+  each C-STORE waits on a delayed ACK), writing files without fsync;
+* **Orthanc** with its default SQLite index and file storage (``TCP_NODELAY=1`` too: its DICOM server is
+  DCMTK's);
+* **bare pynetdicom**: a storage SCP of the library SegNode is built on that writes each data set as it
+  was received to a file (no fsync, no database, ``TCP_NODELAY`` on its sockets): the library's ceiling;
+* **SegNode (durable)**: ``NodeService`` as ``segnode serve`` runs it, job processing off (receiving is
+  measured): a C-STORE gets Success only once the file and its folder are fsynced and its audit record
+  is committed (SQLite WAL, synchronous=FULL).
 
-alternating ``--rounds`` times, and prints instances/s and MB/s (median over rounds) and the ratio.
-Goal: SegNode >= 0.5x storescp.
+It prints instances/s per receiver (median over rounds, and the range) and the ratios SegNode / bare
+pynetdicom and SegNode / Orthanc, with the load average. Goals (1 association): SegNode >= 0.8x bare
+pynetdicom and >= 1.0x Orthanc.
 
-    python tests/bench/bench_receive.py [--instances 400] [--rounds 3]
+    python tests/bench/bench_receive.py [--rounds 5] [--instances 200] [--only SegNode,bare]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
-import socket
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pydicom
-from pydicom.uid import generate_uid
-
 ROOT = Path(__file__).resolve().parents[2]
-SOURCE = ROOT / "tests" / "data" / "mri" / "prostatex" / "ProstateX-0000_3.000000-t2tsesag-87368" / "1-01.dcm"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.support.dcmtk import dcmtk, storescp  # noqa: E402
+from tests.support.dicom import wait_for_echo  # noqa: E402
+from tests.support.orthanc import Orthanc  # noqa: E402
+from tests.support.paths import SHARED_MRI, TEST_MRI  # noqa: E402
+
+#: A real series of 240 instances (GE, short-axis cine); the first ``--instances`` are sent.
+CINE_SERIES = SHARED_MRI / "sunnybrook_cardiac" / "SCD0000101_CINESAX"
+
+Receiver = Callable[[Path], contextlib.AbstractContextManager[tuple[int, str]]]
 
 
-def dcmtk(name: str) -> str:
-    for candidate in (f"/usr/bin/{name}", shutil.which(name)):
-        if candidate and Path(candidate).exists():
-            version = subprocess.run([candidate, "--version"], capture_output=True, text=True, check=False)
-            if "dcmtk" in version.stdout.lower():
-                return candidate
-    raise SystemExit(f"DCMTK's {name} is not installed (apt-get install dcmtk)")
+def instances(count: int) -> list[Path]:
+    """``count`` real MR instances: the cine series of ../shared, else every series of tests/data/mri."""
+    if CINE_SERIES.is_dir():
+        files = sorted(CINE_SERIES.glob("*.dcm"))
+    else:
+        files = sorted(p for p in TEST_MRI.rglob("*.dcm") if "ax_asc_35sl_9_transfer" not in str(p))
+    if len(files) < count:
+        raise SystemExit(f"only {len(files)} instances found, {count} asked for")
+    return files[:count]
 
 
-def clone_series(count: int, folder: Path) -> list[Path]:
-    """``count`` copies of one real MR instance with new Study/Series/SOP Instance UIDs."""
-    folder.mkdir(parents=True)
-    ds = pydicom.dcmread(SOURCE)
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    paths = []
-    for number in range(1, count + 1):
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.InstanceNumber = number
-        path = folder / f"{number:05d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_listening(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port}")
-
-
-def send(files: list[Path], port: int, called: str) -> float:
-    """Seconds storescu needs to send ``files`` in one association (association set-up included)."""
+def send(files: list[Path], port: int, called: str, associations: int) -> float:
+    """Seconds from starting ``associations`` storescu processes (files dealt out among them) until the
+    last one has finished, every instance answered with Success."""
+    chunks = [files[i::associations] for i in range(associations)]
     start = time.perf_counter()
-    result = subprocess.run(
-        [dcmtk("storescu"), "-aet", "STORESCU", "-aec", called, "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    senders = [
+        subprocess.Popen(
+            [dcmtk("storescu"), "-aet", "STORESCU", "-aec", called, "127.0.0.1", str(port), *map(str, chunk)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for chunk in chunks
+    ]
+    outputs = [process.communicate()[0] for process in senders]
     elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"storescu to {called} failed:\n{result.stdout}{result.stderr}")
+    for process, output in zip(senders, outputs, strict=True):
+        if process.returncode != 0:
+            raise SystemExit(f"storescu to {called} failed:\n{output.decode(errors='replace')}")
     return elapsed
 
 
 @contextlib.contextmanager
-def segnode(work: Path) -> Iterator[tuple[int, object]]:
+def segnode(work: Path) -> Iterator[tuple[int, str]]:
     from config.loader import parse_config
     from dicom_node.service import NodeService
 
@@ -105,79 +97,128 @@ def segnode(work: Path) -> Iterator[tuple[int, object]]:
         "bench",
         environ={},
     )
-    service = NodeService(config)
+    service = NodeService(config, process_jobs=False)
     service.start()
     try:
-        yield service.port, service
+        yield service.port, "SEGNODE"
     finally:
         service.stop()
 
 
 @contextlib.contextmanager
-def storescp(work: Path) -> Iterator[int]:
-    out = work / "storescp"
-    out.mkdir(parents=True)
-    port = free_port()
-    process = subprocess.Popen(
-        [dcmtk("storescp"), "-aet", "STORESCP", "-od", str(out), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def bare_pynetdicom(work: Path) -> Iterator[tuple[int, str]]:
+    """pynetdicom's storage SCP at its simplest: each data set written to a file as received."""
+    import socket
+
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    folder = work / "bare"
+    folder.mkdir()
+
+    def on_open(event: evt.Event) -> None:
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def on_store(event: evt.Event) -> int:
+        with open(folder / event.request.AffectedSOPInstanceUID, "wb") as out:
+            out.write(event.encoded_dataset(include_meta=True))
+        return 0x0000
+
+    ae = AE(ae_title="BARE")
+    ae.supported_contexts = AllStoragePresentationContexts
+    ae.add_supported_context(Verification)
+    ae.maximum_pdu_size = 262144
+    server = ae.start_server(
+        ("127.0.0.1", 0),
+        block=False,
+        evt_handlers=[(evt.EVT_CONN_OPEN, on_open), (evt.EVT_C_STORE, on_store)],
     )
     try:
-        wait_listening(port)
-        yield port
+        port = int(server.server_address[1])
+        wait_for_echo(port, "BARE", "bare pynetdicom")
+        yield port, "BARE"
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        server.shutdown()
+
+
+@contextlib.contextmanager
+def dcmtk_storescp(work: Path) -> Iterator[tuple[int, str]]:
+    with storescp(work / "storescp") as peer:  # TCP_NODELAY=1 inherited (main)
+        yield peer.port, peer.ae_title
+
+
+@contextlib.contextmanager
+def orthanc(work: Path) -> Iterator[tuple[int, str]]:
+    server = Orthanc(work / "orthanc", {})
+    server.start()
+    try:
+        yield server.dicom_port, Orthanc.AE_TITLE
+    finally:
+        server.stop()
+
+
+RECEIVERS: dict[str, Receiver] = {
+    "DCMTK storescp": dcmtk_storescp,
+    "Orthanc": orthanc,
+    "bare pynetdicom": bare_pynetdicom,
+    "SegNode (durable)": segnode,
+}
+
+
+def load_average() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--instances", type=int, default=400)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--instances", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--only", default="", help="comma-separated receiver name prefixes to run")
     args = parser.parse_args(argv)
-    if args.instances < 300:
-        parser.error("--instances must be at least 300")
-
+    chosen = {
+        name: make
+        for name, make in RECEIVERS.items()
+        if not args.only or any(name.startswith(prefix.strip()) for prefix in args.only.split(","))
+    }
+    # read by DCMTK's dcmnet (storescu, storescp, and Orthanc, which is built on it): no Nagle delay
+    os.environ["TCP_NODELAY"] = "1"
+    files = instances(args.instances)
+    megabytes = sum(p.stat().st_size for p in files) / 1e6
+    concurrency = (1, 4)
+    rates: dict[tuple[str, int], list[float]] = {(name, n): [] for name in chosen for n in concurrency}
+    loads = [load_average()]
     with tempfile.TemporaryDirectory(prefix="segnode-bench-") as tmp:
-        base = Path(tmp)
-        times: dict[str, list[float]] = {"SegNode (durable)": [], "DCMTK storescp": []}
-        sizes = 0
         for round_number in range(args.rounds):
-            # a fresh series per round and target: no duplicate handling, nothing cached in the receivers
-            for target in times:
-                files = clone_series(args.instances, base / f"series-{round_number}-{target[:3]}")
-                sizes = sum(p.stat().st_size for p in files)
-                work = base / f"work-{round_number}-{target[:3]}"
-                work.mkdir()
-                if target.startswith("SegNode"):
-                    with segnode(work) as (port, _service):
-                        times[target].append(send(files, port, "SEGNODE"))
-                else:
-                    with storescp(work) as port:
-                        times[target].append(send(files, port, "STORESCP"))
-                shutil.rmtree(files[0].parent)
-                shutil.rmtree(work)
-
-        megabytes = sizes / 1e6
-        print(
-            f"MR series: {args.instances} instances cloned from {SOURCE.name} ({megabytes:.1f} MB), "
-            f"{args.rounds} rounds, median time; storescu -> 127.0.0.1"
-        )
-        print(f"{'receiver':<20} {'seconds':>8} {'inst/s':>9} {'MB/s':>8} {'ratio':>7}")
-        anchor = statistics.median(times["DCMTK storescp"])
-        for target, values in times.items():
-            seconds = statistics.median(values)
-            print(
-                f"{target:<20} {seconds:>8.2f} {args.instances / seconds:>9.1f} {megabytes / seconds:>8.1f} "
-                f"{anchor / seconds:>6.2f}x"
-            )
-        print("ratio = storescp time / receiver time (goal for SegNode: >= 0.50x)")
+            for associations in concurrency:
+                for name, make in chosen.items():
+                    work = Path(tmp) / f"{round_number}-{associations}-{name.split()[0]}"
+                    work.mkdir()
+                    with make(work) as (port, called):
+                        seconds = send(files, port, called, associations)
+                    rates[(name, associations)].append(len(files) / seconds)
+            loads.append(load_average())
+    print(
+        f"{len(files)} MR instances from {files[0].parent} ({megabytes:.1f} MB), storescu -> 127.0.0.1 "
+        f"with TCP_NODELAY=1, {args.rounds} rounds alternating; load average (1/5/15 min) per round: "
+        + "; ".join(loads)
+    )
+    print(f"{'receiver':<20} {'assocs':>6} {'median inst/s':>14} {'range':>16}")
+    for (name, associations), values in rates.items():
+        low, high = min(values), max(values)
+        print(f"{name:<20} {associations:>6} {statistics.median(values):>14.1f} {low:>7.1f}-{high:<8.1f}")
+    node = "SegNode (durable)"
+    for associations in concurrency:
+        for anchor, goal in (("bare pynetdicom", 0.8), ("Orthanc", 1.0)):
+            if (node, associations) in rates and (anchor, associations) in rates:
+                ratio = statistics.median(rates[(node, associations)]) / statistics.median(
+                    rates[(anchor, associations)]
+                )
+                target = f" (goal >= {goal:.1f}x)" if associations == 1 else ""
+                print(f"SegNode / {anchor}, {associations} association(s): {ratio:.2f}x{target}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     raise SystemExit(main())
