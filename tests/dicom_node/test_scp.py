@@ -33,7 +33,7 @@ from dicom_node.receiving import statuses as status
 from dicom_node.service import NodeService
 from tests.support import audit
 from tests.support.paths import CINE, T2_SAG, TS9, series_files
-from tests.support.scu import associate, store
+from tests.support.scu import associate, rejection, store
 from tests.support.series import dataset_bytes
 from tests.support.waiting import wait_until
 
@@ -196,10 +196,7 @@ def test_association_rejected_at_negotiation_with_audit_event(
 ) -> None:
     node = start_node(make_config())
     assoc = associate(node.port, calling=calling, called=called, bind_address=bind)
-    assert assoc.is_rejected
-    rj = assoc.acceptor.primitive
-    assert rj is not None
-    assert (rj.result, rj.result_source, rj.diagnostic) == (
+    assert rejection(assoc) == (
         status.REJECTED_PERMANENT,
         status.SOURCE_SERVICE_USER,
         reason,
@@ -314,10 +311,7 @@ def test_status_out_of_resources_below_watermark_leaves_nothing(
     # below the watermark, new associations are refused as transient congestion
     free["bytes"] = 1024
     assoc = associate(node.port)
-    assert assoc.is_rejected
-    rj = assoc.acceptor.primitive
-    assert rj is not None
-    assert (rj.result, rj.result_source, rj.diagnostic) == (
+    assert rejection(assoc) == (
         status.REJECTED_TRANSIENT,
         status.SOURCE_SERVICE_PROVIDER_PRESENTATION,
         status.REASON_TEMPORARY_CONGESTION,
@@ -409,10 +403,7 @@ def test_associations_beyond_the_limit_are_rejected_and_audited(
     first = associate(node.port)
     assert first.is_established
     second = associate(node.port)
-    assert second.is_rejected
-    rj = second.acceptor.primitive
-    assert rj is not None
-    assert (rj.result, rj.result_source, rj.diagnostic) == (
+    assert rejection(second) == (
         status.REJECTED_TRANSIENT,
         status.SOURCE_SERVICE_PROVIDER_PRESENTATION,
         status.REASON_LOCAL_LIMIT_EXCEEDED,

@@ -32,7 +32,7 @@ from tests.support import audit
 from tests.support.audit import spooled
 from tests.support.orthanc import Orthanc
 from tests.support.paths import CINE, PD_TRA, T2_COR, T2_SAG
-from tests.support.scu import StoreLog, associate, send_series, store
+from tests.support.scu import StoreLog, associate, rejection, send_series, store
 from tests.support.series import renamed_series
 from tests.support.settings import apply_overrides, local_pipeline, node_settings
 from tests.support.waiting import wait_until
@@ -152,9 +152,7 @@ def test_disk_full_while_receiving_and_while_encoding_refuses_keeps_and_recovers
         assert len(a700) == 8 and all("0xA700" in (e.detail or "") for e in a700)
         # a new association meanwhile is refused as transient congestion
         other = associate(service.port, "PYSCU", files=series.files)
-        assert other.is_rejected
-        rj = other.acceptor.primitive
-        assert (rj.result, rj.result_source, rj.diagnostic) == (
+        assert rejection(other) == (
             status.REJECTED_TRANSIENT,
             status.SOURCE_SERVICE_PROVIDER_PRESENTATION,
             status.REASON_TEMPORARY_CONGESTION,

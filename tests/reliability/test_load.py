@@ -19,7 +19,7 @@ from tests.support import audit
 from tests.support.audit import spooled
 from tests.support.orthanc import Orthanc
 from tests.support.paths import PD_TRA, T2_COR, T2_SAG
-from tests.support.scu import StoreLog, associate, store
+from tests.support.scu import StoreLog, associate, rejection, store
 from tests.support.series import renamed_series
 from tests.support.serve import SegNode, orthanc_and_segnode
 from tests.support.waiting import wait_until
@@ -110,10 +110,7 @@ def test_four_concurrent_associations_while_jobs_run_store_everything_and_the_fi
         thread.start()
     # ... so a fifth is refused
     fifth = associate(node.port, "ORTHANC", files=series[0].files)
-    assert fifth.is_rejected
-    rj = fifth.acceptor.primitive
-    assert rj is not None
-    assert (rj.result, rj.result_source, rj.diagnostic) == (
+    assert rejection(fifth) == (
         status.REJECTED_TRANSIENT,
         status.SOURCE_SERVICE_PROVIDER_PRESENTATION,
         status.REASON_LOCAL_LIMIT_EXCEEDED,

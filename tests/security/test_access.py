@@ -13,7 +13,7 @@ from config.model import SegNodeConfig
 from dicom_node.receiving import statuses as status
 from dicom_node.service import NodeService
 from tests.support import audit
-from tests.support.scu import associate
+from tests.support.scu import associate, rejection
 from tests.support.waiting import wait_until
 
 StartNode = Callable[..., NodeService]
@@ -54,15 +54,12 @@ def node(make_config: Callable[..., SegNodeConfig], start_node: StartNode) -> No
 )
 def test_refused(node: NodeService, calling: str, called: str, bind: str, code: str) -> None:
     assoc = associate(node.port, calling, called, bind_address=bind)
-    assert assoc.is_rejected
-    rj = assoc.acceptor.primitive
-    assert rj is not None
     expected_reason = (
         status.REASON_CALLED_AE_NOT_RECOGNISED
         if code == "called_ae_not_recognised"
         else status.REASON_CALLING_AE_NOT_RECOGNISED
     )
-    assert (rj.result, rj.result_source, rj.diagnostic) == (
+    assert rejection(assoc) == (
         status.REJECTED_PERMANENT,
         status.SOURCE_SERVICE_USER,
         expected_reason,

@@ -29,7 +29,7 @@ from dicom_node.tls import TlsSetupError, client_context
 from tests.support import audit
 from tests.support.dcmtk import dcmtk
 from tests.support.paths import T2_SAG, series_files
-from tests.support.scu import associate
+from tests.support.scu import associate, rejection
 from tests.support.settings import node_settings
 from tests.support.waiting import wait_until
 
@@ -128,10 +128,7 @@ def test_tls_does_not_bypass_the_ae_title_whitelist(
 ) -> None:
     node = start_node(make_config(**tls_settings(pki, require_client=True)))
     assoc = associate(node.port, "INTRUDER", tls=client_context(pki.ca, pki.client_cert, pki.client_key))
-    assert assoc.is_rejected
-    rj = assoc.acceptor.primitive
-    assert rj is not None
-    assert (rj.result, rj.result_source, rj.diagnostic) == (
+    assert rejection(assoc) == (
         status.REJECTED_PERMANENT,
         status.SOURCE_SERVICE_USER,
         status.REASON_CALLING_AE_NOT_RECOGNISED,

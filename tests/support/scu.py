@@ -84,3 +84,12 @@ def send_series(port: int, files: list[Path], calling: str = "PYSCU", called: st
         return store(assoc, files)
     finally:
         assoc.release()
+
+
+def rejection(assoc: Association) -> tuple[int, int, int]:
+    """Result, source and reason of the A-ASSOCIATE-RJ the node answered ``assoc`` with (the association
+    must have been rejected)."""
+    assert assoc.is_rejected, "the association was not rejected"
+    rj = assoc.acceptor.primitive
+    assert rj is not None
+    return (rj.result, rj.result_source, rj.diagnostic)
