@@ -24,7 +24,7 @@ from dicom_node.receiving.completion import CompletionTimer, CompletionTracker, 
 from dicom_node.receiving.scp import Receiver, build_ae, handler_table
 from dicom_node.receiving.server import SCPServer, close_connections, start_server
 from dicom_node.receiving.spool import FreeSpaceProbe, Spool, disk_free_bytes
-from dicom_node.tls import server_context
+from dicom_node.receiving.tls import server_context
 
 if TYPE_CHECKING:
     from dicom_node.cluster.dispatch import Dispatcher

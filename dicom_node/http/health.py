@@ -109,7 +109,7 @@ def echo(name: str, destination: DestinationConfig, config: SegNodeConfig) -> tu
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
     from dicom_node.outputs.sender import tls_args_for
-    from dicom_node.tls import TlsSetupError
+    from dicom_node.receiving.tls import TlsSetupError
 
     sending = config.sending
     ae = AE(ae_title=destination.calling_ae_title or sending.calling_ae_title)

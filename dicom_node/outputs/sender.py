@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 
 from config.errors import SegNodeError
 from config.routing import DestinationConfig, RetryConfig, SendingConfig
-from dicom_node.tls import TlsSetupError, client_context
+from dicom_node.receiving.tls import TlsSetupError, client_context
 
 logger = logging.getLogger(__name__)
 

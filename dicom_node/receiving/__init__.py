@@ -1,1 +1,2 @@
-"""Receiving: the C-STORE/C-ECHO SCP, the spool, series completion and admission checks."""
+"""Receiving: the C-STORE/C-ECHO SCP, the spool, series completion, admission checks and DICOM over TLS
+(whose client side the sender and the destination checks use too)."""

@@ -24,8 +24,8 @@ from config.model import SegNodeConfig
 from config.node import TlsVersion
 from dicom_node.audit.tables import Instance
 from dicom_node.receiving import statuses as status
+from dicom_node.receiving.tls import TlsSetupError, client_context
 from dicom_node.service import NodeService
-from dicom_node.tls import TlsSetupError, client_context
 from tests.support import audit
 from tests.support.dcmtk import dcmtk
 from tests.support.paths import T2_SAG, series_files
