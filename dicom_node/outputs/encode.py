@@ -42,6 +42,7 @@ from dicom_node.outputs.seg import (
 )
 from dicom_node.outputs.seg_sources import SEG_COPIED, SEG_ROOT_COPIES
 from dicom_node.uids import path_safe_uid
+from inference.results import SegmentationResult
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +74,38 @@ def algorithm_info(
 def encode_result_seg(
     volume: Volume,
     labels: npt.NDArray[Any],
-    result: Any,
+    result: SegmentationResult,
     seg: SegConfig,
     segmentation_type: str,
 ) -> EncodedSeg:
-    """Encode the labels of an ``inference.engine.SegmentationResult`` on ``volume`` as a SEG."""
+    """Encode the labels of an engine result on ``volume`` as a SEG (``segnode segment --seg``).
+
+    Parameters
+    ----------
+    volume: conversion.volume.Volume
+        The stack the engine segmented.
+    labels: numpy.ndarray
+        Its label map (``result.labels``, or a label map derived from it) on the volume's grid.
+    result: inference.results.SegmentationResult
+        What the engine returned: task, mode, models and ROI subset become the Algorithm Identification and
+        the UIDs; the task's catalog describes the segments.
+    seg: config.routing.SegConfig
+        The ``seg`` section of the configuration (series attributes, compression, UID root).
+    segmentation_type: str
+        ``BINARY`` or ``LABELMAP``.
+
+    Returns
+    -------
+    EncodedSeg
+        As :func:`dicom_node.outputs.seg.encode_seg` returns it.
+
+    Raises
+    ------
+    ValueError
+        ``segmentation_type`` is not a Segmentation Type.
+    EmptySegmentationError, SegEncodingError, SourceAttributeError
+        As :func:`dicom_node.outputs.seg.encode_seg` raises them.
+    """
     algorithm = algorithm_info(
         str(result.task),
         str(result.mode),
