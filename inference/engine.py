@@ -7,8 +7,9 @@ out. No NIfTI files, no temporary folders. The steps (see :mod:`inference.prepro
 TotalSegmentator 2.18 (``nnunet.py: nnUNet_predict_image``) for the MRI tasks:
 
 closest-canonical reorientation -> order-1 zoom to the model spacing, int32 -> nnU-Net sliding window
-(tile step 0.8 for ``total_mr``, 0.5 for the other tasks, Gaussian, no mirroring, fp16 autocast on CUDA) ->
-argmax -> part labels mapped to task labels, later parts written over earlier ones where non-zero ->
+(tile step 0.8 for ``total_mr``, 0.5 for the other tasks, Gaussian, no mirroring, fp16 autocast on CUDA;
+logits held one slab of tiles at a time, :mod:`inference.sliding`) -> argmax -> part labels mapped to task
+labels, later parts written over earlier ones where non-zero ->
 nearest-neighbour zoom back -> orientation undone.
 
 torch and nnunetv2 are imported lazily (inside methods), so importing this module is cheap.
@@ -91,6 +92,20 @@ class _Timer:
         self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.start
 
 
+def configure_cpu_threads(threads: int | None, interop_threads: int | None) -> None:
+    """Set torch's intra-op threads (``None``: all cores) and, once per process, its inter-op threads."""
+    import torch
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    if interop_threads is not None and torch.get_num_interop_threads() != interop_threads:
+        try:
+            torch.set_num_interop_threads(interop_threads)
+        except RuntimeError as exc:  # torch allows it only before the first parallel work of the process
+            logger.warning("inter-op threads stay %d: %s", torch.get_num_interop_threads(), exc)
+    intra, inter = torch.get_num_threads(), torch.get_num_interop_threads()
+    logger.info("torch CPU threads: %d intra-op, %d inter-op", intra, inter)
+
+
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -134,11 +149,9 @@ class Engine:
     def device(self) -> torch.device:
         """The ``torch.device`` inference runs on (resolved on first use)."""
         if self._device is None:
-            import torch
-
             device = resolve_device(self.config.device)
             if device.type == "cpu":
-                torch.set_num_threads(self.config.cpu_threads or os.cpu_count() or 1)
+                configure_cpu_threads(self.config.cpu_threads, self.config.cpu_interop_threads)
             logger.info("inference device: %s", device)
             self._device = device
         return self._device
@@ -419,7 +432,7 @@ class Engine:
         """One part model on one image, with the out-of-memory fallbacks on a GPU."""
         import torch
 
-        from inference.nnunet_models import predict_labels
+        from inference.sliding import predict_labels_bounded
 
         attempts: list[tuple[torch.device, bool]] = [(device, device.type == "cuda")]
         if device.type == "cuda" and self.config.gpu_oom_fallback:
@@ -429,7 +442,7 @@ class Engine:
             predictor = self.predictor(model, target, step)
             predictor.perform_everything_on_device = on_device
             try:
-                return predict_labels(predictor, image, zooms)
+                return predict_labels_bounded(predictor, image, zooms, self.config.cpu_precision)
             except Exception as exc:  # only out-of-memory is retried, the rest re-raised
                 if not _is_oom(exc):
                     raise

@@ -15,7 +15,7 @@ import importlib
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +51,16 @@ class Predictor(Protocol):
 
     #: Keep the logits on the device (``False``: sliding-window results gathered on the CPU).
     perform_everything_on_device: bool
+    device: torch.device
+    network: torch.nn.Module
+    tile_step_size: float
+    #: The weights of each fold (nnU-Net loads them into the network at each prediction).
+    list_of_parameters: list[Any]
+    #: nnU-Net's plans, configuration and label managers and the dataset.json (untyped in nnunetv2).
+    plans_manager: Any
+    configuration_manager: Any
+    label_manager: Any
+    dataset_json: dict[str, Any]
 
     def predict_single_npy_array(
         self,
@@ -140,6 +150,9 @@ def build_predictor(model_dir: Path, fold: int, device: torch.device, tile_step_
         trainer_name,
         checkpoint.get("inference_allowed_mirroring_axes"),
     )
+    # nnU-Net loads the weights into the network at each prediction; SegNode's sliding window
+    # (inference/sliding.py) runs the network directly, so they are loaded once here.
+    predictor.network.load_state_dict(checkpoint["network_weights"])
     built: Predictor = predictor
     return built
 

@@ -1,21 +1,19 @@
 #!/usr/bin/env bash
-# GPU checks of the inference engine, for a machine with a CUDA device. Run from the repository root:
-#   bash scripts/gpu_check.sh [--real-weights DIR]
-# 1. the gpu-marked tests (torch resampling bit-equal to scipy on CUDA; CUDA vs CPU segmentation);
-# 2. the benchmark on CUDA: SegNode's warm engine vs the official TotalSegmentator command (-d gpu), default and
-#    --fast, with the tiny test models (and with real weights when --real-weights DIR is given).
-# Output goes to stdout; paste it into the issue's closing note.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
-segnode --help >/dev/null 2>&1 || pip install -e . --no-deps -q
-python -m pytest tests/inference/test_engine_gpu.py -m gpu -q -p no:cacheprovider -rs
-for mode in "" "--fast"; do
-  python tests/bench/bench_inference.py --device cuda --official-device gpu --runs 5 --official-runs 2 $mode
-done
-if [[ "${1:-}" == "--real-weights" && -n "${2:-}" ]]; then
-  python tests/bench/bench_inference.py --device cuda --official-device gpu --runs 3 --official-runs 1 \
-    --weights "$2"
-fi
+# The GPU check at real scale, in one call on a lent CUDA machine (run from the repository root, carrying
+# .whl as scripts/gpu_device_run.sh describes):
+#   bash scripts/gpu_check.sh
+# It is scripts/gpu_device_run.sh with FULLSIZE=1:
+#   install, env, imports - the carried dependencies, versions, the modules the check uses;
+#   pytest   - tests/inference/test_engine_gpu.py -m gpu (torch resampling bit-equal to scipy on CUDA; CUDA
+#              vs CPU segmentation);
+#   weights  - scripts/make_fullsize_models.py builds the full-size total_mr networks on the machine ($WEIGHTS);
+#   fullsize - tests/bench/bench_inference.py --fullsize: SegNode's warm engine on CUDA vs the official
+#              TotalSegmentator -d gpu on the same weights, default and --fast, per series wall time, peak VRAM,
+#              peak RSS and per-label Dice (>= 0.999 expected);
+#   queue    - 20 queued series through one warm engine: series/hour, device busy time, peak VRAM.
+# Budget: about 8 min (weights 1-2 min, pytest 1 min, official -d gpu about 40 s per series and mode).
+# Knobs: SKIP_INSTALL=1 (dependencies already installed), WEIGHTS=DIR (reuse built weights: the weights step
+# rewrites them), FULLSIZE_ARGS="--series DIR ..." / "--modes default", QUEUE=N, *_TIMEOUT (seconds per step).
+# Output: stdout and $OUT/gpu_log.txt; paste the tables into the closing note.
+export FULLSIZE=1
+exec bash "$(dirname "$0")/gpu_device_run.sh" "$@"

@@ -10,6 +10,13 @@
 #   imports  - the modules the check uses (engine, nnU-Net predictor, official TotalSegmentator command);
 #   pytest   - tests/inference/test_engine_gpu.py -m gpu (fails when the tests are skipped: no CUDA device);
 #   bench    - tests/bench/bench_inference.py on CUDA vs the official command with -d gpu, default and --fast.
+# With FULLSIZE=1 (scripts/gpu_check.sh sets it) the tiny-model bench is replaced by the check at real scale:
+#   weights  - scripts/make_fullsize_models.py writes the full-size networks to $WEIGHTS (default
+#              /tmp/fullsize-weights; too big to carry, built here: about 1-2 min);
+#   fullsize - bench_inference.py --fullsize on CUDA vs the official -d gpu on the same weights, default and
+#              --fast, per series: wall time, peak VRAM, peak RSS, per-label Dice (FULLSIZE_ARGS: extra args);
+#   queue    - 20 series (QUEUE) through one warm engine, default and --fast: series/hour, device busy time
+#              and peak VRAM.
 # Everything is also written to $OUT/gpu_log.txt ($OUT defaults to /tmp/segnode_gpu_out).
 # Knobs (environment): SKIP_INSTALL=1 (reuse $SEGNODE_SITE, e.g. on a warm machine), BENCH_RUNS (3),
 # OFFICIAL_RUNS (1), PYTEST_TIMEOUT (140 s), BENCH_TIMEOUT (200 s each), BENCH_ARGS (extra bench arguments,
@@ -41,6 +48,10 @@ BENCH_RUNS="${BENCH_RUNS:-3}"
 OFFICIAL_RUNS="${OFFICIAL_RUNS:-1}"
 PYTEST_TIMEOUT="${PYTEST_TIMEOUT:-140}"
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-200}"
+WEIGHTS="${WEIGHTS:-/tmp/fullsize-weights}"
+WEIGHTS_TIMEOUT="${WEIGHTS_TIMEOUT:-180}"
+FULLSIZE_TIMEOUT="${FULLSIZE_TIMEOUT:-240}"
+QUEUE="${QUEUE:-20}"
 mkdir -p "$OUT"
 
 FAILED=()
@@ -143,6 +154,20 @@ run_pytest() {
   return "$rc"
 }
 
+build_weights() {
+  timeout "$WEIGHTS_TIMEOUT" python3 scripts/make_fullsize_models.py --out "$WEIGHTS"
+}
+
+run_fullsize() {
+  timeout "$FULLSIZE_TIMEOUT" python3 tests/bench/bench_inference.py --fullsize "$WEIGHTS" --device cuda \
+    --official-device gpu ${FULLSIZE_ARGS:-} "$@"
+}
+
+run_queue() {
+  timeout "$FULLSIZE_TIMEOUT" python3 tests/bench/bench_inference.py --fullsize "$WEIGHTS" --device cuda \
+    --skip-official --queue "$QUEUE" "$@"
+}
+
 run_bench() {
   timeout "$BENCH_TIMEOUT" python3 tests/bench/bench_inference.py --device cuda --official-device gpu \
     --runs "$BENCH_RUNS" --official-runs "$OFFICIAL_RUNS" ${BENCH_ARGS:-} "$@"
@@ -160,8 +185,14 @@ main() {
   step env show_env
   step imports check_imports
   step pytest run_pytest
-  step bench-default run_bench
-  step bench-fast run_bench --fast
+  if [[ "${FULLSIZE:-0}" == 1 ]]; then
+    step weights build_weights
+    step fullsize run_fullsize
+    step queue run_queue
+  else
+    step bench-default run_bench
+    step bench-fast run_bench --fast
+  fi
   echo
   if [[ ${#FAILED[@]} -eq 0 ]]; then
     echo "=== ALL STEPS OK"

@@ -8,6 +8,9 @@ statistics; see tests/inference/official_totalseg.py). SegNode is measured end t
 whose time is printed as "cold"). Medians of ``--runs`` runs; time per stage for both.
 
 Usage: ``python tests/bench/bench_inference.py [--runs 3] [--fast] [--device cpu|cuda] [--series DIR ...]``
+
+``--fullsize [DIR]``: the benchmark at real scale instead (tests/bench/bench_fullsize.py; full-size networks
+from scripts/make_fullsize_models.py, default DIR /work/fullsize-weights): every other argument goes to it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,15 @@ def median(values: list[float]) -> float:
 
 
 def main() -> int:
+    if "--fullsize" in sys.argv:
+        from tests.bench.bench_fullsize import main as fullsize
+
+        rest = sys.argv[1:]
+        at = rest.index("--fullsize")
+        value = rest[at + 1 : at + 2]
+        if value and not value[0].startswith("--"):
+            return fullsize(["--weights", value[0], *rest[:at], *rest[at + 2 :]])
+        return fullsize(rest[:at] + rest[at + 1 :])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", nargs="+", type=Path, default=None)
     parser.add_argument("--runs", type=int, default=3, help="timed runs per series and side (median)")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.paths import ROOT
+from tests.support.rss import TreeRssSampler
 
 _RUNNER = """
 import sys
@@ -46,6 +47,8 @@ class OfficialRun:
     #: Stage times the command prints (``resample``, ``predict``, ``resample_back``), in seconds.
     stages: dict[str, float]
     stdout: str
+    #: Peak resident memory of the command's process tree (sampled every 0.2 s), bytes.
+    peak_rss: int = 0
 
 
 def private_home(folder: Path) -> Path:
@@ -92,14 +95,23 @@ def run_totalsegmentator(
     if roi_subset:
         args += ["--roi_subset", *roi_subset]
     start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", _RUNNER, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    with (
+        subprocess.Popen(
+            [sys.executable, "-c", _RUNNER, *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as child,
+        TreeRssSampler(child.pid) as sampler,
+    ):
+        try:
+            stdout, stderr = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise
+    proc = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0 or not out_file.is_file():
         raise RuntimeError(
@@ -111,4 +123,4 @@ def run_totalsegmentator(
     back = re.findall(r"Resampled in ([0-9.]+)s", proc.stdout)
     if len(back) > 1:
         stages["resample_back"] = float(back[-1])
-    return OfficialRun(elapsed, stages, proc.stdout)
+    return OfficialRun(elapsed, stages, proc.stdout, sampler.peak)

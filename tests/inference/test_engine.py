@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -191,12 +192,10 @@ def test_device_resolution_without_cuda() -> None:
     assert "auto, cpu, cuda or cuda:N" in bad.value.message
 
 
-class _OutOfMemoryPredictor:
-    """Stands in for a CUDA predictor (no GPU here): every prediction runs out of GPU memory."""
+class _OutOfMemoryNetwork(torch.nn.Module):
+    """Stands in for a network on a GPU (no GPU here): every forward pass runs out of GPU memory."""
 
-    perform_everything_on_device = True
-
-    def predict_single_npy_array(self, *args: Any) -> Any:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
@@ -204,7 +203,11 @@ def _with_fake_gpu(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     real = engine.predictor
 
     def predictor(model: Any, device: Any, step: float) -> Any:
-        return _OutOfMemoryPredictor() if device.type == "cuda" else real(model, device, step)
+        if device.type != "cuda":
+            return real(model, device, step)
+        fake = copy.copy(real(model, torch.device("cpu"), step))  # a real predictor whose network fails
+        fake.network = _OutOfMemoryNetwork()
+        return fake
 
     monkeypatch.setattr(engine, "predictor", predictor)
 

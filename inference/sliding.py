@@ -1,0 +1,161 @@
+"""nnU-Net's sliding-window prediction with the logits held for one slab of tiles at a time.
+
+nnunetv2's ``predict_single_npy_array`` keeps the logits of the whole image (classes x voxels, fp16) and
+then takes their argmax on the CPU in numpy's emulated float16: for a 512x512x800 series at 1.5 mm that is
+several GB held for the whole prediction and a slow argmax. Here the same computation runs slab by slab
+along the first axis of nnU-Net's grid: the tiles are visited in nnU-Net's order (first axis outermost), so
+once every tile starting at one position of the first axis has been added, the voxels before the next
+starting position receive no more contributions; their logits are divided by the Gaussian weights and
+reduced to labels, and only the logits of the next ``patch[0]`` planes are kept.
+
+The arithmetic per voxel is nnU-Net's (2.8): tile logits times the Gaussian (``compute_gaussian``, sigma 1/8,
+scale 10, fp16) added into fp16 accumulators in the same order, divided in fp16, argmax (first maximum on
+ties). Preprocessing (crop to non-zero, normalisation) and the return to the uncropped grid are nnU-Net's.
+The network runs with the weights :func:`inference.nnunet_models.build_predictor` loaded into it (one fold;
+an ensemble of folds takes nnU-Net's path).
+Where nnU-Net would resample the logits (the image is not already at the plans' spacing, which the engine
+ensures it is), nnU-Net's own whole-image path runs instead.
+
+``precision`` ``bf16`` runs the network forward under CPU autocast to bfloat16 (AVX-512 BF16 / AMX make it
+about twice as fast); the tile logits are cast back to fp32 before the weighting. On CUDA the forward runs
+under fp16 autocast, as nnU-Net does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+
+    from inference.nnunet_models import Predictor
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "bf16"]
+
+
+def _autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
+    import torch
+
+    if device.type == "cuda":
+        return torch.autocast("cuda", enabled=True)
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def tile_starts(shape: tuple[int, ...], patch: tuple[int, ...], step: float) -> list[list[int]]:
+    """nnU-Net's tile positions per axis (``compute_steps_for_sliding_window``)."""
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
+    starts: list[list[int]] = compute_steps_for_sliding_window(shape, patch, step)
+    return starts
+
+
+def _slabs(starts0: list[int], patch0: int, length: int) -> Iterator[tuple[int, int, int]]:
+    """(tile start, tile end, first plane not final after this slab) per start on the first axis."""
+    for index, start in enumerate(starts0):
+        final = starts0[index + 1] if index + 1 < len(starts0) else length
+        yield start, start + patch0, final
+
+
+def sliding_window_labels(
+    predictor: Predictor, data: torch.Tensor, precision: Precision = "fp32"
+) -> npt.NDArray[np.uint8]:
+    """Labels (argmax of the Gaussian-weighted logits) of a preprocessed image ``data`` (c, z, y, x)."""
+    import torch
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    device: torch.device = predictor.device
+    on_device = device.type == "cuda" and predictor.perform_everything_on_device
+    results = device if on_device else torch.device("cpu")
+    network = predictor.network.to(device)
+    network.eval()
+    patch = tuple(int(p) for p in predictor.configuration_manager.patch_size)
+    classes = int(predictor.label_manager.num_segmentation_heads)
+    padded, revert = pad_nd_image(data, patch, "constant", {"value": 0}, True, None)
+    padded = padded.to(results)
+    shape = tuple(int(n) for n in padded.shape[1:])
+    starts = tile_starts(shape, patch, float(predictor.tile_step_size))
+    gaussian = compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, device=results)
+    labels = np.zeros(shape, dtype=np.uint8)
+    window = (patch[0], shape[1], shape[2])
+    logits = torch.zeros((classes, *window), dtype=torch.half, device=results)
+    weights = torch.zeros(window, dtype=torch.half, device=results)
+    base = 0  # plane of ``shape`` held in the first plane of the accumulators
+    with torch.inference_mode(), _autocast(device, precision):
+        for start, end, final in _slabs(starts[0], patch[0], shape[0]):
+            _shift(logits, weights, start - base)
+            base = start
+            for y in starts[1]:
+                for x in starts[2]:
+                    tile = padded[:, start:end, y : y + patch[1], x : x + patch[2]][None].to(device)
+                    out = network(tile)[0]
+                    if out.dtype == torch.bfloat16:
+                        out = out.float()
+                    out = out.to(results)
+                    out *= gaussian
+                    logits[:, :, y : y + patch[1], x : x + patch[2]] += out
+                    weights[:, y : y + patch[1], x : x + patch[2]] += gaussian
+            done = final - base
+            part = logits[:, :done]
+            torch.div(part, weights[:done], out=part)
+            if torch.any(torch.isinf(part)):
+                raise RuntimeError("infinite logits in the sliding-window prediction (fp16 overflow)")
+            labels[base:final] = part.argmax(0).to(torch.uint8).cpu().numpy()
+    reverted: npt.NDArray[np.uint8] = labels[tuple(revert[1:])]
+    return reverted
+
+
+def _shift(logits: torch.Tensor, weights: torch.Tensor, offset: int) -> None:
+    """Move the accumulators ``offset`` planes forward: planes ``offset:`` to the front, the rest zeroed."""
+    if offset <= 0:
+        return
+    keep = logits.shape[1] - offset
+    if keep > 0:
+        logits[:, :keep] = logits[:, offset:].clone()
+        weights[:keep] = weights[offset:].clone()
+    logits[:, max(keep, 0) :] = 0
+    weights[max(keep, 0) :] = 0
+
+
+def predict_labels_bounded(
+    predictor: Predictor,
+    data_xyz: np.ndarray,
+    spacing_xyz: npt.NDArray[np.floating],
+    precision: Precision = "fp32",
+) -> npt.NDArray[np.uint8]:
+    """:func:`inference.nnunet_models.predict_labels` with the logits of one slab of tiles at a time."""
+    from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+
+    from inference.nnunet_models import predict_labels
+
+    image = np.ascontiguousarray(np.asarray(data_xyz).transpose(2, 1, 0)[None].astype(np.float32))
+    props: dict[str, Any] = {"spacing": [float(s) for s in np.asarray(spacing_xyz, dtype=np.float64)[::-1]]}
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+    data, _, props = preprocessor.run_case_npy(
+        image, None, props, predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json
+    )
+    if tuple(props["shape_after_cropping_and_before_resampling"]) != tuple(data.shape[1:]):
+        logger.info("image not at the model spacing: nnU-Net's whole-image path")
+        return predict_labels(predictor, data_xyz, spacing_xyz)
+    if len(predictor.list_of_parameters) != 1:  # an ensemble of folds: nnU-Net averages their logits
+        return predict_labels(predictor, data_xyz, spacing_xyz)
+    import torch
+
+    del image
+    seg = sliding_window_labels(predictor, torch.from_numpy(data), precision)
+    del data
+    full = np.zeros(props["shape_before_cropping"], dtype=np.uint8)
+    full = insert_crop_into_image(full, seg, props["bbox_used_for_cropping"])
+    full = full.transpose(predictor.plans_manager.transpose_backward)
+    labels: npt.NDArray[np.uint8] = np.ascontiguousarray(full.transpose(2, 1, 0))
+    return labels
