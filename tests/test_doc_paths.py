@@ -1,4 +1,5 @@
-"""Every repository path the README and docs/ name exists, so that the documentation follows the layout."""
+"""Every repository path the README and docs/ name exists, and the operations guide lists every migration,
+so that the documentation follows the layout."""
 
 from __future__ import annotations
 
@@ -30,3 +31,10 @@ def test_named_paths_are_found_in_text() -> None:
 def test_every_named_path_exists(document: Path) -> None:
     missing = sorted(p for p in named_paths(document.read_text(encoding="utf-8")) if not (ROOT / p).exists())
     assert not missing, f"{document.relative_to(ROOT)} names paths that do not exist: {', '.join(missing)}"
+
+
+def test_the_operations_guide_lists_every_migration() -> None:
+    versions = ROOT / "dicom_node" / "audit" / "migrations" / "versions"
+    shipped = {p.stem for p in versions.glob("[0-9][0-9][0-9][0-9]_*.py")}
+    listed = set(re.findall(r"`(\d{4}_\w+)`", (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")))
+    assert shipped and listed == shipped, f"docs/operations.md: {sorted(listed)}; shipped: {sorted(shipped)}"
