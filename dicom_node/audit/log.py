@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from config.node import PatientIdMode, PrivacyConfig
@@ -195,25 +195,42 @@ class AuditLog:
         sha256: str,
     ) -> StoredInstance:
         """Record a durably stored instance: series upsert, instance row, association counters."""
-        now = self.clock()
         with self.db.write() as session:
-            series = self._series_for(session, header, now)
-            existing = session.get(Instance, header.sop_instance_uid)
-            if existing is None:
-                session.add(_new_instance(association_id, header, spool_path, size, sha256, now))
-                series.instance_count += 1
-                outcome = "new"
-            else:
-                outcome = self._instance_again(session, existing, association_id, header, size, sha256, now)
-            reopened = series.state == SeriesState.complete.value and outcome != "duplicate"
-            if reopened:
-                self._reopen(session, series, association_id, header)
-            series.last_received_at = now
-            if association_id is not None:
-                assoc = session.get_one(Association, association_id)
-                assoc.instances_received += 1
-                assoc.bytes_received += size
-            return StoredInstance(outcome, reopened, series.instance_count)
+            return self.record_instance_in(session, association_id, header, spool_path, size, sha256)
+
+    def record_instance_in(
+        self,
+        session: Session,
+        association_id: int | None,
+        header: InstanceHeader,
+        spool_path: str,
+        size: int,
+        sha256: str,
+    ) -> StoredInstance:
+        """:meth:`record_instance` in the caller's transaction (several instances committed at once)."""
+        now = self.clock()
+        series = self._series_for(session, header, now)
+        existing = session.get(Instance, header.sop_instance_uid)
+        if existing is None:
+            session.add(_new_instance(association_id, header, spool_path, size, sha256, now))
+            series.instance_count += 1
+            outcome = "new"
+        else:
+            outcome = self._instance_again(session, existing, association_id, header, size, sha256, now)
+        reopened = series.state == SeriesState.complete.value and outcome != "duplicate"
+        if reopened:
+            self._reopen(session, series, association_id, header)
+        series.last_received_at = now
+        if association_id is not None:  # one UPDATE, without loading the row
+            session.execute(
+                update(Association)
+                .where(Association.id == association_id)
+                .values(
+                    instances_received=Association.instances_received + 1,
+                    bytes_received=Association.bytes_received + size,
+                )
+            )
+        return StoredInstance(outcome, reopened, series.instance_count)
 
     def _series_for(self, session: Session, header: InstanceHeader, now: datetime) -> Series:
         """The instance's series row, locked, or a new open one (the patient attributes as the privacy

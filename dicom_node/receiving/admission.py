@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from config.errors import SegNodeError
@@ -136,16 +137,22 @@ def check_series(
     the caller (:meth:`dicom_node.receiving.scp.Receiver.admit`).
     """
     series_uid = header.series_instance_uid
-    with db.read() as session:
-        existing = session.get(Instance, header.sop_instance_uid)
-        if existing is not None and existing.series_instance_uid != series_uid:
+    with db.read() as session:  # two single-row reads of columns (no ORM objects to build)
+        existing = session.execute(
+            select(Instance.series_instance_uid).where(Instance.sop_instance_uid == header.sop_instance_uid)
+        ).scalar()
+        if existing is not None and existing != series_uid:
             return SeriesRefusal(
                 status.CANNOT_UNDERSTAND,
                 "sop_instance_in_other_series",
                 f"SOP Instance UID {header.sop_instance_uid} was received before in series "
-                f"{existing.series_instance_uid}, not {series_uid}",
+                f"{existing}, not {series_uid}",
             )
-        series = session.get(Series, series_uid)
+        series = session.execute(
+            select(Series.study_instance_uid, Series.patient_id, Series.instance_count).where(
+                Series.series_instance_uid == series_uid
+            )
+        ).first()
         if series is None:
             return None
         conflict = series_conflict(

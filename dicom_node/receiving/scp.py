@@ -10,15 +10,12 @@ transfer syntaxes; refused contexts are recorded in the audit log.
 
 from __future__ import annotations
 
-import io
 import logging
 import socket
 import threading
 from dataclasses import dataclass
 from typing import Any, cast
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 from pynetdicom import AE, evt
@@ -26,10 +23,9 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from config.model import SegNodeConfig
-from conversion.rawheader import RawHeader
 from dicom_node.audit.log import AuditLog, InstanceHeader
 from dicom_node.http.metrics import NodeMetrics
 from dicom_node.logs import association_id_var
@@ -43,24 +39,13 @@ from dicom_node.receiving.admission import (
 )
 from dicom_node.receiving.associations import AccessPolicy, AssociationTable, Rejection
 from dicom_node.receiving.completion import CompletionTracker
+from dicom_node.receiving.header import read_header
+from dicom_node.receiving.recorder import InstanceRecorder
 from dicom_node.receiving.server import wake_acceptor
 from dicom_node.receiving.spool import Spool, SpoolFullError, SpoolWriteError
-from dicom_node.uids import InvalidUIDError, path_safe_uid
+from dicom_node.uids import InvalidUIDError
 
 LOG = logging.getLogger(__name__)
-
-_HEADER_TAGS = [
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "Modality",
-    "PatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "AcquisitionNumber",
-    "ImagesInAcquisition",
-]
 
 #: Seconds pynetdicom's DUL thread sleeps when it found nothing to do, on an accepted association. Its
 #: default (1 ms) is paid two to three times per C-STORE (picking up the request's first PDU, the
@@ -80,75 +65,6 @@ _CONTEXT_RESULTS = {
 }
 
 
-def read_header(data: bytes, transfer_syntax: str, raw: RawHeader | None = None) -> InstanceHeader:
-    """Read the identifying attributes of an encoded instance (no pixel data); ValueError if unusable.
-
-    ``raw``: where :func:`check_encoding` found them in ``data``; they are then decoded from there (text in
-    the instance's character set) without pydicom's dataset, its value validation and its per-value
-    warnings. Without it (big endian) pydicom reads the header.
-    """
-    if raw is None:
-        return _header_from_dataset(data, transfer_syntax)
-    images = _text(raw, 0x00201002)
-    acquisition = _text(raw, 0x00200012)
-    return InstanceHeader(
-        sop_class_uid=_text(raw, 0x00080016) or "",
-        sop_instance_uid=path_safe_uid(_uid(raw, 0x00080018), "SOP Instance UID"),
-        study_instance_uid=path_safe_uid(_uid(raw, 0x0020000D), "Study Instance UID"),
-        series_instance_uid=path_safe_uid(_uid(raw, 0x0020000E), "Series Instance UID"),
-        transfer_syntax_uid=transfer_syntax,
-        modality=_text(raw, 0x00080060) or None,
-        patient_id=_text(raw, 0x00100020),
-        patient_name=_text(raw, 0x00100010),
-        patient_birth_date=_text(raw, 0x00100030) or None,
-        images_in_acquisition=_integer(images) if images else None,
-        acquisition_number=acquisition or None,
-    )
-
-
-def _text(raw: RawHeader, tag: int) -> str | None:
-    """The value of a text element (several values joined by backslashes); ``None`` when absent."""
-    return "\\".join(raw.text(tag)) if raw.has(tag) else None
-
-
-def _uid(raw: RawHeader, tag: int) -> str | list[str] | None:
-    """A UID element's value: its text, a list when it has several values (not a UID), ``None`` when
-    absent (as pydicom gives them to :func:`path_safe_uid`)."""
-    values = raw.text(tag)
-    return values if len(values) > 1 else _text(raw, tag)
-
-
-def _integer(text: str) -> int:
-    """An IS value; ValueError unless it is a whole number."""
-    try:
-        return int(text)
-    except ValueError:
-        number = float(text)  # ValueError: not a number
-        if not number.is_integer():
-            raise ValueError(f"Images in Acquisition {text!r} is not an integer") from None
-        return int(number)
-
-
-def _header_from_dataset(data: bytes, transfer_syntax: str) -> InstanceHeader:
-    ds: Dataset = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    images = ds.get("ImagesInAcquisition")
-    acq = ds.get("AcquisitionNumber")
-    name = ds.get("PatientName")
-    return InstanceHeader(
-        sop_class_uid=str(ds.get("SOPClassUID", "")),
-        sop_instance_uid=path_safe_uid(ds.get("SOPInstanceUID"), "SOP Instance UID"),
-        study_instance_uid=path_safe_uid(ds.get("StudyInstanceUID"), "Study Instance UID"),
-        series_instance_uid=path_safe_uid(ds.get("SeriesInstanceUID"), "Series Instance UID"),
-        transfer_syntax_uid=transfer_syntax,
-        modality=str(ds.Modality) if ds.get("Modality") else None,
-        patient_id=str(ds.PatientID) if ds.get("PatientID") is not None else None,
-        patient_name=str(name) if name is not None else None,
-        patient_birth_date=str(ds.PatientBirthDate) if ds.get("PatientBirthDate") else None,
-        images_in_acquisition=int(images) if images not in (None, "") else None,
-        acquisition_number=str(acq) if acq not in (None, "") else None,
-    )
-
-
 class Receiver:
     """State shared by the handlers: the spool, the audit log, the completion tracker, the policy."""
 
@@ -166,6 +82,8 @@ class Receiver:
         self.spool = spool
         self.audit = audit
         self.tracker = tracker
+        #: Commits the records of instances stored at the same moment together (group commit).
+        self.recorder = InstanceRecorder(audit)
         self.policy = AccessPolicy(config.node)
         #: Audit ids and ``network.max_associations`` slots of the associations.
         self.associations = AssociationTable(config.network.max_associations)
@@ -477,12 +395,10 @@ def _store(event: evt.Event, receiver: Receiver) -> int:
             return _refuse(receiver, association_id, status.OUT_OF_RESOURCES, exc.message, sop_instance)
         except SpoolWriteError as exc:
             return _refuse(receiver, association_id, status.PROCESSING_FAILURE, exc.message, sop_instance)
-        record = (association_id, header, stored.relative_path, stored.size, stored.sha256)
         try:
-            try:
-                result = receiver.audit.record_instance(*record)
-            except IntegrityError:  # another receiver of a cluster created the series row at the same moment
-                result = receiver.audit.record_instance(*record)
+            result = receiver.recorder.record(
+                association_id, header, stored.relative_path, stored.size, stored.sha256
+            )
         except SQLAlchemyError as exc:
             LOG.error("audit database write failed for %s: %s", sop_instance, exc)
             receiver.metrics.instance_refused(status.PROCESSING_FAILURE)

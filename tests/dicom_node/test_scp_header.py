@@ -13,7 +13,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicom_node.receiving.admission import check_encoding
-from dicom_node.receiving.scp import _header_from_dataset, read_header
+from dicom_node.receiving.header import _header_from_dataset, read_header
 from tests.support.paths import CINE, T2_SAG, TEST_MRI, series_files
 
 
