@@ -90,7 +90,7 @@ def slice_contours(mask: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]
 
 def _ds_bytes(values: npt.NDArray[np.float64]) -> bytes:
     """A DS value (backslash-separated, 0.001 mm) as bytes."""
-    text = "\\".join(f"{v:.3f}" for v in values.ravel())
+    text = "\\".join(map("{:.3f}".format, values.ravel().tolist()))
     return text.replace("-0.000", "0.000").encode("ascii")
 
 
@@ -124,35 +124,54 @@ def _as_written(dataset: Dataset) -> Dataset:
     return dataset
 
 
-def _raw_image_ref(ref: SliceRef) -> Dataset:
-    """:func:`_image_ref` made of raw elements (one per contour: thousands of them)."""
-    item = Dataset()
-    item[0x00081150] = _raw(0x00081150, "UI", ref.sop_class_uid)
-    item[0x00081155] = _raw(0x00081155, "UI", ref.sop_instance_uid)
+def _raw_image_ref(ref: SliceRef) -> tuple[RawDataElement, ...]:
+    """The elements of :func:`_image_ref` as raw elements (immutable: one set per slice serves every
+    contour on it)."""
+    elements = [
+        _raw(0x00081150, "UI", ref.sop_class_uid),
+        _raw(0x00081155, "UI", ref.sop_instance_uid),
+    ]
     if ref.frame_number is not None:
-        item[0x00081160] = _raw(0x00081160, "IS", str(int(ref.frame_number)))
-    return _as_written(item)
+        elements.append(_raw(0x00081160, "IS", str(int(ref.frame_number))))
+    return tuple(elements)
 
 
 def _contour_items(
-    context: DerivedContext, mask: npt.NDArray[np.bool_], k: int, offset: tuple[int, int], number: int
+    context: DerivedContext,
+    mask: npt.NDArray[np.bool_],
+    k: int,
+    offset: tuple[int, int],
+    number: int,
+    image_ref: tuple[RawDataElement, ...],
 ) -> list[Dataset]:
     """Contour Sequence items of one structure on slice ``k``: ``mask`` is (rows, columns) of the
-    structure's bounding box on that slice, whose first pixel is (row, column) ``offset``."""
-    affine = context.volume.affine
+    structure's bounding box on that slice, whose first pixel is (row, column) ``offset``; ``image_ref``
+    the raw elements of the reference to the slice's source image."""
+    polygons = slice_contours(mask)
+    if not polygons:
+        return []
+    stacked = np.concatenate(polygons)
+    ijk = np.stack(
+        [
+            stacked[:, 1] + offset[1],
+            stacked[:, 0] + offset[0],
+            np.full(len(stacked), float(k)),
+            np.ones(len(stacked)),
+        ]
+    )
+    points = (context.volume.affine @ ijk)[:3].T
+    ends = np.cumsum([len(p) for p in polygons])
     items: list[Dataset] = []
-    for polygon in slice_contours(mask):
-        rows, columns = polygon[:, 0] + offset[0], polygon[:, 1] + offset[1]
-        ijk = np.stack([columns, rows, np.full(len(rows), float(k)), np.ones(len(rows))])
-        points = (affine @ ijk)[:3].T
+    for polygon_points in np.split(points, ends[:-1]):
+        ref = Dataset()
+        for element in image_ref:
+            ref[element.tag] = element
         item = Dataset()
-        item[_CONTOUR_IMAGES] = DataElement(
-            _CONTOUR_IMAGES, "SQ", [_raw_image_ref(context.volume.slice_refs[k])]
-        )
+        item[_CONTOUR_IMAGES] = DataElement(_CONTOUR_IMAGES, "SQ", [_as_written(ref)])
         item[_GEOMETRIC_TYPE] = _raw(_GEOMETRIC_TYPE, "CS", "CLOSED_PLANAR")
-        item[_NUMBER_OF_POINTS] = _raw(_NUMBER_OF_POINTS, "IS", str(len(points)))
+        item[_NUMBER_OF_POINTS] = _raw(_NUMBER_OF_POINTS, "IS", str(len(polygon_points)))
         item[_CONTOUR_NUMBER] = _raw(_CONTOUR_NUMBER, "IS", str(number + len(items)))
-        item[_CONTOUR_DATA] = _raw(_CONTOUR_DATA, "DS", _ds_bytes(points))
+        item[_CONTOUR_DATA] = _raw(_CONTOUR_DATA, "DS", _ds_bytes(polygon_points))
         items.append(_as_written(item))
     return items
 
@@ -164,6 +183,7 @@ def _all_contours(
     its bounding box (``scipy.ndimage.find_objects``, one pass over the stack for all of them) and traced
     only on the slices of that box where it has pixels."""
     out: dict[int, list[Dataset]] = {}
+    refs: dict[int, tuple[RawDataElement, ...]] = {}
     for label, box in enumerate(boxes, start=1):
         if box is None:
             continue
@@ -173,7 +193,10 @@ def _all_contours(
         for dk in np.flatnonzero(inside.any(axis=(0, 1))):
             mask = inside[:, :, dk].T  # (rows, columns) of the slice
             k = first_slice + int(dk)
-            items.extend(_contour_items(context, mask, k, (first_row, first_column), len(items) + 1))
+            if k not in refs:
+                refs[k] = _raw_image_ref(context.volume.slice_refs[k])
+            offset = (first_row, first_column)
+            items.extend(_contour_items(context, mask, k, offset, len(items) + 1, refs[k]))
         out[label] = items
     return out
 
