@@ -1,16 +1,18 @@
-"""Shared test fixtures: where the test data lies."""
+"""Shared test fixtures: where the test data lies, the tiny-model engine, a node configuration maker."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from config.inference import InferenceConfig
+from config.model import SegNodeConfig
 from inference.engine import Engine
 from tests.support.paths import MODELS, SHARED_MRI, TEST_MRI
+from tests.support.settings import config_maker
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +46,10 @@ def engine() -> Engine:
     """One warm engine for the whole session, as the node keeps one (tiny models, CPU); torch is imported
     when the first test asks for it."""
     return Engine(InferenceConfig(weights_dir=MODELS, device="cpu"))
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., SegNodeConfig]:
+    """``make(**keys)``: a node configuration on 127.0.0.1, port 0, every file under ``tmp_path``
+    (:func:`tests.support.settings.config_maker`)."""
+    return config_maker(tmp_path)

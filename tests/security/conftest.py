@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from security_pki import Pki, make_pki
 
-from config.model import SegNodeConfig
 from dicom_node.service import NodeService
 from tests.support.node import running_nodes
-from tests.support.settings import config_maker
-
-
-@pytest.fixture
-def make_config(tmp_path: Path) -> Callable[..., SegNodeConfig]:
-    return config_maker(tmp_path)
 
 
 @pytest.fixture
