@@ -70,9 +70,10 @@ class ClusterConfig(BaseModel):
     reconcile_after_s: float = Field(
         default=120.0,
         gt=0,
-        description="A stage whose task no worker has taken this long after it was dispatched, while no "
-        "worker is busy on that queue, is dispatched again (the broker lost its queue). A stage whose "
-        "worker's lease expired is dispatched again at once.",
+        description="A stage whose task was dispatched this long ago, that no worker holds while the broker "
+        "counts no task waiting in its queue, is dispatched again (the broker lost its queue); a task that "
+        "waits in its queue is never sent twice. A stage whose worker's lease expired is dispatched again "
+        "at once.",
     )
     dispatch_interval_s: float = Field(
         default=1.0,

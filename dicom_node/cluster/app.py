@@ -89,5 +89,33 @@ class Publisher:
             ) from exc
         LOG.debug("job %d: %s task dispatched", job_id, stage)
 
+    def waiting(self, stage: str) -> int | None:
+        """How many tasks wait in the queue of ``stage`` as the broker counts them (messages no worker has
+        taken yet; a task a worker took and has not acknowledged is not counted); None when the broker
+        does not answer."""
+        from kombu.exceptions import KombuError, OperationalError
+        from redis.exceptions import RedisError
+
+        try:
+            with self.app.connection_for_read() as connection:
+                channel = connection.channel()
+                try:
+                    declared = channel.queue_declare(queue=self.queues[stage], passive=True)
+                except connection.channel_errors:
+                    return 0  # no such queue: Redis drops an empty list, RabbitMQ has not declared it yet
+                finally:
+                    _close_quietly(channel)
+                return int(declared.message_count)
+        except (OperationalError, KombuError, RedisError, OSError) as exc:
+            LOG.debug("the broker did not say how many %s tasks wait: %s", stage, exc)
+            return None
+
     def close(self) -> None:
         self.app.close()
+
+
+def _close_quietly(channel: Any) -> None:
+    try:
+        channel.close()
+    except Exception:  # a channel the broker already closed (RabbitMQ closes it on NOT_FOUND)
+        LOG.debug("closing a broker channel failed", exc_info=True)

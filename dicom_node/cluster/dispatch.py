@@ -5,7 +5,8 @@ Each look (``cluster.dispatch_interval_s``, or at once when woken):
 1. jobs whose worker's lease expired are recorded as interrupted (``job_interrupted``, ``worker_lost``);
 2. jobs that need a task are marked dispatched and their task is published: new jobs, jobs retried or
    resent by an operator, a stage whose worker was lost, a sending stage whose next attempt is due, a task
-   the broker lost (``cluster.reconcile_after_s``); see :meth:`dicom_node.jobs.leases.JobLeases.take_due`.
+   the broker lost (older than ``cluster.reconcile_after_s``, no worker holds it and the broker's queue of
+   its stage is empty: :meth:`Publisher.waiting`); see :meth:`dicom_node.jobs.leases.JobLeases.take_due`.
 
 A publish the broker refuses (it is down) is undone in the database and tried again at the next look;
 receiving goes on meanwhile, since the SCP and series completion only need the database. Several receivers
@@ -69,7 +70,7 @@ class Dispatcher:
         for job_id in self.leases.interrupt_expired():
             LOG.warning("job %d: its worker's lease expired; the stage is dispatched again", job_id)
         published = 0
-        due = self.leases.take_due(self.cluster.reconcile_after_s)
+        due = self.leases.take_due(self.cluster.reconcile_after_s, self.publisher.waiting)
         for index, (job_id, stage) in enumerate(due):
             try:
                 self.publisher.publish(stage, job_id)

@@ -11,14 +11,17 @@ the lease, conditional on still holding it, so a stage's result is recorded once
 The receivers' dispatcher (:mod:`dicom_node.cluster.dispatch`) asks :meth:`JobLeases.take_due` which jobs
 need a task: a new or retried job (``dispatched_at`` unset), a job whose worker's lease expired
 (:meth:`JobLeases.interrupt_expired`: ``job_interrupted``, reason ``worker_lost``), or a task dispatched
-``cluster.reconcile_after_s`` ago that no worker took while the queue of its stage had no busy worker
-(the broker lost it: ``task_lost``). Rows are locked with ``FOR UPDATE SKIP LOCKED``, so two receivers
-never dispatch the same job twice at once. This module decides; the writes to the job rows (state, lease,
-dispatch time) are :class:`~dicom_node.jobs.store.JobStore`'s, the one writer of job rows.
+``cluster.reconcile_after_s`` ago that no worker holds while the broker's queue of its stage is empty (the
+broker lost it: ``task_lost``). A task waiting in its queue, however long (a busy GPU worker, no worker
+started yet), is never sent twice: the broker's count of waiting tasks decides, not the age alone. Rows are
+locked with ``FOR UPDATE SKIP LOCKED``, so two receivers never dispatch the same job twice at once. This
+module decides; the writes to the job rows (state, lease, dispatch time) are
+:class:`~dicom_node.jobs.store.JobStore`'s, the one writer of job rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -173,17 +176,18 @@ class JobLeases:
                 self._interrupted(session, job)
             return [job.id for job in rows]
 
-    def take_due(self, reconcile_after_s: float) -> list[tuple[int, str]]:
-        """Jobs that need a task now, as ``(job id, stage)``, marked dispatched (see the module docstring)."""
+    def take_due(
+        self, reconcile_after_s: float, waiting: Callable[[str], int | None]
+    ) -> list[tuple[int, str]]:
+        """Jobs that need a task now, as ``(job id, stage)``, marked dispatched (see the module docstring).
+
+        ``waiting(stage)`` is the broker's count of the tasks waiting in the queue of ``stage`` (None when it
+        does not answer); it is asked only about a stage with a task older than ``reconcile_after_s``."""
         now = self.audit.clock()
         lost_before = now - timedelta(seconds=reconcile_after_s)
         out: list[tuple[int, str]] = []
+        queue_empty: dict[str, bool] = {}
         with self.db.write() as session:
-            busy = {
-                STAGE_OF_STATE[JobState(state)]
-                for state in session.scalars(select(Job.state).distinct().where(Job.lease_expires_at >= now))
-                if JobState(state) in STAGE_OF_STATE
-            }
             rows = session.scalars(
                 select(Job)
                 .where(
@@ -201,12 +205,14 @@ class JobLeases:
                 if job.state == S.sending.value and job.id not in sendable:
                     continue  # its next delivery attempt is not due yet
                 if job.dispatched_at is not None:
-                    if stage in busy:
-                        continue  # its task may be waiting behind the busy worker's
+                    if stage not in queue_empty:
+                        queue_empty[stage] = waiting(stage) == 0
+                    if not queue_empty[stage]:
+                        continue  # its task waits in the queue (or the broker cannot tell)
                     detail = (
                         f"no worker took the {stage} task dispatched at {job.dispatched_at:%H:%M:%S} UTC "
-                        f"within cluster.reconcile_after_s ({reconcile_after_s:g} s) while no worker was "
-                        "busy on that queue (the broker lost it); dispatched again"
+                        f"within cluster.reconcile_after_s ({reconcile_after_s:g} s) and the broker's "
+                        f"{stage} queue holds no task (the broker lost it); dispatched again"
                     )
                     self._event(session, job, "task_lost", "info", "task_lost", detail)
                 self.store.mark_dispatched(job, now)

@@ -11,8 +11,11 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from dicom_node.audit.database import Database
 from dicom_node.audit.tables import Event, Job
@@ -204,6 +207,22 @@ class Cluster:
 
     def wait_for_job(self, series_uid: str, timeout_s: float = JOB_TIMEOUT_S) -> int:
         return audit.wait_for_job(self.db, series_uid, timeout_s, self.details)
+
+    @property
+    def reconcile_after_s(self) -> float:
+        settings = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+        return float(settings["cluster"]["reconcile_after_s"])
+
+    def wait_past_dispatch(self, job_id: int, seconds: float, timeout_s: float = 120) -> None:
+        """Wait until ``seconds`` have passed since the job's task was last dispatched (read once, now)."""
+        with self.db.read() as session:
+            dispatched = session.get_one(Job, job_id).dispatched_at
+        assert dispatched is not None, f"job {job_id} has no task dispatched"
+        wait_until(
+            lambda: (datetime.now(UTC) - dispatched).total_seconds() >= seconds,
+            timeout_s,
+            f"{seconds:g} s since the task of job {job_id} was dispatched",
+        )
 
     def wait_for_state(
         self, job_id: int, states: set[JobState], timeout_s: float = JOB_TIMEOUT_S
