@@ -40,5 +40,5 @@ def run(args: argparse.Namespace) -> int:
     level = logging.DEBUG if args.verbose >= 2 else logging.INFO
     configure_logging(level)
     stages = parse_queues(args.queues)
-    node = WorkerNode(load_config(args.config), stages, device=args.device)
+    node = WorkerNode(load_config(args.config), stages, device=args.device, source=str(args.config))
     return node.run(loglevel=logging.getLevelName(level))

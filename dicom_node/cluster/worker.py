@@ -55,10 +55,14 @@ def parse_queues(text: str) -> list[str]:
     return [stage for stage in STAGES if stage in names]
 
 
-def cluster_of(config: SegNodeConfig, command: str) -> ClusterConfig:
+def cluster_of(config: SegNodeConfig, command: str, source: str | None = None) -> ClusterConfig:
+    """The cluster section; :class:`WorkerStartError` naming the file (``source``) and the key when the
+    configuration is the embedded node's."""
     if config.cluster is None:
         raise WorkerStartError(
-            f"{command} needs the cluster section in the configuration (broker, queues, shared database)"
+            f"{source or 'the configuration'}: cluster: missing; {command} needs the cluster section "
+            "(cluster.broker_url, a PostgreSQL database.url, shared folders): without it the file configures "
+            "the embedded node, which segnode serve runs alone, with no broker and no workers"
         )
     return config.cluster
 
@@ -72,13 +76,14 @@ class WorkerNode:
         stages: Sequence[str],
         device: str | None = None,
         faults: FaultPlan | None = None,
+        source: str | None = None,
     ) -> None:
         if device is not None:
             config = config.model_copy(
                 update={"inference": config.inference.model_copy(update={"device": device})}
             )
         self.config = config
-        self.cluster = cluster_of(config, "segnode worker")
+        self.cluster = cluster_of(config, "segnode worker", source)
         self.stages = list(stages)
         self.identity = worker_identity()
         self.db = Database(config.database.url)

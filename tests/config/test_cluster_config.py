@@ -99,6 +99,7 @@ def test_the_roles_refuse_a_configuration_that_does_not_fit_them(tmp_path: Path)
     assert plain.returncode == 2 and "segnode serve --role receiver" in plain.stderr, plain.stderr
     worker = run_segnode("worker", "--config", str(embedded_file))
     assert worker.returncode == 1 and "needs the cluster section" in worker.stderr, worker.stderr
+    assert f"{embedded_file}: cluster: missing" in worker.stderr and "cluster.broker_url" in worker.stderr
     receiver = run_segnode("serve", "--role", "receiver", "--config", str(embedded_file))
     assert receiver.returncode == 1 and "needs the cluster section" in receiver.stderr, receiver.stderr
     validate = run_segnode(
