@@ -379,6 +379,33 @@ def test_an_unreachable_destination_is_retried_with_back_off_then_the_job_fails_
     assert len(list((tmp_path / "late").iterdir())) == 1
 
 
+def test_a_route_without_seg_makes_and_sends_only_the_kinds_it_asks_for(
+    delivered: Delivered, tmp_path: Path
+) -> None:
+    """A route for a planning system: RTSTRUCT and overlay, no SEG (and so no SR). Only those two kinds are
+    written, each is a delivery of its own, and the destination receives exactly them."""
+    with storescp(tmp_path / "tps") as tps:
+        route = {
+            "name": "mr_total",
+            "match": {"modality": "MR", "calling_ae_title": "PYSCU"},
+            "action": {"tasks": ["total_mr"], "outputs": ["rtstruct", "overlay"], "destinations": ["pacs"]},
+        }
+        node, job_id = _resumable_copy(delivered, tmp_path, JobState.encoding, tps.port, routes=[route])
+        ctx = node.ctx
+        assert encode_stage(ctx, reload_volumes(ctx, job_id)) == []
+        assert [o["kind"] for o in ctx.jobs.outputs(job_id)["derived"]] == ["overlay", "rtstruct"]
+        assert open_deliveries(ctx, job_id, []) == ["pacs"]
+        for delivery_id in due_deliveries(ctx):
+            assert attempt_delivery(ctx, delivery_id).state == "delivered"
+        assert settle_job(ctx, job_id) is JobState.done
+        node.service.stop()
+    assert sorted(d.kind for d in deliveries_of(ctx, job_id)) == ["overlay", "rtstruct"]
+    classes = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID) for f in tps.folder.iterdir()]
+    assert sorted(set(classes)) == ["1.2.840.10008.5.1.4.1.1.481.3", "1.2.840.10008.5.1.4.1.1.7"]
+    assert classes.count("1.2.840.10008.5.1.4.1.1.481.3") == 1
+    assert len(classes) == 1 + len(series_files(T2_SAG))
+
+
 def test_a_rejecting_destination_fails_without_waiting_for_the_retry_budget(
     delivered: Delivered, tmp_path: Path
 ) -> None:
