@@ -165,6 +165,46 @@ RECEIVERS: dict[str, Receiver] = {
 }
 
 
+def durable_floor(folder: Path, files: list[Path]) -> str:
+    """What durability alone costs per instance on this disk now: writing an instance of the series and
+    fsyncing it, fsyncing its folder, and one SQLite commit (WAL, synchronous=FULL), each as the node does
+    it once per instance (medians in ms)."""
+    import sqlite3
+
+    data = files[len(files) // 2].read_bytes()
+    folder.mkdir()
+    writes, folders, commits = [], [], []
+    connection = sqlite3.connect(folder / "floor.db", isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for number in range(len(files)):
+            start = time.perf_counter()
+            descriptor = os.open(folder / f"{number}.dcm", os.O_CREAT | os.O_WRONLY, 0o600)
+            os.write(descriptor, data)
+            os.fsync(descriptor)
+            os.close(descriptor)
+            middle = time.perf_counter()
+            os.fsync(directory)
+            end = time.perf_counter()
+            connection.execute("INSERT INTO t (v) VALUES (?)", (str(number) * 64,))
+            commits.append(time.perf_counter() - end)
+            writes.append(middle - start)
+            folders.append(end - middle)
+    finally:
+        os.close(directory)
+        connection.close()
+    parts = [statistics.median(v) * 1000 for v in (writes, folders, commits)]
+    return (
+        f"durable floor per instance (median): write+fsync {parts[0]:.2f} ms, "
+        f"folder fsync {parts[1]:.2f} ms, "
+        f"SQLite commit {parts[2]:.2f} ms: {sum(parts):.2f} ms, at most {1000 / sum(parts):.0f} instances/s "
+        "for one association"
+    )
+
+
 def load_average() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
@@ -189,8 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     concurrency = (1, 4)
     rates: dict[tuple[str, int], list[float]] = {(name, n): [] for name in chosen for n in concurrency}
     loads = [load_average()]
+    floors = []
     with tempfile.TemporaryDirectory(prefix="segnode-bench-") as tmp:
         for round_number in range(args.rounds):
+            floors.append(durable_floor(Path(tmp) / f"floor-{round_number}", files))
             for associations in concurrency:
                 for name, make in chosen.items():
                     work = Path(tmp) / f"{round_number}-{associations}-{name.split()[0]}"
@@ -204,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         f"with TCP_NODELAY=1, {args.rounds} rounds alternating; load average (1/5/15 min) per round: "
         + "; ".join(loads)
     )
+    for line in floors:
+        print(line)
     print(f"{'receiver':<20} {'assocs':>6} {'median inst/s':>14} {'range':>16}")
     for (name, associations), values in rates.items():
         low, high = min(values), max(values)
