@@ -15,7 +15,7 @@ from dicom_node.http.health import EchoMonitor, EngineStatus
 from dicom_node.http.metrics import NodeMetrics, StateSources
 from dicom_node.http.notify import Notifier
 from dicom_node.jobs import queries
-from dicom_node.jobs.segment import EngineLike
+from dicom_node.jobs.segment import EngineLike, WarmUp
 
 if TYPE_CHECKING:
     from dicom_node.http.server import HttpServer
@@ -27,8 +27,7 @@ LOG = logging.getLogger(__name__)
 class PipelineView(Protocol):
     """What the operations side reads of the job pipeline (:class:`dicom_node.jobs.workers.Pipeline`)."""
 
-    #: ``lazy``, ``loading``, ``loaded`` or ``failed``: the models of ``inference.default_task`` at start.
-    warm_up_state: str
+    warm_up_state: WarmUp
     warm_up_error: str | None
 
     @property
@@ -48,13 +47,13 @@ def engine_status(pipeline: PipelineView | None) -> EngineStatus:
     models = tuple(loaded()) if callable(loaded) else ()
     device = models[0].split("@", 1)[1] if models else None
     state = pipeline.warm_up_state
-    if state == "failed":
+    if state is WarmUp.failed:
         return EngineStatus("failed", f"models not loaded at start: {pipeline.warm_up_error}", device, models)
-    if state == "lazy":
+    if state is WarmUp.lazy:
         return EngineStatus(
             "lazy", "models load with the first series (pipeline.warm_up: false)", device, models
         )
-    if state == "loading":
+    if state is WarmUp.loading:
         return EngineStatus("loading", "loading the models of inference.default_task", device, models)
     return EngineStatus(
         "loaded", f"{len(models)} model(s) loaded" + (f" on {device}" if device else ""), device, models

@@ -4,6 +4,7 @@ saved as ``.npy`` in the job's work folder (``<work_dir>/<job id>/``) and listed
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Protocol
 
 import numpy as np
@@ -14,6 +15,18 @@ from dicom_node.durable import write_npy
 from dicom_node.jobs.context import PipelineContext, PipelineError
 from dicom_node.jobs.records import Converted, LabelMapRecord
 from inference.results import SegmentationResult
+
+
+class WarmUp(StrEnum):
+    """Where the engine's start stands: the models of ``inference.default_task`` loaded at start
+    (``pipeline.warm_up``) or with the first series."""
+
+    #: ``pipeline.warm_up: false``: the models load with the first series.
+    lazy = "lazy"
+    loading = "loading"
+    loaded = "loaded"
+    #: Loading at start failed (``Pipeline.warm_up_error`` says why); series still try.
+    failed = "failed"
 
 
 class EngineLike(Protocol):

@@ -39,7 +39,7 @@ from dicom_node.audit.tables import Job
 from dicom_node.jobs.context import PipelineContext
 from dicom_node.jobs.convert import convert_stage, reload_volumes
 from dicom_node.jobs.records import Converted
-from dicom_node.jobs.segment import EngineLike, segment_stage
+from dicom_node.jobs.segment import EngineLike, WarmUp, segment_stage
 from dicom_node.jobs.store import IllegalTransitionError, JobState
 from dicom_node.logs import job_context
 from dicom_node.outputs.encode import encode_stage
@@ -81,7 +81,7 @@ class Pipeline:
         self._engine_factory = engine_factory or self._default_engine
         self._engine: EngineLike | None = None
         #: loading | loaded | failed (the models of inference.default_task at start) | lazy (no warm-up)
-        self.warm_up_state = "loading" if self.settings.warm_up else "lazy"
+        self.warm_up_state = WarmUp.loading if self.settings.warm_up else WarmUp.lazy
         self.warm_up_error: str | None = None
         self._send = send
         size = self.settings.queue_size
@@ -285,15 +285,15 @@ class Pipeline:
         task = self.ctx.config.inference.default_task
         warm_up = getattr(self.engine, "warm_up", None)
         if warm_up is None:
-            self.warm_up_state = "loaded"
+            self.warm_up_state = WarmUp.loaded
             return
         try:
             warm_up(task)
         except SegNodeError as exc:
             logger.warning("models of task %s not loaded at start: [%s] %s", task, exc.reason, exc.message)
-            self.warm_up_state, self.warm_up_error = "failed", f"[{exc.reason}] {exc.message}"
+            self.warm_up_state, self.warm_up_error = WarmUp.failed, f"[{exc.reason}] {exc.message}"
             return
-        self.warm_up_state = "loaded"
+        self.warm_up_state = WarmUp.loaded
 
     def _segment(self, item: _Item) -> bool:
         if self._state(item.job_id) is not JobState.segmenting or item.converted is None:
