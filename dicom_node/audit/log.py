@@ -8,9 +8,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from config.node import PatientIdMode, PrivacyConfig
 from dicom_node.audit.database import Database
@@ -19,6 +21,35 @@ from dicom_node.audit.tables import Association, Event, Instance, Series, Series
 LOG = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+
+# The statements of the receiving hot path (AuditLog._new_in_open_series), built once: a statement built
+# per call costs more than its execution.
+_SERIES = cast(Table, Series.__table__)
+_INSTANCES = cast(Table, Instance.__table__)
+_ASSOCIATIONS = cast(Table, Association.__table__)
+_SERIES_STATE = (
+    select(_SERIES.c.state, _SERIES.c.instance_count)
+    .where(_SERIES.c.series_instance_uid == bindparam("b_uid"))
+    .with_for_update()
+)
+_INSTANCE_KNOWN = select(_INSTANCES.c.sop_instance_uid).where(
+    _INSTANCES.c.sop_instance_uid == bindparam("b_sop")
+)
+_INSTANCE_COLUMNS = [column.key for column in _INSTANCES.columns]
+_INSERT_INSTANCE = _INSTANCES.insert().values({key: bindparam(key) for key in _INSTANCE_COLUMNS})
+_COUNT_IN_SERIES = (
+    _SERIES.update()
+    .where(_SERIES.c.series_instance_uid == bindparam("b_uid"))
+    .values(instance_count=_SERIES.c.instance_count + 1, last_received_at=bindparam("b_now"))
+)
+_COUNT_IN_ASSOCIATION = (
+    _ASSOCIATIONS.update()
+    .where(_ASSOCIATIONS.c.id == bindparam("b_id"))
+    .values(
+        instances_received=_ASSOCIATIONS.c.instances_received + 1,
+        bytes_received=_ASSOCIATIONS.c.bytes_received + bindparam("b_size"),
+    )
+)
 
 
 def utc_now() -> datetime:
@@ -209,6 +240,9 @@ class AuditLog:
     ) -> StoredInstance:
         """:meth:`record_instance` in the caller's transaction (several instances committed at once)."""
         now = self.clock()
+        new = self._new_in_open_series(session, association_id, header, spool_path, size, sha256, now)
+        if new is not None:
+            return new
         series = self._series_for(session, header, now)
         existing = session.get(Instance, header.sop_instance_uid)
         if existing is None:
@@ -222,15 +256,38 @@ class AuditLog:
             self._reopen(session, series, association_id, header)
         series.last_received_at = now
         if association_id is not None:  # one UPDATE, without loading the row
-            session.execute(
-                update(Association)
-                .where(Association.id == association_id)
-                .values(
-                    instances_received=Association.instances_received + 1,
-                    bytes_received=Association.bytes_received + size,
-                )
-            )
+            session.connection().execute(_COUNT_IN_ASSOCIATION, {"b_id": association_id, "b_size": size})
         return StoredInstance(outcome, reopened, series.instance_count)
+
+    def _new_in_open_series(
+        self,
+        session: Session,
+        association_id: int | None,
+        header: InstanceHeader,
+        spool_path: str,
+        size: int,
+        sha256: str,
+        now: datetime,
+    ) -> StoredInstance | None:
+        """The common case, a new instance of an open series already recorded, in four statements without
+        ORM objects (the receiving hot path); ``None`` in every other case, which the ORM path records.
+        Not where the session holds the series row as an object (its count would go stale)."""
+        uid = header.series_instance_uid
+        if identity_key(Series, uid) in session.identity_map:
+            return None
+        session.flush()  # what the session holds is in the database before it is read here
+        connection = session.connection()
+        series = connection.execute(_SERIES_STATE, {"b_uid": uid}).first()
+        if series is None or series.state != SeriesState.open.value:
+            return None
+        if connection.execute(_INSTANCE_KNOWN, {"b_sop": header.sop_instance_uid}).first() is not None:
+            return None
+        row = _new_instance(association_id, header, spool_path, size, sha256, now)
+        connection.execute(_INSERT_INSTANCE, {key: getattr(row, key) for key in _INSTANCE_COLUMNS})
+        connection.execute(_COUNT_IN_SERIES, {"b_uid": uid, "b_now": now})
+        if association_id is not None:
+            connection.execute(_COUNT_IN_ASSOCIATION, {"b_id": association_id, "b_size": size})
+        return StoredInstance("new", False, series.instance_count + 1)
 
     def _series_for(self, session: Session, header: InstanceHeader, now: datetime) -> Series:
         """The instance's series row, locked, or a new open one (the patient attributes as the privacy

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import make_url
 
 from config.errors import SegNodeError
@@ -124,6 +124,14 @@ class SeriesRefusal:
         return f"{self.code}: {self.detail}"
 
 
+_SERIES_OF_INSTANCE = select(Instance.series_instance_uid).where(
+    Instance.sop_instance_uid == bindparam("b_sop")
+)
+_SERIES_ROW = select(Series.study_instance_uid, Series.patient_id, Series.instance_count).where(
+    Series.series_instance_uid == bindparam("b_uid")
+)
+
+
 def check_series(
     db: Database,
     header: InstanceHeader,
@@ -137,10 +145,8 @@ def check_series(
     the caller (:meth:`dicom_node.receiving.scp.Receiver.admit`).
     """
     series_uid = header.series_instance_uid
-    with db.read() as session:  # two single-row reads of columns (no ORM objects to build)
-        existing = session.execute(
-            select(Instance.series_instance_uid).where(Instance.sop_instance_uid == header.sop_instance_uid)
-        ).scalar()
+    with db.engine.connect() as connection:  # two single-row reads, statements built once
+        existing = connection.execute(_SERIES_OF_INSTANCE, {"b_sop": header.sop_instance_uid}).scalar()
         if existing is not None and existing != series_uid:
             return SeriesRefusal(
                 status.CANNOT_UNDERSTAND,
@@ -148,11 +154,7 @@ def check_series(
                 f"SOP Instance UID {header.sop_instance_uid} was received before in series "
                 f"{existing}, not {series_uid}",
             )
-        series = session.execute(
-            select(Series.study_instance_uid, Series.patient_id, Series.instance_count).where(
-                Series.series_instance_uid == series_uid
-            )
-        ).first()
+        series = connection.execute(_SERIES_ROW, {"b_uid": series_uid}).first()
         if series is None:
             return None
         conflict = series_conflict(

@@ -50,8 +50,9 @@ class HeldRecorder:
         self.audit.record_instance_in = held  # type: ignore[method-assign]
         self.outcomes: dict[int, StoredInstance | Exception] = {}
 
-    def record(self, number: int, spool_path: str | None) -> None:
-        header = dataclasses.replace(HEADER, sop_instance_uid=f"1.2.3.4.{number}")
+    def record(self, number: int, spool_path: str | None, series: str = "1.2.3.4", sop: int = -1) -> None:
+        sop = number if sop < 0 else sop
+        header = dataclasses.replace(HEADER, series_instance_uid=series, sop_instance_uid=f"{series}.{sop}")
         try:
             self.outcomes[number] = self.recorder.record(
                 self.association_id,
@@ -63,8 +64,11 @@ class HeldRecorder:
         except Exception as exc:  # noqa: BLE001 - the test inspects it
             self.outcomes[number] = exc
 
-    def run(self, paths: list[str | None]) -> None:
-        threads = [threading.Thread(target=self.record, args=(n, p)) for n, p in enumerate(paths)]
+    def run(self, paths: list[str | None], **extra: list[Any]) -> None:
+        threads = [
+            threading.Thread(target=self.record, args=(n, p), kwargs={k: v[n] for k, v in extra.items()})
+            for n, p in enumerate(paths)
+        ]
         threads[0].start()
         wait_until(lambda: self.recorder._committing, what="the first record's transaction")
         for thread in threads[1:]:
@@ -84,6 +88,7 @@ def test_records_waiting_together_are_committed_in_one_transaction(tmp_path: Pat
     held.run([f"a/b/{n}.dcm" for n in range(8)])
     assert (held.recorder.transactions, held.recorder.records) == (2, 8)
     assert all(isinstance(o, StoredInstance) and o.outcome == "new" for o in held.outcomes.values())
+    # in the order the threads queued them
     assert sorted(o.series_instance_count for o in held.outcomes.values()) == list(range(1, 9))  # type: ignore[union-attr]
     assert held.count(Instance) == 8
     with held.audit.db.read() as session:
@@ -103,3 +108,25 @@ def test_a_failing_record_fails_alone(tmp_path: Path) -> None:
     with held.audit.db.read() as session:
         assert session.scalars(select(Series.instance_count)).one() == 3
         assert session.get_one(Association, held.association_id).instances_received == 3
+
+
+def test_a_new_series_its_instances_and_a_repeat_in_one_transaction(tmp_path: Path) -> None:
+    """The shared transaction creates a series and records three of its instances (the first creates the
+    row, the others count on it), two more of the held record's series and a repeat of one of them."""
+    held = HeldRecorder(tmp_path)
+    series = ["1.2.3.4", "1.2.3.9", "1.2.3.9", "1.2.3.4", "1.2.3.9", "1.2.3.4", "1.2.3.4"]
+    sops = [0, 1, 2, 3, 4, 5, 3]
+    held.run([f"a/b/{n}.dcm" for n in range(7)], series=series, sop=sops)
+    assert held.recorder.transactions == 2
+    outcomes = [held.outcomes[n] for n in range(7)]
+    assert all(isinstance(o, StoredInstance) for o in outcomes), outcomes
+    # the queued records are committed in the order they were queued, which the threads decide
+    assert sorted(o.outcome for o in outcomes) == ["duplicate"] + ["new"] * 6  # type: ignore[union-attr]
+    assert sorted(outcomes[n].series_instance_count for n in (1, 2, 4)) == [1, 2, 3]  # type: ignore[union-attr]
+    with held.audit.db.read() as session:
+        counts = {
+            uid: count
+            for uid, count in session.execute(select(Series.series_instance_uid, Series.instance_count))
+        }
+        assert counts == {"1.2.3.4": 3, "1.2.3.9": 3}
+        assert session.get_one(Association, held.association_id).instances_received == 7
