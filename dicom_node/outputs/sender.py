@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -178,7 +179,7 @@ def _rejection_detail(rj: Any) -> tuple[str, bool]:
     return f"association rejected ({kind}) by {source}: {reason}", transient
 
 
-def tls_args_for(destination: DestinationConfig) -> tuple[Any, str] | None:
+def tls_args_for(destination: DestinationConfig) -> tuple[ssl.SSLContext, str] | None:
     """pynetdicom's ``tls_args`` for the destination, or ``None`` for plain TCP."""
     tls = destination.tls
     if not tls.enabled or tls.ca_certificates is None:
