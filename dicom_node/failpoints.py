@@ -10,6 +10,8 @@ logs a warning at start when it is set. Keys:
   C-STORE returned and before its outcome is recorded, the worst moment for a crash);
 * ``fail_prediction_series``: Series Instance UIDs whose prediction raises ``RuntimeError`` as a CUDA
   failure would;
+* ``fail_output_kinds``: output kinds beside the SEG (``sr``, ``overlay``, ``rtstruct``) whose encoding
+  fails as an encoder's error would (the other kinds of the job go on);
 * ``hold``: ``{"stages": ["encoding"], "dir": "/tmp/holds"}`` -- a job reaching one of these stages (at the
   point where ``stage_pause_s`` would pause it) stands still until the test releases it: it creates
   ``<dir>/<stage>-<job id>.held`` and waits until ``<dir>/<stage>-<job id>.release`` exists. The test knows
@@ -36,7 +38,8 @@ ENVIRONMENT_VARIABLE = "SEGNODE_TEST_FAULTS"
 _STAGES = frozenset({"converting", "segmenting", "encoding", "sending"})
 #: Where a job can be held: in a stage, or (cluster workers) between its commit and the acknowledgement.
 _HOLD_POINTS = _STAGES | {f"{stage}.committed" for stage in _STAGES}
-_KEYS = frozenset({"stage_pause_s", "fail_prediction_series", "hold"})
+_KEYS = frozenset({"stage_pause_s", "fail_prediction_series", "hold", "fail_output_kinds"})
+_OUTPUT_KINDS = frozenset({"sr", "overlay", "rtstruct"})
 #: How long a held job waits for its release before it goes on (a test that forgot to release).
 HOLD_LIMIT_S = 900.0
 
@@ -53,10 +56,13 @@ class FaultPlan:
     fail_prediction_series: frozenset[str] = frozenset()
     hold_stages: frozenset[str] = frozenset()
     hold_dir: Path | None = None
+    fail_output_kinds: frozenset[str] = frozenset()
 
     @property
     def active(self) -> bool:
-        return bool(self.stage_pause_s or self.fail_prediction_series or self.hold_stages)
+        return bool(
+            self.stage_pause_s or self.fail_prediction_series or self.hold_stages or self.fail_output_kinds
+        )
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> FaultPlan:
@@ -76,11 +82,17 @@ class FaultPlan:
                 f"{ENVIRONMENT_VARIABLE}: stage_pause_s keys must be among {sorted(_STAGES)}"
             )
         hold_stages, hold_dir = _hold_settings(data.get("hold", {}))
+        kinds = data.get("fail_output_kinds", [])
+        if not isinstance(kinds, list) or set(kinds) - _OUTPUT_KINDS:
+            raise FaultPlanError(
+                f"{ENVIRONMENT_VARIABLE}: fail_output_kinds must be among {sorted(_OUTPUT_KINDS)}"
+            )
         plan = cls(
             {str(k): float(v) for k, v in pauses.items()},
             frozenset(str(uid) for uid in data.get("fail_prediction_series", [])),
             hold_stages,
             hold_dir,
+            frozenset(str(kind) for kind in kinds),
         )
         logger.warning("TEST FAULT INJECTION ACTIVE (%s): %s", ENVIRONMENT_VARIABLE, raw)
         return plan
@@ -116,6 +128,10 @@ class FaultPlan:
         point = f"{stage}.committed"
         if point in self.hold_stages and self.hold_dir is not None:
             self._hold(point, job_id, self.hold_dir)
+
+    def fails_output(self, kind: str) -> bool:
+        """Whether the plan makes the encoding of output ``kind`` fail."""
+        return kind in self.fail_output_kinds
 
     def before_prediction(self, series_instance_uid: str) -> None:
         if series_instance_uid in self.fail_prediction_series:

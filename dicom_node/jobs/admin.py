@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from config.errors import SegNodeError
 from dicom_node.audit.tables import Job
 from dicom_node.jobs.context import PipelineContext
+from dicom_node.jobs.records import derived_outputs
 from dicom_node.jobs.store import JobState
 from dicom_node.outputs.outbox import (
     cancel_deliveries,
@@ -29,13 +30,20 @@ class JobActionError(SegNodeError):
 
 
 def retry_job(ctx: PipelineContext, job_id: int) -> str:
-    """Retry a failed job at the stage that failed (sending: every failed destination again, with a fresh
-    retry budget), or make the waiting deliveries of a job in ``sending`` due now. Returns what was done."""
+    """Retry a failed job at the stage that failed (sending: every failed delivery again, with a fresh
+    retry budget; when a kind could not be made, the job is encoded again first), or make the waiting
+    deliveries of a job in ``sending`` due now. Returns what was done."""
     info = ctx.jobs.get(job_id)
     if info.state is JobState.failed:
         stage = info.failed_stage or JobState.queued
         if stage is JobState.sending:
+            unmade = unmade_kinds(ctx, job_id)
             names = retry_deliveries(ctx, job_id)
+            if unmade:
+                # what could not be made is made again: the job is encoded anew (same UIDs), then what
+                # is not delivered yet is sent
+                ctx.jobs.transition(job_id, JobState.encoding, detail=f"retry requested: {', '.join(unmade)}")
+                return f"job {job_id}: encoding {', '.join(unmade)} again, then sending to {', '.join(names)}"
             ctx.jobs.transition(job_id, JobState.sending, detail="retry requested")
             return f"job {job_id}: sending again to {', '.join(names) or 'no destination'}"
         if stage is JobState.converting:
@@ -52,6 +60,11 @@ def retry_job(ctx: PipelineContext, job_id: int) -> str:
         f"job {job_id} is {info.state}; only a failed job, or one waiting to resend, can be retried",
         reason="not_retryable",
     )
+
+
+def unmade_kinds(ctx: PipelineContext, job_id: int) -> list[str]:
+    """The kinds the job's encoding could not make (``Job.outputs['derived']`` with an error)."""
+    return list(dict.fromkeys(o.kind for o in derived_outputs(ctx.jobs, job_id) if o.error is not None))
 
 
 def resend_job(

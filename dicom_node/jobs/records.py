@@ -97,6 +97,10 @@ class DerivedOutput(JsonRecord):
     validation_warnings: int = 0
     encode_s: float = 0.0
     validation_s: float = 0.0
+    #: Why the object could not be made (reason code and message; no files then): its deliveries fail
+    #: with that reason while the other kinds go on.
+    reason: str | None = None
+    error: str | None = None
 
 
 def derived_outputs(jobs: JobStore, job_id: int) -> list[DerivedOutput]:

@@ -11,8 +11,10 @@ the SR references the first encoded (BINARY before LABELMAP).
 
 Validation (dciodvfy, per ``seg.validate_with_dciodvfy``): the SR and the RTSTRUCT as written; of the
 overlay series the first, middle and last image (the images differ only in their pixels, Instance Number,
-SOP Instance UID and source reference, all made by the same code). An error fails the job
-(``output_invalid``), naming the object kind and the series.
+SOP Instance UID and source reference, all made by the same code). A kind that cannot be made
+(``output_encoding_failed``, ``output_invalid``) is recorded with its reason instead of files: its
+deliveries fail with that reason while the other kinds are sent, and ``segnode jobs retry`` encodes the
+job again (same UIDs; what was delivered is not sent again).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from conversion.volume import Volume
 from dicom_node.durable import write_dicom
 from dicom_node.jobs.context import PipelineContext, PipelineError
 from dicom_node.jobs.records import DerivedOutput, LabelMapRecord
-from dicom_node.outputs.derived import DerivedContext, OutputKind
+from dicom_node.outputs.derived import DerivedContext, DerivedEncodingError, OutputKind
 from dicom_node.outputs.seg import EncodedSeg
 from dicom_node.outputs.seg_options import SegOptions
 from dicom_node.outputs.seg_segments import AlgorithmInfo, SegmentSpec
@@ -106,39 +108,70 @@ def encode_derived(
     destinations: Sequence[str],
 ) -> list[DerivedOutput]:
     """Encode, write and validate the ``kinds`` of one stack for ``destinations``; nothing for an empty
-    label map (there is no structure to report, outline or contour)."""
+    label map (there is no structure to report, outline or contour). A kind that cannot be made (its
+    encoder refuses the input, dciodvfy finds it invalid) is recorded with its reason and no files, and
+    an ``output_failed`` audit event; the other kinds go on. Errors of the node itself (disk full, no
+    validator) end the stage."""
     if not kinds or not np.any(stack.labels):
         return []
     context = DerivedContext(stack.volume, stack.algorithm, stack.options)
-    folder = ctx.outbox_dir(job_id)
     outputs = []
     for kind in kinds:
-        started = time.perf_counter()
-        datasets = _datasets(kind, context, stack)
-        paths = [
-            write_dicom(
-                ds, folder / f"{path_safe_uid(str(ds.SOPInstanceUID), f'{kind} SOP Instance UID')}.dcm"
+        common: dict[str, Any] = {
+            "kind": str(kind),
+            "destinations": list(destinations),
+            "task": stack.record.task,
+            "stack_index": stack.record.stack_index,
+            "label_map": stack.record.file,
+            "seg_sop_instance_uid": context.identity,
+        }
+        try:
+            outputs.append(_encode_kind(ctx, job_id, kind, context, stack, common))
+        except (DerivedEncodingError, PipelineError) as exc:
+            logger.warning("job %d: %s of %s not made: [%s] %s", job_id, kind, context.where, exc.reason, exc)
+            ctx.audit.event(
+                "output_failed", "failure", exc.reason, job_id=job_id, detail=f"{kind}: {exc.message}"[:4000]
             )
-            for ds in datasets
-        ]
-        encoded_s = time.perf_counter() - started
-        warnings = validate_derived(ctx, kind, paths, context.where)
-        outputs.append(
-            DerivedOutput(
-                kind=str(kind),
-                files=[p.name for p in paths],
-                series_instance_uid=str(datasets[0].SeriesInstanceUID),
-                destinations=list(destinations),
-                task=stack.record.task,
-                stack_index=stack.record.stack_index,
-                label_map=stack.record.file,
-                seg_sop_instance_uid=context.identity,
-                validation_warnings=warnings,
-                encode_s=round(encoded_s, 4),
-                validation_s=round(time.perf_counter() - started - encoded_s, 4),
+            outputs.append(
+                DerivedOutput(
+                    files=[], series_instance_uid="", reason=exc.reason, error=exc.message, **common
+                )
             )
-        )
-        logger.info(
-            "job %d: %s of %s: %d object(s) in %.2f s", job_id, kind, context.where, len(paths), encoded_s
-        )
     return outputs
+
+
+def _encode_kind(
+    ctx: PipelineContext,
+    job_id: int,
+    kind: OutputKind,
+    context: DerivedContext,
+    stack: StackResult,
+    common: Mapping[str, Any],
+) -> DerivedOutput:
+    started = time.perf_counter()
+    if ctx.faults.fails_output(str(kind)):
+        raise DerivedEncodingError(f"{context.where}: the {kind} encoder failed (injected by the test plan)")
+    datasets = _datasets(kind, context, stack)
+    folder = ctx.outbox_dir(job_id)
+    paths = [
+        write_dicom(ds, folder / f"{path_safe_uid(str(ds.SOPInstanceUID), f'{kind} SOP Instance UID')}.dcm")
+        for ds in datasets
+    ]
+    encoded_s = time.perf_counter() - started
+    try:
+        warnings = validate_derived(ctx, kind, paths, context.where)
+    except PipelineError:
+        for path in paths:  # never sent: not left in the outbox either
+            path.unlink(missing_ok=True)
+        raise
+    logger.info(
+        "job %d: %s of %s: %d object(s) in %.2f s", job_id, kind, context.where, len(paths), encoded_s
+    )
+    return DerivedOutput(
+        files=[p.name for p in paths],
+        series_instance_uid=str(datasets[0].SeriesInstanceUID),
+        validation_warnings=warnings,
+        encode_s=round(encoded_s, 4),
+        validation_s=round(time.perf_counter() - started - encoded_s, 4),
+        **common,
+    )

@@ -87,13 +87,22 @@ def open_deliveries(
     dispatched: bool = False,
 ) -> list[str]:
     """Create (or reset, when encoding ran again) a pending delivery per destination and kind of the SEG
-    ``outputs`` and of the derived objects the job records (``Job.outputs['derived']``), and move the job
-    to ``sending``. Returns the destination names. A job without outputs goes straight to ``done``.
+    ``outputs`` and of the derived objects the job records (``Job.outputs['derived']``; a kind that could
+    not be made gets a failed delivery with its reason), and move the job to ``sending``; delivered ones
+    stay delivered. Returns the destination names. A job without outputs goes straight to ``done``.
     ``holder``, ``dispatched``: the cluster worker's lease and hand-over (``JobStore.transition``)."""
+    derived = derived_outputs(ctx.jobs, job_id)
     pairs = [(name, SEG_KIND) for output in outputs for name in output.destinations]
-    pairs += [(name, o.kind) for o in derived_outputs(ctx.jobs, job_id) for name in o.destinations]
+    pairs += [(name, o.kind) for o in derived for name in o.destinations]
     pairs = list(dict.fromkeys(pairs))
     names = list(dict.fromkeys(name for name, _ in pairs))
+    # a kind that could not be made: its deliveries fail with the encoder's reason, the others go on
+    unmade = {
+        (name, o.kind): (o.reason or "output_encoding_failed", o.error or "")
+        for o in derived
+        if o.error is not None
+        for name in o.destinations
+    }
     now = ctx.now()
     with ctx.db.write() as session:
         existing = {
@@ -103,10 +112,14 @@ def open_deliveries(
         for name, kind in pairs:
             row = existing.get((name, kind))
             if row is None:
-                session.add(Delivery(job_id=job_id, destination=name, kind=kind, state=PENDING, attempts=0))
-            elif row.state != DELIVERED:
-                row.state = PENDING
-                row.next_attempt_at = now
+                row = Delivery(job_id=job_id, destination=name, kind=kind, state=PENDING, attempts=0)
+                session.add(row)
+            elif row.state == DELIVERED:
+                continue
+            row.state, row.next_attempt_at = PENDING, now
+            if (name, kind) in unmade:
+                row.state, row.next_attempt_at = FAILED, None
+                row.last_outcome, row.last_status = unmade[name, kind]
     ctx.jobs.transition(
         job_id,
         JobState.sending,

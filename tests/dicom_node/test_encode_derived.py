@@ -1,6 +1,7 @@
 """The encoding stage's objects beside the SEG (``dicom_node.outputs.encode_derived``): exactly the kinds
 asked for, written to the job's outbox under names that a re-run keeps (derived UIDs: a re-run replaces),
-nothing for an empty label map, and an object dciodvfy finds invalid fails the job naming its kind."""
+nothing for an empty label map, and an object dciodvfy finds invalid is refused naming its kind
+(``output_invalid``; the encoding stage records that kind alone as not made, see test_pipeline)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def test_an_empty_label_map_gives_no_object(tmp_path: Path, make_node: Callable[
     assert not ctx.outbox_dir(8).exists()
 
 
-def test_an_object_dciodvfy_finds_invalid_fails_the_job_naming_its_kind(
+def test_an_object_dciodvfy_finds_invalid_is_refused_naming_its_kind(
     tmp_path: Path, make_node: Callable[..., PipelineNode]
 ) -> None:
     ctx = make_node(tmp_path, free_port()).ctx

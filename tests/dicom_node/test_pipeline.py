@@ -25,6 +25,8 @@ import pytest
 from sqlalchemy import select
 
 from dicom_node.audit.tables import Delivery, Instance, Job
+from dicom_node.failpoints import FaultPlan
+from dicom_node.jobs.admin import retry_job
 from dicom_node.jobs.context import PipelineContext, PipelineError
 from dicom_node.jobs.convert import convert_stage, reload_volumes
 from dicom_node.jobs.records import seg_outputs
@@ -366,8 +368,6 @@ def test_an_unreachable_destination_is_retried_with_back_off_then_the_job_fails_
     assert [e.reason for e in attempts] == ["success"] + ["peer_unreachable"] * 3
     assert "next attempt at" in (attempts[1].detail or "") and "giving up" in (attempts[3].detail or "")
 
-    from dicom_node.jobs.admin import retry_job
-
     with storescp(tmp_path / "late", port=port):
         assert retry_job(ctx, job_id) == f"job {job_id}: sending again to pacs"
         assert state(ctx, job_id) is JobState.sending
@@ -404,6 +404,70 @@ def test_a_route_without_seg_makes_and_sends_only_the_kinds_it_asks_for(
     assert sorted(set(classes)) == ["1.2.840.10008.5.1.4.1.1.481.3", "1.2.840.10008.5.1.4.1.1.7"]
     assert classes.count("1.2.840.10008.5.1.4.1.1.481.3") == 1
     assert len(classes) == 1 + len(series_files(T2_SAG))
+
+
+def test_a_kind_that_cannot_be_made_fails_alone_and_a_retry_makes_and_sends_only_it(
+    delivered: Delivered, tmp_path: Path
+) -> None:
+    """The RTSTRUCT encoder fails (the test-only fault plan): the SEG, SR and overlay are delivered, the
+    RTSTRUCT's delivery fails with the encoder's reason and the job ends failed naming it. ``retry`` encodes
+    the job again (same UIDs) and sends only the RTSTRUCT."""
+    with storescp(tmp_path / "pacs") as pacs:
+        route = {
+            "name": "mr_total",
+            "match": {"modality": "MR", "calling_ae_title": "PYSCU"},
+            "action": {
+                "tasks": ["total_mr"],
+                "outputs": ["seg", "sr", "overlay", "rtstruct"],
+                "destinations": ["pacs"],
+            },
+        }
+        node, job_id = _resumable_copy(delivered, tmp_path, JobState.encoding, pacs.port, routes=[route])
+        ctx = node.ctx
+        ctx.faults = FaultPlan(fail_output_kinds=frozenset({"rtstruct"}))
+
+        def encode_and_send() -> JobState | None:
+            open_deliveries(ctx, job_id, encode_stage(ctx, reload_volumes(ctx, job_id)))
+            for delivery_id in due_deliveries(ctx):
+                attempt_delivery(ctx, delivery_id)
+            return settle_job(ctx, job_id)
+
+        assert encode_and_send() is JobState.failed
+        kinds = {d.kind: d for d in deliveries_of(ctx, job_id)}
+        assert {k: (d.state, d.attempts) for k, d in kinds.items()} == {
+            "seg": ("delivered", 1),
+            "sr": ("delivered", 1),
+            "overlay": ("delivered", 1),
+            "rtstruct": ("failed", 0),
+        }
+        assert kinds["rtstruct"].last_outcome == "output_encoding_failed"
+        job = ctx.jobs.get(job_id)
+        assert (job.failed_stage, job.reason) == (JobState.sending, "output_encoding_failed")
+        [ended] = [
+            e
+            for e in audit.events(ctx.db, "job_transition", job_id=job_id)
+            if "-> failed" in (e.detail or "")
+        ]
+        assert "pacs (rtstruct): series " in (ended.detail or "")
+        [event] = audit.events(ctx.db, "output_failed", job_id=job_id)
+        assert event.reason == "output_encoding_failed" and (event.detail or "").startswith("rtstruct: ")
+        received = len(list(pacs.folder.iterdir()))
+        assert received == 2 + len(series_files(T2_SAG))
+
+        ctx.faults = FaultPlan()  # the cause is fixed
+        assert (
+            retry_job(ctx, job_id)
+            == f"job {job_id}: encoding rtstruct again, then sending to pacs (rtstruct)"
+        )
+        assert ctx.jobs.get(job_id).state is JobState.encoding
+        assert encode_and_send() is JobState.done
+        node.service.stop()
+    again = {d.kind: (d.state, d.attempts) for d in deliveries_of(ctx, job_id)}
+    assert again == dict.fromkeys(["seg", "sr", "overlay"], ("delivered", 1)) | {"rtstruct": ("delivered", 1)}
+    files = list(pacs.folder.iterdir())
+    assert len(files) == received + 1
+    rtstructs = [f for f in files if pydicom.dcmread(f, stop_before_pixels=True).Modality == "RTSTRUCT"]
+    assert len(rtstructs) == 1
 
 
 def test_a_rejecting_destination_fails_without_waiting_for_the_retry_budget(
