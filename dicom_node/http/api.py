@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from config.errors import SegNodeError
 from config.model import SegNodeConfig
 from dicom_node.audit.query import PATIENT_COLUMNS, AuditFilter, query_rows
+from dicom_node.audit.tables import SeriesState
 from dicom_node.http.auth import Principal
 from dicom_node.http.context import HttpContext
 from dicom_node.http.health import (
@@ -274,7 +275,7 @@ def _node_routes(router: APIRouter, h: HttpContext) -> None:
     @router.get("/series", tags=["node"], summary="Series, most recently received first")
     def series(
         request: Request,
-        state: Literal["open", "complete"] | None = None,
+        state: SeriesState | None = None,
         study: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[dict[str, Any]]:

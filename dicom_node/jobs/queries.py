@@ -19,7 +19,7 @@ from config.errors import SegNodeError
 from config.model import SegNodeConfig
 from dicom_node.audit.database import Database
 from dicom_node.audit.query import PATIENT_COLUMNS
-from dicom_node.audit.tables import Association, Delivery, Event, Job, Series
+from dicom_node.audit.tables import Association, Delivery, Event, Job, Series, SeriesState
 from dicom_node.jobs.store import JobInfo, JobNotFoundError, JobState
 
 #: The stages shown in a job's timing columns, in order.
@@ -217,7 +217,7 @@ def list_associations(
 
 def list_series(
     db: Database,
-    state: str | None = None,
+    state: SeriesState | None = None,
     study: str | None = None,
     limit: int = 100,
     patient_data: bool = False,
@@ -225,7 +225,7 @@ def list_series(
     """Series, most recently received first; patient columns only with ``patient_data``."""
     conditions: list[ColumnElement[bool]] = []
     if state:
-        conditions.append(Series.state == state)
+        conditions.append(Series.state == SeriesState(state).value)
     if study:
         conditions.append(Series.study_instance_uid == study)
     statement = (

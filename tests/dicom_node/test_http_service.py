@@ -89,6 +89,11 @@ def test_patient_data_reaches_http_only_where_configured(tmp_path: Path, shown: 
             assert (series["patient_id"], series["patient_name"]) == (PATIENT_ID, PATIENT_NAME)
         status, audit = _get(base + "/api/audit?table=series")
         assert status == 200 and (PATIENT_NAME.encode() in audit) is shown
+        # the series states filter the list; a state that does not exist is refused, naming the valid ones
+        assert [s["state"] for s in json.loads(_get(base + "/api/series?state=open")[1])] == ["open"]
+        assert json.loads(_get(base + "/api/series?state=complete")[1]) == []
+        status, body = _get(base + "/api/series?state=closed")
+        assert status == 422 and b"open" in body and b"complete" in body, body
 
 
 @pytest.mark.usefixtures("env")
