@@ -47,13 +47,6 @@ from dicom_node.uids import InvalidUIDError
 
 LOG = logging.getLogger(__name__)
 
-#: Seconds pynetdicom's DUL thread sleeps when it found nothing to do, on an accepted association. Its
-#: default (1 ms) is paid two to three times per C-STORE (picking up the request's first PDU, the
-#: response, the next request): with 1 ms a sender of one association gets about 4 ms per instance before
-#: anything is stored. 0.1 ms costs an idle association about 10 % of a core, and an association is
-#: idle for at most ``network.network_timeout_s``.
-DUL_POLL_S = 0.0001
-
 #: pynetdicom's own association limit, set out of reach (see :func:`build_ae`).
 UNLIMITED_CONNECTIONS = 1 << 20
 
@@ -128,8 +121,10 @@ class Receiver:
 
     def end_dead_associations(self) -> list[int]:
         """End, as aborted, the associations whose thread has ended without a release, abort or connection
-        close event (pynetdicom's association thread can die on a malformed PDU without any). Run
+        close event (pynetdicom's association thread can die on a malformed PDU without any), and put
+        idle associations back on pynetdicom's default poll (:meth:`AssociationTable.relax_idle`). Run
         periodically; returns the audit ids of the associations it ended."""
+        self.associations.relax_idle()
         ended = self.associations.pop_dead()
         for association_id in ended:
             LOG.warning(
@@ -237,12 +232,10 @@ def handle_requested(event: evt.Event, receiver: Receiver) -> None:
 
 def handle_accepted(event: evt.Event, receiver: Receiver) -> None:
     """Record the accepted association and every presentation context refused in it; from now on the
-    connection's socket timeout is ``network.network_timeout_s`` and its DUL polls every
-    :data:`DUL_POLL_S`."""
+    connection's socket timeout is ``network.network_timeout_s``."""
     sock = event.assoc.dul.socket
     if sock is not None and sock.socket is not None:
         sock.socket.settimeout(event.assoc.network_timeout)
-    event.assoc.dul._run_loop_delay = DUL_POLL_S
     association_id = receiver.association_id(event.assoc)
     if association_id is None:
         return
@@ -343,6 +336,7 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
     :func:`dicom_node.receiving.admission.check_series`); :data:`status.DATASET_DOES_NOT_MATCH_SOP_CLASS`;
     :data:`status.PROCESSING_FAILURE` (I/O or database failure).
     """
+    receiver.associations.busy(event.assoc)  # its DUL polls fast while instances flow
     with receiver.associations.storing():  # a stopping node lets it finish (server.close_connections)
         return _store(event, receiver)
 
