@@ -46,10 +46,6 @@ def series_folders(root: Path) -> list[Path]:
     return sorted({p.parent for p in root.rglob("*.dcm")})
 
 
-def series_files(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.dcm"))
-
-
 def folder_params(root: Path, prefix: str, *, segmentable_only: bool = False) -> list[Any]:
     """pytest parameters, one per series folder under ``root`` (only the series SegNode segments when
     ``segmentable_only``); a single skipped parameter saying so when ``root`` is absent."""

@@ -19,12 +19,11 @@ from conversion_reference import (
     folder_params,
     index_mapping,
     run_dcm2niix,
-    series_files,
     values_equal,
 )
 
 from conversion import NotSegmentableError, Volume, load_series
-from tests.support.paths import SHARED_MRI, TEST_MRI
+from tests.support.paths import SHARED_MRI, TEST_MRI, series_files
 
 #: The Sunnybrook files carry UIDs with leading-zero components: pydicom warns, SegNode reads them.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")

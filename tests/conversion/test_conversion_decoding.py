@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conversion_reference import index_mapping, run_dcm2niix, series_files, values_equal
+from conversion_reference import index_mapping, run_dcm2niix, values_equal
 from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -18,7 +18,7 @@ from pydicom.uid import (
 from conversion import load_series
 from conversion.headers import read_sources
 from conversion.pixels import decode_frames
-from tests.support.paths import TEST_MRI
+from tests.support.paths import TEST_MRI, series_files
 
 #: The Sunnybrook files carry UIDs with leading-zero components: pydicom warns, SegNode reads them.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")

@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conversion_reference import series_files
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_dataset, write_file_meta_info
 
 from conversion import NotSegmentableError, Reason, load_series
-from tests.support.paths import SHARED_MRI, TEST_MRI
+from tests.support.paths import SHARED_MRI, TEST_MRI, series_files
 
 #: The Sunnybrook files carry UIDs with leading-zero components: pydicom warns, SegNode reads them.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")

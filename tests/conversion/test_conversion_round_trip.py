@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from conversion_reference import folder_params, series_files
+from conversion_reference import folder_params
 
 from conversion import Volume, load_series
-from tests.support.paths import SHARED_MRI, TEST_MRI
+from tests.support.paths import SHARED_MRI, TEST_MRI, series_files
 
 #: The Sunnybrook files carry UIDs with leading-zero components: pydicom warns, SegNode reads them.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")

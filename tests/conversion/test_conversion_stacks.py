@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conversion_reference import series_files
 from pydicom.uid import generate_uid
 
 from conversion import load_series, plan_series, to_nibabel, to_sitk
-from tests.support.paths import SHARED_MRI, TEST_MRI
+from tests.support.paths import SHARED_MRI, TEST_MRI, series_files
 
 #: The Sunnybrook files carry UIDs with leading-zero components: pydicom warns, SegNode reads them.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")

@@ -48,6 +48,7 @@ from tests.support.dcmtk import storescp
 from tests.support.paths import PD_TRA, T2_SAG, TEST_MRI, series_files
 from tests.support.pipeline import PipelineNode, pipeline_config, receive, state
 from tests.support.ports import free_port
+from tests.support.series import header_voxel_ml
 from tests.support.waiting import wait_until
 
 SINGLE_SLICE = TEST_MRI / "pydicom_data" / "MR2_J2KI_Philips_shoulder_lossy"
@@ -221,15 +222,6 @@ PAPER_CUTOFFS = {
     "adrenal_gland_right": 1.0,
     "adrenal_gland_left": 1.0,
 }
-
-
-def header_voxel_ml(files: list[Path]) -> float:
-    """Pixel Spacing x the distance between neighbouring slice positions, from the source headers."""
-    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
-    spacing = [float(v) for v in headers[0].PixelSpacing]
-    normal = np.cross(*np.reshape([float(v) for v in headers[0].ImageOrientationPatient], (2, 3)))
-    along = sorted(float(np.dot([float(v) for v in h.ImagePositionPatient], normal)) for h in headers)
-    return spacing[0] * spacing[1] * float(np.median(np.diff(along))) / 1000.0
 
 
 def test_the_job_records_every_structures_volume_and_segnode_results_prints_it(

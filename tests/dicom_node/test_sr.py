@@ -32,7 +32,8 @@ from dicom_node.outputs.sr import BORDER_CODE, IMPLAUSIBLE_CODE, encode_volumetr
 from dicom_node.outputs.validation import validate_with_dciodvfy
 from tests.dicom_node.seg_support import volumes_of
 from tests.support.orthanc import Orthanc
-from tests.support.paths import PD_TRA
+from tests.support.paths import PD_TRA, series_files
+from tests.support.series import header_voxel_ml
 
 ALGORITHM = AlgorithmInfo("TotalSegmentator", "total_mr", "2.0")
 SPLEEN, KIDNEY_RIGHT, KIDNEY_LEFT, LIVER, ADRENAL_RIGHT, PROSTATE = 1, 2, 3, 5, 8, 17
@@ -44,23 +45,13 @@ def volume() -> Volume:
     return volumes_of(PD_TRA)[0]
 
 
-def header_voxel_ml(volume: Volume) -> float:
-    """Voxel volume from the source headers: Pixel Spacing x the distance between neighbouring slices."""
-    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(PD_TRA.glob("*.dcm"))]
-    spacing = [float(v) for v in headers[0].PixelSpacing]
-    normal = np.cross(*np.reshape([float(v) for v in headers[0].ImageOrientationPatient], (2, 3)))
-    along = sorted(float(np.dot([float(v) for v in h.ImagePositionPatient], normal)) for h in headers)
-    steps = np.diff(along)
-    assert len(steps) == volume.shape[2] - 1 and np.allclose(steps, steps[0], rtol=1e-4)
-    return spacing[0] * spacing[1] * float(steps[0]) / 1000.0
-
-
 def crafted(volume: Volume) -> npt.NDArray[np.uint8]:
     """Spleen 30 ml (implausible) inside; liver 150 ml inside; right kidney 60 ml touching the first column
     (a lower bound, plausible); left kidney 25 ml touching the last slice (both flags); right adrenal 2 ml;
     prostate (no cut-off) touching the first row."""
     out = np.zeros(volume.shape, dtype=np.uint8)
-    voxel_ml = header_voxel_ml(volume)
+    assert len(series_files(PD_TRA)) == volume.shape[2]
+    voxel_ml = header_voxel_ml(series_files(PD_TRA))
 
     def fill(label: int, ml: float, box: tuple[slice, slice, slice]) -> None:
         """The first round(ml / voxel volume) voxels of ``box`` (C order)."""
@@ -122,7 +113,8 @@ def test_volumes_are_voxel_count_times_voxel_volume(
 ) -> None:
     label_map, seg, sr = encoded
     groups = groups_by_name(sr)
-    voxel_ml = header_voxel_ml(volume)
+    assert len(series_files(PD_TRA)) == volume.shape[2]
+    voxel_ml = header_voxel_ml(series_files(PD_TRA))
     assert set(groups) == {SEGMENTS[label].name for label in np.unique(label_map) if label}
     numbers = {label: number for number, label in seg.segment_labels.items()}
     for label in (int(v) for v in np.unique(label_map) if v):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
 
@@ -89,3 +90,15 @@ def modified_copies(source: Path | list[Path], folder: Path, **attributes: Any) 
         ds.save_as(folder / path.name, enforce_file_format=True)
         out.append(folder / path.name)
     return out
+
+
+def header_voxel_ml(files: list[Path]) -> float:
+    """The voxel volume in ml from the source headers alone: Pixel Spacing x the distance between
+    neighbouring slice positions along the slice normal (the slices must be evenly spaced)."""
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+    spacing = [float(v) for v in headers[0].PixelSpacing]
+    normal = np.cross(*np.reshape([float(v) for v in headers[0].ImageOrientationPatient], (2, 3)))
+    along = sorted(float(np.dot([float(v) for v in h.ImagePositionPatient], normal)) for h in headers)
+    steps = np.diff(along)
+    assert len(steps) and np.allclose(steps, steps[0], rtol=1e-4), f"slices not evenly spaced: {steps}"
+    return spacing[0] * spacing[1] * float(steps[0]) / 1000.0
