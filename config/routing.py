@@ -46,6 +46,14 @@ from pydantic import (
 )
 
 from config.node import AETitle, TlsVersion
+from config.outputs import (
+    DEFAULT_OUTPUTS,
+    SEG_KINDS,
+    DestinationKind,
+    OutputKind,
+    destination_outputs,
+    route_outputs,
+)
 
 _UID_ROOT_RE = re.compile(r"^[0-9]+(\.[0-9]+)*\.?$")
 
@@ -191,6 +199,13 @@ class DestinationConfig(BaseModel):
         description="Segmentation Type of SEGs sent here when the route's output is plain 'seg' "
         "(BINARY has the widest viewer support; LABELMAP needs a viewer that knows the Label Map SEG of "
         "DICOM 2024).",
+    )
+    outputs: Annotated[
+        list[DestinationKind] | None, BeforeValidator(_as_list), AfterValidator(destination_outputs)
+    ] = Field(
+        default=None,
+        description="The kinds this destination takes of what a route sends it (seg, sr, overlay, rtstruct; "
+        "unset: all of them), e.g. [rtstruct] for a planning system or [overlay] for a PACS without SEG.",
     )
     retry: RetryConfig | None = Field(default=None, description="Retry policy here (unset: sending.retry).")
     tls: DestinationTlsConfig = Field(
@@ -354,24 +369,6 @@ class StackFilter(BaseModel):
         return self
 
 
-OutputKind = Literal["seg", "seg_binary", "seg_labelmap", "sr", "overlay", "rtstruct"]
-#: The output kinds that are a DICOM-SEG.
-SEG_KINDS = ("seg", "seg_binary", "seg_labelmap")
-#: What a route sends when it does not say: the SEG and the volumetry SR that references it.
-DEFAULT_OUTPUTS: tuple[OutputKind, ...] = ("seg", "sr")
-
-
-def _outputs(value: list[OutputKind]) -> list[OutputKind]:
-    """Each kind once; ``sr`` only beside a SEG (the report references the SEG's segments)."""
-    kinds = list(dict.fromkeys(value))
-    if "sr" in kinds and not any(k in SEG_KINDS for k in kinds):
-        raise ValueError(
-            "sr references the segments of the SEG it measures: list seg (or seg_binary, seg_labelmap) "
-            "beside it"
-        )
-    return kinds
-
-
 def _ignore_shorthand(value: Any) -> Any:
     """``action: ignore`` is written as a word; it stands for ``{ignore: true}``."""
     if isinstance(value, str):
@@ -397,7 +394,7 @@ class RouteAction(BaseModel):
         list[OutputKind],
         BeforeValidator(_as_list),
         AfterValidator(_non_empty_list),
-        AfterValidator(_outputs),
+        AfterValidator(route_outputs),
     ] = Field(
         default_factory=lambda: list(DEFAULT_OUTPUTS),
         description="What each destination of the route receives: seg (Segmentation Type from each "
@@ -445,6 +442,14 @@ DefaultRoute = Action
 IGNORE = RouteAction(ignore=True)
 
 
+def destination_kinds(action: RouteAction, destination: DestinationConfig) -> list[str]:
+    """What a destination receives of a route: the route's outputs (a SEG kind as ``seg``) that the
+    destination takes."""
+    kinds = list(dict.fromkeys("seg" if kind in SEG_KINDS else kind for kind in action.outputs))
+    taken = destination.outputs
+    return [kind for kind in kinds if taken is None or kind in taken]
+
+
 def routing_reference_problems(
     routes: Iterable[RouteRule],
     default_route: DefaultRoute,
@@ -464,6 +469,12 @@ def routing_reference_problems(
                     problems.append(
                         f"{where}.destinations[{n}]: destination {name!r} is not defined in destinations "
                         f"(defined: {defined})"
+                    )
+                elif not destination_kinds(action, destinations[name]):
+                    problems.append(
+                        f"{where}.destinations[{n}]: destination {name!r} takes none of the route's outputs "
+                        f"({', '.join(action.outputs)}; destinations.{name}.outputs: "
+                        f"{', '.join(destinations[name].outputs or [])})"
                     )
 
     for index, rule in enumerate(routes):

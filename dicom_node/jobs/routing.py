@@ -20,15 +20,16 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from config.outputs import SEG_KINDS
 from config.routing import (
     IGNORE,
-    SEG_KINDS,
     DestinationConfig,
     MatchConfig,
     NumberRange,
     RouteAction,
     RouteRule,
     StackFilter,
+    destination_kinds,
 )
 from conversion.volume import Volume
 from dicom_node.outputs.derived import OutputKind
@@ -335,6 +336,8 @@ def plan_outputs(action: RouteAction, destinations: Mapping[str, DestinationConf
         if kind not in SEG_KINDS:
             continue
         for name in action.destinations:
+            if "seg" not in destination_kinds(action, destinations[name]):
+                continue
             if kind == "seg_binary":
                 seg_type = SegmentationType.BINARY
             elif kind == "seg_labelmap":
@@ -347,11 +350,20 @@ def plan_outputs(action: RouteAction, destinations: Mapping[str, DestinationConf
     return [OutputPlan(t, tuple(names)) for t, names in sorted(targets.items())]
 
 
-def derived_kinds(action: RouteAction) -> list[OutputKind]:
+def derived_targets(
+    action: RouteAction, destinations: Mapping[str, DestinationConfig]
+) -> dict[OutputKind, tuple[str, ...]]:
     """The objects beside the SEG that the route asks for, in the order they are made (the SR first: it
-    references the SEG), each sent to every destination of the route."""
-    asked = set(action.outputs)
-    return [kind for kind in (OutputKind.SR, OutputKind.OVERLAY, OutputKind.RTSTRUCT) if kind.value in asked]
+    references the SEG), each with the destinations that take it (a destination's ``outputs``); a kind no
+    destination takes is not made."""
+    out: dict[OutputKind, tuple[str, ...]] = {}
+    for kind in (OutputKind.SR, OutputKind.OVERLAY, OutputKind.RTSTRUCT):
+        names = tuple(
+            n for n in action.destinations if kind.value in destination_kinds(action, destinations[n])
+        )
+        if names:
+            out[kind] = names
+    return out
 
 
 def describe_decision(decision: RouteDecision) -> Iterable[str]:

@@ -24,7 +24,7 @@ from dicom_node.audit.tables import Event
 from dicom_node.durable import write_dicom
 from dicom_node.jobs.context import PipelineContext, PipelineError, check_free_space
 from dicom_node.jobs.records import Converted, DerivedOutput, JobPlan, LabelMapRecord, SegOutput, label_maps
-from dicom_node.jobs.routing import derived_kinds, plan_outputs
+from dicom_node.jobs.routing import derived_targets, plan_outputs
 from dicom_node.jobs.segment import load_label_map
 from dicom_node.outputs import volumetry
 from dicom_node.outputs.attribute_values import Correction
@@ -237,7 +237,7 @@ def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
     derived: list[DerivedOutput] = []
     corrections: dict[str, Correction] = {}
     measured: list[volumetry.Volumetry] = []
-    kinds = derived_kinds(plan.action)
+    targets = derived_targets(plan.action, ctx.config.destinations)
     for record in records:
         if record.stack_index >= len(converted.volumes):
             raise PipelineError(
@@ -263,7 +263,7 @@ def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
             seg,
             options,
         )
-        derived += encode_derived(ctx, plan.job_id, stack, kinds, plan.action.destinations)
+        derived += encode_derived(ctx, plan.job_id, stack, targets)
     ctx.jobs.set_output(plan.job_id, "volumetry", volumetry.result_rows(measured))
     ctx.jobs.set_output(plan.job_id, "seg", [o.to_json() for o in outputs])
     ctx.jobs.set_output(plan.job_id, "derived", [o.to_json() for o in derived])

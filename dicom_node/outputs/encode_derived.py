@@ -104,19 +104,19 @@ def encode_derived(
     ctx: PipelineContext,
     job_id: int,
     stack: StackResult,
-    kinds: Sequence[OutputKind],
-    destinations: Sequence[str],
+    targets: Mapping[OutputKind, Sequence[str]],
 ) -> list[DerivedOutput]:
-    """Encode, write and validate the ``kinds`` of one stack for ``destinations``; nothing for an empty
+    """Encode, write and validate the kinds of ``targets`` (kind -> the destinations that get it) of one
+    stack; nothing for an empty
     label map (there is no structure to report, outline or contour). A kind that cannot be made (its
     encoder refuses the input, dciodvfy finds it invalid) is recorded with its reason and no files, and
     an ``output_failed`` audit event; the other kinds go on. Errors of the node itself (disk full, no
     validator) end the stage."""
-    if not kinds or not np.any(stack.labels):
+    if not targets or not np.any(stack.labels):
         return []
     context = DerivedContext(stack.volume, stack.algorithm, stack.options)
     outputs = []
-    for kind in kinds:
+    for kind, destinations in targets.items():
         common: dict[str, Any] = {
             "kind": str(kind),
             "destinations": list(destinations),

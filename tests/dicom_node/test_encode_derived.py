@@ -43,8 +43,8 @@ def test_each_kind_asked_for_is_written_once_and_a_rerun_writes_the_same_files(
     ctx = make_node(tmp_path, free_port()).ctx
     volume = volumes_of(T2_SAG)[0]
     stack = stack_of(synthetic_label_map(volume.shape, [1, 2, 5]))
-    kinds = [OutputKind.SR, OutputKind.RTSTRUCT]
-    first = encode_derived(ctx, 7, stack, kinds, ["pacs"])
+    kinds = {OutputKind.SR: ["pacs"], OutputKind.RTSTRUCT: ["pacs"]}
+    first = encode_derived(ctx, 7, stack, kinds)
     assert [o.kind for o in first] == ["sr", "rtstruct"]
     assert all(o.destinations == ["pacs"] and len(o.files) == 1 for o in first)
     written = sorted(p.name for p in ctx.outbox_dir(7).iterdir())
@@ -53,7 +53,7 @@ def test_each_kind_asked_for_is_written_once_and_a_rerun_writes_the_same_files(
     assert sr.SOPInstanceUID == first[0].files[0].removesuffix(".dcm")
     assert first[0].seg_sop_instance_uid == stack.seg.sop_instance_uid  # type: ignore[union-attr]
 
-    again = encode_derived(ctx, 7, stack, [OutputKind.OVERLAY, *kinds], ["pacs"])
+    again = encode_derived(ctx, 7, stack, {OutputKind.OVERLAY: ["pacs"], **kinds})
     assert [o.files for o in again[1:]] == [o.files for o in first]
     assert len(again[0].files) == len(series_files(T2_SAG))
     assert sorted(p.name for p in ctx.outbox_dir(7).iterdir()) == sorted(f for o in again for f in o.files)
@@ -63,7 +63,7 @@ def test_an_empty_label_map_gives_no_object(tmp_path: Path, make_node: Callable[
     ctx = make_node(tmp_path, free_port()).ctx
     volume = volumes_of(T2_SAG)[0]
     stack = stack_of(np.zeros(volume.shape, dtype=np.uint8))
-    assert encode_derived(ctx, 8, stack, list(OutputKind)[1:], ["pacs"]) == []
+    assert encode_derived(ctx, 8, stack, dict.fromkeys(list(OutputKind)[1:], ["pacs"])) == []
     assert not ctx.outbox_dir(8).exists()
 
 
@@ -73,7 +73,7 @@ def test_an_object_dciodvfy_finds_invalid_is_refused_naming_its_kind(
     ctx = make_node(tmp_path, free_port()).ctx
     volume = volumes_of(T2_SAG)[0]
     [output] = encode_derived(
-        ctx, 9, stack_of(synthetic_label_map(volume.shape, [1])), [OutputKind.RTSTRUCT], ["pacs"]
+        ctx, 9, stack_of(synthetic_label_map(volume.shape, [1])), {OutputKind.RTSTRUCT: ["pacs"]}
     )
     path = ctx.outbox_dir(9) / output.files[0]
     broken = pydicom.dcmread(path)

@@ -16,7 +16,7 @@ from dicom_node.cli import main
 from dicom_node.jobs.routing import (
     DEFAULT_ROUTE_NAME,
     SeriesFacts,
-    derived_kinds,
+    derived_targets,
     plan_outputs,
     route_series,
     select_stacks,
@@ -227,7 +227,7 @@ def test_stack_selection(test_mri: Path) -> None:
 def test_outputs_default_to_seg_and_sr_and_each_kind_is_listed_once() -> None:
     config = config_with([rule("r", {})])
     assert config.routes[0].action.outputs == ["seg", "sr"]
-    assert derived_kinds(config.routes[0].action) == [OutputKind.SR]
+    assert derived_targets(config.routes[0].action, config.destinations) == {OutputKind.SR: ("pacs",)}
     chosen = config_with(
         [
             rule("r", {})
@@ -242,7 +242,11 @@ def test_outputs_default_to_seg_and_sr_and_each_kind_is_listed_once() -> None:
     )
     action = chosen.routes[0].action
     assert action.outputs == ["rtstruct", "seg_labelmap", "overlay", "sr"]
-    assert derived_kinds(action) == [OutputKind.SR, OutputKind.OVERLAY, OutputKind.RTSTRUCT]
+    assert list(derived_targets(action, chosen.destinations)) == [
+        OutputKind.SR,
+        OutputKind.OVERLAY,
+        OutputKind.RTSTRUCT,
+    ]
     assert [(p.segmentation_type, p.destinations) for p in plan_outputs(action, chosen.destinations)] == [
         (SegmentationType.LABELMAP, ("pacs",))
     ]
@@ -250,7 +254,56 @@ def test_outputs_default_to_seg_and_sr_and_each_kind_is_listed_once() -> None:
         [rule("r", {}) | {"action": {"tasks": "total_mr", "destinations": "pacs", "outputs": "rtstruct"}}]
     )
     assert plan_outputs(only_rt.routes[0].action, only_rt.destinations) == []
-    assert derived_kinds(only_rt.routes[0].action) == [OutputKind.RTSTRUCT]
+    assert derived_targets(only_rt.routes[0].action, only_rt.destinations) == {OutputKind.RTSTRUCT: ("pacs",)}
+
+
+def test_a_destination_takes_only_the_kinds_it_lists() -> None:
+    """A planning system takes only the RTSTRUCT, a PACS without SEG support only the overlay; the others
+    every kind the route sends."""
+    destinations = DESTINATIONS | {
+        "tps": {"ae_title": "TPS", "host": "127.0.0.1", "port": 4244, "outputs": ["rtstruct"]},
+        "old_pacs": {"ae_title": "OLD", "host": "127.0.0.1", "port": 4245, "outputs": "overlay"},
+    }
+    route = {
+        "name": "r",
+        "action": {
+            "tasks": "total_mr",
+            "outputs": ["seg", "sr", "overlay", "rtstruct"],
+            "destinations": ["pacs", "tps", "old_pacs"],
+        },
+    }
+    config = parse_config({"node": NODE, "destinations": destinations, "routes": [route]}, "test.yaml")
+    action = config.routes[0].action
+    assert [(p.segmentation_type, p.destinations) for p in plan_outputs(action, config.destinations)] == [
+        (SegmentationType.BINARY, ("pacs",))
+    ]
+    assert derived_targets(action, config.destinations) == {
+        OutputKind.SR: ("pacs",),
+        OutputKind.OVERLAY: ("pacs", "old_pacs"),
+        OutputKind.RTSTRUCT: ("pacs", "tps"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("tps", "problem"),
+    [
+        ({"outputs": ["sr"]}, "destinations.tps.outputs: sr references the segments of the SEG it measures"),
+        (
+            {"outputs": ["seg_binary"]},
+            "destinations.tps.outputs[0]: must be one of 'seg', 'sr', 'overlay' or",
+        ),
+        (
+            {"outputs": ["overlay"]},
+            "routes[0].action.destinations[0]: destination 'tps' takes none of the route",
+        ),
+    ],
+)
+def test_destination_outputs_errors_name_the_key(tps: dict[str, Any], problem: str) -> None:
+    destinations = {"tps": {"ae_title": "TPS", "host": "127.0.0.1", "port": 4244, **tps}}
+    route = {"name": "r", "action": {"tasks": "total_mr", "outputs": ["seg", "sr"], "destinations": ["tps"]}}
+    with pytest.raises(ConfigError) as err:
+        parse_config({"node": NODE, "destinations": destinations, "routes": [route]}, "test.yaml")
+    assert any(problem in p for p in err.value.problems), err.value.problems
 
 
 def test_outputs_per_destination() -> None:
