@@ -13,9 +13,13 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TypeAlias
 
 from config.errors import ConfigError, SegNodeError
 from dicom_node.logs import configure_logging
+
+#: What ``register`` is given: the ``segnode`` parser's subcommands.
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 #: Subcommand modules, in the order ``segnode --help`` lists them.
 SUBCOMMAND_MODULES: tuple[str, ...] = (

@@ -16,11 +16,12 @@ from sqlalchemy import inspect
 from config.loader import default_config, load_config
 from dicom_node.audit.database import Database
 from dicom_node.audit.query import TABLES, AuditFilter, AuditQueryError, columns_of, parse_time, query_rows
+from dicom_node.cli import Subcommands
 
 __all__ = ["AuditQueryError", "register", "run"]
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subcommands) -> None:
     parser = subparsers.add_parser(
         "audit",
         help="list the audit log (events, associations, instances, series, jobs)",

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from config.errors import ConfigError
 from config.loader import load_config
+from dicom_node.cli import Subcommands
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subcommands) -> None:
     parser = subparsers.add_parser("config", help="check configuration files")
     sub = parser.add_subparsers(dest="config_command", metavar="ACTION")
     sub.required = True

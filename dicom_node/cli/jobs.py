@@ -13,6 +13,7 @@ from sqlalchemy import inspect
 
 from config.errors import SegNodeError
 from config.loader import default_config, load_config
+from dicom_node.cli import Subcommands
 from dicom_node.jobs.store import JobState
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ class JobsCommandError(SegNodeError):
     reason = "invalid_jobs_command"
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subcommands) -> None:
     parser = subparsers.add_parser(
         "jobs",
         help="list, show, retry, resend or cancel jobs (state, stage timings, reason, destinations)",

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from config.inference import InferenceConfig
+from dicom_node.cli import Subcommands
 
 MODES = ("default", "fast", "fastest")
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subcommands) -> None:
     parser = subparsers.add_parser(
         "models",
         help="list, download, import and check model weights",

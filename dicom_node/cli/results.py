@@ -12,10 +12,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dicom_node.cli import Subcommands
 from dicom_node.cli.jobs import add_database_options, open_context
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subcommands) -> None:
     parser = subparsers.add_parser(
         "results",
         help="volumes (ml) of the structures of a job, with border and plausibility flags",

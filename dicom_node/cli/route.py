@@ -11,6 +11,7 @@ from typing import Any
 
 from config.errors import SegNodeError
 from config.loader import load_config
+from dicom_node.cli import Subcommands
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ class SimulationInputError(SegNodeError):
     reason = "invalid_input"
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subcommands) -> None:
     parser = subparsers.add_parser("route", help="inspect routing")
     sub = parser.add_subparsers(dest="route_command", metavar="ACTION")
     sub.required = True

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from config.errors import SegNodeError
 from config.inference import InferenceConfig
+from dicom_node.cli import Subcommands
 
 if TYPE_CHECKING:
     from conversion.volume import Volume
@@ -29,7 +30,7 @@ class SegmentInputError(SegNodeError):
     reason = "invalid_input"
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subcommands) -> None:
     parser = subparsers.add_parser(
         "segment",
         help="segment one DICOM series and write the label map as NIfTI",

@@ -8,16 +8,16 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from config.errors import ConfigError
 from config.loader import default_config, load_config
+from dicom_node.cli import Subcommands
 from dicom_node.logs import configure_logging
 
 LOG = logging.getLogger(__name__)
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subcommands) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="run the DICOM node (C-ECHO/C-STORE SCP, series completion, audit log)",

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
 
 from config.loader import load_config
+from dicom_node.cli import Subcommands
 from dicom_node.logs import configure_logging
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subcommands) -> None:
     parser = subparsers.add_parser(
         "worker",
         help="run a cluster worker for some stages (convert, segment, encode, send)",
