@@ -21,7 +21,6 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from pydicom.dataset import Dataset
 from sqlalchemy import select
@@ -135,6 +134,7 @@ def open_deliveries(
 
 
 def deliveries_of(ctx: PipelineContext, job_id: int) -> list[DeliveryInfo]:
+    """The job's deliveries (one per destination and kind) in the order they were created."""
     with ctx.db.read() as session:
         rows = session.scalars(select(Delivery).where(Delivery.job_id == job_id).order_by(Delivery.id))
         return [DeliveryInfo.of(r) for r in rows]
@@ -398,6 +398,7 @@ def reopen_deliveries(
 
 
 def cancel_deliveries(ctx: PipelineContext, job_id: int) -> int:
+    """Cancel the job's pending deliveries (an operator gave the job up); returns how many."""
     with ctx.db.write() as session:
         rows = list(
             session.scalars(select(Delivery).where(Delivery.job_id == job_id, Delivery.state == PENDING))
@@ -406,7 +407,3 @@ def cancel_deliveries(ctx: PipelineContext, job_id: int) -> int:
             row.state = CANCELLED
             row.next_attempt_at = None
         return len(rows)
-
-
-def describe(info: DeliveryInfo) -> dict[str, Any]:
-    return dict(info.__dict__)
