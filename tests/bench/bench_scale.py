@@ -5,8 +5,10 @@ to the node with one association each, all at once, and measures from the first 
 ``done`` (its SEG stored in a real Orthanc). The cluster runs on real PostgreSQL and Redis with one receiver
 and 1 or 2 ``segnode worker`` processes taking every queue, each with ``--threads`` torch threads (default
 1), so that the ratio says how the work spreads over workers; the goal is >= 1.7x with 2 workers on 2 or
-more free cores. The anchor is the embedded node (``segnode serve``, SQLite, threads, torch on every
-core) on the same series, the way one machine runs SegNode without a cluster.
+more free cores. The anchor is the embedded node (``segnode serve``, SQLite, threads) on the same series,
+the way one machine runs SegNode without a cluster: with its default (torch on every core) and with
+``--threads`` torch threads like a worker (on a loaded machine, torch's threads on every core wait for
+each other far longer than one thread computes).
 
 Run: ``python tests/bench/bench_scale.py [--series 12] [--threads 1] [--fast]``
 """
@@ -14,6 +16,7 @@ Run: ``python tests/bench/bench_scale.py [--series 12] [--threads 1] [--fast]``
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -104,8 +107,9 @@ def cluster_runs(folder: Path, count: int, threads: int, fast: bool) -> dict[int
     return seconds
 
 
-def embedded_run(folder: Path, count: int, fast: bool) -> float:
-    """Seconds for ``count`` series on the embedded node (SQLite, threads, torch on every core)."""
+def embedded_run(folder: Path, count: int, fast: bool, threads: int | None = None) -> float:
+    """Seconds for ``count`` series on the embedded node (SQLite, threads; torch on every core, the
+    default, or on ``threads`` threads)."""
     orthanc = Orthanc(folder / "orthanc", {})
     orthanc.start()
     try:
@@ -114,6 +118,8 @@ def embedded_run(folder: Path, count: int, fast: bool) -> float:
         )
         settings.pop("cluster")
         settings["inference"].pop("cpu_threads")
+        if threads is not None:
+            settings["inference"]["cpu_threads"] = threads
         settings["routes"][0]["action"]["tasks"] = [{"name": "total_mr", "fast": fast}]
         node = ServeProcess(folder / "node", write_settings(folder / "segnode.yaml", settings))
         node.start()
@@ -138,19 +144,25 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="segnode-bench-scale-"))
     try:
         embedded = embedded_run(folder / "embedded", args.series, args.fast)
+        pinned = embedded_run(folder / "embedded-pinned", args.series, args.fast, args.threads)
         cluster = cluster_runs(folder, args.series, args.threads, args.fast)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    per_hour = {name: args.series / s * 3600 for name, s in (("embedded", embedded), *cluster.items())}
     print(f"{args.series} series, tiny models ({'3 mm' if args.fast else 'part models'}), CPU")
-    print(f"{'node':<34}{'seconds':>10}{'series/hour':>14}{'ratio':>8}")
-    print(f"{'embedded (anchor, all cores)':<34}{embedded:>10.1f}{per_hour['embedded']:>14.0f}{'':>8}")
-    for workers, seconds in cluster.items():
-        ratio = cluster[1] / seconds
-        label = f"cluster, {workers} worker(s) x {args.threads} thread(s)"
-        print(f"{label:<34}{seconds:>10.1f}{per_hour[workers]:>14.0f}{ratio:>7.2f}x")
+    print(f"{'node':<40}{'seconds':>10}{'series/hour':>14}{'ratio':>8}")
+    rows = [
+        ("embedded default (torch on all cores)", embedded, ""),
+        (f"embedded, {args.threads} torch thread(s)", pinned, ""),
+        *(
+            (f"cluster, {w} worker(s) x {args.threads} thread(s)", s, f"{cluster[1] / s:.2f}x")
+            for w, s in cluster.items()
+        ),
+    ]
+    for label, seconds, ratio in rows:
+        print(f"{label:<40}{seconds:>10.1f}{args.series / seconds * 3600:>14.0f}{ratio:>8}")
     print(f"2 workers / 1 worker throughput: {cluster[1] / cluster[2]:.2f}x (goal >= 1.7x on 2+ free cores)")
-    print(f"cluster with 2 workers / embedded: {embedded / cluster[2]:.2f}x")
+    print(f"cluster with 2 workers / embedded default: {embedded / cluster[2]:.2f}x")
+    print(f"load average after the run: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 
 
