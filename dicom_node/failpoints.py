@@ -49,7 +49,7 @@ class FaultPlanError(SegNodeError):
 
 
 @dataclass(frozen=True)
-class FaultPlan:
+class Failpoints:
     """What to inject; the default plan injects nothing."""
 
     stage_pause_s: Mapping[str, float] = field(default_factory=dict)
@@ -65,7 +65,7 @@ class FaultPlan:
         )
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str]) -> FaultPlan:
+    def from_environment(cls, environ: Mapping[str, str]) -> Failpoints:
         """The plan in ``SEGNODE_TEST_FAULTS`` (none when unset); :class:`FaultPlanError` if malformed."""
         raw = environ.get(ENVIRONMENT_VARIABLE, "").strip()
         if not raw:

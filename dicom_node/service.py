@@ -13,7 +13,7 @@ from config.model import SegNodeConfig
 from dicom_node.audit.database import Database
 from dicom_node.audit.log import AuditLog, Clock, utc_now
 from dicom_node.audit.tables import Instance
-from dicom_node.failpoints import FaultPlan
+from dicom_node.failpoints import Failpoints
 from dicom_node.http.metrics import NodeMetrics
 from dicom_node.jobs.context import PipelineContext
 from dicom_node.jobs.retention import Housekeeping
@@ -45,7 +45,7 @@ class NodeService:
     #: Run the job pipeline (routing, conversion, inference, SEG, sending); False: receive only (tests).
     process_jobs: bool = True
     #: Test-only fault injection, from ``SEGNODE_TEST_FAULTS`` (``dicom_node.failpoints``); inert when unset.
-    faults: FaultPlan = field(default_factory=lambda: FaultPlan.from_environment(os.environ))
+    failpoints: Failpoints = field(default_factory=lambda: Failpoints.from_environment(os.environ))
     #: Retention sweep and disk space check (``dicom_node.jobs.retention``); 0: the caller drives it (tests).
     housekeeping_interval_s: float | None = None
     db: Database = field(init=False)
@@ -90,7 +90,7 @@ class NodeService:
         else:
             self.completer = SeriesCompleter(self.tracker, self.audit, self.jobs, self.metrics)
         self.context = PipelineContext.create(
-            cfg, self.audit, self.jobs, free_space_probe=self.free_space_probe, faults=self.faults
+            cfg, self.audit, self.jobs, free_space_probe=self.free_space_probe, failpoints=self.failpoints
         )
 
     @property

@@ -25,7 +25,7 @@ from dicom_node.audit.database import Database
 from dicom_node.audit.log import AuditLog
 from dicom_node.cluster.app import STAGES, Publisher, task_name
 from dicom_node.cluster.tasks import StageRunner
-from dicom_node.failpoints import FaultPlan
+from dicom_node.failpoints import Failpoints
 from dicom_node.jobs.context import PipelineContext
 from dicom_node.jobs.segment import EngineLike
 from dicom_node.jobs.store import JobStore
@@ -75,7 +75,7 @@ class WorkerNode:
         config: SegNodeConfig,
         stages: Sequence[str],
         device: str | None = None,
-        faults: FaultPlan | None = None,
+        failpoints: Failpoints | None = None,
         source: str | None = None,
     ) -> None:
         if device is not None:
@@ -88,12 +88,12 @@ class WorkerNode:
         self.identity = worker_identity()
         self.db = Database(config.database.url)
         self.audit = AuditLog(self.db, config.config_hash(), config.privacy)
-        faults = faults or FaultPlan.from_environment(os.environ)
-        self.ctx = PipelineContext.create(config, self.audit, JobStore(self.audit), faults=faults)
+        failpoints = failpoints or Failpoints.from_environment(os.environ)
+        self.ctx = PipelineContext.create(config, self.audit, JobStore(self.audit), failpoints=failpoints)
         self.publisher = Publisher(self.cluster)
         self._engine: EngineLike | None = None
         self.runner = StageRunner(
-            self.ctx, self.cluster, self.publisher, self.identity, self.engine, faults.after_commit
+            self.ctx, self.cluster, self.publisher, self.identity, self.engine, failpoints.after_commit
         )
         for stage in self.stages:
             self._register(stage)

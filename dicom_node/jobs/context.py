@@ -12,7 +12,7 @@ from config.model import SegNodeConfig
 from dicom_node.audit.database import Database
 from dicom_node.audit.log import AuditLog
 from dicom_node.durable import OUT_OF_RESOURCES
-from dicom_node.failpoints import FaultPlan
+from dicom_node.failpoints import Failpoints
 from dicom_node.http.metrics import NodeMetrics
 from dicom_node.jobs.store import JobStore
 from dicom_node.receiving.spool import FreeSpaceProbe, disk_free_bytes
@@ -37,7 +37,7 @@ class PipelineContext:
     #: Free bytes of the file system of a folder (the outbox's is checked before a SEG is written).
     free_space_probe: FreeSpaceProbe = disk_free_bytes
     #: Test-only fault injection (``dicom_node.failpoints``); inert by default.
-    faults: FaultPlan = field(default_factory=FaultPlan)
+    failpoints: Failpoints = field(default_factory=Failpoints)
     #: Stage latencies, inference times and send attempts for ``/metrics``.
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
 
@@ -48,7 +48,7 @@ class PipelineContext:
         audit: AuditLog,
         jobs: JobStore,
         free_space_probe: FreeSpaceProbe = disk_free_bytes,
-        faults: FaultPlan | None = None,
+        failpoints: Failpoints | None = None,
         metrics: NodeMetrics | None = None,
     ) -> PipelineContext:
         return cls(
@@ -59,7 +59,7 @@ class PipelineContext:
             work_root=Path(config.pipeline.work_dir),
             outbox_root=Path(config.pipeline.outbox_dir),
             free_space_probe=free_space_probe,
-            faults=faults or FaultPlan(),
+            failpoints=failpoints or Failpoints(),
             metrics=metrics or jobs.metrics,
         )
 

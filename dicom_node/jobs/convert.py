@@ -172,7 +172,7 @@ def _volumes(ctx: PipelineContext, plan: JobPlan, series: SeriesInput) -> list[V
 
 def convert_stage(ctx: PipelineContext, job_id: int) -> Converted | None:
     """Route (first run only) and convert a job in ``converting``; ``None`` when the route ignores it."""
-    ctx.faults.pause("converting", job_id)
+    ctx.failpoints.pause("converting", job_id)
     job = ctx.jobs.get(job_id)
     series = read_series(ctx, job)
     if job.route is None:

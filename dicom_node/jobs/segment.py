@@ -52,13 +52,13 @@ def _safe_name(text: str) -> str:
 def segment_stage(ctx: PipelineContext, converted: Converted, engine: EngineLike) -> list[LabelMapRecord]:
     """Segment each selected stack with each task of the route; save the label maps and list them."""
     plan = converted.plan
-    ctx.faults.pause("segmenting", plan.job_id)
+    ctx.failpoints.pause("segmenting", plan.job_id)
     folder = ctx.work_dir(plan.job_id)
     records: list[LabelMapRecord] = []
     for index, volume in enumerate(converted.volumes):
         for task in plan.action.tasks:
             try:
-                ctx.faults.before_prediction(plan.series_instance_uid)
+                ctx.failpoints.before_prediction(plan.series_instance_uid)
                 result = engine.segment(
                     volume.voxels,
                     volume.affine,

@@ -228,7 +228,7 @@ def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
     destinations want, in ``Job.outputs['seg']``, returned) and the SR, overlay and RTSTRUCT it asks for
     (``Job.outputs['derived']``), written atomically to the job's outbox and validated."""
     plan = converted.plan
-    ctx.faults.pause("encoding", plan.job_id)
+    ctx.failpoints.pause("encoding", plan.job_id)
     check_free_space(ctx, ctx.outbox_root, f"job {plan.job_id}: SEG objects not written")
     records = label_maps(ctx.jobs, plan.job_id)
     if not records:

@@ -149,7 +149,7 @@ def _encode_kind(
     common: Mapping[str, Any],
 ) -> DerivedOutput:
     started = time.perf_counter()
-    if ctx.faults.fails_output(str(kind)):
+    if ctx.failpoints.fails_output(str(kind)):
         raise DerivedEncodingError(f"{context.where}: the {kind} encoder failed (injected by the test plan)")
     datasets = _datasets(kind, context, stack)
     folder = ctx.outbox_dir(job_id)

@@ -257,7 +257,7 @@ def attempt_delivery(
             permanent = (exc.reason, exc.message)
         else:
             result = send(datasets, name, destination, ctx.config.sending)
-            ctx.faults.pause("sending", job_id)
+            ctx.failpoints.pause("sending", job_id)
     now = ctx.now()
     with ctx.db.write() as session:
         row = session.get_one(Delivery, delivery_id)

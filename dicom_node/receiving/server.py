@@ -188,7 +188,7 @@ def wake_acceptor(assoc: Association) -> None:
     """
     dul = assoc.dul
     if assoc.requestor.primitive is None and dul.to_user_queue.empty():
-        dul.to_user_queue.put(None)  # type: ignore[arg-type]
+        dul.to_user_queue.put(None)  # type: ignore[arg-type, unused-ignore]  # typed Optional in some pynetdicom 3.0 releases
 
 
 class PeerResetFilter(logging.Filter):

@@ -24,7 +24,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from dicom_node.audit.tables import Event, Job
-from dicom_node.failpoints import FaultPlan
+from dicom_node.failpoints import Failpoints
 from dicom_node.http.notify import series_hash
 from dicom_node.service import NodeService
 from tests.security.security_pki import make_pki
@@ -177,9 +177,9 @@ def test_incidents_are_notified_once_retried_rate_limited_audited_and_without_pa
     free = {"bytes": 50 * 1024**3}
     uid = str(pydicom.dcmread(series_files(T2_SAG)[0], stop_before_pixels=True).SeriesInstanceUID)
     config = config_maker(tmp_path)(**_settings(tmp_path, receivers))
-    faults = FaultPlan(fail_prediction_series=frozenset({uid}))
+    failpoints = Failpoints(fail_prediction_series=frozenset({uid}))
     with running_nodes(completion_interval_s=0.2, process_jobs=True) as start:
-        service = start(config, faults=faults, free_space_probe=lambda path: free["bytes"])
+        service = start(config, failpoints=failpoints, free_space_probe=lambda path: free["bytes"])
         _send(service.port, T2_SAG, tmp_path / "sent")
 
         def failed() -> bool:
@@ -252,7 +252,7 @@ def test_a_restarted_node_does_not_notify_an_incident_again(tmp_path: Path, rece
     config = config_maker(tmp_path)(**settings)
     receivers.start_webhook()
     with running_nodes(completion_interval_s=0.2, process_jobs=True) as start:
-        service = start(config, faults=FaultPlan(fail_prediction_series=frozenset({uid})))
+        service = start(config, failpoints=Failpoints(fail_prediction_series=frozenset({uid})))
         _send(service.port, T2_SAG, tmp_path / "sent")
         _look_until(service, lambda: len(receivers.hooks) == 1, "the failed job notified")
         service.stop()

@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import select
 
 from dicom_node.audit.tables import Delivery, Instance, Job
-from dicom_node.failpoints import FaultPlan
+from dicom_node.failpoints import Failpoints
 from dicom_node.jobs.admin import retry_job
 from dicom_node.jobs.context import PipelineContext, PipelineError
 from dicom_node.jobs.convert import convert_stage, reload_volumes
@@ -416,7 +416,7 @@ def test_a_kind_that_cannot_be_made_fails_alone_and_a_retry_makes_and_sends_only
         }
         node, job_id = _resumable_copy(delivered, tmp_path, JobState.encoding, pacs.port, routes=[route])
         ctx = node.ctx
-        ctx.faults = FaultPlan(fail_output_kinds=frozenset({"rtstruct"}))
+        ctx.failpoints = Failpoints(fail_output_kinds=frozenset({"rtstruct"}))
 
         def encode_and_send() -> JobState | None:
             open_deliveries(ctx, job_id, encode_stage(ctx, reload_volumes(ctx, job_id)))
@@ -446,7 +446,7 @@ def test_a_kind_that_cannot_be_made_fails_alone_and_a_retry_makes_and_sends_only
         received = len(list(pacs.folder.iterdir()))
         assert received == 2 + len(series_files(T2_SAG))
 
-        ctx.faults = FaultPlan()  # the cause is fixed
+        ctx.failpoints = Failpoints()  # the cause is fixed
         assert (
             retry_job(ctx, job_id)
             == f"job {job_id}: encoding rtstruct again, then sending to pacs (rtstruct)"

@@ -20,7 +20,7 @@ import pytest
 from config.loader import parse_config
 from config.model import SegNodeConfig
 from dicom_node.audit.tables import Instance
-from dicom_node.failpoints import FaultPlan
+from dicom_node.failpoints import Failpoints
 from dicom_node.jobs.retention import RetentionSweeper
 from dicom_node.jobs.store import JobState
 from dicom_node.jobs.workers import Pipeline
@@ -91,13 +91,13 @@ def running_node(
     config: SegNodeConfig,
     engine: Engine,
     probe: FreeSpaceProbe = disk_free_bytes,
-    faults: FaultPlan | None = None,
+    failpoints: Failpoints | None = None,
     housekeeping_interval_s: float = 0.0,
 ) -> Iterator[tuple[NodeService, Pipeline]]:
     service = NodeService(
         config,
         free_space_probe=probe,
-        faults=faults or FaultPlan(),
+        failpoints=failpoints or Failpoints(),
         process_jobs=False,
         completion_interval_s=0.2,
         housekeeping_interval_s=housekeeping_interval_s,
@@ -217,8 +217,8 @@ def test_engine_failure_on_one_series_fails_that_job_the_node_serves_the_rest_an
             "completion.quiet_period_s": 3,
         },
     )
-    faults = FaultPlan(fail_prediction_series=frozenset({bad.series_instance_uid}))
-    with running_node(config, engine, faults=faults) as (service, pipeline):
+    failpoints = Failpoints(fail_prediction_series=frozenset({bad.series_instance_uid}))
+    with running_node(config, engine, failpoints=failpoints) as (service, pipeline):
         assert send_series(service.port, bad.files) == [status.SUCCESS] * len(bad.files)
         assert send_series(service.port, good.files) == [status.SUCCESS] * len(good.files)
         assert ended_job(service, bad.series_instance_uid) is JobState.failed

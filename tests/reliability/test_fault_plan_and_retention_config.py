@@ -10,19 +10,19 @@ import pytest
 
 from config.errors import ConfigError
 from config.loader import parse_config
-from dicom_node.failpoints import ENVIRONMENT_VARIABLE, FaultPlan, FaultPlanError
+from dicom_node.failpoints import ENVIRONMENT_VARIABLE, Failpoints, FaultPlanError
 from tests.support.waiting import wait_until
 
 
 def test_without_the_variable_nothing_is_injected() -> None:
-    plan = FaultPlan.from_environment({})
+    plan = Failpoints.from_environment({})
     assert not plan.active
     plan.pause("segmenting", 1)  # returns at once
     plan.before_prediction("1.2.3")
 
 
 def test_the_plan_pauses_stages_and_fails_prediction_of_the_named_series_only() -> None:
-    plan = FaultPlan.from_environment(
+    plan = Failpoints.from_environment(
         {ENVIRONMENT_VARIABLE: '{"stage_pause_s": {"encoding": 0.01}, "fail_prediction_series": ["1.2.3"]}'}
     )
     assert plan.active and plan.stage_pause_s == {"encoding": 0.01}
@@ -33,7 +33,7 @@ def test_the_plan_pauses_stages_and_fails_prediction_of_the_named_series_only() 
 
 def test_a_held_job_stands_still_in_its_stage_until_the_test_releases_it(tmp_path: Path) -> None:
     raw = json.dumps({"hold": {"stages": ["encoding"], "dir": str(tmp_path)}})
-    plan = FaultPlan.from_environment({ENVIRONMENT_VARIABLE: raw})
+    plan = Failpoints.from_environment({ENVIRONMENT_VARIABLE: raw})
     assert plan.active and plan.hold_stages == {"encoding"}
     plan.pause("segmenting", 7)  # not held there
     holding = threading.Thread(target=plan.pause, args=("encoding", 7))
@@ -58,7 +58,7 @@ def test_a_held_job_stands_still_in_its_stage_until_the_test_releases_it(tmp_pat
 )
 def test_a_malformed_plan_is_refused_with_its_reason(raw: str, fragment: str) -> None:
     with pytest.raises(FaultPlanError, match=fragment) as caught:
-        FaultPlan.from_environment({ENVIRONMENT_VARIABLE: raw})
+        Failpoints.from_environment({ENVIRONMENT_VARIABLE: raw})
     assert caught.value.reason == "invalid_fault_plan"
 
 
