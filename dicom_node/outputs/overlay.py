@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 MIN_WIDTH = 384
 #: Width of one legend entry (colour swatch and name), pixels.
 LEGEND_ENTRY_WIDTH = 190
+#: Source slices windowed per pass over the voxels (see :func:`encode_overlay`).
+_CHUNK = 16
 
 
 @dataclass(frozen=True)
@@ -296,9 +298,13 @@ def encode_overlay(
     fallback = stack_window(volume.voxels)
     images = []
     for k, ref in enumerate(volume.slice_refs):
+        if k % _CHUNK == 0:
+            # the voxels are (columns, rows, slices): a slice is scattered over the whole stack, so a few
+            # slices at a time are made contiguous (rows, columns) in one pass over the memory
+            chunk = np.ascontiguousarray(volume.voxels[:, :, k : k + _CHUNK].transpose(2, 1, 0))
         header = headers[ref.sop_instance_uid]
         window = source_window(header, fallback)
-        gray = window.apply(volume.voxels[:, :, k].T)
+        gray = window.apply(chunk[k % _CHUNK])
         if str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1":
             gray = 255 - gray
         pixels = render(gray, planes[k], colours, names, edges[k])
