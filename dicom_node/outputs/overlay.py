@@ -185,7 +185,10 @@ def render(
     ``edge``: the outline pixels when the caller has them (:func:`outline` of the whole stack at once)."""
     rows, columns = gray.shape
     width = max(columns, MIN_WIDTH)
-    present = [int(v) for v in np.flatnonzero(np.bincount(labels.ravel(), minlength=1)) if v]
+    edge = outline(labels) if edge is None else edge
+    # every structure on the image has outline pixels (its last row at least): they name the present ones
+    on_edge = labels[edge]
+    present = [int(v) for v in np.flatnonzero(np.bincount(on_edge, minlength=1)) if v]
     entries = tuple((names[v], tuple(int(c) for c in colours[v])) for v in present)
     band = legend_band(width, entries)
     image = np.empty((rows + band.shape[0], width, 3), dtype=np.uint8)
@@ -193,8 +196,7 @@ def render(
     image[:rows, columns:] = 0
     image[rows:] = band
     if present:
-        edge = outline(labels) if edge is None else edge
-        image[:rows, :columns][edge] = colours[labels[edge]]
+        image[:rows, :columns][edge] = colours[on_edge]
     return image
 
 
@@ -285,9 +287,6 @@ def encode_overlay(
     """The overlay series of a stack: one image per slice of ``context.volume``."""
     volume = context.volume
     present = labels_present(context, label_map, segments)
-    # slice by slice, each slice's pixels contiguous (rows, columns), outlines of all slices in one pass
-    planes = np.ascontiguousarray(np.asarray(label_map).transpose(2, 1, 0))
-    edges = outline(planes)
     colours = np.zeros((max(present, default=0) + 1, 3), dtype=np.uint8)
     for label in present:
         colours[label] = segments[label].rgb
@@ -299,15 +298,18 @@ def encode_overlay(
     images = []
     for k, ref in enumerate(volume.slice_refs):
         if k % _CHUNK == 0:
-            # the voxels are (columns, rows, slices): a slice is scattered over the whole stack, so a few
-            # slices at a time are made contiguous (rows, columns) in one pass over the memory
+            # voxels and labels are (columns, rows, slices): a slice is scattered over the whole stack, so
+            # a few slices at a time are made contiguous (rows, columns) in one pass over the memory, and
+            # their outlines drawn in one pass
             chunk = np.ascontiguousarray(volume.voxels[:, :, k : k + _CHUNK].transpose(2, 1, 0))
+            planes = np.ascontiguousarray(np.asarray(label_map)[:, :, k : k + _CHUNK].transpose(2, 1, 0))
+            edges = outline(planes)
         header = headers[ref.sop_instance_uid]
         window = source_window(header, fallback)
         gray = window.apply(chunk[k % _CHUNK])
         if str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1":
             gray = 255 - gray
-        pixels = render(gray, planes[k], colours, names, edges[k])
+        pixels = render(gray, planes[k % _CHUNK], colours, names, edges[k % _CHUNK])
         ds = _image(template, context, k, ref, header, window)
         ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
         ds.PixelData = np.ascontiguousarray(pixels).tobytes()
