@@ -68,36 +68,47 @@ class EncodedRtstruct:
 _SCALE = 3
 
 
+def scaled_up(masks: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
+    """Masks (..., rows, columns) as the images :func:`slice_contours` traces: each pixel a 3 x 3 block of
+    sub-pixels, one sub-pixel of padding around, and in each 2 x 2 saddle (two pixels touching only at a
+    corner) the corner sub-pixel of the lower pixel cleared."""
+    *lead, rows, columns = masks.shape
+    up = np.zeros((*lead, rows * _SCALE + 2, columns * _SCALE + 2), dtype=np.uint8)
+    up[..., 1:-1, 1:-1] = masks.repeat(_SCALE, axis=-2).repeat(_SCALE, axis=-1)
+    a, b, c, d = masks[..., :-1, :-1], masks[..., :-1, 1:], masks[..., 1:, :-1], masks[..., 1:, 1:]
+    # (r, c) and (r+1, c+1) in, the other two out -> clear (r+1, c+1)'s top-left sub-pixel
+    *lead_index, r, q = np.nonzero(a & d & ~b & ~c)
+    up[(*lead_index, (r + 1) * _SCALE + 1, (q + 1) * _SCALE + 1)] = 0
+    # (r, c+1) and (r+1, c) in -> clear (r+1, c)'s top-right sub-pixel
+    *lead_index, r, q = np.nonzero(b & c & ~a & ~d)
+    up[(*lead_index, (r + 1) * _SCALE + 1, q * _SCALE + _SCALE)] = 0
+    return up
+
+
+def _traced(up: npt.NDArray[np.uint8]) -> list[npt.NDArray[np.int32]]:
+    """The contours of one image of :func:`scaled_up`: (x, y) sub-pixel indices, at least 3 points."""
+    import cv2
+
+    found, _ = cv2.findContours(up, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    return [contour.reshape(-1, 2) for contour in found if len(contour) >= 3]
+
+
+def _pixel_xy(traced: npt.NDArray[np.int32]) -> npt.NDArray[np.float64]:
+    """Sub-pixel (x, y) indices of :func:`scaled_up`'s images as (column, row) pixel coordinates."""
+    xy: npt.NDArray[np.float64] = (traced - (1 + (_SCALE - 1) / 2)) / _SCALE
+    return xy
+
+
 def slice_contours(mask: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]:
     """Closed polygons (row, column; last point not repeated) around the True pixels of a 2D mask.
 
     OpenCV's border following (``cv2.findContours``, all contours: outer boundaries and holes) on the mask
-    scaled up 3 times (each pixel a 3 x 3 block, padded by one sub-pixel): its contours run through the
-    centres of the boundary sub-pixels, a third of a pixel inside the pixel edges, so that every pixel
-    centre of the mask lies strictly inside the polygons and every other pixel centre strictly outside.
-    Pixels that touch only at a corner are kept apart (the corner sub-pixel of the lower one of each such
-    pair is cleared), as marching squares with 8-connected background would, so that every polygon is
+    scaled up 3 times (:func:`scaled_up`): its contours run through the centres of the boundary
+    sub-pixels, a third of a pixel inside the pixel edges, so that every pixel centre of the mask lies
+    strictly inside the polygons and every other pixel centre strictly outside. Pixels that touch only at a
+    corner are kept apart, as marching squares with 8-connected background would, so that every polygon is
     simple. A single pixel gives 4 points."""
-    import cv2
-
-    rows, columns = mask.shape
-    up = np.zeros((rows * _SCALE + 2, columns * _SCALE + 2), dtype=np.uint8)
-    size = (columns * _SCALE, rows * _SCALE)
-    up[1:-1, 1:-1] = cv2.resize(mask.view(np.uint8), size, interpolation=cv2.INTER_NEAREST)
-    # 2x2 saddles: (r, c) and (r+1, c+1) in, the other two out -> clear (r+1, c+1)'s top-left sub-pixel;
-    # (r, c+1) and (r+1, c) in -> clear (r+1, c)'s top-right sub-pixel.
-    a, b, c, d = mask[:-1, :-1], mask[:-1, 1:], mask[1:, :-1], mask[1:, 1:]
-    rows, columns = np.nonzero(a & d & ~b & ~c)
-    up[(rows + 1) * _SCALE + 1, (columns + 1) * _SCALE + 1] = 0
-    rows, columns = np.nonzero(b & c & ~a & ~d)
-    up[(rows + 1) * _SCALE + 1, columns * _SCALE + _SCALE] = 0
-    found, _ = cv2.findContours(up, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-    out = []
-    for contour in found:
-        if len(contour) >= 3:
-            xy = contour.reshape(-1, 2).astype(np.float64)
-            out.append((xy[:, ::-1] - (1 + (_SCALE - 1) / 2)) / _SCALE)
-    return out
+    return [_pixel_xy(contour)[:, ::-1] for contour in _traced(scaled_up(mask))]
 
 
 def _ds_bytes(values: npt.NDArray[np.float64]) -> bytes:
@@ -150,23 +161,23 @@ def _raw_image_ref(ref: SliceRef) -> tuple[RawDataElement, ...]:
 
 def _contour_items(
     context: DerivedContext,
-    mask: npt.NDArray[np.bool_],
+    up: npt.NDArray[np.uint8],
     k: int,
     offset: tuple[int, int],
     number: int,
     image_ref: tuple[RawDataElement, ...],
 ) -> list[Dataset]:
-    """Contour Sequence items of one structure on slice ``k``: ``mask`` is (rows, columns) of the
-    structure's bounding box on that slice, whose first pixel is (row, column) ``offset``; ``image_ref``
-    the raw elements of the reference to the slice's source image."""
-    polygons = slice_contours(mask)
+    """Contour Sequence items of one structure on slice ``k``: ``up`` is the :func:`scaled_up` image of
+    the structure's bounding box on that slice, whose first pixel is (row, column) ``offset``;
+    ``image_ref`` the raw elements of the reference to the slice's source image."""
+    polygons = _traced(up)
     if not polygons:
         return []
-    stacked = np.concatenate(polygons)
+    stacked = _pixel_xy(np.concatenate(polygons))
     ijk = np.stack(
         [
-            stacked[:, 1] + offset[1],
-            stacked[:, 0] + offset[0],
+            stacked[:, 0] + offset[1],
+            stacked[:, 1] + offset[0],
             np.full(len(stacked), float(k)),
             np.ones(len(stacked)),
         ]
@@ -199,16 +210,17 @@ def _all_contours(
     for label, box in enumerate(boxes, start=1):
         if box is None:
             continue
-        inside = label_map[box] == label
+        inside = (label_map[box] == label).transpose(2, 1, 0)  # (slices, rows, columns) of the box
         first_column, first_row, first_slice = (int(b.start) for b in box)
+        on = np.flatnonzero(inside.any(axis=(1, 2)))
+        up = scaled_up(inside[on])  # all slices of the box in one pass
         items: list[Dataset] = []
-        for dk in np.flatnonzero(inside.any(axis=(0, 1))):
-            mask = inside[:, :, dk].T  # (rows, columns) of the slice
+        for n, dk in enumerate(on):
             k = first_slice + int(dk)
             if k not in refs:
                 refs[k] = _raw_image_ref(context.volume.slice_refs[k])
             offset = (first_row, first_column)
-            items.extend(_contour_items(context, mask, k, offset, len(items) + 1, refs[k]))
+            items.extend(_contour_items(context, up[n], k, offset, len(items) + 1, refs[k]))
         out[label] = items
     return out
 
