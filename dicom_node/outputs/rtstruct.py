@@ -90,7 +90,7 @@ def _traced(up: npt.NDArray[np.uint8]) -> list[npt.NDArray[np.int32]]:
     import cv2
 
     found, _ = cv2.findContours(up, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-    return [contour.reshape(-1, 2) for contour in found if len(contour) >= 3]
+    return [np.asarray(contour, dtype=np.int32).reshape(-1, 2) for contour in found if len(contour) >= 3]
 
 
 def _pixel_xy(traced: npt.NDArray[np.int32]) -> npt.NDArray[np.float64]:
