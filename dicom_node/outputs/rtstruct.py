@@ -19,13 +19,14 @@ sanitiser; UIDs are derived like those of the SEG.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import UID, RTStructureSetStorage
@@ -49,6 +50,7 @@ logger = logging.getLogger(__name__)
 #: Series Number offset of the RTSTRUCT (SEG: 1000, SR: 2000).
 RTSTRUCT_SERIES_NUMBER_OFFSET = 3000
 _CONTOUR_DATA = Tag(0x3006, 0x0050)
+_CONTOURS = Tag(0x3006, 0x0040)
 _CONTOUR_IMAGES, _GEOMETRIC_TYPE = Tag(0x3006, 0x0016), Tag(0x3006, 0x0042)
 _NUMBER_OF_POINTS, _CONTOUR_NUMBER = Tag(0x3006, 0x0046), Tag(0x3006, 0x0048)
 #: Detached Study Management SOP Class: the value the RT Referenced Study Sequence takes.
@@ -113,7 +115,8 @@ def slice_contours(mask: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]
 
 def _ds_bytes(values: npt.NDArray[np.float64]) -> bytes:
     """A DS value (backslash-separated, 0.001 mm) as bytes."""
-    text = "\\".join(map("{:.3f}".format, values.ravel().tolist()))
+    flat = values.ravel().tolist()
+    text = ("\\%.3f" * len(flat) % tuple(flat))[1:]
     return text.replace("-0.000", "0.000").encode("ascii")
 
 
@@ -132,31 +135,41 @@ def _image_ref(ref: SliceRef) -> Dataset:
     return item
 
 
-def _raw(tag: int, vr: str, value: str | bytes) -> RawDataElement:
-    """An element as the bytes it is written with (explicit VR little endian), padded to even length."""
+def _element(tag: int, vr: str, value: str | bytes) -> bytes:
+    """An element as written in explicit VR little endian, its value padded to even length. A value too
+    long for a 2-byte length is written as UN, as pydicom does (PS3.5 6.2.2)."""
     data = value.encode("ascii") if isinstance(value, str) else value
     if len(data) % 2:
         data += b"\0" if vr == "UI" else b" "
-    return RawDataElement(Tag(tag), vr, len(data), data, 0, False, True)
+    group, element = tag >> 16, tag & 0xFFFF
+    if vr == "SQ" or len(data) > 0xFFFF:
+        code = b"SQ" if vr == "SQ" else b"UN"
+        return struct.pack("<HH2sHI", group, element, code, 0, len(data)) + data
+    return struct.pack("<HH2sH", group, element, vr.encode("ascii"), len(data)) + data
+
+
+def _item(body: bytes) -> bytes:
+    """A sequence item of defined length."""
+    return struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
 
 
 def _as_written(dataset: Dataset) -> Dataset:
-    """Mark a dataset built of raw elements as encoded in explicit VR little endian, so that pydicom
+    """Mark a dataset holding raw elements as encoded in explicit VR little endian, so that pydicom
     writes its raw elements as they are instead of parsing every value first."""
     dataset.set_original_encoding(False, True, dataset._character_set)
     return dataset
 
 
-def _raw_image_ref(ref: SliceRef) -> tuple[RawDataElement, ...]:
-    """The elements of :func:`_image_ref` as raw elements (immutable: one set per slice serves every
-    contour on it)."""
-    elements = [
-        _raw(0x00081150, "UI", ref.sop_class_uid),
-        _raw(0x00081155, "UI", ref.sop_instance_uid),
-    ]
+def _contour_image_sequence(ref: SliceRef) -> bytes:
+    """The Contour Image Sequence of a contour on the slice ``ref`` (one set of bytes per slice serves
+    every contour on it)."""
+    body = _element(0x00081150, "UI", ref.sop_class_uid) + _element(0x00081155, "UI", ref.sop_instance_uid)
     if ref.frame_number is not None:
-        elements.append(_raw(0x00081160, "IS", str(int(ref.frame_number))))
-    return tuple(elements)
+        body += _element(0x00081160, "IS", str(int(ref.frame_number)))
+    return _element(_CONTOUR_IMAGES, "SQ", _item(body))
+
+
+_CLOSED_PLANAR = _element(_GEOMETRIC_TYPE, "CS", "CLOSED_PLANAR")
 
 
 def _contour_items(
@@ -165,11 +178,11 @@ def _contour_items(
     k: int,
     offset: tuple[int, int],
     number: int,
-    image_ref: tuple[RawDataElement, ...],
-) -> list[Dataset]:
-    """Contour Sequence items of one structure on slice ``k``: ``up`` is the :func:`scaled_up` image of
-    the structure's bounding box on that slice, whose first pixel is (row, column) ``offset``;
-    ``image_ref`` the raw elements of the reference to the slice's source image."""
+    image_ref: bytes,
+) -> list[bytes]:
+    """Contour Sequence items (encoded) of one structure on slice ``k``: ``up`` is the :func:`scaled_up`
+    image of the structure's bounding box on that slice, whose first pixel is (row, column) ``offset``;
+    ``image_ref`` the encoded Contour Image Sequence of the slice."""
     polygons = _traced(up)
     if not polygons:
         return []
@@ -184,29 +197,29 @@ def _contour_items(
     )
     points = (context.volume.affine @ ijk)[:3].T
     ends = np.cumsum([len(p) for p in polygons])
-    items: list[Dataset] = []
+    items: list[bytes] = []
     for polygon_points in np.split(points, ends[:-1]):
-        ref = Dataset()
-        for element in image_ref:
-            ref[element.tag] = element
-        item = Dataset()
-        item[_CONTOUR_IMAGES] = DataElement(_CONTOUR_IMAGES, "SQ", [_as_written(ref)])
-        item[_GEOMETRIC_TYPE] = _raw(_GEOMETRIC_TYPE, "CS", "CLOSED_PLANAR")
-        item[_NUMBER_OF_POINTS] = _raw(_NUMBER_OF_POINTS, "IS", str(len(polygon_points)))
-        item[_CONTOUR_NUMBER] = _raw(_CONTOUR_NUMBER, "IS", str(number + len(items)))
-        item[_CONTOUR_DATA] = _raw(_CONTOUR_DATA, "DS", _ds_bytes(polygon_points))
-        items.append(_as_written(item))
+        body = b"".join(
+            (
+                image_ref,
+                _CLOSED_PLANAR,
+                _element(_NUMBER_OF_POINTS, "IS", str(len(polygon_points))),
+                _element(_CONTOUR_NUMBER, "IS", str(number + len(items))),
+                _element(_CONTOUR_DATA, "DS", _ds_bytes(polygon_points)),
+            )
+        )
+        items.append(_item(body))
     return items
 
 
 def _all_contours(
     context: DerivedContext, label_map: npt.NDArray[Any], boxes: Sequence[tuple[slice, ...] | None]
-) -> dict[int, list[Dataset]]:
-    """Label -> its Contour Sequence items, slice by slice: each structure is cut out of the label map by
-    its bounding box (``scipy.ndimage.find_objects``, one pass over the stack for all of them) and traced
-    only on the slices of that box where it has pixels."""
-    out: dict[int, list[Dataset]] = {}
-    refs: dict[int, tuple[RawDataElement, ...]] = {}
+) -> dict[int, list[bytes]]:
+    """Label -> its Contour Sequence items (encoded), slice by slice: each structure is cut out of the
+    label map by its bounding box (``scipy.ndimage.find_objects``, one pass over the stack for all of
+    them) and traced only on the slices of that box where it has pixels."""
+    out: dict[int, list[bytes]] = {}
+    refs: dict[int, bytes] = {}
     for label, box in enumerate(boxes, start=1):
         if box is None:
             continue
@@ -214,22 +227,26 @@ def _all_contours(
         first_column, first_row, first_slice = (int(b.start) for b in box)
         on = np.flatnonzero(inside.any(axis=(1, 2)))
         up = scaled_up(inside[on])  # all slices of the box in one pass
-        items: list[Dataset] = []
+        items: list[bytes] = []
         for n, dk in enumerate(on):
             k = first_slice + int(dk)
             if k not in refs:
-                refs[k] = _raw_image_ref(context.volume.slice_refs[k])
+                refs[k] = _contour_image_sequence(context.volume.slice_refs[k])
             offset = (first_row, first_column)
             items.extend(_contour_items(context, up[n], k, offset, len(items) + 1, refs[k]))
         out[label] = items
     return out
 
 
-def _roi_contour(spec: SegmentSpec, roi: int, contours: list[Dataset]) -> Dataset:
+def _roi_contour(spec: SegmentSpec, roi: int, contours: list[bytes]) -> Dataset:
+    """An ROI Contour Sequence item whose Contour Sequence is held as written (explicit VR little endian,
+    items of defined length): pydicom writes it as it is (once the item is marked :func:`_as_written` in
+    its sequence) and parses it when it is read."""
     item = Dataset()
     item.ROIDisplayColor = list(spec.rgb)
     item.ReferencedROINumber = roi
-    item.ContourSequence = contours
+    value = b"".join(contours)
+    item[_CONTOURS] = RawDataElement(_CONTOURS, "SQ", len(value), value, 0, False, True)
     return item
 
 
@@ -323,6 +340,11 @@ def encode_rtstruct(
         observations.append(_observation(spec, roi))
     ds.StructureSetROISequence = rois
     ds.ROIContourSequence = contours
+    for item in ds.ROIContourSequence:
+        _as_written(item)  # in the sequence: with the character set it inherits from the dataset
+    # and the dataset too: else pydicom's writer walks it all for ambiguous VRs (there are none), parsing
+    # the Contour Sequences on the way
+    _as_written(ds)
     ds.RTROIObservationsSequence = observations
     logger.info("encoded RTSTRUCT for %s: %d ROIs", context.where, len(rois))
     return EncodedRtstruct(ds, series_uid, sop_uid, roi_labels)
