@@ -76,14 +76,18 @@ def scaled_up(masks: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
     corner) the corner sub-pixel of the lower pixel cleared."""
     *lead, rows, columns = masks.shape
     up = np.zeros((*lead, rows * _SCALE + 2, columns * _SCALE + 2), dtype=np.uint8)
-    up[..., 1:-1, 1:-1] = masks.repeat(_SCALE, axis=-2).repeat(_SCALE, axis=-1)
+    pixels = masks.view(np.uint8)
+    for i in range(_SCALE):
+        for j in range(_SCALE):
+            up[..., 1 + i : -1 : _SCALE, 1 + j : -1 : _SCALE] = pixels
     a, b, c, d = masks[..., :-1, :-1], masks[..., :-1, 1:], masks[..., 1:, :-1], masks[..., 1:, 1:]
-    # (r, c) and (r+1, c+1) in, the other two out -> clear (r+1, c+1)'s top-left sub-pixel
-    *lead_index, r, q = np.nonzero(a & d & ~b & ~c)
-    up[(*lead_index, (r + 1) * _SCALE + 1, (q + 1) * _SCALE + 1)] = 0
-    # (r, c+1) and (r+1, c) in -> clear (r+1, c)'s top-right sub-pixel
-    *lead_index, r, q = np.nonzero(b & c & ~a & ~d)
-    up[(*lead_index, (r + 1) * _SCALE + 1, q * _SCALE + _SCALE)] = 0
+    # (r, c) and (r+1, c+1) in, the other two out -> clear (r+1, c+1)'s top-left sub-pixel,
+    # at ((r+1) * 3 + 1, (c+1) * 3 + 1)
+    corners = up[..., _SCALE + 1 : -1 : _SCALE, _SCALE + 1 : -1 : _SCALE]
+    corners &= (~(a & d & ~(b | c))).view(np.uint8)
+    # (r, c+1) and (r+1, c) in -> clear (r+1, c)'s top-right sub-pixel, at ((r+1) * 3 + 1, c * 3 + 3)
+    corners = up[..., _SCALE + 1 : -1 : _SCALE, _SCALE:-2:_SCALE]
+    corners &= (~(b & c & ~(a | d))).view(np.uint8)
     return up
 
 
