@@ -129,6 +129,28 @@ def stack_window(voxels: npt.NDArray[Any]) -> Window:
     return Window((low + high) / 2, max(high - low, 1.0))
 
 
+#: The dtypes OpenCV transposes.
+_CV_DTYPES = frozenset(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32))
+
+
+def slices_of(stack: npt.NDArray[Any], start: int, stop: int) -> npt.NDArray[Any]:
+    """Slices ``start:stop`` of a (columns, rows, slices) stack as one contiguous (slices, rows, columns)
+    array. numpy's copy of the transposed view reads the stack with a stride of a slice's length; OpenCV's
+    2D transposes (one from (columns x rows, slices) to (slices, columns x rows), then one per slice) do
+    the same several times faster, for the dtypes it takes."""
+    chunk = np.ascontiguousarray(stack[:, :, start:stop])
+    columns, rows, count = chunk.shape
+    if chunk.dtype not in _CV_DTYPES or chunk.size == 0:
+        return np.ascontiguousarray(chunk.transpose(2, 1, 0))
+    import cv2
+
+    by_slice = cv2.transpose(chunk.reshape(-1, count))
+    out = np.empty((count, rows, columns), dtype=chunk.dtype)
+    for n in range(count):
+        out[n] = cv2.transpose(by_slice[n].reshape(columns, rows))
+    return out
+
+
 def outline(labels: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
     """Labelled pixels with a 4-neighbour of another label or on the image edge, in the last two axes of
     ``labels`` (one image, or a stack of images along the first axis)."""
@@ -301,8 +323,8 @@ def encode_overlay(
             # voxels and labels are (columns, rows, slices): a slice is scattered over the whole stack, so
             # a few slices at a time are made contiguous (rows, columns) in one pass over the memory, and
             # their outlines drawn in one pass
-            chunk = np.ascontiguousarray(volume.voxels[:, :, k : k + _CHUNK].transpose(2, 1, 0))
-            planes = np.ascontiguousarray(np.asarray(label_map)[:, :, k : k + _CHUNK].transpose(2, 1, 0))
+            chunk = slices_of(volume.voxels, k, k + _CHUNK)
+            planes = slices_of(np.asarray(label_map), k, k + _CHUNK)
             edges = outline(planes)
         header = headers[ref.sop_instance_uid]
         window = source_window(header, fallback)
