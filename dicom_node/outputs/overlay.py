@@ -214,7 +214,10 @@ def render(
     entries = tuple((names[v], tuple(int(c) for c in colours[v])) for v in present)
     band = legend_band(width, entries)
     image = np.empty((rows + band.shape[0], width, 3), dtype=np.uint8)
-    image[:rows, :columns] = gray[..., None]
+    import cv2
+
+    # R = G = B = gray (OpenCV's conversion: numpy's broadcast copy runs an inner loop of 3 bytes)
+    image[:rows, :columns] = cv2.cvtColor(np.ascontiguousarray(gray, dtype=np.uint8), cv2.COLOR_GRAY2RGB)
     image[:rows, columns:] = 0
     image[rows:] = band
     if present:
