@@ -6,10 +6,11 @@
 # orthanc-dicomweb (Orthanc's DICOMweb plugin, read by the OHIF Viewer in the viewer test), tesseract-ocr
 # (reads back the words burned into the overlay images), stress-ng (background CPU load, to check that the
 # tests do not depend on timing: stress-ng --cpu 1), redis-server (the cluster's broker; the cluster tests
-# start their own server on a free loopback port). Then the
+# start their own server on a free loopback port), g++ and python3-dev (torch.compile builds the C++ kernels of
+# the networks compiled for the CPU). Then the
 # npm-packaged peers (deploy/install-test-peers.sh: the prebuilt OHIF Viewer).
 set -eu
-PACKAGES="python3-venv dcmtk orthanc dicom3tools dcm2niix postgresql chromium chromium-driver orthanc-dicomweb tesseract-ocr tesseract-ocr-eng stress-ng redis-server"
+PACKAGES="python3-venv dcmtk orthanc dicom3tools dcm2niix postgresql chromium chromium-driver orthanc-dicomweb tesseract-ocr tesseract-ocr-eng stress-ng redis-server g++ python3-dev"
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
     SUDO="sudo"

@@ -165,6 +165,7 @@ class Engine:
 
     def predictor(self, model: PartModel, device: torch.device, step_size: float) -> Predictor:
         """The warm predictor of ``model`` on ``device`` (built on first use)."""
+        from inference.compiled import compile_network, wants_compile
         from inference.nnunet_models import build_predictor
 
         key = (model.dataset_id, str(device), step_size)
@@ -173,10 +174,12 @@ class Engine:
             if cached is None:
                 start = time.perf_counter()
                 cached = build_predictor(model.model_dir(self.weights_dir), model.fold, device, step_size)
-                self._predictors[key] = cached
                 logger.info(
                     "loaded model %d on %s in %.1fs", model.dataset_id, device, time.perf_counter() - start
                 )
+                if wants_compile(cached, device, self.config.cpu_compile):
+                    compile_network(cached, device, self.config.cpu_precision)
+                self._predictors[key] = cached
             return cached
 
     def model_info(self, model: PartModel) -> ModelInfo:

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 Precision = Literal["fp32", "bf16"]
 
 
-def _autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
+def autocast_for(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
     import torch
 
     if device.type == "cuda":
@@ -91,7 +91,7 @@ def sliding_window_labels(
     logits = torch.zeros((classes, *window), dtype=torch.half, device=results)
     weights = torch.zeros(window, dtype=torch.half, device=results)
     base = 0  # plane of ``shape`` held in the first plane of the accumulators
-    with torch.inference_mode(), _autocast(device, precision):
+    with torch.inference_mode(), autocast_for(device, precision):
         for start, end, final in _slabs(starts[0], patch[0], shape[0]):
             _shift(logits, weights, start - base)
             base = start

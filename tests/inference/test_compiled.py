@@ -1,0 +1,82 @@
+"""The networks compiled for the CPU (inference/compiled.py, ``inference.cpu_compile``) on the trained tiny
+nnU-Net models and real MRI: when they are compiled, that the labels stay those of the uncompiled network,
+and that a failed compile leaves a working engine."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pydantic
+import pytest
+import torch
+from torch._dynamo.eval_frame import OptimizedModule
+
+from config.inference import InferenceConfig
+from conversion import load_series
+from inference import compiled
+from inference.engine import Engine
+from inference.nnunet_models import build_predictor
+from inference.registry import get_part_model
+from tests.support.paths import MODELS, PD_TRA
+
+CPU = torch.device("cpu")
+
+
+def test_auto_compiles_full_size_networks_on_the_cpu_with_one_fold(monkeypatch: pytest.MonkeyPatch) -> None:
+    predictor = build_predictor(get_part_model(850).model_dir(MODELS), 0, CPU, 0.8)
+    small = compiled.parameter_count(predictor.network)
+    assert 0 < small < compiled.AUTO_MIN_PARAMETERS  # the test network: auto leaves it eager
+    assert not compiled.wants_compile(predictor, CPU, "auto")
+    assert compiled.wants_compile(predictor, CPU, "on")
+    assert not compiled.wants_compile(predictor, CPU, "off")
+    assert not compiled.wants_compile(predictor, torch.device("cuda"), "on")
+    monkeypatch.setattr(compiled, "AUTO_MIN_PARAMETERS", small)  # as large as a full-size network
+    assert compiled.wants_compile(predictor, CPU, "auto")
+    monkeypatch.setattr(predictor, "list_of_parameters", predictor.list_of_parameters * 2)
+    assert not compiled.wants_compile(predictor, CPU, "on")  # an ensemble reloads weights per fold
+
+
+def test_compiled_engine_gives_the_labels_of_the_uncompiled_one() -> None:
+    """Same real series, same trained networks: compiled (on) and eager (off) labels agree per label."""
+    volume = load_series(sorted(PD_TRA.glob("*.dcm")))[0]
+    labels = {}
+    for setting in ("off", "on"):
+        config = InferenceConfig(weights_dir=MODELS, device="cpu", cpu_threads=2, cpu_compile=setting)
+        engine = Engine(config)
+        engine.warm_up("total_mr")
+        predictor = engine.predictor(get_part_model(850), CPU, 0.5)
+        assert isinstance(predictor.network, OptimizedModule) == (setting == "on")
+        labels[setting] = engine.segment(volume.voxels, volume.affine).labels
+    eager, fast = labels["off"], labels["on"]
+    assert eager.shape == fast.shape == volume.shape
+    present = sorted(set(np.unique(eager)) - {0})
+    assert len(present) >= 3, present  # the comparison covers several structures
+    for label in present:
+        a, b = eager == label, fast == label
+        dice = 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+        assert dice >= 0.999, (label, dice)
+    assert float((eager == fast).mean()) >= 0.9999
+
+
+def test_a_failed_compile_leaves_the_network_eager_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*_args: object, **_kwargs: object) -> object:
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    engine = Engine(InferenceConfig(weights_dir=MODELS, device="cpu", cpu_threads=2, cpu_compile="on"))
+    volume = load_series(sorted(PD_TRA.glob("*.dcm")))[0]
+    with caplog.at_level(logging.WARNING, logger="inference.compiled"):
+        result = engine.segment(volume.voxels, volume.affine)
+    assert result.labels.shape == volume.shape
+    assert not isinstance(engine.predictor(get_part_model(850), CPU, 0.5).network, OptimizedModule)
+    expected = "torch.compile of the network failed, running it eagerly (RuntimeError: InvalidCxxCompiler"
+    assert expected in caplog.text
+
+
+def test_cpu_compile_rejects_other_values() -> None:
+    assert InferenceConfig().cpu_compile == "auto"
+    with pytest.raises(pydantic.ValidationError, match="cpu_compile"):
+        InferenceConfig(cpu_compile="yes")  # type: ignore[arg-type]
