@@ -103,6 +103,10 @@ def write_npy(array: npt.NDArray[Any], path: Path) -> Path:
     return atomic_write(path, partial(_save_npy, array))
 
 
-def write_dicom(dataset: Dataset, path: Path) -> Path:
-    """Write a dataset as a DICOM file with file meta information, atomically (see :func:`atomic_write`)."""
-    return atomic_write(path, partial(_save_dicom, dataset))
+def write_dicom(
+    dataset: Dataset, path: Path, writer: Callable[[Dataset, IO[bytes]], None] | None = None
+) -> Path:
+    """Write a dataset as a DICOM file with file meta information, atomically (see :func:`atomic_write`);
+    ``writer``: how to encode it (default ``save_as`` with ``enforce_file_format``), e.g. the overlay
+    series' writer of the elements its images share."""
+    return atomic_write(path, partial(writer or _save_dicom, dataset))

@@ -22,10 +22,10 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -61,7 +61,10 @@ class StackResult:
     options: SegOptions
 
 
-def _datasets(kind: OutputKind, context: DerivedContext, stack: StackResult) -> tuple[Dataset, ...]:
+def _datasets(
+    kind: OutputKind, context: DerivedContext, stack: StackResult
+) -> tuple[tuple[Dataset, ...], Callable[[Dataset, IO[bytes]], None] | None]:
+    """The objects of one kind, and how to write them (None: ``save_as``)."""
     from dicom_node.outputs.overlay import encode_overlay
     from dicom_node.outputs.rtstruct import encode_rtstruct
     from dicom_node.outputs.sr import encode_volumetry_sr
@@ -72,10 +75,11 @@ def _datasets(kind: OutputKind, context: DerivedContext, stack: StackResult) -> 
                 f"{context.where}: the volumetry SR references a SEG, and none was encoded",
                 reason="output_encoding_failed",
             )
-        return (encode_volumetry_sr(context, stack.measured, stack.seg, stack.segments).dataset,)
+        return (encode_volumetry_sr(context, stack.measured, stack.seg, stack.segments).dataset,), None
     if kind is OutputKind.OVERLAY:
-        return encode_overlay(context, stack.labels, stack.segments).datasets
-    return (encode_rtstruct(context, stack.labels, stack.segments).dataset,)
+        overlay = encode_overlay(context, stack.labels, stack.segments)
+        return overlay.datasets, overlay.writer.write
+    return (encode_rtstruct(context, stack.labels, stack.segments).dataset,), None
 
 
 def validate_derived(ctx: PipelineContext, kind: OutputKind, paths: Sequence[Path], where: str) -> int:
@@ -151,10 +155,12 @@ def _encode_kind(
     started = time.perf_counter()
     if ctx.failpoints.fails_output(str(kind)):
         raise DerivedEncodingError(f"{context.where}: the {kind} encoder failed (injected by the test plan)")
-    datasets = _datasets(kind, context, stack)
+    datasets, writer = _datasets(kind, context, stack)
     folder = ctx.outbox_dir(job_id)
     paths = [
-        write_dicom(ds, folder / f"{path_safe_uid(str(ds.SOPInstanceUID), f'{kind} SOP Instance UID')}.dcm")
+        write_dicom(
+            ds, folder / f"{path_safe_uid(str(ds.SOPInstanceUID), f'{kind} SOP Instance UID')}.dcm", writer
+        )
         for ds in datasets
     ]
     encoded_s = time.perf_counter() - started

@@ -42,6 +42,7 @@ from dicom_node.outputs.derived import (
     set_file_meta,
 )
 from dicom_node.outputs.seg_segments import SegmentSpec
+from dicom_node.outputs.shared_elements import SharedElementsWriter
 
 logger = logging.getLogger(__name__)
 
@@ -231,6 +232,8 @@ class EncodedOverlay:
 
     datasets: tuple[Dataset, ...]
     series_instance_uid: str
+    #: Writes the images as DICOM files, the elements they share encoded once (``writer.write(ds, fh)``).
+    writer: SharedElementsWriter
 
 
 def _code_item(value: str, scheme: str, meaning: str) -> Dataset:
@@ -340,4 +343,4 @@ def encode_overlay(
         ds.PixelData = np.ascontiguousarray(pixels).tobytes()
         images.append(ds)
     logger.info("encoded overlay series for %s: %d images", context.where, len(images))
-    return EncodedOverlay(datasets=tuple(images), series_instance_uid=series_uid)
+    return EncodedOverlay(tuple(images), series_uid, SharedElementsWriter(template))

@@ -10,7 +10,7 @@ its files on disk (encoding and writing; validation with dciodvfy is not include
 
 - SEG: ``encode_seg`` (BINARY, SegNode's fast frame assembly) + write, the anchor;
 - SR: ``volumetry.measure`` + ``encode_volumetry_sr`` + write;
-- overlay: ``encode_overlay`` + write (one file per slice);
+- overlay: ``encode_overlay`` + write (one file per slice, with the series' writer, as the node does);
 - RTSTRUCT: ``encode_rtstruct`` + write.
 
 Goal (issue 13): SR, overlay and RTSTRUCT together take less than twice the SEG's time.
@@ -74,8 +74,10 @@ def main() -> int:
             encoded.dataset.save_as(out / "sr.dcm", enforce_file_format=True)
 
         def overlay() -> None:
-            for n, ds in enumerate(encode_overlay(context, labels, segments).datasets):
-                ds.save_as(out / f"overlay-{n}.dcm", enforce_file_format=True)
+            encoded = encode_overlay(context, labels, segments)
+            for n, ds in enumerate(encoded.datasets):  # written as the node writes them
+                with open(out / f"overlay-{n}.dcm", "wb") as fh:
+                    encoded.writer.write(ds, fh)
 
         def rtstruct() -> None:
             encode_rtstruct(context, labels, segments).dataset.save_as(

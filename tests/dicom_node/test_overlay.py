@@ -6,6 +6,7 @@ pixels; references to the source images and an order beside the source series.""
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import subprocess
@@ -77,9 +78,20 @@ def test_every_image_is_valid(tmp_path: Path, case: tuple[Path, Volume, Any, Enc
     assert len(overlay.datasets) == volume.shape[2]
     for k, ds in enumerate(overlay.datasets):
         path = tmp_path / f"{k}.dcm"
-        ds.save_as(path, enforce_file_format=True)
+        with path.open("wb") as fh:
+            overlay.writer.write(ds, fh)  # as the node writes them
         validate_with_dciodvfy(path)  # raises on any Error line
         assert pydicom.dcmread(path).SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+
+
+def test_the_series_writer_writes_what_pydicom_writes(case: tuple[Path, Volume, Any, EncodedOverlay]) -> None:
+    overlay = case[3]
+    assert overlay.writer.fits(overlay.datasets[0])
+    for k, ds in enumerate(overlay.datasets):
+        expected, written = io.BytesIO(), io.BytesIO()
+        ds.save_as(expected, enforce_file_format=True)
+        overlay.writer.write(ds, written)
+        assert written.getvalue() == expected.getvalue(), f"image {k}"
 
 
 def test_pixels_off_the_outlines_are_the_windowed_source(

@@ -1,0 +1,108 @@
+"""Writing a series whose images share most of their elements (the overlay series: one image per source
+slice, alike but for the pixels, the SOP Instance UID, the Instance Number and the source reference).
+
+pydicom's writer encodes each element of each image again, and its ambiguous-VR pass walks each image
+first; for 120 images of some 70 elements that costs more than the pixels. :class:`SharedElementsWriter`
+encodes an element that an image holds from the series' template (the same element object, as
+``Dataset.update(template)`` leaves it) once, with pydicom's own ``write_data_element``, and writes the
+cached bytes for every image while the element keeps its VR and value (a sequence: its items' elements);
+the elements of the image itself, the file meta information and the preamble are encoded for each image
+by pydicom's writer as ``dcmwrite`` does. The file is the same, byte for byte, as
+``dataset.save_as(path, enforce_file_format=True)`` writes (tests compare them).
+
+Only Explicit VR Little Endian (the transfer syntax of the objects SegNode makes) is written this way;
+another transfer syntax, a preamble of its own or a template element whose VR depends on other elements
+(``US or SS``, ``OB or OW``) goes through ``save_as``.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+from pydicom.charset import default_encoding
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element, write_file_meta_info
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+from pydicom.uid import ExplicitVRLittleEndian
+
+_PREAMBLE = b"\0" * 128 + b"DICM"
+
+
+def _frozen(elem: DataElement | RawDataElement) -> Any:
+    """The VR and value of an element as they stay when the element (its multi-value, the items of its
+    sequence) is changed in place."""
+    value = elem.value
+    if isinstance(elem, DataElement) and isinstance(value, Sequence):
+        return tuple(
+            tuple((tag, _frozen(item.get_item(tag))) for tag in sorted(item.keys())) for item in value
+        )
+    return elem.VR, tuple(value) if isinstance(value, (list, MultiValue)) else value
+
+
+def _is_ambiguous(vr: str | None) -> bool:
+    return vr is not None and " or " in vr
+
+
+class SharedElementsWriter:
+    """Writes the images made from one template dataset (see the module's description)."""
+
+    def __init__(self, template: Dataset) -> None:
+        self._template = template
+        self._charset = template.get("SpecificCharacterSet", default_encoding)
+        self._encoded: dict[BaseTag, tuple[Any, bytes]] = {}
+        self._usable = not any(_is_ambiguous(template.get_item(tag).VR) for tag in template.keys())
+
+    def _bytes(self, elem: DataElement | RawDataElement, dataset: Dataset) -> bytes:
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_data_element(fp, correct_ambiguous_vr_element(elem, dataset, True), self._charset)
+        return fp.getvalue()
+
+    def _shared(self, tag: BaseTag, elem: DataElement | RawDataElement, dataset: Dataset) -> bytes:
+        """The element's bytes, from the cache while its VR and value (with the items of a sequence) are
+        those it was encoded with: an element changed in place, through any of the datasets that share
+        it, is encoded again."""
+        state = _frozen(elem)
+        cached = self._encoded.get(tag)
+        if cached is not None and cached[0] == state:
+            return cached[1]
+        encoded = self._bytes(elem, dataset)
+        self._encoded[tag] = (state, encoded)
+        return encoded
+
+    def fits(self, dataset: Dataset) -> bool:
+        """Whether ``dataset`` is written from the cache (else :meth:`write` uses ``save_as``)."""
+        meta = getattr(dataset, "file_meta", None)
+        return (
+            self._usable
+            and meta is not None
+            and meta.get("TransferSyntaxUID") == ExplicitVRLittleEndian
+            and getattr(dataset, "preamble", None) is None
+            and dataset.get("SpecificCharacterSet", default_encoding) == self._charset
+        )
+
+    def write(self, dataset: Dataset, fh: IO[bytes]) -> None:
+        """Write ``dataset`` (made from the template) as a DICOM file to ``fh``."""
+        if not self.fits(dataset):
+            dataset.save_as(fh, enforce_file_format=True)
+            return
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        fp.write(_PREAMBLE)
+        write_file_meta_info(fp, dataset.file_meta, enforce_standard=True)
+        template = self._template
+        for tag in sorted(dataset.keys()):
+            if tag.group in (0, 2):
+                raise ValueError(f"{tag} (command or file meta element) cannot be written in a dataset")
+            if tag.element == 0 and tag.group > 6:
+                continue  # retired group lengths are not written (PS3.5 7.2), as pydicom does
+            elem = dataset.get_item(tag)
+            if tag in template and template.get_item(tag) is elem:
+                fp.write(self._shared(tag, elem, dataset))
+            else:
+                fp.write(self._bytes(elem, dataset))
+        fh.write(fp.getvalue())

@@ -1,0 +1,110 @@
+"""SharedElementsWriter (dicom_node.outputs.shared_elements): the files it writes are byte for byte those of
+pydicom's ``save_as(enforce_file_format=True)``, with a character set of the template, nested sequences,
+elements of the image that replace the template's, and where it falls back to ``save_as``."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+from dicom_node.outputs.shared_elements import SharedElementsWriter
+
+
+def template() -> Dataset:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName = "Müller^Jörg"
+    ds.PatientID = "Ä-1"
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.StudyInstanceUID = "1.2.3"
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "113076", "DCM", "Segmentation"
+    ds.DerivationCodeSequence = [code]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    return ds
+
+
+def image(shared: Dataset, n: int, syntax: str = ExplicitVRLittleEndian) -> Dataset:
+    ds = Dataset()
+    ds.update(shared)
+    ds.SOPInstanceUID = f"1.2.3.{n}"
+    ds.InstanceNumber = n
+    ds.ImageComments = f"Bild {n} für Jörg"
+    source = Dataset()
+    source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID = SecondaryCaptureImageStorage, f"1.2.4.{n}"
+    ds.SourceImageSequence = [source]
+    ds.Rows, ds.Columns = 2, 3
+    ds.PixelData = bytes(range(n, n + 6))
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = syntax
+    ds.file_meta = meta
+    return ds
+
+
+def both(writer: SharedElementsWriter, ds: Dataset) -> tuple[bytes, bytes]:
+    expected, written = io.BytesIO(), io.BytesIO()
+    ds.save_as(expected, enforce_file_format=True)
+    writer.write(ds, written)
+    return written.getvalue(), expected.getvalue()
+
+
+def test_images_of_a_template_are_written_as_pydicom_writes_them() -> None:
+    shared = template()
+    writer = SharedElementsWriter(shared)
+    for n in range(1, 4):
+        ds = image(shared, n)
+        assert writer.fits(ds)
+        written, expected = both(writer, ds)
+        assert written == expected, f"image {n}"
+    assert "Müller".encode("latin-1") in written
+
+
+def test_an_element_replaced_in_the_image_is_its_own() -> None:
+    shared = template()
+    writer = SharedElementsWriter(shared)
+    both(writer, image(shared, 1))  # the template's PatientID is cached now
+    ds = image(shared, 2)
+    ds.PatientID = "other"
+    written, expected = both(writer, ds)
+    assert written == expected and b"other" in written
+
+
+@pytest.mark.parametrize("case", ["implicit", "ambiguous", "preamble"])
+def test_what_the_cache_cannot_write_goes_through_save_as(case: str) -> None:
+    shared = template()
+    if case == "ambiguous":
+        shared.SmallestImagePixelValue = 0  # US or SS, by Pixel Representation
+    writer = SharedElementsWriter(shared)
+    ds = image(shared, 1, ImplicitVRLittleEndian if case == "implicit" else ExplicitVRLittleEndian)
+    if case == "preamble":
+        ds.preamble = b"\1" * 128
+    assert not writer.fits(ds)
+    written, expected = both(writer, ds)
+    assert written == expected
+
+
+def test_a_file_meta_element_in_the_dataset_is_refused() -> None:
+    shared = template()
+    writer = SharedElementsWriter(shared)
+    ds = image(shared, 1)
+    ds.add_new(0x00020010, "UI", ExplicitVRLittleEndian)
+    with pytest.raises(ValueError, match="file meta"):
+        writer.write(ds, io.BytesIO())
+
+
+def test_a_shared_element_changed_in_place_is_encoded_again() -> None:
+    shared = template()
+    shared.ImageType = ["DERIVED", "SECONDARY"]
+    writer = SharedElementsWriter(shared)
+    first = image(shared, 1)
+    both(writer, first)
+    first.ImageType[1] = "PRIMARY"  # the element (and its list) is the template's, shared by every image
+    first.DerivationCodeSequence[0].CodeMeaning = "Changed"
+    written, expected = both(writer, image(shared, 2))
+    assert written == expected and b"PRIMARY" in written and b"Changed" in written
