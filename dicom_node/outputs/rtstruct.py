@@ -72,21 +72,17 @@ _SCALE = 3
 
 def scaled_up(masks: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
     """Masks (..., rows, columns) as the images :func:`slice_contours` traces: each pixel a 3 x 3 block of
-    sub-pixels, one sub-pixel of padding around, and in each 2 x 2 saddle (two pixels touching only at a
-    corner) the corner sub-pixel of the lower pixel cleared."""
-    *lead, rows, columns = masks.shape
-    up = np.zeros((*lead, rows * _SCALE + 2, columns * _SCALE + 2), dtype=np.uint8)
-    pixels = masks.view(np.uint8)
-    for i in range(_SCALE):
-        for j in range(_SCALE):
-            up[..., 1 + i : -1 : _SCALE, 1 + j : -1 : _SCALE] = pixels
+    sub-pixels (``np.repeat`` along rows and columns: two contiguous passes), and in each 2 x 2 saddle (two
+    pixels touching only at a corner) the corner sub-pixel of the lower pixel cleared. No padding: OpenCV's
+    ``findContours`` traces a pixel on the image edge as if a row or column of background lay beyond it."""
+    up = np.repeat(np.repeat(masks.view(np.uint8), _SCALE, axis=-1), _SCALE, axis=-2)
     a, b, c, d = masks[..., :-1, :-1], masks[..., :-1, 1:], masks[..., 1:, :-1], masks[..., 1:, 1:]
     # (r, c) and (r+1, c+1) in, the other two out -> clear (r+1, c+1)'s top-left sub-pixel,
-    # at ((r+1) * 3 + 1, (c+1) * 3 + 1)
-    corners = up[..., _SCALE + 1 : -1 : _SCALE, _SCALE + 1 : -1 : _SCALE]
+    # at ((r+1) * 3, (c+1) * 3)
+    corners = up[..., _SCALE::_SCALE, _SCALE::_SCALE]
     corners &= (~(a & d & ~(b | c))).view(np.uint8)
-    # (r, c+1) and (r+1, c) in -> clear (r+1, c)'s top-right sub-pixel, at ((r+1) * 3 + 1, c * 3 + 3)
-    corners = up[..., _SCALE + 1 : -1 : _SCALE, _SCALE:-2:_SCALE]
+    # (r, c+1) and (r+1, c) in -> clear (r+1, c)'s top-right sub-pixel, at ((r+1) * 3, c * 3 + 2)
+    corners = up[..., _SCALE::_SCALE, _SCALE - 1 : -1 : _SCALE]
     corners &= (~(b & c & ~(a | d))).view(np.uint8)
     return up
 
@@ -101,7 +97,7 @@ def _traced(up: npt.NDArray[np.uint8]) -> list[npt.NDArray[np.int32]]:
 
 def _pixel_xy(traced: npt.NDArray[np.int32]) -> npt.NDArray[np.float64]:
     """Sub-pixel (x, y) indices of :func:`scaled_up`'s images as (column, row) pixel coordinates."""
-    xy: npt.NDArray[np.float64] = (traced - (1 + (_SCALE - 1) / 2)) / _SCALE
+    xy: npt.NDArray[np.float64] = (traced - (_SCALE - 1) / 2) / _SCALE
     return xy
 
 
