@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
@@ -127,9 +127,14 @@ def label_counts(label_map: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.intp
 
 
 def labels_present(
-    context: DerivedContext, label_map: npt.NDArray[np.integer[Any]], segments: Mapping[int, SegmentSpec]
+    context: DerivedContext,
+    label_map: npt.NDArray[np.integer[Any]],
+    segments: Mapping[int, SegmentSpec],
+    counted: Sequence[int] | None = None,
 ) -> list[int]:
-    """The labels in ``label_map`` (0 left out), in increasing order.
+    """The labels in ``label_map`` (0 left out), in increasing order; ``counted``: those labels where the
+    caller has counted them already (the stack's :class:`~dicom_node.outputs.volumetry.Volumetry`), so
+    that the label map is not read again.
 
     Raises :class:`DerivedEncodingError` when the label map is not on the grid of ``context.volume`` or a
     label has no entry in ``segments``.
@@ -137,7 +142,10 @@ def labels_present(
     volume = context.volume
     if label_map.shape != volume.shape:
         raise DerivedEncodingError(f"{context.where}: label map shape {label_map.shape} != {volume.shape}")
-    present = [int(v) for v in np.flatnonzero(label_counts(np.asarray(label_map))) if v]
+    if counted is None:
+        present = [int(v) for v in np.flatnonzero(label_counts(np.asarray(label_map))) if v]
+    else:
+        present = sorted({int(v) for v in counted if v})
     missing = [v for v in present if v not in segments]
     if missing:
         raise DerivedEncodingError(f"{context.where}: labels {missing} have no catalog entry")

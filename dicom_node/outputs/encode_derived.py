@@ -77,9 +77,10 @@ def _datasets(
             )
         return (encode_volumetry_sr(context, stack.measured, stack.seg, stack.segments).dataset,), None
     if kind is OutputKind.OVERLAY:
-        overlay = encode_overlay(context, stack.labels, stack.segments)
+        # the labels present were counted for the volumetry: the encoders need not read the map for them
+        overlay = encode_overlay(context, stack.labels, stack.segments, stack.measured.labels)
         return overlay.datasets, overlay.writer.write
-    return (encode_rtstruct(context, stack.labels, stack.segments).dataset,), None
+    return (encode_rtstruct(context, stack.labels, stack.segments, stack.measured.labels).dataset,), None
 
 
 def validate_derived(ctx: PipelineContext, kind: OutputKind, paths: Sequence[Path], where: str) -> int:

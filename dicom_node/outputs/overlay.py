@@ -20,7 +20,7 @@ Sequence) and says it is AI-generated in Image Comments, Derivation Description 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -310,11 +310,15 @@ def _image(
 
 
 def encode_overlay(
-    context: DerivedContext, label_map: npt.NDArray[np.integer[Any]], segments: Mapping[int, SegmentSpec]
+    context: DerivedContext,
+    label_map: npt.NDArray[np.integer[Any]],
+    segments: Mapping[int, SegmentSpec],
+    counted: Sequence[int] | None = None,
 ) -> EncodedOverlay:
-    """The overlay series of a stack: one image per slice of ``context.volume``."""
+    """The overlay series of a stack: one image per slice of ``context.volume``; ``counted``: the labels of
+    ``label_map`` where the caller has them (see :func:`labels_present`)."""
     volume = context.volume
-    present = labels_present(context, label_map, segments)
+    present = labels_present(context, label_map, segments, counted)
     colours = np.zeros((max(present, default=0) + 1, 3), dtype=np.uint8)
     for label in present:
         colours[label] = segments[label].rgb

@@ -311,13 +311,17 @@ def _header(context: DerivedContext, series_uid: str, sop_uid: str) -> Dataset:
 
 
 def encode_rtstruct(
-    context: DerivedContext, label_map: npt.NDArray[np.integer[Any]], segments: Mapping[int, SegmentSpec]
+    context: DerivedContext,
+    label_map: npt.NDArray[np.integer[Any]],
+    segments: Mapping[int, SegmentSpec],
+    counted: Sequence[int] | None = None,
 ) -> EncodedRtstruct:
-    """The RT Structure Set of one stack: one ROI per label present in ``label_map``."""
+    """The RT Structure Set of one stack: one ROI per label present in ``label_map``; ``counted``: those
+    labels where the caller has them (see :func:`~dicom_node.outputs.derived.labels_present`)."""
     from scipy import ndimage
 
     volume = context.volume
-    present: Sequence[int] = labels_present(context, label_map, segments)
+    present: Sequence[int] = labels_present(context, label_map, segments, counted)
     if not present:
         raise DerivedEncodingError(f"{context.where}: the label map is empty: no structure to contour")
     boxes = ndimage.find_objects(np.asarray(label_map), max_label=max(present))

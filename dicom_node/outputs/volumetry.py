@@ -69,6 +69,11 @@ class Volumetry:
     voxel_volume_ml: float
     structures: tuple[StructureVolume, ...]
 
+    @property
+    def labels(self) -> tuple[int, ...]:
+        """The labels present in the label map (every one has a structure here)."""
+        return tuple(s.label for s in self.structures)
+
 
 def border_labels(label_map: npt.NDArray[np.integer[Any]]) -> set[int]:
     """Labels with a voxel on one of the six faces of the volume."""

@@ -9,7 +9,8 @@ so that the overlay's windowing has something to do. Each kind is timed from the
 its files on disk (encoding and writing; validation with dciodvfy is not included, as in bench_seg):
 
 - SEG: ``encode_seg`` (BINARY, SegNode's fast frame assembly) + write, the anchor;
-- SR: ``volumetry.measure`` + ``encode_volumetry_sr`` + write;
+- SR: ``volumetry.measure`` (which counts the labels present, once for all kinds, as the node does)
+  + ``encode_volumetry_sr`` + write;
 - overlay: ``encode_overlay`` + write (one file per slice, with the series' writer, as the node does);
 - RTSTRUCT: ``encode_rtstruct`` + write.
 
@@ -68,19 +69,22 @@ def main() -> int:
             encoded.dataset.save_as(out / "seg.dcm", enforce_file_format=True)
             seg_holder[:] = [encoded]
 
+        counted: list[int] = []
+
         def sr() -> None:
             report = volumetry.measure(volume, labels, "total_mr", names)
+            counted[:] = report.labels  # the node counts the labels once, for the volumetry
             encoded = encode_volumetry_sr(context, report, seg_holder[0], segments)  # type: ignore[arg-type]
             encoded.dataset.save_as(out / "sr.dcm", enforce_file_format=True)
 
         def overlay() -> None:
-            encoded = encode_overlay(context, labels, segments)
+            encoded = encode_overlay(context, labels, segments, counted)
             for n, ds in enumerate(encoded.datasets):  # written as the node writes them
                 with open(out / f"overlay-{n}.dcm", "wb") as fh:
                     encoded.writer.write(ds, fh)
 
         def rtstruct() -> None:
-            encode_rtstruct(context, labels, segments).dataset.save_as(
+            encode_rtstruct(context, labels, segments, counted).dataset.save_as(
                 out / "rt.dcm", enforce_file_format=True
             )
 

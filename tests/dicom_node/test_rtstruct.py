@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from skimage.draw import polygon as fill_polygon
 
 from conversion.volume import Volume
+from dicom_node.outputs import volumetry
 from dicom_node.outputs.derived import DerivedContext, DerivedEncodingError
 from dicom_node.outputs.rtstruct import encode_rtstruct
 from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, segments_from_catalog
@@ -174,3 +175,26 @@ def test_an_empty_label_map_is_refused() -> None:
         encode_rtstruct(
             DerivedContext(volume, ALGORITHM, SegOptions()), np.zeros(volume.shape, np.uint8), SEGMENTS
         )
+
+
+def test_labels_counted_by_the_volumetry_give_the_same_structure_set(
+    case: tuple[Volume, npt.NDArray[np.uint8], Dataset],
+) -> None:
+    volume, label_map, ds = case
+    counted = volumetry.measure(volume, label_map, "total_mr", volumetry.catalog_names("total_mr")).labels
+    again = encode_rtstruct(DerivedContext(volume, ALGORITHM, SegOptions()), label_map, SEGMENTS, counted)
+    assert [r.ROIName for r in again.dataset.StructureSetROISequence] == [
+        r.ROIName for r in ds.StructureSetROISequence
+    ]
+
+    def contours(rt: Dataset) -> list[list[list[float]]]:
+        return [[list(c.ContourData) for c in item.ContourSequence] for item in rt.ROIContourSequence]
+
+    assert contours(again.dataset) == contours(ds)
+
+
+def test_a_counted_label_without_a_catalog_entry_is_refused() -> None:
+    volume = volumes_of(SERIES["axial"])[0]
+    label_map = synthetic_label_map(volume.shape, [1, 2])
+    with pytest.raises(DerivedEncodingError, match=r"labels \[99\] have no catalog entry"):
+        encode_rtstruct(DerivedContext(volume, ALGORITHM, SegOptions()), label_map, SEGMENTS, [1, 2, 99])
