@@ -108,8 +108,9 @@ def _first(value: Any) -> float:
     return float(value[0])
 
 
-def source_window(header: Dataset, fallback: Window) -> Window:
-    """The source image's first window (or its frame's, for a multi-frame source), else ``fallback``."""
+def source_window(header: Dataset) -> Window | None:
+    """The source image's first window (or its frame's, for a multi-frame source), None where it has no
+    usable one."""
     item = header
     shared = header.get("SharedFunctionalGroupsSequence")
     if "WindowCenter" not in header and shared and shared[0].get("FrameVOILUTSequence"):
@@ -117,9 +118,9 @@ def source_window(header: Dataset, fallback: Window) -> Window:
     try:
         center, width = _first(item.WindowCenter), _first(item.WindowWidth)
     except (AttributeError, TypeError, ValueError, IndexError):
-        return fallback
+        return None
     if not np.isfinite(center) or not np.isfinite(width) or width < 1:
-        return fallback
+        return None
     function = str(item.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
     return Window(center, width, function if function in ("LINEAR", "LINEAR_EXACT", "SIGMOID") else "LINEAR")
 
@@ -326,7 +327,8 @@ def encode_overlay(
     headers = {str(h.SOPInstanceUID): h for h in volume.source_headers}
     series_uid = context.uid(OutputKind.OVERLAY, "series")
     template = _series_template(context, series_uid)
-    fallback = stack_window(volume.voxels)
+    # the stack's window (a percentile pass over the voxels) only for sources without a window of their own
+    fallback: list[Window] = []
     images = []
     for k, ref in enumerate(volume.slice_refs):
         if k % _CHUNK == 0:
@@ -337,7 +339,10 @@ def encode_overlay(
             planes = slices_of(np.asarray(label_map), k, k + _CHUNK)
             edges = outline(planes)
         header = headers[ref.sop_instance_uid]
-        window = source_window(header, fallback)
+        window = source_window(header)
+        if window is None:
+            fallback[:] = fallback or [stack_window(volume.voxels)]
+            window = fallback[0]
         gray = window.apply(chunk[k % _CHUNK])
         if str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1":
             gray = 255 - gray

@@ -180,6 +180,24 @@ def test_a_source_without_a_window_gets_the_stack_window() -> None:
     assert float(match[1]) == pytest.approx((low + high) / 2, rel=1e-4)
 
 
+def test_only_the_sources_without_a_window_get_the_stack_window() -> None:
+    volume = volumes_of(PD_TRA)[0]
+    before = [
+        str(ds.DerivationDescription) for ds in encode(volume, np.zeros(volume.shape, np.uint8)).datasets
+    ]
+    header = volume.source_headers[1]
+    for keyword in ("WindowCenter", "WindowWidth"):
+        if keyword in header:
+            delattr(header, keyword)
+    k = [ref.sop_instance_uid for ref in volume.slice_refs].index(str(header.SOPInstanceUID))
+    after = [
+        str(ds.DerivationDescription) for ds in encode(volume, np.zeros(volume.shape, np.uint8)).datasets
+    ]
+    low, high = np.percentile(volume.voxels[::2, ::2, :], [0.5, 99.5])
+    assert f"window center {(low + high) / 2:g} " in after[k] and after[k] != before[k]
+    assert after[:k] + after[k + 1 :] == before[:k] + before[k + 1 :]
+
+
 def test_labels_outside_the_catalog_are_refused() -> None:
     volume = volumes_of(PD_TRA)[0]
     label_map = np.zeros(volume.shape, dtype=np.uint8)
