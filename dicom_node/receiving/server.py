@@ -32,7 +32,9 @@ from typing import Any
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from dicom_node.receiving.reactor import wake_on_messages
 
 LOG = logging.getLogger(__name__)
 
@@ -42,8 +44,19 @@ SilentHandler = Callable[[str, int], None]
 JOIN_TIMEOUT_S = 2.0
 
 
+class AcceptorHandler(RequestHandler):
+    """pynetdicom's request handler; the association it creates serves each DIMSE message as soon as it is
+    decoded (:func:`dicom_node.receiving.reactor.wake_on_messages`)."""
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        wake_on_messages(assoc)
+        return assoc
+
+
 class SCPServer(ThreadedAssociationServer):
-    """pynetdicom's threaded association server, behind a wait for each connection's first byte."""
+    """pynetdicom's threaded association server, behind a wait for each connection's first byte; its
+    associations are :class:`AcceptorHandler`'s."""
 
     #: Pending connections the listening socket queues (socketserver's 5 drops a burst of probes' SYNs).
     request_queue_size = 128
@@ -58,6 +71,7 @@ class SCPServer(ThreadedAssociationServer):
         self._waiting: set[socket.socket] = set()
         self._waiting_lock = threading.Lock()
         self._closing = False
+        kwargs.setdefault("request_handler", AcceptorHandler)
         super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, Any]:

@@ -1,0 +1,84 @@
+"""The acceptor reactor woken by its DIMSE messages (dicom_node.receiving.reactor), pynetdicom's own loop."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.association import Association
+
+from config.model import SegNodeConfig
+from dicom_node.audit.tables import Association as AssociationRow
+from dicom_node.receiving import reactor
+from dicom_node.receiving import statuses as status
+from dicom_node.service import NodeService
+from tests.support import audit
+from tests.support.paths import T2_SAG, series_files
+from tests.support.scu import associate, store
+from tests.support.waiting import wait_until
+
+
+def test_pynetdicoms_reactor_loop_is_the_one_the_wait_was_checked_against() -> None:
+    """The wait replaces the loop's ``time.sleep``: if pynetdicom's loop changes, read it again (does it
+    still sleep once per pass, then take a message with ``dimse.get_msg``?) and update the pin."""
+    loop = Association._run_reactor
+    source = hashlib.sha256(inspect.getsource(loop).encode()).hexdigest()
+    assert source == reactor.REACTOR_SOURCE_SHA256, "pynetdicom's Association._run_reactor changed"
+    assert {"time", "sleep", "get_msg", "_reactor_checkpoint"} <= set(loop.__code__.co_names)
+    assert loop.__code__.co_freevars == ()
+
+
+class _Waiting(Association):
+    """An acceptor whose thread only runs the reactor's wait (for ``seconds``)."""
+
+    seconds = 600.0
+
+    def run(self) -> None:
+        reactor._MessageWait.sleep(self.seconds)
+
+
+def test_the_wait_ends_when_a_message_is_queued() -> None:
+    assoc = _Waiting(AE(), "acceptor")
+    assoc.start()
+    try:
+        assoc.dimse.msg_queue.put((1, None))  # type: ignore[arg-type]
+        assoc.join(60)  # a bound far below the wait's 600 s: only the message can end it this soon
+        assert not assoc.is_alive()
+    finally:
+        assoc.dimse.msg_queue.put((1, None))  # type: ignore[arg-type]
+        assoc.join()
+
+
+def test_a_message_already_queued_is_not_waited_for() -> None:
+    assoc = _Waiting(AE(), "acceptor")
+    assoc.dimse.msg_queue.put((1, None))  # type: ignore[arg-type]
+    assoc.start()
+    assoc.join(60)
+    assert not assoc.is_alive()
+
+
+def test_the_wait_refuses_to_run_outside_an_association_thread() -> None:
+    with pytest.raises(RuntimeError, match="outside its association's thread"):
+        reactor._MessageWait.sleep(0)
+
+
+def test_the_nodes_associations_run_the_waking_loop_and_release_as_before(
+    make_config: Callable[..., SegNodeConfig], start_node: Callable[..., NodeService]
+) -> None:
+    node = start_node(make_config())
+    assert node.server is not None
+    files = series_files(T2_SAG)[:3]
+    assoc = associate(node.port, files=files)
+    assert assoc.is_established
+    try:
+        [served] = wait_until(lambda: list(node.server.active_associations), what="the node's association")
+        assert served._run_reactor.__func__ is reactor._REACTOR  # type: ignore[attr-defined]
+        assert store(assoc, files) == [status.SUCCESS] * 3
+    finally:
+        assoc.release()
+    assert assoc.is_released
+    wait_until(lambda: audit.rows(node.db, AssociationRow)[0].result == "released", what="release recorded")
+    assert audit.rows(node.db, AssociationRow)[0].instances_received == 3
