@@ -14,7 +14,6 @@ import ipaddress
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,15 +24,6 @@ from config.node import NodeConfig
 from dicom_node.receiving import statuses as status
 
 LOG = logging.getLogger(__name__)
-
-#: Seconds pynetdicom's DUL thread sleeps when it found nothing to do, while C-STOREs flow on its
-#: association. Its default (:data:`DUL_IDLE_POLL_S`, 1 ms) is paid two to three times per C-STORE
-#: (picking up the request, the response, the next request): about 4 ms per instance for a sender of one
-#: association before anything is stored. 0.1 ms costs about 10 % of a core, so an association goes back
-#: to the default once it has stored nothing for :data:`BUSY_S` (:meth:`AssociationTable.relax_idle`).
-DUL_BUSY_POLL_S = 0.0001
-DUL_IDLE_POLL_S = 0.001
-BUSY_S = 1.0
 
 
 class AssociationTable:
@@ -47,8 +37,6 @@ class AssociationTable:
         self._slots: set[int] = set()
         #: id(association) of the associations whose A-RELEASE-RP has been handed to the DUL.
         self._released: set[int] = set()
-        #: id(association) -> (association, monotonic time of its last C-STORE), polled fast (busy()).
-        self._busy: dict[int, tuple[Association, float]] = {}
         self._lock = threading.Lock()
         self._stores = 0
         self._idle = threading.Condition(self._lock)
@@ -84,23 +72,6 @@ class AssociationTable:
             if id(assoc) in self._ids:
                 self._released.add(id(assoc))
 
-    def busy(self, assoc: Association) -> None:
-        """A C-STORE arrived on ``assoc``: its DUL polls every :data:`DUL_BUSY_POLL_S` until it is idle."""
-        assoc.dul._run_loop_delay = DUL_BUSY_POLL_S
-        with self._lock:
-            self._busy[id(assoc)] = (assoc, time.monotonic())
-
-    def relax_idle(self, idle_s: float = BUSY_S) -> int:
-        """Put the associations that stored nothing for ``idle_s`` back on pynetdicom's default poll;
-        returns how many. Run periodically."""
-        now = time.monotonic()
-        with self._lock:
-            idle = [key for key, (_, last) in self._busy.items() if now - last >= idle_s]
-            relaxed = [self._busy.pop(key)[0] for key in idle]
-        for assoc in relaxed:
-            assoc.dul._run_loop_delay = DUL_IDLE_POLL_S
-        return len(relaxed)
-
     def forget(self, assoc: Association) -> tuple[int | None, bool]:
         """The connection of ``assoc`` closed: release its slot; returns its audit id (None: no request)
         and whether its release was answered (:meth:`release_answered`)."""
@@ -109,7 +80,6 @@ class AssociationTable:
             entry = self._ids.pop(id(assoc), None)
             released = id(assoc) in self._released
             self._released.discard(id(assoc))
-            self._busy.pop(id(assoc), None)
         return (None if entry is None else entry[1]), released
 
     def pop_dead(self) -> list[int]:
@@ -119,7 +89,6 @@ class AssociationTable:
             for key in dead:
                 self._slots.discard(key)
                 self._released.discard(key)
-                self._busy.pop(key, None)
             return [self._ids.pop(key)[1] for key in dead]
 
     @contextmanager

@@ -121,10 +121,8 @@ class Receiver:
 
     def end_dead_associations(self) -> list[int]:
         """End, as aborted, the associations whose thread has ended without a release, abort or connection
-        close event (pynetdicom's association thread can die on a malformed PDU without any), and put
-        idle associations back on pynetdicom's default poll (:meth:`AssociationTable.relax_idle`). Run
+        close event (pynetdicom's association thread can die on a malformed PDU without any). Run
         periodically; returns the audit ids of the associations it ended."""
-        self.associations.relax_idle()
         ended = self.associations.pop_dead()
         for association_id in ended:
             LOG.warning(
@@ -336,7 +334,6 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
     :func:`dicom_node.receiving.admission.check_series`); :data:`status.DATASET_DOES_NOT_MATCH_SOP_CLASS`;
     :data:`status.PROCESSING_FAILURE` (I/O or database failure).
     """
-    receiver.associations.busy(event.assoc)  # its DUL polls fast while instances flow
     with receiver.associations.storing():  # a stopping node lets it finish (server.close_connections)
         return _store(event, receiver)
 

@@ -34,7 +34,7 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from dicom_node.receiving.reactor import wake_on_messages
+from dicom_node.receiving.reactor import wake_on_arrivals, wake_on_messages
 
 LOG = logging.getLogger(__name__)
 
@@ -46,11 +46,12 @@ JOIN_TIMEOUT_S = 2.0
 
 class AcceptorHandler(RequestHandler):
     """pynetdicom's request handler; the association it creates serves each DIMSE message as soon as it is
-    decoded (:func:`dicom_node.receiving.reactor.wake_on_messages`)."""
+    decoded, and its DUL reads and sends PDUs as soon as they come (:mod:`dicom_node.receiving.reactor`)."""
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         wake_on_messages(assoc)
+        wake_on_arrivals(assoc)
         return assoc
 
 

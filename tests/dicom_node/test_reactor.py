@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 
 import pytest
 from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import AssociationSocket
 
 from config.model import SegNodeConfig
 from dicom_node.audit.tables import Association as AssociationRow
@@ -28,6 +31,15 @@ def test_pynetdicoms_reactor_loop_is_the_one_the_wait_was_checked_against() -> N
     source = hashlib.sha256(inspect.getsource(loop).encode()).hexdigest()
     assert source == reactor.REACTOR_SOURCE_SHA256, "pynetdicom's Association._run_reactor changed"
     assert {"time", "sleep", "get_msg", "_reactor_checkpoint"} <= set(loop.__code__.co_names)
+    assert loop.__code__.co_freevars == ()
+
+
+def test_pynetdicoms_dul_loop_is_the_one_the_wait_was_checked_against() -> None:
+    """The DUL's wait replaces its loop's ``time.sleep``; sending reads ``to_provider_queue``."""
+    loop = DULServiceProvider.run_reactor
+    source = hashlib.sha256(inspect.getsource(loop).encode()).hexdigest()
+    assert source == reactor.DUL_SOURCE_SHA256, "pynetdicom's DULServiceProvider.run_reactor changed"
+    assert {"time", "sleep", "_run_loop_delay", "_is_transport_event"} <= set(loop.__code__.co_names)
     assert loop.__code__.co_freevars == ()
 
 
@@ -65,6 +77,68 @@ def test_the_wait_refuses_to_run_outside_an_association_thread() -> None:
         reactor._MessageWait.sleep(0)
 
 
+class _WaitingDUL(DULServiceProvider):
+    """A DUL whose thread only runs the DUL's wait (600 s), with a waking queue."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        self.to_provider_queue = reactor._WakingQueue()
+
+    def run(self) -> None:
+        reactor._ArrivalWait.sleep(600)
+
+
+@pytest.fixture
+def waiting_dul() -> Iterator[_WaitingDUL]:
+    dul = _WaitingDUL(Association(AE(), "acceptor"))
+    yield dul
+    dul.to_provider_queue.put(None)  # ends the wait if a test failed
+    dul.join()
+    assert isinstance(dul.to_provider_queue, reactor._WakingQueue)
+    dul.to_provider_queue.close()
+
+
+def test_the_dul_wait_ends_when_a_pdu_is_queued_for_sending(waiting_dul: _WaitingDUL) -> None:
+    waiting_dul.start()
+    waiting_dul.to_provider_queue.put(None)
+    waiting_dul.join(60)  # far below the wait's 600 s
+    assert not waiting_dul.is_alive()
+
+
+def test_the_dul_wait_ends_when_the_peer_sends_bytes(waiting_dul: _WaitingDUL) -> None:
+    ours, peer = socket.socketpair()
+    try:
+        waiting_dul.socket = AssociationSocket(waiting_dul.assoc, client_socket=ours)
+        waiting_dul.start()
+        peer.sendall(b"\x07")
+        waiting_dul.join(60)
+        assert not waiting_dul.is_alive()
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_the_dul_wait_refuses_to_run_without_a_waking_queue() -> None:
+    with pytest.raises(RuntimeError, match="outside a DUL thread"):
+        reactor._ArrivalWait.sleep(0)
+
+
+def test_a_dul_that_has_started_keeps_its_loop() -> None:
+    assoc = Association(AE(), "acceptor")
+    assoc.dul.to_provider_queue.put(None)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="started already"):
+        reactor.wake_on_arrivals(assoc)
+
+
+def test_the_wake_up_sockets_close_with_the_dul_and_a_late_pdu_is_harmless() -> None:
+    outgoing = reactor._WakingQueue()
+    outgoing.put("first")
+    outgoing.close()
+    outgoing.put("after the DUL ended")  # the association may still queue an abort: no error
+    assert outgoing.wake.fileno() == -1
+    assert list(outgoing.queue) == ["first", "after the DUL ended"]
+
+
 def test_the_nodes_associations_run_the_waking_loop_and_release_as_before(
     make_config: Callable[..., SegNodeConfig], start_node: Callable[..., NodeService]
 ) -> None:
@@ -76,9 +150,14 @@ def test_the_nodes_associations_run_the_waking_loop_and_release_as_before(
     try:
         [served] = wait_until(lambda: list(node.server.active_associations), what="the node's association")
         assert served._run_reactor.__func__ is reactor._REACTOR  # type: ignore[attr-defined]
+        assert served.dul.run.__func__ is reactor._run_dul  # type: ignore[attr-defined]
+        assert isinstance(served.dul.to_provider_queue, reactor._WakingQueue)
         assert store(assoc, files) == [status.SUCCESS] * 3
     finally:
         assoc.release()
     assert assoc.is_released
     wait_until(lambda: audit.rows(node.db, AssociationRow)[0].result == "released", what="release recorded")
     assert audit.rows(node.db, AssociationRow)[0].instances_received == 3
+    served.dul.join(60)
+    assert not served.dul.is_alive()
+    assert served.dul.to_provider_queue.wake.fileno() == -1  # closed with the DUL thread

@@ -30,7 +30,6 @@ from config.model import SegNodeConfig
 from dicom_node.audit.tables import Association as AssociationRow
 from dicom_node.audit.tables import Instance, Series
 from dicom_node.receiving import statuses as status
-from dicom_node.receiving.associations import DUL_BUSY_POLL_S, DUL_IDLE_POLL_S
 from dicom_node.service import NodeService
 from tests.support import audit
 from tests.support.paths import CINE, T2_SAG, TS9, series_files
@@ -432,27 +431,3 @@ def test_deflated_transfer_syntax_is_stored_as_received(
     back = pydicom.dcmread(stored)
     assert back.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
     assert back.PixelData == pydicom.dcmread(source).PixelData
-
-
-def test_the_dul_polls_fast_while_instances_flow_and_at_the_default_once_idle(
-    make_config: Callable[..., SegNodeConfig], start_node: StartNode
-) -> None:
-    """An association's DUL polls every 0.1 ms from its first C-STORE (pynetdicom's 1 ms sleeps cost a
-    sender ~4 ms per instance) and goes back to pynetdicom's 1 ms once it stores nothing."""
-    node = start_node(make_config())
-    assert node.server is not None and node.receiver is not None
-    files = series_files(T2_SAG)[:2]
-    assoc = associate(node.port, files=files)
-    assert assoc.is_established
-    try:
-        [served] = wait_until(lambda: list(node.server.active_associations), what="the node's association")
-        assert served.dul._run_loop_delay == DUL_IDLE_POLL_S  # established, nothing stored yet
-        assert store(assoc, files[:1]) == [status.SUCCESS]
-        assert served.dul._run_loop_delay == DUL_BUSY_POLL_S
-        assert node.receiver.associations.relax_idle(idle_s=3600) == 0  # stored a moment ago: still busy
-        assert node.receiver.associations.relax_idle(idle_s=0) == 1
-        assert served.dul._run_loop_delay == DUL_IDLE_POLL_S
-        assert store(assoc, files[1:]) == [status.SUCCESS]
-        assert served.dul._run_loop_delay == DUL_BUSY_POLL_S
-    finally:
-        assoc.release()
