@@ -67,33 +67,72 @@ def _concept(code: CodeTriple) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
 
 
-def _yes_no(flag: bool) -> hd.sr.CodedConcept:
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
+@dataclass(frozen=True)
+class _Shared:
+    """The content items and concepts that every measurement group holds alike, made once per report: the
+    groups' content sequences hold the same (never changed) items, and highdicom's deep copy of the
+    content tree copies each of them once."""
 
-    return hd.sr.CodedConcept.from_code(codes.SCT.Yes if flag else codes.SCT.No)
+    algorithm_id: hd.sr.AlgorithmIdentification
+    source_series: hd.sr.SourceSeriesForSegmentation
+    border: hd.sr.CodedConcept
+    implausible: hd.sr.CodedConcept
+    yes: hd.sr.CodedConcept
+    no: hd.sr.CodedConcept
+    ml: hd.sr.CodedConcept
+    #: Concepts of the catalog (finding category, type and site, laterality) by code, made once each.
+    concepts: dict[CodeTriple, hd.sr.CodedConcept]
+
+    @classmethod
+    def of(cls, context: DerivedContext) -> _Shared:
+        import highdicom as hd
+        from pydicom.sr.codedict import codes
+
+        algorithm = context.algorithm
+        return cls(
+            algorithm_id=hd.sr.AlgorithmIdentification(
+                name=lo(f"{algorithm.name} {algorithm.task}"),
+                version=lo(algorithm.version),
+                parameters=[lo(f"{k}={v}") for k, v in sorted(algorithm.parameters.items())] or None,
+            ),
+            source_series=hd.sr.SourceSeriesForSegmentation(context.volume.series_instance_uid),
+            border=_concept(BORDER_CODE),
+            implausible=_concept(IMPLAUSIBLE_CODE),
+            yes=hd.sr.CodedConcept.from_code(codes.SCT.Yes),
+            no=hd.sr.CodedConcept.from_code(codes.SCT.No),
+            ml=_concept(ML),
+            concepts={},
+        )
+
+    def concept(self, code: CodeTriple) -> hd.sr.CodedConcept:
+        found = self.concepts.get(code)
+        if found is None:
+            found = self.concepts[code] = _concept(code)
+        return found
+
+    def answer(self, flag: bool) -> hd.sr.CodedConcept:
+        return self.yes if flag else self.no
 
 
 def _group(
-    context: DerivedContext, structure: StructureVolume, spec: SegmentSpec, seg: EncodedSeg, number: int
+    context: DerivedContext,
+    shared: _Shared,
+    structure: StructureVolume,
+    spec: SegmentSpec,
+    seg: EncodedSeg,
+    number: int,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    algorithm = context.algorithm
-    algorithm_id = hd.sr.AlgorithmIdentification(
-        name=lo(f"{algorithm.name} {algorithm.task}"),
-        version=lo(algorithm.version),
-        parameters=[lo(f"{k}={v}") for k, v in sorted(algorithm.parameters.items())] or None,
-    )
     site = hd.sr.FindingSite(
-        anatomic_location=_concept(spec.type),
-        laterality=None if spec.modifier is None else _concept(spec.modifier),
+        anatomic_location=shared.concept(spec.type),
+        laterality=None if spec.modifier is None else shared.concept(spec.modifier),
     )
-    evaluations = [hd.sr.QualitativeEvaluation(_concept(BORDER_CODE), _yes_no(structure.touches_border))]
+    evaluations = [hd.sr.QualitativeEvaluation(shared.border, shared.answer(structure.touches_border))]
     if structure.cutoff_ml is not None:
         evaluations.append(
-            hd.sr.QualitativeEvaluation(_concept(IMPLAUSIBLE_CODE), _yes_no(structure.below_cutoff))
+            hd.sr.QualitativeEvaluation(shared.implausible, shared.answer(structure.below_cutoff))
         )
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
@@ -103,13 +142,13 @@ def _group(
             sop_class_uid=str(seg.dataset.SOPClassUID),
             sop_instance_uid=seg.sop_instance_uid,
             segment_number=number,
-            source_series=hd.sr.SourceSeriesForSegmentation(context.volume.series_instance_uid),
+            source_series=shared.source_series,
         ),
-        finding_category=_concept(spec.category),
-        finding_type=_concept(spec.type),
-        algorithm_id=algorithm_id,
+        finding_category=shared.concept(spec.category),
+        finding_type=shared.concept(spec.type),
+        algorithm_id=shared.algorithm_id,
         finding_sites=[site],
-        measurements=[hd.sr.Measurement(name=codes.SCT.Volume, value=structure.volume_ml, unit=_concept(ML))],
+        measurements=[hd.sr.Measurement(name=codes.SCT.Volume, value=structure.volume_ml, unit=shared.ml)],
         qualitative_evaluations=evaluations,
     )
 
@@ -136,6 +175,7 @@ def encode_volumetry_sr(
         model_name=lo(options.manufacturer_model_name),
         serial_number=lo(options.device_serial_number),
     )
+    shared = _Shared.of(context)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
             observer_device_context=hd.sr.ObserverContext(
@@ -144,7 +184,7 @@ def encode_volumetry_sr(
         ),
         procedure_reported=codes.LN.MRIUnspecifiedBodyRegion,
         imaging_measurements=[
-            _group(context, s, segments[s.label], seg, numbers[s.label]) for s in volumetry.structures
+            _group(context, shared, s, segments[s.label], seg, numbers[s.label]) for s in volumetry.structures
         ],
     )
     series_uid = context.uid(OutputKind.SR, "series")
