@@ -139,15 +139,21 @@ def slices_of(stack: npt.NDArray[Any], start: int, stop: int) -> npt.NDArray[Any
     """Slices ``start:stop`` of a (columns, rows, slices) stack as one contiguous (slices, rows, columns)
     array. numpy's copy of the transposed view reads the stack with a stride of a slice's length; OpenCV's
     2D transposes (one from (columns x rows, slices) to (slices, columns x rows), then one per slice) do
-    the same several times faster, for the dtypes it takes."""
-    chunk = np.ascontiguousarray(stack[:, :, start:stop])
-    columns, rows, count = chunk.shape
-    if chunk.dtype not in _CV_DTYPES or chunk.size == 0:
-        return np.ascontiguousarray(chunk.transpose(2, 1, 0))
+    the same several times faster, for the dtypes it takes. A C-contiguous stack is read in place (its
+    (columns x rows, slices) view, rows of ``stop - start`` values a slice's length apart: OpenCV takes
+    row strides), any other is copied to a contiguous chunk first."""
+    columns, rows, total = stack.shape
+    if stack.dtype not in _CV_DTYPES or stack[:, :, start:stop].size == 0:
+        return np.ascontiguousarray(stack[:, :, start:stop].transpose(2, 1, 0))
     import cv2
 
-    by_slice = cv2.transpose(chunk.reshape(-1, count))
-    out = np.empty((count, rows, columns), dtype=chunk.dtype)
+    if stack.flags.c_contiguous:
+        flat = stack.reshape(columns * rows, total)[:, start:stop]
+    else:
+        flat = np.ascontiguousarray(stack[:, :, start:stop]).reshape(columns * rows, -1)
+    count = flat.shape[1]
+    by_slice = cv2.transpose(flat)
+    out = np.empty((count, rows, columns), dtype=stack.dtype)
     for n in range(count):
         out[n] = cv2.transpose(by_slice[n].reshape(columns, rows))
     return out

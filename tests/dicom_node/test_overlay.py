@@ -24,7 +24,7 @@ from skimage.segmentation import find_boundaries
 
 from conversion.volume import Volume
 from dicom_node.outputs.derived import DerivedContext, DerivedEncodingError
-from dicom_node.outputs.overlay import EncodedOverlay, encode_overlay
+from dicom_node.outputs.overlay import EncodedOverlay, encode_overlay, slices_of
 from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, segments_from_catalog
 from dicom_node.outputs.validation import validate_with_dciodvfy
 from tests.dicom_node.seg_support import synthetic_label_map, volumes_of
@@ -204,3 +204,19 @@ def test_labels_outside_the_catalog_are_refused() -> None:
     label_map[5:9, 5:9, 3] = 250
     with pytest.raises(DerivedEncodingError, match=r"labels \[250\] have no catalog entry"):
         encode(volume, label_map)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.int16, np.float64, np.int64])
+@pytest.mark.parametrize("layout", ["contiguous", "fortran", "reversed", "strided"])
+def test_slices_of_a_stack_are_its_transposed_slices(dtype: Any, layout: str) -> None:
+    stack = (np.random.default_rng(3).random((37, 23, 19)) * 100).astype(dtype)
+    stack = {
+        "contiguous": stack,
+        "fortran": np.asfortranarray(stack),
+        "reversed": stack[::-1],
+        "strided": stack[:, :, ::2],
+    }[layout]
+    for k in range(0, stack.shape[2], 5):
+        chunk = slices_of(stack, k, k + 5)
+        assert chunk.flags.c_contiguous
+        assert np.array_equal(chunk, stack[:, :, k : k + 5].transpose(2, 1, 0)), f"slices {k}.."
