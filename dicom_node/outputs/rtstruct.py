@@ -172,39 +172,68 @@ def _contour_image_sequence(ref: SliceRef) -> bytes:
 _CLOSED_PLANAR = _element(_GEOMETRIC_TYPE, "CS", "CLOSED_PLANAR")
 
 
+def _slice_polygons(inside: npt.NDArray[np.bool_]) -> list[tuple[int, npt.NDArray[np.int32]]]:
+    """The contours of a structure on each slice of ``inside`` (slices, rows, columns): (slice, (x, y)
+    sub-pixel indices in that slice's :func:`scaled_up` image), slice by slice.
+
+    The slices are traced in one ``cv2.findContours`` call: their scaled-up images stacked into one tall
+    image, each followed by three rows of background (a row of background pixels below each slice's
+    mask), so that no contour joins two slices and each slice's contours are those it has alone."""
+    import cv2
+
+    count, rows, columns = inside.shape
+    padded = np.zeros((count, rows + 1, columns), dtype=np.bool_)
+    padded[:, :rows] = inside
+    band = (rows + 1) * _SCALE
+    tall = scaled_up(padded).reshape(count * band, columns * _SCALE)
+    found, _ = cv2.findContours(tall, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    polygons = []
+    for contour in found:
+        if len(contour) >= 3:
+            xy = np.asarray(contour, dtype=np.int32).reshape(-1, 2)
+            n = int(xy[0, 1]) // band
+            xy[:, 1] -= n * band
+            polygons.append((n, xy))
+    polygons.sort(key=lambda p: p[0])  # stable: each slice's contours keep OpenCV's order
+    return polygons
+
+
 def _contour_items(
     context: DerivedContext,
-    up: npt.NDArray[np.uint8],
-    k: int,
-    offset: tuple[int, int],
-    number: int,
-    image_ref: bytes,
+    inside: npt.NDArray[np.bool_],
+    box: tuple[slice, ...],
+    refs: dict[int, bytes],
 ) -> list[bytes]:
-    """Contour Sequence items (encoded) of one structure on slice ``k``: ``up`` is the :func:`scaled_up`
-    image of the structure's bounding box on that slice, whose first pixel is (row, column) ``offset``;
-    ``image_ref`` the encoded Contour Image Sequence of the slice."""
-    polygons = _traced(up)
+    """Contour Sequence items (encoded) of one structure: ``inside`` is its mask on the slices of its
+    bounding box ``box`` (label-map axes), (slices, rows, columns); ``refs`` the encoded Contour Image
+    Sequence of each slice (one set of bytes per slice serves every contour on it), filled as needed."""
+    on = np.flatnonzero(inside.any(axis=(1, 2)))
+    polygons = _slice_polygons(inside[on])
     if not polygons:
         return []
-    stacked = _pixel_xy(np.concatenate(polygons))
+    first_column, first_row, first_slice = (int(b.start) for b in box)
+    stacked = _pixel_xy(np.concatenate([xy for _, xy in polygons]))
+    lengths = [len(xy) for _, xy in polygons]
+    slices = on[[n for n, _ in polygons]] + first_slice
     ijk = np.stack(
         [
-            stacked[:, 0] + offset[1],
-            stacked[:, 1] + offset[0],
-            np.full(len(stacked), float(k)),
+            stacked[:, 0] + first_column,
+            stacked[:, 1] + first_row,
+            np.repeat(slices, lengths).astype(np.float64),
             np.ones(len(stacked)),
         ]
     )
     points = (context.volume.affine @ ijk)[:3].T
-    ends = np.cumsum([len(p) for p in polygons])
     items: list[bytes] = []
-    for polygon_points in np.split(points, ends[:-1]):
+    for k, polygon_points in zip(slices.tolist(), np.split(points, np.cumsum(lengths)[:-1]), strict=True):
+        if k not in refs:
+            refs[k] = _contour_image_sequence(context.volume.slice_refs[k])
         body = b"".join(
             (
-                image_ref,
+                refs[k],
                 _CLOSED_PLANAR,
                 _element(_NUMBER_OF_POINTS, "IS", str(len(polygon_points))),
-                _element(_CONTOUR_NUMBER, "IS", str(number + len(items))),
+                _element(_CONTOUR_NUMBER, "IS", str(len(items) + 1)),
                 _element(_CONTOUR_DATA, "DS", _ds_bytes(polygon_points)),
             )
         )
@@ -217,24 +246,14 @@ def _all_contours(
 ) -> dict[int, list[bytes]]:
     """Label -> its Contour Sequence items (encoded), slice by slice: each structure is cut out of the
     label map by its bounding box (``scipy.ndimage.find_objects``, one pass over the stack for all of
-    them) and traced only on the slices of that box where it has pixels."""
+    them) and traced, in one call, on the slices of that box where it has pixels."""
     out: dict[int, list[bytes]] = {}
     refs: dict[int, bytes] = {}
     for label, box in enumerate(boxes, start=1):
         if box is None:
             continue
         inside = (label_map[box] == label).transpose(2, 1, 0)  # (slices, rows, columns) of the box
-        first_column, first_row, first_slice = (int(b.start) for b in box)
-        on = np.flatnonzero(inside.any(axis=(1, 2)))
-        up = scaled_up(inside[on])  # all slices of the box in one pass
-        items: list[bytes] = []
-        for n, dk in enumerate(on):
-            k = first_slice + int(dk)
-            if k not in refs:
-                refs[k] = _contour_image_sequence(context.volume.slice_refs[k])
-            offset = (first_row, first_column)
-            items.extend(_contour_items(context, up[n], k, offset, len(items) + 1, refs[k]))
-        out[label] = items
+        out[label] = _contour_items(context, inside, box, refs)
     return out
 
 
