@@ -77,13 +77,18 @@ def scaled_up(masks: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
     ``findContours`` traces a pixel on the image edge as if a row or column of background lay beyond it."""
     up = np.repeat(np.repeat(masks.view(np.uint8), _SCALE, axis=-1), _SCALE, axis=-2)
     a, b, c, d = masks[..., :-1, :-1], masks[..., :-1, 1:], masks[..., 1:, :-1], masks[..., 1:, 1:]
+    saddle = a == d  # the 2 x 2 blocks (r, c) .. (r+1, c+1) whose diagonals differ
+    saddle &= b == c
+    saddle &= a != b
+    if not saddle.any():  # smooth masks have few or none: the strided passes below are skipped
+        return up
     # (r, c) and (r+1, c+1) in, the other two out -> clear (r+1, c+1)'s top-left sub-pixel,
     # at ((r+1) * 3, (c+1) * 3)
     corners = up[..., _SCALE::_SCALE, _SCALE::_SCALE]
-    corners &= (~(a & d & ~(b | c))).view(np.uint8)
+    corners &= (~(saddle & a)).view(np.uint8)
     # (r, c+1) and (r+1, c) in -> clear (r+1, c)'s top-right sub-pixel, at ((r+1) * 3, c * 3 + 2)
     corners = up[..., _SCALE::_SCALE, _SCALE - 1 : -1 : _SCALE]
-    corners &= (~(b & c & ~(a | d))).view(np.uint8)
+    corners &= (~(saddle & b)).view(np.uint8)
     return up
 
 
