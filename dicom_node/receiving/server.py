@@ -29,7 +29,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
@@ -42,16 +48,30 @@ LOG = logging.getLogger(__name__)
 SilentHandler = Callable[[str, int], None]
 #: Seconds that :func:`close_connections` waits for the threads of closed connections to end.
 JOIN_TIMEOUT_S = 2.0
+#: pynetdicom's standard logging handlers (``_config.LOG_HANDLER_LEVEL = "standard"``), bound to every
+#: association: they describe each PDU and DIMSE message at INFO and DEBUG. They build those lines (and
+#: decode the command set's elements for them) even when the logger drops them.
+STANDARD_LOG_HANDLERS = (
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+)
 
 
 class AcceptorHandler(RequestHandler):
     """pynetdicom's request handler; the association it creates serves each DIMSE message as soon as it is
-    decoded, and its DUL reads and sends PDUs as soon as they come (:mod:`dicom_node.receiving.reactor`)."""
+    decoded, and its DUL reads and sends PDUs as soon as they come (:mod:`dicom_node.receiving.reactor`).
+    Unless pynetdicom's logger takes INFO records (``segnode serve -vv``), the association runs without
+    pynetdicom's per-message logging handlers (:data:`STANDARD_LOG_HANDLERS`)."""
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         wake_on_messages(assoc)
         wake_on_arrivals(assoc)
+        if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+            for event, handler in STANDARD_LOG_HANDLERS:
+                assoc.unbind(event, handler)
         return assoc
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 import socket
 from collections.abc import Callable, Iterator
 
@@ -17,6 +18,7 @@ from config.model import SegNodeConfig
 from dicom_node.audit.tables import Association as AssociationRow
 from dicom_node.receiving import reactor
 from dicom_node.receiving import statuses as status
+from dicom_node.receiving.server import STANDARD_LOG_HANDLERS
 from dicom_node.service import NodeService
 from tests.support import audit
 from tests.support.paths import T2_SAG, series_files
@@ -161,3 +163,29 @@ def test_the_nodes_associations_run_the_waking_loop_and_release_as_before(
     served.dul.join(60)
     assert not served.dul.is_alive()
     assert served.dul.to_provider_queue.wake.fileno() == -1  # closed with the DUL thread
+
+
+@pytest.mark.parametrize(("level", "kept"), [(logging.WARNING, False), (logging.INFO, True)])
+def test_pynetdicoms_per_message_logging_runs_only_when_its_records_are_kept(
+    make_config: Callable[..., SegNodeConfig], start_node: Callable[..., NodeService], level: int, kept: bool
+) -> None:
+    """pynetdicom's standard handlers describe every PDU and message; the node's associations run without
+    them unless pynetdicom's logger takes INFO records (``segnode serve -vv``)."""
+    pynetdicom_logger = logging.getLogger("pynetdicom")
+    before = pynetdicom_logger.level
+    pynetdicom_logger.setLevel(level)
+    try:
+        node = start_node(make_config())
+        assert node.server is not None
+        files = series_files(T2_SAG)[:1]
+        assoc = associate(node.port, files=files)
+        try:
+            [served] = wait_until(lambda: list(node.server.active_associations), what="the association")
+            assert store(assoc, files) == [status.SUCCESS]
+            for event, handler in STANDARD_LOG_HANDLERS:
+                bound = [h for h, _ in served.get_handlers(event)]  # type: ignore[misc]
+                assert (handler in bound) is kept, event.name
+        finally:
+            assoc.release()
+    finally:
+        pynetdicom_logger.setLevel(before)
