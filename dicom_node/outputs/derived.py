@@ -111,9 +111,26 @@ class DerivedContext:
         return base + offset
 
 
+#: Voxels per OpenCV histogram in :func:`label_counts`: its float32 bins stay exact below 2**24.
+_HISTOGRAM_VOXELS = 1 << 22
+
+
 def label_counts(label_map: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.intp]:
-    """Voxels per label value (index) of a label map, counted a slab at a time along the first axis: no
-    temporary of the label map's size (``np.bincount`` of the whole map makes one of 8 bytes a voxel)."""
+    """Voxels per label value (index) of a label map, up to its largest label. An 8-bit contiguous map (the
+    node's) is counted by OpenCV's histogram, 4 Mi voxels at a time (exact: no bin of a part reaches 2**24),
+    several times faster than ``np.bincount``, which makes each voxel an 8-byte index first; any other map
+    by ``np.bincount`` a slab at a time along the first axis (no temporary of the label map's size)."""
+    if label_map.dtype == np.uint8 and label_map.flags.c_contiguous and label_map.size:
+        import cv2
+
+        flat = label_map.reshape(-1)
+        histogram = np.zeros(256, dtype=np.intp)
+        for start in range(0, flat.size, _HISTOGRAM_VOXELS):
+            part = flat[start : start + _HISTOGRAM_VOXELS]
+            image = part.reshape(-1, 1024) if part.size % 1024 == 0 else part.reshape(1, -1)
+            histogram += cv2.calcHist([image], [0], None, [256], [0, 256]).reshape(-1).astype(np.intp)
+        nonzero = np.flatnonzero(histogram)
+        return histogram[: int(nonzero[-1]) + 1]
     counts = np.zeros(1, dtype=np.intp)
     rows = max(1, (1 << 18) // max(1, int(np.prod(label_map.shape[1:]))))
     for start in range(0, label_map.shape[0], rows):
