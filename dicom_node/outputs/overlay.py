@@ -71,13 +71,13 @@ class Window:
             if self.function == "LINEAR":
                 center, width = center - 0.5, width - 1
             if width > 0:
-                x = np.asarray(pixels, dtype=np.float64)
-                y = x - center
+                # pydicom's two range tests (x <= center - width / 2 -> 0, x > center + width / 2 -> 255)
+                # are left to the clip: there the formula gives <= 0 and > 255 (up to rounding far below
+                # half a grey level), which rint and clip turn into 0 and 255 as well
+                y = np.subtract(pixels, center, dtype=np.float64)
                 y /= width
                 y += 0.5
                 y *= 255.0
-                y[x <= center - width / 2] = 0.0
-                y[x > center + width / 2] = 255.0
                 np.rint(y, out=y)
                 np.clip(y, 0, 255, out=y)
                 return y.astype(np.uint8)
