@@ -74,7 +74,7 @@ class Window:
                 # pydicom's two range tests (x <= center - width / 2 -> 0, x > center + width / 2 -> 255)
                 # are left to the clip: there the formula gives <= 0 and > 255 (up to rounding far below
                 # half a grey level), which rint and clip turn into 0 and 255 as well
-                y = np.subtract(pixels, center, dtype=np.float64)
+                y: npt.NDArray[np.float64] = np.subtract(pixels, center, dtype=np.float64)
                 y /= width
                 y += 0.5
                 y *= 255.0
