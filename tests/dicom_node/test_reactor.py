@@ -12,13 +12,13 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.transport import AssociationSocket
+from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler
 
 from config.model import SegNodeConfig
 from dicom_node.audit.tables import Association as AssociationRow
 from dicom_node.receiving import reactor
 from dicom_node.receiving import statuses as status
-from dicom_node.receiving.server import STANDARD_LOG_HANDLERS
+from dicom_node.receiving.server import STANDARD_LOG_HANDLERS, AcceptorHandler
 from dicom_node.service import NodeService
 from tests.support import audit
 from tests.support.paths import T2_SAG, series_files
@@ -43,6 +43,15 @@ def test_pynetdicoms_dul_loop_is_the_one_the_wait_was_checked_against() -> None:
     assert source == reactor.DUL_SOURCE_SHA256, "pynetdicom's DULServiceProvider.run_reactor changed"
     assert {"time", "sleep", "_run_loop_delay", "_is_transport_event"} <= set(loop.__code__.co_names)
     assert loop.__code__.co_freevars == ()
+
+
+def test_the_server_still_creates_its_associations_where_the_node_hooks_in() -> None:
+    """``server.AcceptorHandler`` is given to pynetdicom's server as its ``request_handler`` and overrides
+    ``RequestHandler._create_association``, where pynetdicom builds each acceptor."""
+    assert "request_handler" in inspect.signature(AssociationServer.__init__).parameters
+    assert "_create_association" in vars(RequestHandler)
+    assert "_create_association" in vars(AcceptorHandler)
+    assert "Association(self.ae, MODE_ACCEPTOR)" in inspect.getsource(RequestHandler._create_association)
 
 
 class _Waiting(Association):
