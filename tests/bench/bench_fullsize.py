@@ -18,6 +18,9 @@ a sagittal T2, a large field of view; see FULLSIZE_SERIES):
 * per-label Dice between SegNode's and the official label maps (nibabel's closest canonical grid): the
   minimum over labels and the labels under 0.999. ``fp32`` is the exactness check; ``bf16`` (``--precisions
   fp32,bf16``) shows what the opt-in reduced precision costs on these random weights (near-tied logits).
+  ``--compile auto,off`` runs SegNode with its networks compiled (``inference.cpu_compile``, the default) and
+  uncompiled: the same fp32 arithmetic, but compiled kernels add in another order, so where random weights
+  leave two classes tied to ~1e-5 a voxel may flip (the low labels are printed with their voxel counts).
 
 ``--queue N`` (SegNode only, with ``--skip-official`` for a pure throughput run): N series, the given ones
 repeated, through one warm worker; series/hour and the time the models ran (device busy time).
@@ -64,7 +67,13 @@ def worker(args: argparse.Namespace) -> int:
     from inference.engine import Engine
 
     device = "cuda" if args.device in ("cuda", "gpu") else args.device
-    engine = Engine(InferenceConfig(weights_dir=args.weights, device=device, cpu_precision=args.precision))
+    config = InferenceConfig(
+        weights_dir=args.weights,
+        device=device,
+        cpu_precision=args.precision,
+        cpu_compile=args.compile_setting,
+    )
+    engine = Engine(config)
     start = time.perf_counter()
     engine.warm_up("total_mr", fast=args.fast)
     print(json.dumps({"warm_s": time.perf_counter() - start}), flush=True)
@@ -89,12 +98,13 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def run_worker(
-    series: list[Path], weights: Path, device: str, precision: str, fast: bool, out: Path
+    series: list[Path], weights: Path, device: str, variant: tuple[str, str], fast: bool, out: Path
 ) -> tuple[float, list[dict[str, Any]]]:
     """Start a worker, return (warm-up s, per series {s, busy_s, vram, rss, file})."""
     out.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--weights", str(weights)]
-    command += ["--device", device, "--precision", precision, "--out", str(out)]
+    command += ["--device", device, "--precision", variant[0], "--compile-setting", variant[1]]
+    command += ["--out", str(out)]
     command += ["--series", *map(str, series)]
     if fast:
         command.append("--fast")
@@ -121,8 +131,9 @@ def run_worker(
     return warm, rows
 
 
-def label_dice(ours_file: str, official_file: Path) -> tuple[float, dict[int, float]]:
-    """(minimum per-label Dice, labels under 0.999 with their Dice) of two label maps on the same grid."""
+def label_dice(ours_file: str, official_file: Path) -> tuple[float, dict[int, str]]:
+    """(minimum per-label Dice, labels under 0.999: their Dice and voxels SegNode/official) of two label maps
+    on the same grid."""
     import nibabel as nib
 
     saved = np.load(ours_file)
@@ -132,11 +143,12 @@ def label_dice(ours_file: str, official_file: Path) -> tuple[float, dict[int, fl
         raise RuntimeError(f"grids differ: SegNode {ours.shape}, official {official.shape}")
     a = np.asanyarray(ours.dataobj).astype(np.int32)
     b = np.asanyarray(official.dataobj).astype(np.int32)
-    scores = {}
+    scores, sizes = {}, {}
     for label in sorted((set(np.unique(a)) | set(np.unique(b))) - {0}):
         x, y = a == label, b == label
+        sizes[int(label)] = f"{int(x.sum())}/{int(y.sum())} voxels"
         scores[int(label)] = 2.0 * float((x & y).sum()) / float(x.sum() + y.sum())
-    low = {k: round(v, 4) for k, v in scores.items() if v < 0.999}
+    low = {k: f"{v:.4f} ({sizes[k]})" for k, v in scores.items() if v < 0.999}
     return (min(scores.values()) if scores else 1.0), low
 
 
@@ -155,11 +167,12 @@ def run_mode(args: argparse.Namespace, fast: bool, tmp: Path) -> list[str]:
         official.append((done.seconds, done.peak_rss, out))
         print(f"  official {mode} {folder.name}: {done.seconds:.1f} s, tree peak {done.peak_rss / GB:.2f} GB")
     lines = []
-    for precision in args.precisions:
+    for precision, setting in [(p, c) for p in args.precisions for c in args.compile]:
         series = [args.series[i % len(args.series)] for i in range(args.queue or len(args.series))]
-        out = tmp / f"ours_{mode}_{precision}"
-        warm, rows = run_worker(series, args.weights, args.device, precision, fast, out)
-        print(f"  SegNode {mode} {precision}: models loaded in {warm:.1f} s (not counted)")
+        out = tmp / f"ours_{mode}_{precision}_{setting}"
+        warm, rows = run_worker(series, args.weights, args.device, (precision, setting), fast, out)
+        precision = f"{precision} compile {setting}"
+        print(f"  SegNode {mode} {precision}: models loaded (and compiled) in {warm:.1f} s (not counted)")
         if args.queue:
             total = sum(r["s"] for r in rows)
             busy = sum(r["busy_s"] for r in rows)
@@ -174,7 +187,7 @@ def run_mode(args: argparse.Namespace, fast: bool, tmp: Path) -> list[str]:
             anchor = official[index]
             name = args.series[index].name[:30]
             vram = f" VRAM {row['vram'] / GB:.2f} GB" if row["vram"] else ""
-            text = f"{mode:<7} {precision:<4} {name:<30} SegNode {row['s']:7.1f} s "
+            text = f"{mode:<7} {precision:<17} {name:<30} SegNode {row['s']:7.1f} s "
             text += f"RSS {row['rss'] / GB:5.2f} GB{vram}"
             if anchor is not None:
                 seconds, rss, out = anchor
@@ -196,17 +209,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="default,fast", help="default,fast | default | fast")
     parser.add_argument("--fast", action="store_true", help="only --fast (same as --modes fast)")
     parser.add_argument("--precisions", default="fp32", help="SegNode CPU precisions: fp32 | fp32,bf16")
+    parser.add_argument("--compile", default="auto", help="SegNode cpu_compile: auto | off | auto,off")
     parser.add_argument("--device", default="cpu", help="SegNode: cpu | cuda")
     parser.add_argument("--official-device", default="cpu", help="-d of the official command: cpu | gpu")
     parser.add_argument("--skip-official", action="store_true")
     parser.add_argument("--queue", type=int, default=0, help="N series through one warm worker (throughput)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--compile-setting", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
     args.precisions = args.precisions.split(",")
+    args.compile = args.compile.split(",")
     modes = ["fast"] if args.fast else args.modes.split(",")
     if args.series is None:
         present = [s for s in FULLSIZE_SERIES if s.is_dir()]
