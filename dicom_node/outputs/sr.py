@@ -4,7 +4,9 @@ One Volumetric ROI measurement group (TID 1411) per structure of the stack's SEG
 
 * a Tracking Identifier (the structure's display name) and Tracking Unique Identifier (derived UID);
 * the referenced SEG segment (the SEG's SOP Instance UID and segment number) and the source series;
-* Finding Category and Finding Type from the structure catalog, and the Finding Site with its laterality;
+* the Finding Site with its laterality (codes of the structure catalog); TID 1411's optional Finding and
+  Finding Category are left out: the Finding would repeat the site's code, and both are in the referenced
+  SEG segment (its Segmented Property Type and Category), so the report is smaller and faster to build;
 * the volume (SCT 118565006 "Volume") in UCUM ``ml``: voxel count x voxel volume;
 * two qualitative evaluations answered Yes or No, coded in SegNode's local coding scheme ``99SEGNODE``
   (identified in the Coding Scheme Identification Sequence): ``BORDER`` "touches the image border: the
@@ -80,7 +82,7 @@ class _Shared:
     yes: hd.sr.CodedConcept
     no: hd.sr.CodedConcept
     ml: hd.sr.CodedConcept
-    #: Concepts of the catalog (finding category, type and site, laterality) by code, made once each.
+    #: Concepts of the catalog (finding site, laterality) by code, made once each.
     concepts: dict[CodeTriple, hd.sr.CodedConcept]
 
     @classmethod
@@ -144,8 +146,6 @@ def _group(
             segment_number=number,
             source_series=shared.source_series,
         ),
-        finding_category=shared.concept(spec.category),
-        finding_type=shared.concept(spec.type),
         algorithm_id=shared.algorithm_id,
         finding_sites=[site],
         measurements=[hd.sr.Measurement(name=codes.SCT.Volume, value=structure.volume_ml, unit=shared.ml)],

@@ -130,6 +130,11 @@ def test_volumes_are_voxel_count_times_voxel_volume(
         assert segment.source_series_for_segmentation.value == volume.series_instance_uid
         (site,) = group.finding_sites
         assert site.value.value == spec.type.value
+        # Finding and Finding Category are left to the referenced segment, which holds them
+        assert group.finding_type is None and group.finding_category is None
+        (item,) = [s for s in seg.dataset.SegmentSequence if s.SegmentNumber == numbers[label]]
+        assert item.SegmentedPropertyTypeCodeSequence[0].CodeValue == site.value.value
+        assert item.SegmentedPropertyCategoryCodeSequence[0].CodeValue == spec.category.value
         if spec.modifier is None:
             assert site.laterality is None
         else:
