@@ -293,8 +293,9 @@ def _series_template(context: DerivedContext, series_uid: str) -> Dataset:
 def _image(
     template: Dataset, context: DerivedContext, k: int, ref: SliceRef, header: Dataset, window: Window
 ) -> Dataset:
-    ds = Dataset()
-    ds.update(template)
+    # the template's elements themselves (as ``update`` would leave them, without its per-element checks,
+    # which the template's elements passed when it was built): SharedElementsWriter encodes them once
+    ds = Dataset(dict(template.items()))
     ds.SOPInstanceUID = context.uid(OutputKind.OVERLAY, f"instance-{k}")
     number = header.get("InstanceNumber")
     ds.InstanceNumber = int(number) if ref.frame_number is None and number not in (None, "") else k + 1

@@ -4,11 +4,11 @@ slice, alike but for the pixels, the SOP Instance UID, the Instance Number and t
 pydicom's writer encodes each element of each image again, and its ambiguous-VR pass walks each image
 first; for 120 images of some 70 elements that costs more than the pixels. :class:`SharedElementsWriter`
 encodes an element that an image holds from the series' template (the same element object, as
-``Dataset.update(template)`` leaves it) once, with pydicom's own ``write_data_element``, and writes the
-cached bytes for every image while the element keeps its VR and value (a sequence: its items' elements);
-the elements of the image itself, the file meta information and the preamble are encoded for each image
-by pydicom's writer as ``dcmwrite`` does. The file is the same, byte for byte, as
-``dataset.save_as(path, enforce_file_format=True)`` writes (tests compare them).
+``Dataset.update(template)`` or ``Dataset(dict(template.items()))`` leave it) once, with pydicom's own
+``write_data_element``, and writes the cached bytes for every image while the element keeps its VR and
+value (a sequence: its items' elements); the elements of the image itself, the file meta information and
+the preamble are encoded for each image by pydicom's writer as ``dcmwrite`` does. The file is the same,
+byte for byte, as ``dataset.save_as(path, enforce_file_format=True)`` writes (tests compare them).
 
 Only Explicit VR Little Endian (the transfer syntax of the objects SegNode makes) is written this way;
 another transfer syntax, a preamble of its own or a template element whose VR depends on other elements
