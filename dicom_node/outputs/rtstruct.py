@@ -177,19 +177,28 @@ def _contour_image_sequence(ref: SliceRef) -> bytes:
 _CLOSED_PLANAR = _element(_GEOMETRIC_TYPE, "CS", "CLOSED_PLANAR")
 
 
-def _slice_polygons(inside: npt.NDArray[np.bool_]) -> list[tuple[int, npt.NDArray[np.int32]]]:
-    """The contours of a structure on each slice of ``inside`` (slices, rows, columns): (slice, (x, y)
-    sub-pixel indices in that slice's :func:`scaled_up` image), slice by slice.
-
-    The slices are traced in one ``cv2.findContours`` call: their scaled-up images stacked into one tall
-    image, each followed by three rows of background (a row of background pixels below each slice's
-    mask), so that no contour joins two slices and each slice's contours are those it has alone."""
-    import cv2
-
+def _padded_masks(label_map: npt.NDArray[Any], box: tuple[slice, ...], label: int) -> npt.NDArray[np.bool_]:
+    """The mask of ``label`` on the slices of its bounding box ``box`` (label-map axes), as (slices, rows + 1,
+    columns): each slice's mask followed by a row of background (see :func:`_slice_polygons`). The box is
+    compared in the label map's order, then copied once into slice order."""
+    inside = (label_map[box] == label).transpose(2, 1, 0)  # (slices, rows, columns) of the box
     count, rows, columns = inside.shape
     padded = np.zeros((count, rows + 1, columns), dtype=np.bool_)
     padded[:, :rows] = inside
-    band = (rows + 1) * _SCALE
+    return padded
+
+
+def _slice_polygons(padded: npt.NDArray[np.bool_]) -> list[tuple[int, npt.NDArray[np.int32]]]:
+    """The contours of a structure on each slice of ``padded`` (:func:`_padded_masks`: slices, rows + 1,
+    columns): (slice, (x, y) sub-pixel indices in that slice's :func:`scaled_up` image), slice by slice.
+
+    The slices are traced in one ``cv2.findContours`` call: their scaled-up images stacked into one tall
+    image, each followed by three rows of background (the row of background pixels below each slice's
+    mask), so that no contour joins two slices and each slice's contours are those it has alone."""
+    import cv2
+
+    count, padded_rows, columns = padded.shape
+    band = padded_rows * _SCALE
     tall = scaled_up(padded).reshape(count * band, columns * _SCALE)
     found, _ = cv2.findContours(tall, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
     polygons = []
@@ -205,15 +214,16 @@ def _slice_polygons(inside: npt.NDArray[np.bool_]) -> list[tuple[int, npt.NDArra
 
 def _contour_items(
     context: DerivedContext,
-    inside: npt.NDArray[np.bool_],
+    padded: npt.NDArray[np.bool_],
     box: tuple[slice, ...],
     refs: dict[int, bytes],
 ) -> list[bytes]:
-    """Contour Sequence items (encoded) of one structure: ``inside`` is its mask on the slices of its
-    bounding box ``box`` (label-map axes), (slices, rows, columns); ``refs`` the encoded Contour Image
-    Sequence of each slice (one set of bytes per slice serves every contour on it), filled as needed."""
-    on = np.flatnonzero(inside.any(axis=(1, 2)))
-    polygons = _slice_polygons(inside[on])
+    """Contour Sequence items (encoded) of one structure: ``padded`` is its mask on the slices of its
+    bounding box ``box`` (label-map axes), as :func:`_padded_masks` makes it; ``refs`` the encoded Contour
+    Image Sequence of each slice (one set of bytes per slice serves every contour on it), filled as
+    needed."""
+    on = np.flatnonzero(padded.reshape(len(padded), -1).any(axis=1))
+    polygons = _slice_polygons(padded if len(on) == len(padded) else padded[on])
     if not polygons:
         return []
     first_column, first_row, first_slice = (int(b.start) for b in box)
@@ -257,8 +267,7 @@ def _all_contours(
     for label, box in enumerate(boxes, start=1):
         if box is None:
             continue
-        inside = (label_map[box] == label).transpose(2, 1, 0)  # (slices, rows, columns) of the box
-        out[label] = _contour_items(context, inside, box, refs)
+        out[label] = _contour_items(context, _padded_masks(label_map, box, label), box, refs)
     return out
 
 
