@@ -82,6 +82,7 @@ class _Shared:
     yes: hd.sr.CodedConcept
     no: hd.sr.CodedConcept
     ml: hd.sr.CodedConcept
+    volume: hd.sr.CodedConcept
     #: Concepts of the catalog (finding site, laterality) by code, made once each.
     concepts: dict[CodeTriple, hd.sr.CodedConcept]
 
@@ -103,6 +104,7 @@ class _Shared:
             yes=hd.sr.CodedConcept.from_code(codes.SCT.Yes),
             no=hd.sr.CodedConcept.from_code(codes.SCT.No),
             ml=_concept(ML),
+            volume=hd.sr.CodedConcept.from_code(codes.SCT.Volume),
             concepts={},
         )
 
@@ -125,7 +127,6 @@ def _group(
     number: int,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     import highdicom as hd
-    from pydicom.sr.codedict import codes
 
     site = hd.sr.FindingSite(
         anatomic_location=shared.concept(spec.type),
@@ -148,7 +149,7 @@ def _group(
         ),
         algorithm_id=shared.algorithm_id,
         finding_sites=[site],
-        measurements=[hd.sr.Measurement(name=codes.SCT.Volume, value=structure.volume_ml, unit=shared.ml)],
+        measurements=[hd.sr.Measurement(name=shared.volume, value=structure.volume_ml, unit=shared.ml)],
         qualitative_evaluations=evaluations,
     )
 
