@@ -335,7 +335,7 @@ def encode_overlay(
     series_uid = context.uid(OutputKind.OVERLAY, "series")
     template = _series_template(context, series_uid)
     # the stack's window (a percentile pass over the voxels) only for sources without a window of their own
-    fallback: list[Window] = []
+    fallback: Window | None = None
     images = []
     for k, ref in enumerate(volume.slice_refs):
         if k % _CHUNK == 0:
@@ -348,8 +348,9 @@ def encode_overlay(
         header = headers[ref.sop_instance_uid]
         window = source_window(header)
         if window is None:
-            fallback[:] = fallback or [stack_window(volume.voxels)]
-            window = fallback[0]
+            if fallback is None:
+                fallback = stack_window(volume.voxels)
+            window = fallback
         gray = window.apply(chunk[k % _CHUNK])
         if str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1":
             gray = 255 - gray

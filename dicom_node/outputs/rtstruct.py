@@ -2,7 +2,7 @@
 slice, traced from the label map by OpenCV.
 
 Contours: ``cv2.findContours`` (border following, all contours) on each structure's mask of a slice scaled
-up 3 times (see :func:`slice_contours`): the polygons run a third of a pixel inside the pixel edges, so that
+up 3 times (see :func:`_slice_polygons`): the polygons run a third of a pixel inside the pixel edges, so that
 rasterised back (pixel centres inside, even-odd rule) they give the mask exactly; pixels touching only at a
 corner are kept apart, so every polygon is simple; straight runs keep only their end points; a single pixel
 gives 4 points, so every polygon has at least 3. Points are mapped to patient coordinates
@@ -66,12 +66,12 @@ class EncodedRtstruct:
     roi_labels: Mapping[int, int]
 
 
-#: Each pixel becomes SCALE x SCALE sub-pixels before tracing (see :func:`slice_contours`).
+#: Each pixel becomes SCALE x SCALE sub-pixels before tracing (see :func:`_slice_polygons`).
 _SCALE = 3
 
 
 def scaled_up(masks: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
-    """Masks (..., rows, columns) as the images :func:`slice_contours` traces: each pixel a 3 x 3 block of
+    """Masks (..., rows, columns) as the images :func:`_slice_polygons` traces: each pixel a 3 x 3 block of
     sub-pixels (``np.repeat`` along rows and columns: two contiguous passes), and in each 2 x 2 saddle (two
     pixels touching only at a corner) the corner sub-pixel of the lower pixel cleared. No padding: OpenCV's
     ``findContours`` traces a pixel on the image edge as if a row or column of background lay beyond it."""
@@ -92,30 +92,10 @@ def scaled_up(masks: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
     return up
 
 
-def _traced(up: npt.NDArray[np.uint8]) -> list[npt.NDArray[np.int32]]:
-    """The contours of one image of :func:`scaled_up`: (x, y) sub-pixel indices, at least 3 points."""
-    import cv2
-
-    found, _ = cv2.findContours(up, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-    return [np.asarray(contour, dtype=np.int32).reshape(-1, 2) for contour in found if len(contour) >= 3]
-
-
 def _pixel_xy(traced: npt.NDArray[np.int32]) -> npt.NDArray[np.float64]:
     """Sub-pixel (x, y) indices of :func:`scaled_up`'s images as (column, row) pixel coordinates."""
     xy: npt.NDArray[np.float64] = (traced - (_SCALE - 1) / 2) / _SCALE
     return xy
-
-
-def slice_contours(mask: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]:
-    """Closed polygons (row, column; last point not repeated) around the True pixels of a 2D mask.
-
-    OpenCV's border following (``cv2.findContours``, all contours: outer boundaries and holes) on the mask
-    scaled up 3 times (:func:`scaled_up`): its contours run through the centres of the boundary
-    sub-pixels, a third of a pixel inside the pixel edges, so that every pixel centre of the mask lies
-    strictly inside the polygons and every other pixel centre strictly outside. Pixels that touch only at a
-    corner are kept apart, as marching squares with 8-connected background would, so that every polygon is
-    simple. A single pixel gives 4 points."""
-    return [_pixel_xy(contour)[:, ::-1] for contour in _traced(scaled_up(mask))]
 
 
 def _ds_bytes(values: npt.NDArray[np.float64]) -> bytes:
@@ -194,7 +174,14 @@ def _slice_polygons(padded: npt.NDArray[np.bool_]) -> list[tuple[int, npt.NDArra
 
     The slices are traced in one ``cv2.findContours`` call: their scaled-up images stacked into one tall
     image, each followed by three rows of background (the row of background pixels below each slice's
-    mask), so that no contour joins two slices and each slice's contours are those it has alone."""
+    mask), so that no contour joins two slices and each slice's contours are those it has alone.
+
+    OpenCV's border following (``cv2.findContours``, all contours: outer boundaries and holes) on the masks
+    scaled up 3 times (:func:`scaled_up`): its contours run through the centres of the boundary
+    sub-pixels, a third of a pixel inside the pixel edges, so that every pixel centre of a mask lies
+    strictly inside the polygons and every other pixel centre strictly outside. Pixels that touch only at a
+    corner are kept apart, as marching squares with 8-connected background would, so that every polygon is
+    simple. A single pixel gives 4 points."""
     import cv2
 
     count, padded_rows, columns = padded.shape

@@ -26,22 +26,27 @@ from tests.support.scu import associate, store
 from tests.support.waiting import wait_until
 
 
-def test_pynetdicoms_reactor_loop_is_the_one_the_wait_was_checked_against() -> None:
-    """The wait replaces the loop's ``time.sleep``: if pynetdicom's loop changes, read it again (does it
-    still sleep once per pass, then take a message with ``dimse.get_msg``?) and update the pin."""
-    loop = Association._run_reactor
+@pytest.mark.parametrize(
+    ("loop", "pin", "names"),
+    [
+        # the wait replaces the loop's ``time.sleep``: if pynetdicom's loop changes, read it again (does it
+        # still sleep once per pass, then take a message with ``dimse.get_msg``?) and update the pin
+        (Association._run_reactor, reactor.REACTOR_SOURCE_SHA256, {"get_msg", "_reactor_checkpoint"}),
+        # the DUL's wait replaces its loop's ``time.sleep``; sending reads ``to_provider_queue``
+        (
+            DULServiceProvider.run_reactor,
+            reactor.DUL_SOURCE_SHA256,
+            {"_run_loop_delay", "_is_transport_event"},
+        ),
+    ],
+    ids=["Association._run_reactor", "DULServiceProvider.run_reactor"],
+)
+def test_pynetdicoms_loop_is_the_one_the_wait_was_checked_against(
+    loop: Callable[..., None], pin: str, names: set[str]
+) -> None:
     source = hashlib.sha256(inspect.getsource(loop).encode()).hexdigest()
-    assert source == reactor.REACTOR_SOURCE_SHA256, "pynetdicom's Association._run_reactor changed"
-    assert {"time", "sleep", "get_msg", "_reactor_checkpoint"} <= set(loop.__code__.co_names)
-    assert loop.__code__.co_freevars == ()
-
-
-def test_pynetdicoms_dul_loop_is_the_one_the_wait_was_checked_against() -> None:
-    """The DUL's wait replaces its loop's ``time.sleep``; sending reads ``to_provider_queue``."""
-    loop = DULServiceProvider.run_reactor
-    source = hashlib.sha256(inspect.getsource(loop).encode()).hexdigest()
-    assert source == reactor.DUL_SOURCE_SHA256, "pynetdicom's DULServiceProvider.run_reactor changed"
-    assert {"time", "sleep", "_run_loop_delay", "_is_transport_event"} <= set(loop.__code__.co_names)
+    assert source == pin, f"pynetdicom's {loop.__qualname__} changed"
+    assert {"time", "sleep", *names} <= set(loop.__code__.co_names)
     assert loop.__code__.co_freevars == ()
 
 

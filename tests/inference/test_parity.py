@@ -20,6 +20,7 @@ from official_totalseg import copy_weights, run_totalsegmentator
 from conversion import load_series
 from inference.engine import Engine
 from tests.support.paths import MODELS, SHARED_MRI, T2_SAG
+from tests.support.series import positions_along_normal
 
 SERIES = {
     # sagittal T2 (19 slices 320x320, 0.56 x 0.56 x 3.6 mm): reorientation and anisotropic zoom
@@ -38,14 +39,11 @@ def middle_slices(folder: Path, count: int | None, dest: Path) -> Path:
     files = sorted(folder.glob("*.dcm"))
     if count is None or count >= len(files):
         return folder
-    headers = [(pydicom.dcmread(f, stop_before_pixels=True), f) for f in files]
-    normal = np.cross(*np.reshape([float(v) for v in headers[0][0].ImageOrientationPatient], (2, 3)))
-    ordered = sorted(
-        headers, key=lambda h: float(np.dot(normal, [float(v) for v in h[0].ImagePositionPatient]))
-    )
+    positions = positions_along_normal([pydicom.dcmread(f, stop_before_pixels=True) for f in files])
+    ordered = [f for _, f in sorted(zip(positions, files, strict=True))]
     start = (len(ordered) - count) // 2
     dest.mkdir()
-    for _, f in ordered[start : start + count]:
+    for f in ordered[start : start + count]:
         (dest / f.name).symlink_to(f)
     return dest
 

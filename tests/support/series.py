@@ -92,13 +92,18 @@ def modified_copies(source: Path | list[Path], folder: Path, **attributes: Any) 
     return out
 
 
+def positions_along_normal(headers: list[pydicom.Dataset]) -> list[float]:
+    """Each header's Image Position (Patient) along the slice normal of the first header's orientation."""
+    normal = np.cross(*np.reshape([float(v) for v in headers[0].ImageOrientationPatient], (2, 3)))
+    return [float(np.dot([float(v) for v in h.ImagePositionPatient], normal)) for h in headers]
+
+
 def header_voxel_ml(files: list[Path]) -> float:
     """The voxel volume in ml from the source headers alone: Pixel Spacing x the distance between
     neighbouring slice positions along the slice normal (the slices must be evenly spaced)."""
     headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
     spacing = [float(v) for v in headers[0].PixelSpacing]
-    normal = np.cross(*np.reshape([float(v) for v in headers[0].ImageOrientationPatient], (2, 3)))
-    along = sorted(float(np.dot([float(v) for v in h.ImagePositionPatient], normal)) for h in headers)
+    along = sorted(positions_along_normal(headers))
     steps = np.diff(along)
     assert len(steps) and np.allclose(steps, steps[0], rtol=1e-4), f"slices not evenly spaced: {steps}"
     return spacing[0] * spacing[1] * float(steps[0]) / 1000.0
