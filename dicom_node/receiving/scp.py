@@ -43,6 +43,7 @@ from dicom_node.receiving.header import read_header
 from dicom_node.receiving.recorder import InstanceRecorder
 from dicom_node.receiving.server import wake_acceptor
 from dicom_node.receiving.spool import Spool, SpoolFullError, SpoolWriteError
+from dicom_node.receiving.wire import part10_file
 from dicom_node.uids import InvalidUIDError
 
 LOG = logging.getLogger(__name__)
@@ -343,7 +344,7 @@ def _store(event: evt.Event, receiver: Receiver) -> int:
     request = cast(C_STORE, event.request)
     sop_instance = str(request.AffectedSOPInstanceUID or "")
     try:
-        data = event.encoded_dataset()
+        data = part10_file(event)
         raw = check_encoding(data, str(event.context.transfer_syntax))
         header = read_header(data, str(event.context.transfer_syntax), raw)
     except (

@@ -286,3 +286,39 @@ def test_the_completion_timer_ends_associations_dropped_without_an_event(
     node.completer.run_once = counted  # type: ignore[method-assign]
     wait_until(lambda: len(ticks) >= 3, what="three ticks of the completion timer")
     assert [r.result for r in audit.rows(node.db, AssociationRow)] == ["aborted", "released"]
+
+
+def test_peer_that_leaves_in_the_middle_of_a_data_set_pdu(node: NodeService) -> None:
+    """An instance whose data set PDU is cut off by the peer closing the connection: the association is
+    aborted and only the instance answered before is stored (the node reads each PDU whole, into one
+    buffer: a short read is a closed connection, as with pynetdicom's own reads)."""
+    stored, cut = series_files(T2_SAG)[:2]
+    with raw_association(node) as sock:
+        for path, whole in ((stored, True), (cut, False)):
+            with path.open("rb") as fp:
+                uid = str(pydicom.dcmread(fp, stop_before_pixels=True).SOPInstanceUID)
+                fp.seek(0)
+                pydicom.filereader.read_preamble(fp, force=False)
+                pydicom.filereader._read_file_meta_info(fp)
+                data = fp.read()
+            sock.sendall(p_data(pdv(1, 0x03, store_command(uid))))
+            pdu = p_data(pdv(1, 0x02, data))
+            if whole:
+                sock.sendall(pdu)
+                assert response_status(sock) == status.SUCCESS
+            else:
+                sock.sendall(pdu[: len(pdu) // 2])
+                sock.shutdown(socket.SHUT_WR)
+                assert closed_by_node(sock)
+    assert node.receiver is not None
+
+    def ended() -> bool:
+        node.receiver.end_dead_associations()
+        return [r.result for r in audit.rows(node.db, AssociationRow)] == ["aborted"]
+
+    wait_until(ended, what="association aborted")
+    [row] = audit.rows(node.db, AssociationRow)
+    assert row.instances_received == 1
+    first = str(pydicom.dcmread(stored, stop_before_pixels=True).SOPInstanceUID)
+    assert [p.stem for p in node.spool.root.rglob("*.dcm")] == [first]
+    assert echo_works(node)

@@ -16,7 +16,7 @@ from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHa
 
 from config.model import SegNodeConfig
 from dicom_node.audit.tables import Association as AssociationRow
-from dicom_node.receiving import reactor
+from dicom_node.receiving import reactor, wire
 from dicom_node.receiving import statuses as status
 from dicom_node.receiving.server import STANDARD_LOG_HANDLERS, AcceptorHandler
 from dicom_node.service import NodeService
@@ -155,7 +155,7 @@ def test_the_wake_up_sockets_close_with_the_dul_and_a_late_pdu_is_harmless() -> 
     assert list(outgoing.queue) == ["first", "after the DUL ended"]
 
 
-def test_the_nodes_associations_run_the_waking_loop_and_release_as_before(
+def test_the_nodes_associations_run_the_waking_loop_and_the_wire_and_release_as_before(
     make_config: Callable[..., SegNodeConfig], start_node: Callable[..., NodeService]
 ) -> None:
     node = start_node(make_config())
@@ -168,6 +168,8 @@ def test_the_nodes_associations_run_the_waking_loop_and_release_as_before(
         assert served._run_reactor.__func__ is reactor._REACTOR  # type: ignore[attr-defined]
         assert served.dul.run.__func__ is reactor._run_dul  # type: ignore[attr-defined]
         assert isinstance(served.dul.to_provider_queue, reactor._WakingQueue)
+        assert served.dul.socket.recv.__func__ is wire._recv  # type: ignore[union-attr]
+        assert served.dimse.send_msg.__qualname__ == "send_store_responses.<locals>.send_msg"
         assert store(assoc, files) == [status.SUCCESS] * 3
     finally:
         assoc.release()
