@@ -143,6 +143,34 @@ def label_counts(label_map: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.intp
     return counts
 
 
+#: The dtypes OpenCV transposes.
+_CV_DTYPES = frozenset(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32))
+
+
+def slices_of(stack: npt.NDArray[Any], start: int, stop: int) -> npt.NDArray[Any]:
+    """Slices ``start:stop`` of a (columns, rows, slices) stack as one contiguous (slices, rows, columns)
+    array. numpy's copy of the transposed view reads the stack with a stride of a slice's length; OpenCV's
+    2D transposes (one from (columns x rows, slices) to (slices, columns x rows), then one per slice) do
+    the same several times faster, for the dtypes it takes. A C-contiguous stack is read in place (its
+    (columns x rows, slices) view, rows of ``stop - start`` values a slice's length apart: OpenCV takes
+    row strides), any other is copied to a contiguous chunk first."""
+    columns, rows, total = stack.shape
+    if stack.dtype not in _CV_DTYPES or stack[:, :, start:stop].size == 0:
+        return np.ascontiguousarray(stack[:, :, start:stop].transpose(2, 1, 0))
+    import cv2
+
+    if stack.flags.c_contiguous:
+        flat = stack.reshape(columns * rows, total)[:, start:stop]
+    else:
+        flat = np.ascontiguousarray(stack[:, :, start:stop]).reshape(columns * rows, -1)
+    count = flat.shape[1]
+    by_slice = cv2.transpose(flat)
+    out = np.empty((count, rows, columns), dtype=stack.dtype)
+    for n in range(count):
+        out[n] = cv2.transpose(by_slice[n].reshape(columns, rows))
+    return out
+
+
 def labels_present(
     context: DerivedContext,
     label_map: npt.NDArray[np.integer[Any]],

@@ -40,6 +40,7 @@ from dicom_node.outputs.derived import (
     set_creation_time,
     set_equipment,
     set_file_meta,
+    slices_of,
 )
 from dicom_node.outputs.seg_segments import SegmentSpec
 from dicom_node.outputs.shared_elements import SharedElementsWriter
@@ -129,34 +130,6 @@ def stack_window(voxels: npt.NDArray[Any]) -> Window:
     """A window over the 0.5-99.5 percentile range of a stack (for sources without one)."""
     low, high = (float(v) for v in np.percentile(voxels[::2, ::2, :], [0.5, 99.5]))
     return Window((low + high) / 2, max(high - low, 1.0))
-
-
-#: The dtypes OpenCV transposes.
-_CV_DTYPES = frozenset(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32))
-
-
-def slices_of(stack: npt.NDArray[Any], start: int, stop: int) -> npt.NDArray[Any]:
-    """Slices ``start:stop`` of a (columns, rows, slices) stack as one contiguous (slices, rows, columns)
-    array. numpy's copy of the transposed view reads the stack with a stride of a slice's length; OpenCV's
-    2D transposes (one from (columns x rows, slices) to (slices, columns x rows), then one per slice) do
-    the same several times faster, for the dtypes it takes. A C-contiguous stack is read in place (its
-    (columns x rows, slices) view, rows of ``stop - start`` values a slice's length apart: OpenCV takes
-    row strides), any other is copied to a contiguous chunk first."""
-    columns, rows, total = stack.shape
-    if stack.dtype not in _CV_DTYPES or stack[:, :, start:stop].size == 0:
-        return np.ascontiguousarray(stack[:, :, start:stop].transpose(2, 1, 0))
-    import cv2
-
-    if stack.flags.c_contiguous:
-        flat = stack.reshape(columns * rows, total)[:, start:stop]
-    else:
-        flat = np.ascontiguousarray(stack[:, :, start:stop]).reshape(columns * rows, -1)
-    count = flat.shape[1]
-    by_slice = cv2.transpose(flat)
-    out = np.empty((count, rows, columns), dtype=stack.dtype)
-    for n in range(count):
-        out[n] = cv2.transpose(by_slice[n].reshape(columns, rows))
-    return out
 
 
 def outline(labels: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:

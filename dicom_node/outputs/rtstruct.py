@@ -42,6 +42,7 @@ from dicom_node.outputs.derived import (
     set_creation_time,
     set_equipment,
     set_file_meta,
+    slices_of,
 )
 from dicom_node.outputs.seg_segments import CodeTriple, SegmentSpec
 
@@ -80,15 +81,18 @@ def scaled_up(masks: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
     saddle = a == d  # the 2 x 2 blocks (r, c) .. (r+1, c+1) whose diagonals differ
     saddle &= b == c
     saddle &= a != b
-    if not saddle.any():  # smooth masks have few or none: the strided passes below are skipped
+    # smooth masks have few saddles or none: only their sub-pixels are written (flat indices: numpy's
+    # multi-dimensional nonzero costs several times more)
+    found = np.flatnonzero(saddle)
+    if not found.size:
         return up
-    # (r, c) and (r+1, c+1) in, the other two out -> clear (r+1, c+1)'s top-left sub-pixel,
-    # at ((r+1) * 3, (c+1) * 3)
-    corners = up[..., _SCALE::_SCALE, _SCALE::_SCALE]
-    corners &= (~(saddle & a)).view(np.uint8)
-    # (r, c+1) and (r+1, c) in -> clear (r+1, c)'s top-right sub-pixel, at ((r+1) * 3, c * 3 + 2)
-    corners = up[..., _SCALE::_SCALE, _SCALE - 1 : -1 : _SCALE]
-    corners &= (~(saddle & b)).view(np.uint8)
+    *lead, row, column = np.unravel_index(found, saddle.shape)
+    # (r, c) and (r+1, c+1) in, the other two out -> clear (r+1, c+1)'s top-left sub-pixel, at
+    # ((r+1) * 3, (c+1) * 3); (r, c+1) and (r+1, c) in -> clear (r+1, c)'s top-right sub-pixel, at
+    # ((r+1) * 3, c * 3 + 2)
+    top_left = masks[(*lead, row, column)]
+    sub_column = np.where(top_left, (column + 1) * _SCALE, column * _SCALE + _SCALE - 1)
+    up[(*lead, (row + 1) * _SCALE, sub_column)] = 0
     return up
 
 
@@ -157,14 +161,29 @@ def _contour_image_sequence(ref: SliceRef) -> bytes:
 _CLOSED_PLANAR = _element(_GEOMETRIC_TYPE, "CS", "CLOSED_PLANAR")
 
 
-def _padded_masks(label_map: npt.NDArray[Any], box: tuple[slice, ...], label: int) -> npt.NDArray[np.bool_]:
-    """The mask of ``label`` on the slices of its bounding box ``box`` (label-map axes), as (slices, rows + 1,
-    columns): each slice's mask followed by a row of background (see :func:`_slice_polygons`). The box is
-    compared in the label map's order, then copied once into slice order."""
-    inside = (label_map[box] == label).transpose(2, 1, 0)  # (slices, rows, columns) of the box
-    count, rows, columns = inside.shape
-    padded = np.zeros((count, rows + 1, columns), dtype=np.bool_)
-    padded[:, :rows] = inside
+#: Slices of the label map put in slice order per pass (see :func:`_slice_order`).
+_CHUNK = 32
+
+
+def _slice_order(label_map: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """The (columns, rows, slices) label map as a contiguous (slices, rows, columns) array, made
+    :data:`_CHUNK` slices at a time (OpenCV's transposes: :func:`~dicom_node.outputs.derived.slices_of`),
+    so that each structure's box is read row by row and no more than a chunk is held twice."""
+    columns, rows, count = label_map.shape
+    ordered = np.empty((count, rows, columns), dtype=label_map.dtype)
+    for start in range(0, count, _CHUNK):
+        ordered[start : start + _CHUNK] = slices_of(label_map, start, start + _CHUNK)
+    return ordered
+
+
+def _padded_masks(ordered: npt.NDArray[Any], box: tuple[slice, ...], label: int) -> npt.NDArray[np.bool_]:
+    """The mask of ``label`` on the slices of its bounding box ``box`` in the slice-ordered label map
+    ``ordered`` (:func:`_slice_order`), as (slices, rows + 1, columns): each slice's mask followed by a
+    row of background (see :func:`_slice_polygons`)."""
+    count, rows, columns = (int(b.stop) - int(b.start) for b in box)
+    padded = np.empty((count, rows + 1, columns), dtype=np.bool_)
+    padded[:, rows] = False
+    np.equal(ordered[box], label, out=padded[:, :rows])
     return padded
 
 
@@ -206,14 +225,14 @@ def _contour_items(
     refs: dict[int, bytes],
 ) -> list[bytes]:
     """Contour Sequence items (encoded) of one structure: ``padded`` is its mask on the slices of its
-    bounding box ``box`` (label-map axes), as :func:`_padded_masks` makes it; ``refs`` the encoded Contour
+    bounding box ``box`` (slice, row, column), as :func:`_padded_masks` makes it; ``refs`` the encoded Contour
     Image Sequence of each slice (one set of bytes per slice serves every contour on it), filled as
     needed."""
     on = np.flatnonzero(padded.reshape(len(padded), -1).any(axis=1))
     polygons = _slice_polygons(padded if len(on) == len(padded) else padded[on])
     if not polygons:
         return []
-    first_column, first_row, first_slice = (int(b.start) for b in box)
+    first_slice, first_row, first_column = (int(b.start) for b in box)
     stacked = _pixel_xy(np.concatenate([xy for _, xy in polygons]))
     lengths = [len(xy) for _, xy in polygons]
     slices = on[[n for n, _ in polygons]] + first_slice
@@ -243,18 +262,20 @@ def _contour_items(
     return items
 
 
-def _all_contours(
-    context: DerivedContext, label_map: npt.NDArray[Any], boxes: Sequence[tuple[slice, ...] | None]
-) -> dict[int, list[bytes]]:
-    """Label -> its Contour Sequence items (encoded), slice by slice: each structure is cut out of the
-    label map by its bounding box (``scipy.ndimage.find_objects``, one pass over the stack for all of
-    them) and traced, in one call, on the slices of that box where it has pixels."""
+def _all_contours(context: DerivedContext, label_map: npt.NDArray[Any], last: int) -> dict[int, list[bytes]]:
+    """Label -> its Contour Sequence items (encoded), slice by slice, for the labels up to ``last``: the
+    label map is put in slice order (:func:`_slice_order`), each structure is cut out of it by its
+    bounding box (``scipy.ndimage.find_objects``, one pass over the stack for all of them) and traced, in
+    one call, on the slices of that box where it has pixels."""
+    from scipy import ndimage
+
+    ordered = _slice_order(label_map)
     out: dict[int, list[bytes]] = {}
     refs: dict[int, bytes] = {}
-    for label, box in enumerate(boxes, start=1):
+    for label, box in enumerate(ndimage.find_objects(ordered, max_label=last), start=1):
         if box is None:
             continue
-        out[label] = _contour_items(context, _padded_masks(label_map, box, label), box, refs)
+        out[label] = _contour_items(context, _padded_masks(ordered, box, label), box, refs)
     return out
 
 
@@ -338,19 +359,16 @@ def encode_rtstruct(
 ) -> EncodedRtstruct:
     """The RT Structure Set of one stack: one ROI per label present in ``label_map``; ``counted``: those
     labels where the caller has them (see :func:`~dicom_node.outputs.derived.labels_present`)."""
-    from scipy import ndimage
-
     volume = context.volume
     present: Sequence[int] = labels_present(context, label_map, segments, counted)
     if not present:
         raise DerivedEncodingError(f"{context.where}: the label map is empty: no structure to contour")
-    boxes = ndimage.find_objects(np.asarray(label_map), max_label=max(present))
     series_uid = context.uid(OutputKind.RTSTRUCT, "series")
     sop_uid = context.uid(OutputKind.RTSTRUCT, "instance")
     ds = _header(context, series_uid, sop_uid)
     roi_labels = {roi: label for roi, label in enumerate(present, start=1)}
     rois, contours, observations = [], [], []
-    traced = _all_contours(context, np.asarray(label_map), boxes)
+    traced = _all_contours(context, np.asarray(label_map), max(present))
     for roi, label in roi_labels.items():
         spec = segments[label]
         item = Dataset()
