@@ -181,28 +181,48 @@ def render(
     gray: npt.NDArray[np.uint8],
     labels: npt.NDArray[Any],
     colours: npt.NDArray[np.uint8],
-    names: Mapping[int, str],
+    legend: Mapping[int, tuple[str, tuple[int, int, int]]],
     edge: npt.NDArray[np.bool_] | None = None,
+    bands: dict[bytes, npt.NDArray[np.uint8]] | None = None,
 ) -> npt.NDArray[np.uint8]:
     """One overlay image (rows, columns, RGB): ``gray`` (rows, columns) with outlines and the legend band.
-    ``edge``: the outline pixels when the caller has them (:func:`outline` of the whole stack at once)."""
+    ``legend``: label -> (name, RGB) of the structures that may be on it; ``edge``: the outline pixels
+    when the caller has them (:func:`outline` of the whole stack at once); ``bands``: the legend bands of
+    the images made so far, by the labels on them (filled here), where the caller keeps them."""
     rows, columns = gray.shape
     width = max(columns, MIN_WIDTH)
     edge = outline(labels) if edge is None else edge
-    # every structure on the image has outline pixels (its last row at least): they name the present ones
-    on_edge = labels[edge]
-    present = [int(v) for v in np.flatnonzero(np.bincount(on_edge, minlength=1)) if v]
-    entries = tuple((names[v], tuple(int(c) for c in colours[v])) for v in present)
-    band = legend_band(width, entries)
+    # every structure on the image has outline pixels (its last row at least): they name the present ones;
+    # the outline pixels are taken by their flat indices (row by row), found once
+    where = np.flatnonzero(edge)
+    on_edge = np.ravel(labels)[where]
+    present = np.flatnonzero(np.bincount(on_edge, minlength=1))
+    key = present.tobytes()
+    band = None if bands is None else bands.get(key)
+    if band is None:
+        band = legend_band(width, tuple(legend[int(v)] for v in present if v))
+        if bands is not None:
+            bands[key] = band
     image = np.empty((rows + band.shape[0], width, 3), dtype=np.uint8)
+    top = image[:rows]
     import cv2
 
-    # R = G = B = gray (OpenCV's conversion: numpy's broadcast copy runs an inner loop of 3 bytes)
-    image[:rows, :columns] = cv2.cvtColor(np.ascontiguousarray(gray, dtype=np.uint8), cv2.COLOR_GRAY2RGB)
-    image[:rows, columns:] = 0
+    # R = G = B = gray (OpenCV's conversion, written in place where the image has the source's width:
+    # numpy's broadcast copy runs an inner loop of 3 bytes)
+    source = np.ascontiguousarray(gray, dtype=np.uint8)
+    if width == columns:
+        filled = cv2.cvtColor(source, cv2.COLOR_GRAY2RGB, dst=top)
+        if not np.shares_memory(filled, top):
+            top[...] = filled
+    else:
+        top[:, :columns] = cv2.cvtColor(source, cv2.COLOR_GRAY2RGB)
+        top[:, columns:] = 0
     image[rows:] = band
-    if present:
-        image[:rows, :columns][edge] = colours[on_edge]
+    if where.size:
+        if width == columns:
+            top.reshape(-1, 3)[where] = colours[on_edge]
+        else:
+            top[where // columns, where % columns] = colours[on_edge]
     return image
 
 
@@ -301,9 +321,12 @@ def encode_overlay(
     volume = context.volume
     present = labels_present(context, label_map, segments, counted)
     colours = np.zeros((max(present, default=0) + 1, 3), dtype=np.uint8)
+    legend: dict[int, tuple[str, tuple[int, int, int]]] = {}
     for label in present:
         colours[label] = segments[label].rgb
-    names = {label: segments[label].name for label in present}
+        red, green, blue = (int(c) for c in segments[label].rgb)
+        legend[label] = (segments[label].name, (red, green, blue))
+    bands: dict[bytes, npt.NDArray[np.uint8]] = {}
     headers = {str(h.SOPInstanceUID): h for h in volume.source_headers}
     series_uid = context.uid(OutputKind.OVERLAY, "series")
     template = _series_template(context, series_uid)
@@ -327,7 +350,7 @@ def encode_overlay(
         gray = window.apply(chunk[k % _CHUNK])
         if str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1":
             gray = 255 - gray
-        pixels = render(gray, planes[k % _CHUNK], colours, names, edges[k % _CHUNK])
+        pixels = render(gray, planes[k % _CHUNK], colours, legend, edges[k % _CHUNK], bands)
         ds = _image(template, context, k, ref, header, window)
         ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
         ds.PixelData = np.ascontiguousarray(pixels).tobytes()
