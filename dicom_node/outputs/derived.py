@@ -153,10 +153,14 @@ def slices_of(stack: npt.NDArray[Any], start: int, stop: int) -> npt.NDArray[Any
     2D transposes (one from (columns x rows, slices) to (slices, columns x rows), then one per slice) do
     the same several times faster, for the dtypes it takes. A C-contiguous stack is read in place (its
     (columns x rows, slices) view, rows of ``stop - start`` values a slice's length apart: OpenCV takes
-    row strides), any other is copied to a contiguous chunk first."""
+    row strides); a stack whose slices are already so (a Fortran-ordered one, as ``load_series`` makes it)
+    gives a view of them; any other is copied to a contiguous chunk first."""
     columns, rows, total = stack.shape
-    if stack.dtype not in _CV_DTYPES or stack[:, :, start:stop].size == 0:
-        return np.ascontiguousarray(stack[:, :, start:stop].transpose(2, 1, 0))
+    ordered = stack[:, :, start:stop].transpose(2, 1, 0)
+    if ordered.flags.c_contiguous:  # a Fortran-ordered stack holds its slices so already: no copy
+        return ordered
+    if stack.dtype not in _CV_DTYPES or ordered.size == 0:
+        return np.ascontiguousarray(ordered)
     import cv2
 
     if stack.flags.c_contiguous:

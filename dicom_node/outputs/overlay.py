@@ -55,6 +55,53 @@ LEGEND_ENTRY_WIDTH = 190
 _CHUNK = 16
 
 
+def linear_8bit(pixels: npt.NDArray[Any], center: Any, width: Any) -> npt.NDArray[np.float64]:
+    """pydicom's LINEAR window arithmetic (``center`` and ``width`` as :meth:`Window.linear` gives them:
+    numbers, or arrays broadcast against ``pixels``), rounded and clipped to 0..255. pydicom's two range
+    tests (x <= center - width / 2 -> 0, x > center + width / 2 -> 255) are left to the clip: there the
+    formula gives <= 0 and > 255 (up to rounding far below half a grey level), which rint and clip turn
+    into 0 and 255 as well."""
+    y: npt.NDArray[np.float64] = np.subtract(pixels, center, dtype=np.float64)
+    y /= width
+    y += 0.5
+    y *= 255.0
+    np.rint(y, out=y)
+    np.clip(y, 0, 255, out=y)
+    return y
+
+
+#: Values windowed per block by :func:`windowed_stack` (a few MB of float64).
+_BLOCK = 1 << 18
+
+
+def windowed_stack(voxels: npt.NDArray[Any], windows: Sequence[Window]) -> npt.NDArray[np.uint8] | None:
+    """A (columns, rows, slices) stack windowed to 8 bits, slice k with ``windows[k]``, in the stack's own
+    memory order (a C-ordered stack in blocks of whole rows of slices, each slice's center and width
+    broadcast along the last axis; a Fortran-ordered one, as ``load_series`` makes it, slice by slice), so
+    that the slices are then transposed as bytes rather than as modality values (or not at all); None where
+    a window is not linear (:meth:`Window.linear`) or the stack is in neither order."""
+    linear = [w.linear() for w in windows]
+    if not voxels.size or any(p is None for p in linear):
+        return None
+    centers = np.array([p[0] for p in linear if p is not None], dtype=np.float64)
+    widths = np.array([p[1] for p in linear if p is not None], dtype=np.float64)
+    count = voxels.shape[-1]
+    if voxels.flags.c_contiguous:
+        gray = np.empty(voxels.shape, dtype=np.uint8)
+        flat, out = voxels.reshape(-1, count), gray.reshape(-1, count)
+        step = max(1, _BLOCK // count)
+        for start in range(0, len(flat), step):
+            out[start : start + step] = linear_8bit(flat[start : start + step], centers, widths)
+    elif voxels.flags.f_contiguous:
+        gray = np.empty(voxels.shape, dtype=np.uint8, order="F")
+        flat, out = voxels.T.reshape(count, -1), gray.T.reshape(count, -1)
+        for k in range(count):
+            out[k] = linear_8bit(flat[k], centers[k], widths[k])
+    else:
+        return None
+    return gray
+
+
 @dataclass(frozen=True)
 class Window:
     """An 8-bit display window (PS3.3 C.11.2.1.2)."""
@@ -63,26 +110,26 @@ class Window:
     width: float
     function: str = "LINEAR"
 
-    def apply(self, pixels: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
-        """Window ``pixels`` (modality values) to 0..255: LINEAR and LINEAR_EXACT with the arithmetic of
-        pydicom's ``apply_windowing`` (PS3.3 C.11.2.1.2.1, C.11.2.1.3.2) in one vectorised pass, giving
-        the same values; SIGMOID with pydicom's implementation."""
+    def linear(self) -> tuple[float, float] | None:
+        """The center and width of pydicom's LINEAR or LINEAR_EXACT arithmetic (PS3.3 C.11.2.1.2.1,
+        C.11.2.1.3.2) for this window, None where it has other arithmetic (SIGMOID, a width below 1)."""
         if self.function in ("LINEAR", "LINEAR_EXACT") and self.width >= 1:
             center, width = self.center, self.width
             if self.function == "LINEAR":
                 center, width = center - 0.5, width - 1
             if width > 0:
-                # pydicom's two range tests (x <= center - width / 2 -> 0, x > center + width / 2 -> 255)
-                # are left to the clip: there the formula gives <= 0 and > 255 (up to rounding far below
-                # half a grey level), which rint and clip turn into 0 and 255 as well
-                y: npt.NDArray[np.float64] = np.subtract(pixels, center, dtype=np.float64)
-                y /= width
-                y += 0.5
-                y *= 255.0
-                np.rint(y, out=y)
-                np.clip(y, 0, 255, out=y)
-                return y.astype(np.uint8)
-        return self._apply_with_pydicom(pixels)
+                return center, width
+        return None
+
+    def apply(self, pixels: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+        """Window ``pixels`` (modality values) to 0..255: LINEAR and LINEAR_EXACT with the arithmetic of
+        pydicom's ``apply_windowing`` in one vectorised pass (:func:`linear_8bit`), giving the same
+        values; SIGMOID with pydicom's implementation."""
+        linear = self.linear()
+        if linear is None:
+            return self._apply_with_pydicom(pixels)
+        gray: npt.NDArray[np.uint8] = linear_8bit(pixels, *linear).astype(np.uint8)
+        return gray
 
     def _apply_with_pydicom(self, pixels: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
         from pydicom.pixels.processing import apply_windowing
@@ -332,22 +379,29 @@ def encode_overlay(
     template = _series_template(context, series_uid)
     # the stack's window (a percentile pass over the voxels) only for sources without a window of their own
     fallback: Window | None = None
+    windows = []
+    for ref in volume.slice_refs:
+        window = source_window(headers[ref.sop_instance_uid])
+        if window is None:
+            if fallback is None:
+                fallback = stack_window(volume.voxels)
+            window = fallback
+        windows.append(window)
+    gray_stack = windowed_stack(volume.voxels, windows)
     images = []
     for k, ref in enumerate(volume.slice_refs):
         if k % _CHUNK == 0:
             # voxels and labels are (columns, rows, slices): a slice is scattered over the whole stack, so
             # a few slices at a time are made contiguous (rows, columns) in one pass over the memory, and
             # their outlines drawn in one pass
-            chunk = slices_of(volume.voxels, k, k + _CHUNK)
+            if gray_stack is None:
+                chunk = slices_of(volume.voxels, k, k + _CHUNK)
+            else:
+                chunk = slices_of(gray_stack, k, k + _CHUNK)
             planes = slices_of(np.asarray(label_map), k, k + _CHUNK)
             edges = outline(planes)
-        header = headers[ref.sop_instance_uid]
-        window = source_window(header)
-        if window is None:
-            if fallback is None:
-                fallback = stack_window(volume.voxels)
-            window = fallback
-        gray = window.apply(chunk[k % _CHUNK])
+        header, window = headers[ref.sop_instance_uid], windows[k]
+        gray = window.apply(chunk[k % _CHUNK]) if gray_stack is None else chunk[k % _CHUNK]
         if str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1":
             gray = 255 - gray
         pixels = render(gray, planes[k % _CHUNK], colours, legend, edges[k % _CHUNK], bands)

@@ -220,3 +220,37 @@ def test_slices_of_a_stack_are_its_transposed_slices(dtype: Any, layout: str) ->
         chunk = slices_of(stack, k, k + 5)
         assert chunk.flags.c_contiguous
         assert np.array_equal(chunk, stack[:, :, k : k + 5].transpose(2, 1, 0)), f"slices {k}.."
+
+
+def pydicom_windowed(pixels: npt.NDArray[Any], header: Dataset) -> npt.NDArray[np.uint8]:
+    """Modality values through the header's first window, by pydicom."""
+    display = Dataset()
+    display.WindowCenter, display.WindowWidth = header.WindowCenter, header.WindowWidth
+    display.VOILUTFunction = header.get("VOILUTFunction", "LINEAR")
+    display.PhotometricInterpretation, display.BitsStored, display.PixelRepresentation = "MONOCHROME2", 8, 0
+    out: npt.NDArray[np.uint8] = np.rint(apply_voi_lut(pixels.astype(np.float64), display)).astype(np.uint8)
+    return out
+
+
+@pytest.mark.parametrize("order", ["F", "C"])
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+def test_each_slice_is_windowed_with_its_own_window(function: str, order: str) -> None:
+    """Windows that differ from slice to slice (the linear ones computed for the whole stack at once, in
+    the order the voxels are held: Fortran as load_series makes them, or C; a sigmoid one slice by slice):
+    every image is its slice through its own window, as pydicom computes it."""
+    volume = volumes_of(PD_TRA)[0]
+    volume = Volume(**{**volume.__dict__, "voxels": np.asarray(volume.voxels, order=order)})
+    assert volume.voxels.flags.f_contiguous if order == "F" else volume.voxels.flags.c_contiguous
+    headers = {str(h.SOPInstanceUID): h for h in volume.source_headers}
+    low, high = (float(v) for v in np.percentile(volume.voxels, [1, 99]))
+    for k, ref in enumerate(volume.slice_refs):
+        header = headers[ref.sop_instance_uid]
+        header.WindowCenter = low + (high - low) * (0.3 + 0.04 * k)
+        header.WindowWidth = (high - low) / (1 + k % 3)
+        header.VOILUTFunction = function if k == 1 else "LINEAR"
+    overlay = encode(volume, np.zeros(volume.shape, dtype=np.uint8))
+    for k, (ref, ds) in enumerate(zip(volume.slice_refs, overlay.datasets, strict=True)):
+        rows, columns = volume.shape[1], volume.shape[0]
+        image = ds.pixel_array[:rows, :columns]
+        expected = pydicom_windowed(volume.voxels[:, :, k].T, headers[ref.sop_instance_uid])
+        assert np.array_equal(image, np.repeat(expected[:, :, None], 3, axis=2)), f"slice {k}"
