@@ -7,7 +7,8 @@ encodes an element that an image holds from the series' template (the same eleme
 ``Dataset.update(template)`` or ``Dataset(dict(template.items()))`` leave it) once, with pydicom's own
 ``write_data_element``, and writes the cached bytes for every image while the element keeps its VR and
 value (a sequence: its items' elements); the elements of the image itself, the file meta information and
-the preamble are encoded for each image by pydicom's writer as ``dcmwrite`` does. The file is the same,
+the preamble are encoded for each image by pydicom's writer as ``dcmwrite`` does, but for a long OB or OW
+value (the pixels), which goes from its bytes straight to the file after its header. The file is the same,
 byte for byte, as ``dataset.save_as(path, enforce_file_format=True)`` writes (tests compare them).
 
 Only Explicit VR Little Endian (the transfer syntax of the objects SegNode makes) is written this way;
@@ -17,6 +18,7 @@ another transfer syntax, a preamble of its own or a template element whose VR de
 
 from __future__ import annotations
 
+import struct
 from typing import IO, Any
 
 from pydicom.charset import default_encoding
@@ -30,6 +32,9 @@ from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian
 
 _PREAMBLE = b"\0" * 128 + b"DICM"
+#: VRs of values written from their bytes straight to the file when longer than :data:`_BULK_SIZE`.
+_BULK = frozenset(("OB", "OW"))
+_BULK_SIZE = 1 << 16
 
 
 def _frozen(elem: DataElement | RawDataElement) -> Any:
@@ -41,6 +46,17 @@ def _frozen(elem: DataElement | RawDataElement) -> Any:
             tuple((tag, _frozen(item.get_item(tag))) for tag in sorted(item.keys())) for item in value
         )
     return elem.VR, tuple(value) if isinstance(value, (list, MultiValue)) else value
+
+
+def _bulk(elem: DataElement | RawDataElement) -> tuple[bytes, bytes] | None:
+    """The explicit VR little endian header and the value of an OB or OW element holding more than
+    :data:`_BULK_SIZE` bytes of even length (written as they are, as pydicom writes them), None for any
+    other element."""
+    value = elem.value if isinstance(elem, DataElement) else None
+    if elem.VR not in _BULK or not isinstance(value, bytes) or len(value) <= _BULK_SIZE or len(value) % 2:
+        return None
+    tag = elem.tag
+    return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, str(elem.VR).encode("ascii"), 0, len(value)), value
 
 
 def _is_ambiguous(vr: str | None) -> bool:
@@ -103,6 +119,17 @@ class SharedElementsWriter:
             elem = dataset.get_item(tag)
             if tag in template and template.get_item(tag) is elem:
                 fp.write(self._shared(tag, elem, dataset))
-            else:
+                continue
+            corrected = correct_ambiguous_vr_element(elem, dataset, True)
+            bulk = _bulk(corrected)
+            if bulk is None:
                 fp.write(self._bytes(elem, dataset))
+                continue
+            # bulk data (the pixels): its header as pydicom writes it, then the value itself straight to the
+            # file, not copied through the buffer twice
+            fp.write(bulk[0])
+            fh.write(fp.getvalue())
+            fh.write(bulk[1])
+            fp = DicomBytesIO()
+            fp.is_little_endian, fp.is_implicit_VR = True, False
         fh.write(fp.getvalue())

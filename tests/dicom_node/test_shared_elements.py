@@ -108,3 +108,17 @@ def test_a_shared_element_changed_in_place_is_encoded_again() -> None:
     first.DerivationCodeSequence[0].CodeMeaning = "Changed"
     written, expected = both(writer, image(shared, 2))
     assert written == expected and b"PRIMARY" in written and b"Changed" in written
+
+
+def test_long_pixel_data_is_written_as_pydicom_writes_it() -> None:
+    """A long OB value (the pixels of an image) goes straight to the file after its header: the same bytes."""
+    shared = template()
+    writer = SharedElementsWriter(shared)
+    ds = image(shared, 1)
+    ds.Rows, ds.Columns = 300, 401
+    ds.PixelData = bytes(range(256)) * 470  # 120,320 bytes: longer than what goes through the buffer
+    written, expected = both(writer, ds)
+    assert written == expected and written.endswith(ds.PixelData)
+    ds.PixelData = ds.PixelData + b"\1"  # odd length: padded by pydicom's writer
+    written, expected = both(writer, ds)
+    assert written == expected
