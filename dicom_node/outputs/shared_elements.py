@@ -6,9 +6,11 @@ first; for 120 images of some 70 elements that costs more than the pixels. :clas
 encodes an element that an image holds from the series' template (the same element object, as
 ``Dataset.update(template)`` or ``Dataset(dict(template.items()))`` leave it) once, with pydicom's own
 ``write_data_element``, and writes the cached bytes for every image while the element keeps its VR and
-value (a sequence: its items' elements); the elements of the image itself, the file meta information and
-the preamble are encoded for each image by pydicom's writer as ``dcmwrite`` does, but for a long OB or OW
-value (the pixels), which goes from its bytes straight to the file after its header. The file is the same,
+value (a sequence: its items' elements); the elements of the image itself are encoded for each image by
+pydicom's writer as ``dcmwrite`` does, but for a long OB or OW value (the pixels), which goes from its bytes
+straight to the file after its header; the file meta elements are completed by pydicom's
+``validate_file_meta`` as ``dcmwrite`` does and encoded once while their values stay (an image's own SOP
+Instance UID is encoded for it). The file is the same,
 byte for byte, as ``dataset.save_as(path, enforce_file_format=True)`` writes (tests compare them).
 
 Only Explicit VR Little Endian (the transfer syntax of the objects SegNode makes) is written this way;
@@ -23,9 +25,9 @@ from typing import IO, Any
 
 from pydicom.charset import default_encoding
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element, write_file_meta_info
+from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
@@ -35,6 +37,7 @@ _PREAMBLE = b"\0" * 128 + b"DICM"
 #: VRs of values written from their bytes straight to the file when longer than :data:`_BULK_SIZE`.
 _BULK = frozenset(("OB", "OW"))
 _BULK_SIZE = 1 << 16
+_GROUP_LENGTH = BaseTag(0x00020000)
 
 
 def _frozen(elem: DataElement | RawDataElement) -> Any:
@@ -70,6 +73,7 @@ class SharedElementsWriter:
         self._template = template
         self._charset = template.get("SpecificCharacterSet", default_encoding)
         self._encoded: dict[BaseTag, tuple[Any, bytes]] = {}
+        self._meta: dict[BaseTag, tuple[Any, bytes]] = {}
         self._usable = not any(_is_ambiguous(template.get_item(tag).VR) for tag in template.keys())
 
     def _bytes(self, elem: DataElement | RawDataElement, dataset: Dataset) -> bytes:
@@ -90,6 +94,29 @@ class SharedElementsWriter:
         self._encoded[tag] = (state, encoded)
         return encoded
 
+    def _file_meta(self, meta: FileMetaDataset) -> bytes:
+        """The file meta information as pydicom's ``write_file_meta_info(enforce_standard=True)`` writes it:
+        the elements it lacks added by pydicom's ``validate_file_meta``, the group length set to the length
+        of the others; each element's bytes from the cache while its value is the one they were encoded
+        from (the images of a series differ in their SOP Instance UID alone)."""
+        validate_file_meta(meta, enforce_standard=True)
+        parts = []
+        for tag in sorted(meta.keys()):
+            if tag == _GROUP_LENGTH:
+                continue
+            elem = meta.get_item(tag)
+            state = _frozen(elem)
+            cached = self._meta.get(tag)
+            if cached is None or cached[0] != state:
+                fp = DicomBytesIO()
+                fp.is_little_endian, fp.is_implicit_VR = True, False
+                write_data_element(fp, elem, default_encoding)
+                cached = self._meta[tag] = (state, fp.getvalue())
+            parts.append(cached[1])
+        body = b"".join(parts)
+        meta.FileMetaInformationGroupLength = len(body)
+        return struct.pack("<HH2sHI", 2, 0, b"UL", 4, len(body)) + body
+
     def fits(self, dataset: Dataset) -> bool:
         """Whether ``dataset`` is written from the cache (else :meth:`write` uses ``save_as``)."""
         meta = getattr(dataset, "file_meta", None)
@@ -109,7 +136,7 @@ class SharedElementsWriter:
         fp = DicomBytesIO()
         fp.is_little_endian, fp.is_implicit_VR = True, False
         fp.write(_PREAMBLE)
-        write_file_meta_info(fp, dataset.file_meta, enforce_standard=True)
+        fp.write(self._file_meta(dataset.file_meta))
         template = self._template
         for tag in sorted(dataset.keys()):
             if tag.group in (0, 2):

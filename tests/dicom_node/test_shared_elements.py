@@ -122,3 +122,18 @@ def test_long_pixel_data_is_written_as_pydicom_writes_it() -> None:
     ds.PixelData = ds.PixelData + b"\1"  # odd length: padded by pydicom's writer
     written, expected = both(writer, ds)
     assert written == expected
+
+
+def test_file_meta_is_written_as_pydicom_writes_it() -> None:
+    """The file meta elements are encoded once while their values stay (each image has its own instance
+    UID), with the elements pydicom adds and the group length; a changed one is encoded again."""
+    shared = template()
+    writer = SharedElementsWriter(shared)
+    for n in range(1, 4):
+        ds = image(shared, n)
+        if n == 3:
+            ds.file_meta.ImplementationClassUID = "1.2.3.4.5"
+            ds.file_meta.ImplementationVersionName = "OTHER"
+        written, expected = both(writer, ds)
+        assert written == expected, f"image {n}"
+    assert b"OTHER" in written
