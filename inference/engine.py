@@ -40,6 +40,7 @@ from inference.errors import (
     InvalidRoiError,
     OutOfMemoryError,
 )
+from inference.host_memory import release_freed_memory
 from inference.registry import (
     Mode,
     PartModel,
@@ -104,6 +105,12 @@ def configure_cpu_threads(threads: int | None, interop_threads: int | None) -> N
             logger.warning("inter-op threads stay %d: %s", torch.get_num_interop_threads(), exc)
     intra, inter = torch.get_num_threads(), torch.get_num_interop_threads()
     logger.info("torch CPU threads: %d intra-op, %d inter-op", intra, inter)
+
+
+def _release(timings: dict[str, float]) -> None:
+    """After a series: with ``inference.cpu_memory: reuse``, the heap's free pages back to the system."""
+    with _Timer(timings, "release_memory"):
+        release_freed_memory()
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -277,15 +284,17 @@ class Engine:
         spec = get_task(task)
         mode = spec.mode(fast, fastest)
         models = spec.models(mode)
-        data, affine_ras, roi = self._checked_input(spec, models, voxels, affine_lps, roi_subset)
+        data, ras, roi = self._checked_input(spec, models, voxels, affine_lps, roi_subset)
         timings: dict[str, float] = {}
         events: list[str] = []
         device = self.device
-        if roi is None:
-            labels = self._run(spec, models, data, affine_ras, timings, events, device, prefix="")
-            used = tuple(models)
-        else:
-            labels, used = self._run_roi(spec, mode, models, roi, data, affine_ras, timings, events, device)
+        try:
+            if roi is None:
+                labels = self._run(spec, models, data, ras, timings, events, device, prefix="")
+            else:
+                labels, models = self._run_roi(spec, mode, models, roi, data, ras, timings, events, device)
+        finally:
+            _release(timings)
         timings["total"] = time.perf_counter() - start
         class_map = dict(spec.class_map)
         if roi is not None:
@@ -295,7 +304,7 @@ class Engine:
             class_map=class_map,
             task=spec.name,
             mode=mode,
-            models=tuple(self.model_info(m) for m in used),
+            models=tuple(self.model_info(m) for m in models),
             device=str(device),
             timings=timings,
             roi_subset=roi,

@@ -117,10 +117,12 @@ def run_segment(args: argparse.Namespace) -> int:
 
     from conversion import load_series
     from inference.engine import Engine
+    from inference.host_memory import configure_host_memory
 
     nib_any: Any = nib
 
     config = _inference_config(args)
+    configure_host_memory(config.cpu_memory)
     task = args.task or config.default_task
     files = _series_files(args.dicom_dir)
     start = time.perf_counter()

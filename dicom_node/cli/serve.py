@@ -38,6 +38,7 @@ def register(subparsers: Subcommands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dicom_node.service import NodeService
+    from inference.host_memory import configure_host_memory
 
     configure_logging(logging.DEBUG if args.verbose >= 2 else logging.INFO)
     config = load_config(args.config) if args.config else default_config()
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
                 "`segnode worker`, or remove the cluster section for the embedded node"
             ]
         )
+    configure_host_memory(config.inference.cpu_memory)  # before the node's threads exist
     service = NodeService(config, role=args.role)
     stop = threading.Event()
 

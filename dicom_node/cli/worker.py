@@ -36,9 +36,12 @@ def register(subparsers: Subcommands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dicom_node.cluster.worker import WorkerNode, parse_queues
+    from inference.host_memory import configure_host_memory
 
     level = logging.DEBUG if args.verbose >= 2 else logging.INFO
     configure_logging(level)
     stages = parse_queues(args.queues)
-    node = WorkerNode(load_config(args.config), stages, device=args.device, source=str(args.config))
+    config = load_config(args.config)
+    configure_host_memory(config.inference.cpu_memory)  # before the worker's threads exist
+    node = WorkerNode(config, stages, device=args.device, source=str(args.config))
     return node.run(loglevel=logging.getLevelName(level))

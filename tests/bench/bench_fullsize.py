@@ -21,6 +21,8 @@ a sagittal T2, a large field of view; see FULLSIZE_SERIES):
   ``--compile auto,off`` runs SegNode with its networks compiled (``inference.cpu_compile``, the default) and
   uncompiled: the same fp32 arithmetic, but compiled kernels add in another order, so where random weights
   leave two classes tied to ~1e-5 a voxel may flip (the low labels are printed with their voxel counts).
+  ``--memory reuse,system`` runs it with freed host memory reused (``inference.cpu_memory``, the default:
+  no page faults for the feature maps of each tile) and with glibc's defaults.
 
 ``--queue N`` (SegNode only, with ``--skip-official`` for a pure throughput run): N series, the given ones
 repeated, through one warm worker; series/hour and the time the models ran (device busy time).
@@ -65,6 +67,7 @@ def worker(args: argparse.Namespace) -> int:
     from config.inference import InferenceConfig
     from conversion import load_series
     from inference.engine import Engine
+    from inference.host_memory import configure_host_memory
 
     device = "cuda" if args.device in ("cuda", "gpu") else args.device
     config = InferenceConfig(
@@ -72,7 +75,9 @@ def worker(args: argparse.Namespace) -> int:
         device=device,
         cpu_precision=args.precision,
         cpu_compile=args.compile_setting,
+        cpu_memory=args.memory_setting,
     )
+    configure_host_memory(config.cpu_memory)  # as segnode serve / worker / segment do at start
     engine = Engine(config)
     start = time.perf_counter()
     engine.warm_up("total_mr", fast=args.fast)
@@ -98,12 +103,13 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def run_worker(
-    series: list[Path], weights: Path, device: str, variant: tuple[str, str], fast: bool, out: Path
+    series: list[Path], weights: Path, device: str, variant: tuple[str, str, str], fast: bool, out: Path
 ) -> tuple[float, list[dict[str, Any]]]:
     """Start a worker, return (warm-up s, per series {s, busy_s, vram, rss, file})."""
     out.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--weights", str(weights)]
     command += ["--device", device, "--precision", variant[0], "--compile-setting", variant[1]]
+    command += ["--memory-setting", variant[2]]
     command += ["--out", str(out)]
     command += ["--series", *map(str, series)]
     if fast:
@@ -167,11 +173,12 @@ def run_mode(args: argparse.Namespace, fast: bool, tmp: Path) -> list[str]:
         official.append((done.seconds, done.peak_rss, out))
         print(f"  official {mode} {folder.name}: {done.seconds:.1f} s, tree peak {done.peak_rss / GB:.2f} GB")
     lines = []
-    for precision, setting in [(p, c) for p in args.precisions for c in args.compile]:
+    variants = [(p, c, m) for p in args.precisions for c in args.compile for m in args.memory]
+    for precision, setting, memory in variants:
         series = [args.series[i % len(args.series)] for i in range(args.queue or len(args.series))]
-        out = tmp / f"ours_{mode}_{precision}_{setting}"
-        warm, rows = run_worker(series, args.weights, args.device, (precision, setting), fast, out)
-        precision = f"{precision} compile {setting}"
+        out = tmp / f"ours_{mode}_{precision}_{setting}_{memory}"
+        warm, rows = run_worker(series, args.weights, args.device, (precision, setting, memory), fast, out)
+        precision = f"{precision} compile {setting}" + ("" if memory == "reuse" else f" memory {memory}")
         print(f"  SegNode {mode} {precision}: models loaded (and compiled) in {warm:.1f} s (not counted)")
         if args.queue:
             total = sum(r["s"] for r in rows)
@@ -210,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast", action="store_true", help="only --fast (same as --modes fast)")
     parser.add_argument("--precisions", default="fp32", help="SegNode CPU precisions: fp32 | fp32,bf16")
     parser.add_argument("--compile", default="auto", help="SegNode cpu_compile: auto | off | auto,off")
+    parser.add_argument("--memory", default="reuse", help="SegNode cpu_memory: reuse | system | reuse,system")
     parser.add_argument("--device", default="cpu", help="SegNode: cpu | cuda")
     parser.add_argument("--official-device", default="cpu", help="-d of the official command: cpu | gpu")
     parser.add_argument("--skip-official", action="store_true")
@@ -217,12 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--compile-setting", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-setting", default="reuse", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
     args.precisions = args.precisions.split(",")
     args.compile = args.compile.split(",")
+    args.memory = args.memory.split(",")
     modes = ["fast"] if args.fast else args.modes.split(",")
     if args.series is None:
         present = [s for s in FULLSIZE_SERIES if s.is_dir()]

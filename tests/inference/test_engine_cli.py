@@ -15,6 +15,7 @@ import pytest
 from conversion import load_series
 from dicom_node.cli import main
 from dicom_node.outputs.validation import validate_with_dciodvfy
+from inference import host_memory
 from tests.support.paths import MODELS, PROSTATEX, ROOT
 from tests.support.settings import inference_settings, write_settings
 
@@ -44,6 +45,8 @@ def test_segment_writes_nifti_in_source_geometry_and_the_seg_beside_it(
     assert sidecar["series_instance_uid"] == volume.series_instance_uid
     assert len(sidecar["class_map"]) == 50 and sidecar["labels_present"]
     assert {"load_series", "predict_850", "predict_851", "total"} <= set(sidecar["timings_s"])
+    # inference.cpu_memory (default reuse) was applied by the command before the engine ran
+    assert host_memory.reusing() and "release_memory" in sidecar["timings_s"]
     printed = capsys.readouterr().out
     assert "total_mr.nii.gz" in printed
 
