@@ -85,6 +85,8 @@ class _Shared:
     volume: hd.sr.CodedConcept
     #: Concepts of the catalog (finding site, laterality) by code, made once each.
     concepts: dict[CodeTriple, hd.sr.CodedConcept]
+    #: Qualitative evaluations by question (code value) and answer, made once each.
+    evaluations: dict[tuple[str, bool], hd.sr.QualitativeEvaluation]
 
     @classmethod
     def of(cls, context: DerivedContext) -> _Shared:
@@ -106,6 +108,7 @@ class _Shared:
             ml=_concept(ML),
             volume=hd.sr.CodedConcept.from_code(codes.SCT.Volume),
             concepts={},
+            evaluations={},
         )
 
     def concept(self, code: CodeTriple) -> hd.sr.CodedConcept:
@@ -114,8 +117,16 @@ class _Shared:
             found = self.concepts[code] = _concept(code)
         return found
 
-    def answer(self, flag: bool) -> hd.sr.CodedConcept:
-        return self.yes if flag else self.no
+    def evaluation(self, question: hd.sr.CodedConcept, flag: bool) -> hd.sr.QualitativeEvaluation:
+        """The evaluation ``question``: Yes or No, made once per report for each question and answer."""
+        import highdicom as hd
+
+        key = (question.value, flag)
+        found = self.evaluations.get(key)
+        if found is None:
+            answer = self.yes if flag else self.no
+            found = self.evaluations[key] = hd.sr.QualitativeEvaluation(question, answer)
+        return found
 
 
 def _group(
@@ -132,11 +143,9 @@ def _group(
         anatomic_location=shared.concept(spec.type),
         laterality=None if spec.modifier is None else shared.concept(spec.modifier),
     )
-    evaluations = [hd.sr.QualitativeEvaluation(shared.border, shared.answer(structure.touches_border))]
+    evaluations = [shared.evaluation(shared.border, structure.touches_border)]
     if structure.cutoff_ml is not None:
-        evaluations.append(
-            hd.sr.QualitativeEvaluation(shared.implausible, shared.answer(structure.below_cutoff))
-        )
+        evaluations.append(shared.evaluation(shared.implausible, structure.below_cutoff))
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=context.uid(OutputKind.SR, f"tracking-{structure.label}"), identifier=lo(spec.name)
