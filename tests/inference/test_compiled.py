@@ -59,6 +59,26 @@ def test_compiled_engine_gives_the_labels_of_the_uncompiled_one() -> None:
     assert float((eager == fast).mean()) >= 0.9999
 
 
+def test_a_compiled_network_is_not_compiled_again_for_series_of_other_shapes() -> None:
+    """The tiles given to the network are contiguous, as the warm-up's zero tile: series of other shapes
+    reuse the one compiled graph (torch.compile specialises to the input's strides; a compile per series
+    shape would cost seconds each and, past dynamo's cache limit, fall back to the uncompiled network)."""
+    from torch._dynamo.utils import counters
+
+    config = InferenceConfig(weights_dir=MODELS, device="cpu", cpu_threads=2, cpu_compile="on")
+    engine = Engine(config)
+    engine.warm_up("total_mr")
+    compiled_graphs = counters["stats"]["unique_graphs"]
+    volume = load_series(sorted(PD_TRA.glob("*.dcm")))[0]
+    shapes = set()
+    for crop in ((slice(None),) * 3, (slice(3, -7), slice(11, -2), slice(None))):  # two image shapes
+        voxels = np.ascontiguousarray(volume.voxels[crop])
+        shapes.add(voxels.shape)
+        assert engine.segment(voxels, volume.affine).labels.shape == voxels.shape
+    assert len(shapes) == 2
+    assert counters["stats"]["unique_graphs"] == compiled_graphs
+
+
 def test_a_failed_compile_leaves_the_network_eager_and_says_so(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
