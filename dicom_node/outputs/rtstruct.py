@@ -22,6 +22,7 @@ import logging
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -137,6 +138,12 @@ def _element(tag: int, vr: str, value: str | bytes) -> bytes:
     return struct.pack("<HH2sH", group, element, vr.encode("ascii"), len(data)) + data
 
 
+@lru_cache(maxsize=4096)
+def _integer_string(tag: int, value: int) -> bytes:
+    """An IS element (a count, a number), encoded once per tag and value."""
+    return _element(tag, "IS", str(value))
+
+
 def _item(body: bytes) -> bytes:
     """A sequence item of defined length."""
     return struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
@@ -187,9 +194,12 @@ def _padded_masks(ordered: npt.NDArray[Any], box: tuple[slice, ...], label: int)
     return padded
 
 
-def _slice_polygons(padded: npt.NDArray[np.bool_]) -> list[tuple[int, npt.NDArray[np.int32]]]:
+def _slice_polygons(
+    padded: npt.NDArray[np.bool_],
+) -> tuple[npt.NDArray[np.intp], list[int], npt.NDArray[np.int32]]:
     """The contours of a structure on each slice of ``padded`` (:func:`_padded_masks`: slices, rows + 1,
-    columns): (slice, (x, y) sub-pixel indices in that slice's :func:`scaled_up` image), slice by slice.
+    columns), slice by slice: the slice of each, its number of points, and all their points one after the
+    other as (x, y) sub-pixel indices in their slice's :func:`scaled_up` image.
 
     The slices are traced in one ``cv2.findContours`` call: their scaled-up images stacked into one tall
     image, each followed by three rows of background (the row of background pixels below each slice's
@@ -207,15 +217,18 @@ def _slice_polygons(padded: npt.NDArray[np.bool_]) -> list[tuple[int, npt.NDArra
     band = padded_rows * _SCALE
     tall = scaled_up(padded).reshape(count * band, columns * _SCALE)
     found, _ = cv2.findContours(tall, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-    polygons = []
-    for contour in found:
-        if len(contour) >= 3:
-            xy = np.asarray(contour, dtype=np.int32).reshape(-1, 2)
-            n = int(xy[0, 1]) // band
-            xy[:, 1] -= n * band
-            polygons.append((n, xy))
-    polygons.sort(key=lambda p: p[0])  # stable: each slice's contours keep OpenCV's order
-    return polygons
+    kept = [contour for contour in found if len(contour) >= 3]
+    if not kept:
+        return np.zeros(0, dtype=np.intp), [], np.zeros((0, 2), dtype=np.int32)
+    # each contour's slice: the band its first point lies in; a stable sort keeps OpenCV's order on a slice
+    starts = np.array([int(contour[0, 0, 1]) for contour in kept]) // band
+    order = np.argsort(starts, kind="stable")
+    kept = [kept[n] for n in order.tolist()]
+    slices = starts[order]
+    lengths = [len(contour) for contour in kept]
+    xy = np.concatenate(kept).reshape(-1, 2).astype(np.int32, copy=False)
+    xy[:, 1] -= np.repeat(slices * band, lengths).astype(np.int32)
+    return slices, lengths, xy
 
 
 def _contour_items(
@@ -229,13 +242,12 @@ def _contour_items(
     Image Sequence of each slice (one set of bytes per slice serves every contour on it), filled as
     needed."""
     on = np.flatnonzero(padded.reshape(len(padded), -1).any(axis=1))
-    polygons = _slice_polygons(padded if len(on) == len(padded) else padded[on])
-    if not polygons:
+    found, lengths, xy = _slice_polygons(padded if len(on) == len(padded) else padded[on])
+    if not lengths:
         return []
     first_slice, first_row, first_column = (int(b.start) for b in box)
-    stacked = _pixel_xy(np.concatenate([xy for _, xy in polygons]))
-    lengths = [len(xy) for _, xy in polygons]
-    slices = on[[n for n, _ in polygons]] + first_slice
+    stacked = _pixel_xy(xy)
+    slices = on[found] + first_slice
     ijk = np.stack(
         [
             stacked[:, 0] + first_column,
@@ -246,16 +258,18 @@ def _contour_items(
     )
     points = (context.volume.affine @ ijk)[:3].T
     items: list[bytes] = []
-    for k, polygon_points in zip(slices.tolist(), np.split(points, np.cumsum(lengths)[:-1]), strict=True):
+    end = 0
+    for k, length in zip(slices.tolist(), lengths, strict=True):
+        start, end = end, end + length
         if k not in refs:
             refs[k] = _contour_image_sequence(context.volume.slice_refs[k])
         body = b"".join(
             (
                 refs[k],
                 _CLOSED_PLANAR,
-                _element(_NUMBER_OF_POINTS, "IS", str(len(polygon_points))),
-                _element(_CONTOUR_NUMBER, "IS", str(len(items) + 1)),
-                _element(_CONTOUR_DATA, "DS", _ds_bytes(polygon_points)),
+                _integer_string(_NUMBER_OF_POINTS, length),
+                _integer_string(_CONTOUR_NUMBER, len(items) + 1),
+                _element(_CONTOUR_DATA, "DS", _ds_bytes(points[start:end])),
             )
         )
         items.append(_item(body))
