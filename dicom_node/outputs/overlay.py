@@ -331,8 +331,16 @@ def _series_template(context: DerivedContext, series_uid: str) -> Dataset:
 
 
 def _image(
-    template: Dataset, context: DerivedContext, k: int, ref: SliceRef, header: Dataset, window: Window
+    template: Dataset,
+    context: DerivedContext,
+    k: int,
+    ref: SliceRef,
+    header: Dataset,
+    window: Window,
+    purpose: Dataset,
 ) -> Dataset:
+    """One image's own elements; ``purpose``: the Purpose of Reference code item of the source reference,
+    one item for the whole series (never changed)."""
     # the template's elements themselves (as ``update`` would leave them, without its per-element checks,
     # which the template's elements passed when it was built): SharedElementsWriter encodes them once
     ds = Dataset(dict(template.items()))
@@ -344,9 +352,7 @@ def _image(
     source.ReferencedSOPInstanceUID = ref.sop_instance_uid
     if ref.frame_number is not None:
         source.ReferencedFrameNumber = ref.frame_number
-    source.PurposeOfReferenceCodeSequence = [
-        _code_item("121322", "DCM", "Source image for image processing operation")
-    ]
+    source.PurposeOfReferenceCodeSequence = [purpose]
     ds.SourceImageSequence = [source]
     algorithm = context.algorithm
     ds.DerivationDescription = (
@@ -388,6 +394,7 @@ def encode_overlay(
             window = fallback
         windows.append(window)
     gray_stack = windowed_stack(volume.voxels, windows)
+    purpose = _code_item("121322", "DCM", "Source image for image processing operation")
     images = []
     for k, ref in enumerate(volume.slice_refs):
         if k % _CHUNK == 0:
@@ -405,7 +412,7 @@ def encode_overlay(
         if str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1":
             gray = 255 - gray
         pixels = render(gray, planes[k % _CHUNK], colours, legend, edges[k % _CHUNK], bands)
-        ds = _image(template, context, k, ref, header, window)
+        ds = _image(template, context, k, ref, header, window, purpose)
         ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
         ds.PixelData = np.ascontiguousarray(pixels).tobytes()
         images.append(ds)
