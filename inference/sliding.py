@@ -97,10 +97,11 @@ def sliding_window_labels(
             base = start
             for y in starts[1]:
                 for x in starts[2]:
-                    # contiguous: a compiled network is specialised to the strides of its warm-up tile; a
-                    # view of the image (strides of each series' own shape) would compile it once more
-                    tile = padded[:, start:end, y : y + patch[1], x : x + patch[2]][None].to(device)
-                    tile = tile.contiguous()
+                    # a fresh contiguous tensor made in inference mode, as the warm-up's zero tile: a compiled
+                    # network is specialised to its input's strides and kind, and a view of the image would
+                    # compile it once more per series shape
+                    tile = padded[:, start:end, y : y + patch[1], x : x + patch[2]][None]
+                    tile = tile.to(device, copy=True, memory_format=torch.contiguous_format)
                     out = network(tile)[0]
                     if out.dtype == torch.bfloat16:
                         out = out.float()

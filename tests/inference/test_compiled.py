@@ -60,9 +60,10 @@ def test_compiled_engine_gives_the_labels_of_the_uncompiled_one() -> None:
 
 
 def test_a_compiled_network_is_not_compiled_again_for_series_of_other_shapes() -> None:
-    """The tiles given to the network are contiguous, as the warm-up's zero tile: series of other shapes
-    reuse the one compiled graph (torch.compile specialises to the input's strides; a compile per series
-    shape would cost seconds each and, past dynamo's cache limit, fall back to the uncompiled network)."""
+    """The tiles given to the network are fresh contiguous tensors, as the warm-up's zero tile: series of
+    other shapes, and one that is a single tile, reuse the one compiled graph (torch.compile specialises to
+    the input's strides and kind; a compile per series shape would cost seconds each and, past dynamo's
+    cache limit, fall back to the uncompiled network)."""
     from torch._dynamo.utils import counters
 
     config = InferenceConfig(weights_dir=MODELS, device="cpu", cpu_threads=2, cpu_compile="on")
@@ -70,12 +71,15 @@ def test_a_compiled_network_is_not_compiled_again_for_series_of_other_shapes() -
     engine.warm_up("total_mr")
     compiled_graphs = counters["stats"]["unique_graphs"]
     volume = load_series(sorted(PD_TRA.glob("*.dcm")))[0]
+    # under one 32-voxel patch at 1.5 mm on every axis: the image padded to the patch is the only tile
+    one_tile = tuple(slice(0, int(40.0 // float(s))) for s in volume.spacing)
+    crops = [(slice(None),) * 3, (slice(3, -7), slice(11, -2), slice(None)), one_tile]
     shapes = set()
-    for crop in ((slice(None),) * 3, (slice(3, -7), slice(11, -2), slice(None))):  # two image shapes
+    for crop in crops:
         voxels = np.ascontiguousarray(volume.voxels[crop])
         shapes.add(voxels.shape)
         assert engine.segment(voxels, volume.affine).labels.shape == voxels.shape
-    assert len(shapes) == 2
+    assert len(shapes) == 3
     assert counters["stats"]["unique_graphs"] == compiled_graphs
 
 
