@@ -74,6 +74,8 @@ def sliding_window_labels(
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
+    from inference.compiled import slab_kernels
+
     device: torch.device = predictor.device
     on_device = device.type == "cuda" and predictor.perform_everything_on_device
     results = device if on_device else torch.device("cpu")
@@ -91,6 +93,7 @@ def sliding_window_labels(
     logits = torch.zeros((classes, *window), dtype=torch.half, device=results)
     weights = torch.zeros(window, dtype=torch.half, device=results)
     base = 0  # plane of ``shape`` held in the first plane of the accumulators
+    kernels = slab_kernels(classes, patch, results)  # compiled with the network (CPU), else None
     with torch.inference_mode(), autocast_for(device, precision):
         for start, end, final in _slabs(starts[0], patch[0], shape[0]):
             _shift(logits, weights, start - base)
@@ -106,15 +109,23 @@ def sliding_window_labels(
                     if out.dtype == torch.bfloat16:
                         out = out.float()
                     out = out.to(results)
-                    out *= gaussian
-                    logits[:, :, y : y + patch[1], x : x + patch[2]] += out
-                    weights[:, y : y + patch[1], x : x + patch[2]] += gaussian
+                    ys, xs = slice(y, y + patch[1]), slice(x, x + patch[2])
+                    if kernels is None:
+                        out *= gaussian
+                        logits[:, :, ys, xs] += out
+                        weights[:, ys, xs] += gaussian
+                    else:
+                        kernels.accumulate(logits[:, :, ys, xs], weights[:, ys, xs], out, gaussian)
             done = final - base
             part = logits[:, :done]
             torch.div(part, weights[:done], out=part)
-            if torch.any(torch.isinf(part)):
+            if kernels is None:
+                best, infinite = part.argmax(0), torch.any(torch.isinf(part))
+            else:
+                best, infinite = kernels.finish(part)
+            if infinite:
                 raise RuntimeError("infinite logits in the sliding-window prediction (fp16 overflow)")
-            labels[base:final] = part.argmax(0).to(torch.uint8).cpu().numpy()
+            labels[base:final] = best.to(torch.uint8).cpu().numpy()
     reverted: npt.NDArray[np.uint8] = labels[tuple(revert[1:])]
     return reverted
 

@@ -10,6 +10,7 @@ import numpy as np
 import pydantic
 import pytest
 import torch
+from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from torch._dynamo.eval_frame import OptimizedModule
 
 from config.inference import InferenceConfig
@@ -98,6 +99,52 @@ def test_a_failed_compile_leaves_the_network_eager_and_says_so(
     assert not isinstance(engine.predictor(get_part_model(850), CPU, 0.5).network, OptimizedModule)
     expected = "torch.compile of the network failed, running it eagerly (RuntimeError: InvalidCxxCompiler"
     assert expected in caplog.text
+
+
+def test_slab_kernels_give_the_eager_operations_bit_for_bit() -> None:
+    """The compiled accumulation and argmax/infinity check against the eager operations they replace, on
+    accumulators of two widths (views, as in a series), with exact ties and an infinite logit."""
+    classes, patch = 5, (6, 12, 10)
+    assert compiled.compile_slab_kernels(classes, patch)
+    kernels = compiled.slab_kernels(classes, patch, CPU)
+    assert kernels is not None
+    assert compiled.slab_kernels(classes, patch, torch.device("cuda")) is None
+    assert compiled.slab_kernels(classes + 1, patch, CPU) is None
+    generator = torch.Generator().manual_seed(7)
+    gaussian = compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, device=CPU)
+    assert gaussian.dtype == torch.half  # as nnU-Net makes it, and the sliding window uses it
+    with torch.inference_mode():
+        for width in ((19, 23), (12, 31)):
+            eager_logits = torch.zeros((classes, patch[0], *width), dtype=torch.half)
+            eager_weights = torch.zeros((patch[0], *width), dtype=torch.half)
+            logits, weights = eager_logits.clone(), eager_weights.clone()
+            for y, x in ((0, 0), (width[0] - patch[1], width[1] - patch[2]), (0, width[1] - patch[2])):
+                out = torch.randn((classes, *patch), generator=generator) * 40
+                ys, xs = slice(y, y + patch[1]), slice(x, x + patch[2])
+                kernels.accumulate(logits[:, :, ys, xs], weights[:, ys, xs], out.clone(), gaussian)
+                out *= gaussian
+                eager_logits[:, :, ys, xs] += out
+                eager_weights[:, ys, xs] += gaussian
+            assert torch.equal(logits, eager_logits) and torch.equal(weights, eager_weights)
+            logits[3, 1] = logits[1, 1]  # class 3 ties class 1 on a whole plane: the first maximum wins
+            for part in (logits, logits[:, :4]):
+                best, infinite = kernels.finish(part)
+                assert torch.equal(best, part.argmax(0)) and not bool(infinite)
+            logits[2, 2, 3, 4] = float("inf")
+            assert bool(kernels.finish(logits[:, :4])[1])
+
+
+def test_failed_slab_kernels_leave_the_eager_operations(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*_args: object, **_kwargs: object) -> object:
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with caplog.at_level(logging.WARNING, logger="inference.compiled"):
+        assert not compiled.compile_slab_kernels(4, (7, 9, 11))
+    assert compiled.slab_kernels(4, (7, 9, 11), CPU) is None
+    assert "sliding-window kernels failed, running them eagerly" in caplog.text
 
 
 def test_cpu_compile_rejects_other_values() -> None:
