@@ -183,6 +183,41 @@ def _slice_order(label_map: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return ordered
 
 
+def _boxes(
+    ordered: npt.NDArray[Any], label_map: npt.NDArray[Any], last: int
+) -> list[tuple[slice, slice, slice] | None]:
+    """The bounding boxes (slice, row, column) of the labels 1 .. ``last`` in the slice-ordered label map
+    ``ordered`` (:func:`_slice_order` of ``label_map``), as ``scipy.ndimage.find_objects`` gives them. An
+    8-bit map held in C order (the node's): the slices, rows and columns each label is on, from OpenCV's
+    8-bit histogram of each slice, each row of slices (of ``ordered``) and each column of rows and slices
+    (of ``label_map``), which costs less than find_objects' work per voxel; any other map by find_objects."""
+    if ordered.dtype != np.uint8 or label_map.dtype != np.uint8 or not label_map.flags.c_contiguous:
+        from scipy import ndimage
+
+        return list(ndimage.find_objects(ordered, max_label=last))
+    import cv2
+
+    def labels_on(planes: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.bool_]:
+        on = np.zeros((len(planes), 256), dtype=np.bool_)
+        for n, plane in enumerate(planes):
+            on[n] = cv2.calcHist([plane], [0], None, [256], [0, 256]).reshape(-1) > 0
+        return on
+
+    count, rows, columns = ordered.shape
+    by_slice = labels_on([ordered[k] for k in range(count)])
+    by_row = labels_on([ordered[:, r, :] for r in range(rows)])
+    by_column = labels_on([label_map[c] for c in range(columns)])
+    boxes: list[tuple[slice, slice, slice] | None] = []
+    for label in range(1, last + 1):
+        ranges = [np.flatnonzero(on[:, label]) for on in (by_slice, by_row, by_column)]
+        if not ranges[0].size:
+            boxes.append(None)
+            continue
+        first_slice, first_row, first_column = (slice(int(r[0]), int(r[-1]) + 1) for r in ranges)
+        boxes.append((first_slice, first_row, first_column))
+    return boxes
+
+
 def _padded_masks(ordered: npt.NDArray[Any], box: tuple[slice, ...], label: int) -> npt.NDArray[np.bool_]:
     """The mask of ``label`` on the slices of its bounding box ``box`` in the slice-ordered label map
     ``ordered`` (:func:`_slice_order`), as (slices, rows + 1, columns): each slice's mask followed by a
@@ -279,14 +314,12 @@ def _contour_items(
 def _all_contours(context: DerivedContext, label_map: npt.NDArray[Any], last: int) -> dict[int, list[bytes]]:
     """Label -> its Contour Sequence items (encoded), slice by slice, for the labels up to ``last``: the
     label map is put in slice order (:func:`_slice_order`), each structure is cut out of it by its
-    bounding box (``scipy.ndimage.find_objects``, one pass over the stack for all of them) and traced, in
+    bounding box (:func:`_boxes`, the same for all of them) and traced, in
     one call, on the slices of that box where it has pixels."""
-    from scipy import ndimage
-
     ordered = _slice_order(label_map)
     out: dict[int, list[bytes]] = {}
     refs: dict[int, bytes] = {}
-    for label, box in enumerate(ndimage.find_objects(ordered, max_label=last), start=1):
+    for label, box in enumerate(_boxes(ordered, label_map, last), start=1):
         if box is None:
             continue
         out[label] = _contour_items(context, _padded_masks(ordered, box, label), box, refs)

@@ -21,7 +21,7 @@ from skimage.draw import polygon as fill_polygon
 from conversion.volume import Volume
 from dicom_node.outputs import volumetry
 from dicom_node.outputs.derived import DerivedContext, DerivedEncodingError
-from dicom_node.outputs.rtstruct import encode_rtstruct
+from dicom_node.outputs.rtstruct import _boxes, _slice_order, encode_rtstruct
 from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, segments_from_catalog
 from dicom_node.outputs.validation import validate_with_dciodvfy
 from tests.dicom_node.seg_support import synthetic_label_map, volumes_of
@@ -198,3 +198,25 @@ def test_a_counted_label_without_a_catalog_entry_is_refused() -> None:
     label_map = synthetic_label_map(volume.shape, [1, 2])
     with pytest.raises(DerivedEncodingError, match=r"labels \[99\] have no catalog entry"):
         encode_rtstruct(DerivedContext(volume, ALGORITHM, SegOptions()), label_map, SEGMENTS, [1, 2, 99])
+
+
+@pytest.mark.parametrize("layout", ["C uint8", "Fortran uint8", "C uint16"])
+def test_structure_boxes_are_those_of_find_objects(layout: str) -> None:
+    """The boxes the structures are cut out by (8-bit histograms for a C-ordered 8-bit map, find_objects
+    for any other) are scipy's find_objects boxes: labels absent, single voxels, on every face."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    label_map = np.zeros((37, 29, 11), dtype=np.uint8)
+    for label in range(1, 12):
+        lo = rng.integers(0, (37, 29, 11))
+        hi = np.minimum(lo + rng.integers(1, 9, 3), (37, 29, 11))
+        label_map[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = label
+    label_map[0, 5, 3] = label_map[36, 28, 10] = 14  # one label on opposite corners; 12 and 13 absent
+    label_map[17, 0, 0] = 15
+    if layout == "Fortran uint8":
+        label_map = np.asfortranarray(label_map)
+    elif layout == "C uint16":
+        label_map = label_map.astype(np.uint16)
+    ordered = _slice_order(label_map)
+    assert _boxes(ordered, label_map, 15) == list(ndimage.find_objects(ordered, max_label=15))
