@@ -124,10 +124,13 @@ def compile_slab_kernels(classes: int, patch: tuple[int, ...]) -> bool:
 
     Eagerly the fp16 argmax over the classes of a slab of 112 planes takes 1.5 s on two cores, the
     infinity check 0.5 s and the weighted accumulation 0.2-0.3 s per tile; compiled 0.1-0.5 s per slab and
-    0.1 s per tile. The warm-up calls have the shapes and views of a series (accumulators wider than the
-    patch, the last slab a view of fewer planes), so that no series compiles them again.
+    0.1 s per tile. The warm-up calls have the shapes and views of a series (:func:`inference.sliding.
+    accumulators`, tiles at the edge and inside, the last slab a view of fewer planes), so that no series
+    compiles them again.
     """
     import torch
+
+    from inference.sliding import accumulators
 
     key = (classes, tuple(patch))
     with _slab_lock:
@@ -138,17 +141,17 @@ def compile_slab_kernels(classes: int, patch: tuple[int, ...]) -> bool:
             accumulate = torch.compile(_accumulate, dynamic=True)
             finish = torch.compile(_finish, dynamic=True)
             gaussian = torch.ones(patch, dtype=torch.half)  # nnU-Net's compute_gaussian is fp16
-            for extra in ((17, 9), (0, 0), (0, 9), (17, 0)):  # accumulators wider than the patch, or not
-                wide = (patch[0], patch[1] + extra[0], patch[2] + extra[1])
-                # made outside inference mode, as sliding_window_labels makes them (a guard checks it)
-                logits = torch.zeros((classes, *wide), dtype=torch.half)
-                weights = torch.zeros(wide, dtype=torch.half)
-                with torch.inference_mode():
-                    ys, xs = slice(extra[0], extra[0] + patch[1]), slice(extra[1], extra[1] + patch[2])
-                    out = torch.zeros((classes, *patch))
+            # made outside inference mode, as sliding_window_labels makes them (a guard checks it)
+            logits, weights = accumulators(
+                classes, (patch[0], patch[1] + 17, patch[2] + 9), torch.device("cpu")
+            )
+            with torch.inference_mode():
+                out = torch.zeros((classes, *patch))
+                for y, x in ((0, 0), (17, 9)):
+                    ys, xs = slice(y, y + patch[1]), slice(x, x + patch[2])
                     accumulate(logits[:, :, ys, xs], weights[:, ys, xs], out, gaussian)
-                    finish(logits)
-                    finish(logits[:, : max(2, patch[0] // 2)])
+                finish(logits)
+                finish(logits[:, : max(2, patch[0] // 2)])
         except Exception as exc:  # noqa: BLE001 - any compiler or inductor failure: eager operations
             logger.warning(
                 "torch.compile of the sliding-window kernels failed, running them eagerly (%s)", exc

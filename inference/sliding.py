@@ -89,9 +89,7 @@ def sliding_window_labels(
     starts = tile_starts(shape, patch, float(predictor.tile_step_size))
     gaussian = compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, device=results)
     labels = np.zeros(shape, dtype=np.uint8)
-    window = (patch[0], shape[1], shape[2])
-    logits = torch.zeros((classes, *window), dtype=torch.half, device=results)
-    weights = torch.zeros(window, dtype=torch.half, device=results)
+    logits, weights = accumulators(classes, (patch[0], shape[1], shape[2]), results)
     base = 0  # plane of ``shape`` held in the first plane of the accumulators
     kernels = slab_kernels(classes, patch, results)  # compiled with the network (CPU), else None
     with torch.inference_mode(), autocast_for(device, precision):
@@ -128,6 +126,22 @@ def sliding_window_labels(
             labels[base:final] = best.to(torch.uint8).cpu().numpy()
     reverted: npt.NDArray[np.uint8] = labels[tuple(revert[1:])]
     return reverted
+
+
+def accumulators(
+    classes: int, window: tuple[int, int, int], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed fp16 logits (classes, *window) and weights (*window): views inside buffers one voxel wider on
+    each side of the last two axes, so that every tile's view and every slab's view has the same kind of
+    strides and a nonzero offset whatever the series' shape (the compiled kernels of
+    :mod:`inference.compiled` are specialised to that kind; a view at offset 0 or as wide as the patch would
+    compile them again)."""
+    import torch
+
+    planes, rows, columns = window
+    logits = torch.zeros((classes, planes, rows + 2, columns + 2), dtype=torch.half, device=device)
+    weights = torch.zeros((planes, rows + 2, columns + 2), dtype=torch.half, device=device)
+    return logits[:, :, 1:-1, 1:-1], weights[:, 1:-1, 1:-1]
 
 
 def _shift(logits: torch.Tensor, weights: torch.Tensor, offset: int) -> None:

@@ -19,6 +19,7 @@ from inference import compiled
 from inference.engine import Engine
 from inference.nnunet_models import build_predictor
 from inference.registry import get_part_model
+from inference.sliding import accumulators
 from tests.support.paths import MODELS, PD_TRA
 
 CPU = torch.device("cpu")
@@ -115,9 +116,8 @@ def test_slab_kernels_give_the_eager_operations_bit_for_bit() -> None:
     assert gaussian.dtype == torch.half  # as nnU-Net makes it, and the sliding window uses it
     with torch.inference_mode():
         for width in ((19, 23), (12, 31)):
-            eager_logits = torch.zeros((classes, patch[0], *width), dtype=torch.half)
-            eager_weights = torch.zeros((patch[0], *width), dtype=torch.half)
-            logits, weights = eager_logits.clone(), eager_weights.clone()
+            eager_logits, eager_weights = accumulators(classes, (patch[0], *width), CPU)
+            logits, weights = accumulators(classes, (patch[0], *width), CPU)
             for y, x in ((0, 0), (width[0] - patch[1], width[1] - patch[2]), (0, width[1] - patch[2])):
                 out = torch.randn((classes, *patch), generator=generator) * 40
                 ys, xs = slice(y, y + patch[1]), slice(x, x + patch[2])
