@@ -21,8 +21,9 @@ a sagittal T2, a large field of view; see FULLSIZE_SERIES):
   ``--compile auto,off`` runs SegNode with its networks compiled (``inference.cpu_compile``, the default) and
   uncompiled: the same fp32 arithmetic, but compiled kernels add in another order, so where random weights
   leave two classes tied to ~1e-5 a voxel may flip (the low labels are printed with their voxel counts).
-  ``--memory reuse,system`` runs it with freed host memory reused (``inference.cpu_memory``, the default:
-  no page faults for the feature maps of each tile) and with glibc's defaults.
+  ``--memory hugepages,reuse,system`` runs it with each host-memory setting (``inference.cpu_memory``;
+  ``hugepages``, the default: tensors on 2 MB pages; ``reuse``: freed blocks kept for the next tile, no page
+  faults but a higher peak; ``system``: glibc's and torch's defaults).
 
 ``--queue N`` (SegNode only, with ``--skip-official`` for a pure throughput run): N series, the given ones
 repeated, through one warm worker; series/hour and the time the models ran (device busy time).
@@ -178,7 +179,7 @@ def run_mode(args: argparse.Namespace, fast: bool, tmp: Path) -> list[str]:
         series = [args.series[i % len(args.series)] for i in range(args.queue or len(args.series))]
         out = tmp / f"ours_{mode}_{precision}_{setting}_{memory}"
         warm, rows = run_worker(series, args.weights, args.device, (precision, setting, memory), fast, out)
-        precision = f"{precision} compile {setting}" + ("" if memory == "reuse" else f" memory {memory}")
+        precision = f"{precision} compile {setting}" + ("" if memory == "hugepages" else f" memory {memory}")
         print(f"  SegNode {mode} {precision}: models loaded (and compiled) in {warm:.1f} s (not counted)")
         if args.queue:
             total = sum(r["s"] for r in rows)
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast", action="store_true", help="only --fast (same as --modes fast)")
     parser.add_argument("--precisions", default="fp32", help="SegNode CPU precisions: fp32 | fp32,bf16")
     parser.add_argument("--compile", default="auto", help="SegNode cpu_compile: auto | off | auto,off")
-    parser.add_argument("--memory", default="reuse", help="SegNode cpu_memory: reuse | system | reuse,system")
+    parser.add_argument("--memory", default="hugepages", help="SegNode cpu_memory: hugepages,reuse,system")
     parser.add_argument("--device", default="cpu", help="SegNode: cpu | cuda")
     parser.add_argument("--official-device", default="cpu", help="-d of the official command: cpu | gpu")
     parser.add_argument("--skip-official", action="store_true")
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--compile-setting", default="auto", help=argparse.SUPPRESS)
-    parser.add_argument("--memory-setting", default="reuse", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-setting", default="hugepages", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,8 +46,8 @@ def test_segment_writes_nifti_in_source_geometry_and_the_seg_beside_it(
     assert sidecar["series_instance_uid"] == volume.series_instance_uid
     assert len(sidecar["class_map"]) == 50 and sidecar["labels_present"]
     assert {"load_series", "predict_850", "predict_851", "total"} <= set(sidecar["timings_s"])
-    # inference.cpu_memory (default reuse) was applied by the command before the engine ran
-    assert host_memory.reusing() and "release_memory" in sidecar["timings_s"]
+    # inference.cpu_memory (default hugepages) was applied by the command before the engine ran
+    assert os.environ[host_memory.THP_VARIABLE] == "1" and "release_memory" in sidecar["timings_s"]
     printed = capsys.readouterr().out
     assert "total_mr.nii.gz" in printed
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -64,7 +66,9 @@ PAGES_256MB = 256 * 1024 * 1024 // 4096
 
 def probe(setting: str) -> dict[str, Any]:
     code = PROBE.format(root=str(ROOT), setting=setting)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    # a clean environment: torch's huge-page switch only when the setting sets it
+    env = {k: v for k, v in os.environ.items() if k != host_memory.THP_VARIABLE}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
@@ -77,6 +81,51 @@ def test_reuse_takes_the_freed_block_again_without_page_faults() -> None:
     assert result["faults"] < PAGES_256MB // 20, result
     # Freed, the block stays resident until the release, which gives it back to the system.
     assert result["rss_freed"] - result["rss_released"] > 200 * 1024 * 1024, result
+
+
+HUGE_PAGES_OFF = "[never]" in (
+    host_memory.THP_ENABLED.read_text() if host_memory.THP_ENABLED.exists() else "[never]"
+)
+
+
+@pytest.mark.skipif(HUGE_PAGES_OFF, reason="transparent huge pages are off in this kernel")
+def test_hugepages_fault_in_2_mb_at_a_time_and_keep_nothing() -> None:
+    result = probe("hugepages")
+    assert result["reusing"] is False
+    # 256 MB of a new tensor: ~128 faults of 2 MB (a few more at the edges), not 65,536 of 4 kB
+    assert result["faults"] < PAGES_256MB // 20, result
+    # freed tensors go back to the system as with glibc's defaults: nothing left for the release
+    assert abs(result["rss_freed"] - result["rss_released"]) < 64 * 1024 * 1024, result
+
+
+def test_hugepages_are_reported_when_the_kernel_has_them_off(
+    fresh_state: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    switch = tmp_path / "enabled"
+    switch.write_text("always madvise [never]\n")
+    monkeypatch.setattr(host_memory, "THP_ENABLED", switch)
+    monkeypatch.setenv(host_memory.THP_VARIABLE, "0")
+    monkeypatch.delenv(host_memory.THP_VARIABLE)  # absent, and absent again after the test
+    with caplog.at_level(logging.INFO, logger="inference.host_memory"):
+        assert host_memory.use_huge_pages() is False
+    assert "transparent huge pages are off" in caplog.text
+
+
+def test_hugepages_too_late_in_a_process_says_so(
+    fresh_state: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In this (pytest) process torch has long allocated: the switch is read already, and it is said."""
+    if HUGE_PAGES_OFF:
+        pytest.skip("transparent huge pages are off in this kernel")
+    monkeypatch.setenv(host_memory.THP_VARIABLE, "0")
+    monkeypatch.delenv(host_memory.THP_VARIABLE)  # absent, and absent again after the test
+    import torch
+
+    torch.ones(8)  # torch has allocated before the variable is set
+    with caplog.at_level(logging.WARNING, logger="inference.host_memory"):
+        taken = host_memory.use_huge_pages()
+    if not taken:  # the usual case: the variable came too late for this process
+        assert "huge pages not taken" in caplog.text
 
 
 def test_system_setting_keeps_glibcs_behaviour() -> None:
@@ -150,7 +199,7 @@ def test_settings_applied_once_and_release_trims(fresh_state: None, monkeypatch:
 
 
 def test_config_default_and_validation() -> None:
-    assert InferenceConfig().cpu_memory == "reuse"
+    assert InferenceConfig().cpu_memory == "hugepages"
     assert InferenceConfig(cpu_memory="system").cpu_memory == "system"
     with pytest.raises(ValidationError, match="cpu_memory"):
         InferenceConfig(cpu_memory="jemalloc")  # type: ignore[arg-type]
