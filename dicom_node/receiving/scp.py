@@ -212,7 +212,9 @@ def handle_requested(event: evt.Event, receiver: Receiver) -> None:
         )
     if rejection is not None:
         LOG.warning("rejecting association %s -> %s from %s: %s", calling, called, address, rejection.detail)
-        assoc.acse.send_reject(rejection.result, rejection.source, rejection.reason)
+        # Recorded before the A-ASSOCIATE-RJ goes out: the peer closes the connection as soon as it has it,
+        # and the close (handled on the DUL's thread) must find the association already ended as rejected,
+        # not end it as aborted first.
         receiver.metrics.association("rejected")
         receiver.audit.association_rejected(
             association_id,
@@ -220,6 +222,7 @@ def handle_requested(event: evt.Event, receiver: Receiver) -> None:
             f"{rejection.detail} (result 0x{rejection.result:02X}, source 0x{rejection.source:02X}, "
             f"reason 0x{rejection.reason:02X})",
         )
+        assoc.acse.send_reject(rejection.result, rejection.source, rejection.reason)
         # As pynetdicom does after its own rejections: wait until the DUL has sent the A-ASSOCIATE-RJ and
         # the connection is closed (the peer closes it, or ARTIM ends it); otherwise the association
         # thread closes the socket first and the peer sees an abort instead of the rejection.

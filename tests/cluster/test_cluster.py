@@ -134,16 +134,19 @@ def test_a_task_delivered_again_after_its_stage_was_committed_does_nothing(
     doomed.kill()
 
     def skipped() -> list[Event]:
-        return [e for e in cluster.events(job_id, "task_skipped") if survivor in (e.detail or "")]
+        events = cluster.events(job_id, "task_skipped")
+        return [e for e in events if survivor in (e.detail or "") and "segment task" in (e.detail or "")]
 
     # the broker delivers the unacknowledged segment task again (visibility timeout) to the survivor
     [redelivered] = wait_until(skipped, 300, "the segment task delivered again", details=cluster.details)
-    assert redelivered.reason == "stage_committed" and "segment task" in (redelivered.detail or "")
+    assert redelivered.reason == "stage_committed"
     assert assert_done_once(cluster, source) == job_id
     assert [(e.detail or "").split()[1] for e in claims(cluster, job_id, "segment")] == [lost]
     assert [r["stage"] for r in cluster.timings(job_id)["runs"]].count("segmenting") == 1
     assert cluster.events(job_id, "task_lost") == []
-    assert [e.reason for e in cluster.events(job_id, "task_skipped")] == ["stage_committed"]
+    # on a loaded machine a later stage's task can outlast the visibility timeout and come again too: it is
+    # skipped the same way (nothing runs twice)
+    assert {e.reason for e in cluster.events(job_id, "task_skipped")} == {"stage_committed"}
 
 
 def test_receiving_goes_on_while_the_broker_is_down_and_every_job_ends_done(
