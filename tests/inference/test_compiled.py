@@ -85,13 +85,15 @@ def test_a_compiled_network_is_not_compiled_again_for_series_of_other_shapes() -
     assert counters["stats"]["unique_graphs"] == compiled_graphs
 
 
+def _no_compiler(*_args: object, **_kwargs: object) -> object:
+    """torch.compile on a machine without a working C++ compiler."""
+    raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+
 def test_a_failed_compile_leaves_the_network_eager_and_says_so(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(*_args: object, **_kwargs: object) -> object:
-        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
-
-    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(torch, "compile", _no_compiler)
     engine = Engine(InferenceConfig(weights_dir=MODELS, device="cpu", cpu_threads=2, cpu_compile="on"))
     volume = load_series(sorted(PD_TRA.glob("*.dcm")))[0]
     with caplog.at_level(logging.WARNING, logger="inference.compiled"):
@@ -137,10 +139,7 @@ def test_slab_kernels_give_the_eager_operations_bit_for_bit() -> None:
 def test_failed_slab_kernels_leave_the_eager_operations(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(*_args: object, **_kwargs: object) -> object:
-        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
-
-    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(torch, "compile", _no_compiler)
     with caplog.at_level(logging.WARNING, logger="inference.compiled"):
         assert not compiled.compile_slab_kernels(4, (7, 9, 11))
     assert compiled.slab_kernels(4, (7, 9, 11), CPU) is None
