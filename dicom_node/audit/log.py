@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
@@ -16,33 +16,35 @@ from sqlalchemy.orm.util import identity_key
 
 from config.node import PatientIdMode, PrivacyConfig
 from dicom_node.audit.database import Database
+from dicom_node.audit.prepared import Prepared
 from dicom_node.audit.tables import Association, Event, Instance, Series, SeriesState
 
 LOG = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
-# The statements of the receiving hot path (AuditLog._new_in_open_series), built once: a statement built
-# per call costs more than its execution.
+# The statements of the receiving hot path (AuditLog._new_in_open_series), built once and run on the DBAPI
+# cursor (dicom_node.audit.prepared): a statement built or executed through SQLAlchemy per call costs more
+# than its execution.
 _SERIES = cast(Table, Series.__table__)
 _INSTANCES = cast(Table, Instance.__table__)
 _ASSOCIATIONS = cast(Table, Association.__table__)
-_SERIES_STATE = (
+_SERIES_STATE = Prepared(
     select(_SERIES.c.state, _SERIES.c.instance_count)
     .where(_SERIES.c.series_instance_uid == bindparam("b_uid"))
     .with_for_update()
 )
-_INSTANCE_KNOWN = select(_INSTANCES.c.sop_instance_uid).where(
-    _INSTANCES.c.sop_instance_uid == bindparam("b_sop")
+_INSTANCE_KNOWN = Prepared(
+    select(_INSTANCES.c.sop_instance_uid).where(_INSTANCES.c.sop_instance_uid == bindparam("b_sop"))
 )
 _INSTANCE_COLUMNS = [column.key for column in _INSTANCES.columns]
-_INSERT_INSTANCE = _INSTANCES.insert().values({key: bindparam(key) for key in _INSTANCE_COLUMNS})
-_COUNT_IN_SERIES = (
+_INSERT_INSTANCE = Prepared(_INSTANCES.insert().values({key: bindparam(key) for key in _INSTANCE_COLUMNS}))
+_COUNT_IN_SERIES = Prepared(
     _SERIES.update()
     .where(_SERIES.c.series_instance_uid == bindparam("b_uid"))
     .values(instance_count=_SERIES.c.instance_count + 1, last_received_at=bindparam("b_now"))
 )
-_COUNT_IN_ASSOCIATION = (
+_COUNT_IN_ASSOCIATION = Prepared(
     _ASSOCIATIONS.update()
     .where(_ASSOCIATIONS.c.id == bindparam("b_id"))
     .values(
@@ -256,7 +258,7 @@ class AuditLog:
             self._reopen(session, series, association_id, header)
         series.last_received_at = now
         if association_id is not None:  # one UPDATE, without loading the row
-            session.connection().execute(_COUNT_IN_ASSOCIATION, {"b_id": association_id, "b_size": size})
+            _COUNT_IN_ASSOCIATION.execute(session.connection(), {"b_id": association_id, "b_size": size})
         return StoredInstance(outcome, reopened, series.instance_count)
 
     def _new_in_open_series(
@@ -277,17 +279,18 @@ class AuditLog:
             return None
         session.flush()  # what the session holds is in the database before it is read here
         connection = session.connection()
-        series = connection.execute(_SERIES_STATE, {"b_uid": uid}).first()
-        if series is None or series.state != SeriesState.open.value:
+        series = _SERIES_STATE.first(connection, {"b_uid": uid})
+        if series is None or series[0] != SeriesState.open.value:
             return None
-        if connection.execute(_INSTANCE_KNOWN, {"b_sop": header.sop_instance_uid}).first() is not None:
+        if _INSTANCE_KNOWN.first(connection, {"b_sop": header.sop_instance_uid}) is not None:
             return None
-        row = _new_instance(association_id, header, spool_path, size, sha256, now)
-        connection.execute(_INSERT_INSTANCE, {key: getattr(row, key) for key in _INSTANCE_COLUMNS})
-        connection.execute(_COUNT_IN_SERIES, {"b_uid": uid, "b_now": now})
+        _INSERT_INSTANCE.execute(
+            connection, _instance_values(association_id, header, spool_path, size, sha256, now)
+        )
+        _COUNT_IN_SERIES.execute(connection, {"b_uid": uid, "b_now": now})
         if association_id is not None:
-            connection.execute(_COUNT_IN_ASSOCIATION, {"b_id": association_id, "b_size": size})
-        return StoredInstance("new", False, series.instance_count + 1)
+            _COUNT_IN_ASSOCIATION.execute(connection, {"b_id": association_id, "b_size": size})
+        return StoredInstance("new", False, series[1] + 1)
 
     def _series_for(self, session: Session, header: InstanceHeader, now: datetime) -> Series:
         """The instance's series row, locked, or a new open one (the patient attributes as the privacy
@@ -383,16 +386,23 @@ def _new_instance(
     association_id: int | None, header: InstanceHeader, spool_path: str, size: int, sha256: str, now: datetime
 ) -> Instance:
     """The row of an instance received for the first time."""
-    return Instance(
-        sop_instance_uid=header.sop_instance_uid,
-        sop_class_uid=header.sop_class_uid,
-        series_instance_uid=header.series_instance_uid,
-        study_instance_uid=header.study_instance_uid,
-        transfer_syntax_uid=header.transfer_syntax_uid,
-        size_bytes=size,
-        sha256=sha256,
-        spool_path=spool_path,
-        received_at=now,
-        association_id=association_id,
-        times_received=1,
-    )
+    return Instance(**_instance_values(association_id, header, spool_path, size, sha256, now))
+
+
+def _instance_values(
+    association_id: int | None, header: InstanceHeader, spool_path: str, size: int, sha256: str, now: datetime
+) -> dict[str, Any]:
+    """The columns of the row of an instance received for the first time."""
+    return {
+        "sop_instance_uid": header.sop_instance_uid,
+        "sop_class_uid": header.sop_class_uid,
+        "series_instance_uid": header.series_instance_uid,
+        "study_instance_uid": header.study_instance_uid,
+        "transfer_syntax_uid": header.transfer_syntax_uid,
+        "size_bytes": size,
+        "sha256": sha256,
+        "spool_path": spool_path,
+        "received_at": now,
+        "association_id": association_id,
+        "times_received": 1,
+    }

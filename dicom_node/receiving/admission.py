@@ -32,6 +32,7 @@ from conversion.dicomwalk import Walker, WalkError, file_meta, is_part10, key_of
 from conversion.rawheader import RawHeader
 from dicom_node.audit.database import Database
 from dicom_node.audit.log import InstanceHeader
+from dicom_node.audit.prepared import Prepared
 from dicom_node.audit.tables import Instance, Series
 from dicom_node.receiving import statuses as status
 
@@ -124,11 +125,13 @@ class SeriesRefusal:
         return f"{self.code}: {self.detail}"
 
 
-_SERIES_OF_INSTANCE = select(Instance.series_instance_uid).where(
-    Instance.sop_instance_uid == bindparam("b_sop")
+_SERIES_OF_INSTANCE = Prepared(
+    select(Instance.series_instance_uid).where(Instance.sop_instance_uid == bindparam("b_sop"))
 )
-_SERIES_ROW = select(Series.study_instance_uid, Series.patient_id, Series.instance_count).where(
-    Series.series_instance_uid == bindparam("b_uid")
+_SERIES_ROW = Prepared(
+    select(Series.study_instance_uid, Series.patient_id, Series.instance_count).where(
+        Series.series_instance_uid == bindparam("b_uid")
+    )
 )
 
 
@@ -145,8 +148,9 @@ def check_series(
     the caller (:meth:`dicom_node.receiving.scp.Receiver.admit`).
     """
     series_uid = header.series_instance_uid
-    with db.engine.connect() as connection:  # two single-row reads, statements built once
-        existing = connection.execute(_SERIES_OF_INSTANCE, {"b_sop": header.sop_instance_uid}).scalar()
+    with db.engine.connect() as connection:  # two single-row reads, statements compiled once
+        found = _SERIES_OF_INSTANCE.first(connection, {"b_sop": header.sop_instance_uid})
+        existing = None if found is None else found[0]
         if existing is not None and existing != series_uid:
             return SeriesRefusal(
                 status.CANNOT_UNDERSTAND,
@@ -154,19 +158,18 @@ def check_series(
                 f"SOP Instance UID {header.sop_instance_uid} was received before in series "
                 f"{existing}, not {series_uid}",
             )
-        series = connection.execute(_SERIES_ROW, {"b_uid": series_uid}).first()
+        series = _SERIES_ROW.first(connection, {"b_uid": series_uid})
         if series is None:
             return None
-        conflict = series_conflict(
-            header, patient_key(header.patient_id), series.study_instance_uid, series.patient_id
-        )
+        study_uid, patient, instance_count = series
+        conflict = series_conflict(header, patient_key(header.patient_id), study_uid, patient)
         if conflict is not None:
             return conflict
-        if existing is None and series.instance_count >= max_instances:
+        if existing is None and instance_count >= max_instances:
             return SeriesRefusal(
                 status.OUT_OF_RESOURCES,
                 "series_too_large",
-                f"series {series_uid} already holds {series.instance_count} instances, the limit of "
+                f"series {series_uid} already holds {instance_count} instances, the limit of "
                 f"storage.max_series_instances ({max_instances})",
             )
     return None
