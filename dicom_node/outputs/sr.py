@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 
@@ -163,20 +163,32 @@ def _group(
     )
 
 
-def encode_volumetry_sr(
+def measurement_groups(
     context: DerivedContext,
     volumetry: Volumetry,
     seg: EncodedSeg,
     segments: Mapping[int, SegmentSpec],
-) -> EncodedSr:
-    """The TID 1500 volumetry SR of one stack, whose SEG is ``seg`` (the report references its segments)."""
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
+) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
+    """One TID 1411 measurement group per structure of ``volumetry``, in its order."""
     numbers = {label: number for number, label in seg.segment_labels.items()}
     missing = [s.label for s in volumetry.structures if s.label not in numbers or s.label not in segments]
     if missing:
         raise DerivedEncodingError(f"{context.where}: labels {missing} have no segment in the SEG")
+    if not volumetry.structures:
+        raise DerivedEncodingError(f"{context.where}: no structure to report")
+    shared = _Shared.of(context)
+    return [
+        _group(context, shared, s, segments[s.label], seg, numbers[s.label]) for s in volumetry.structures
+    ]
+
+
+def measurement_report(
+    context: DerivedContext, groups: Sequence[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]
+) -> hd.sr.MeasurementReport:
+    """The TID 1500 content tree holding ``groups``, observed by the node as a device."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
     options = context.options
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=context.uid(OutputKind.SR, "device", {"serial": options.device_serial_number}),
@@ -185,46 +197,79 @@ def encode_volumetry_sr(
         model_name=lo(options.manufacturer_model_name),
         serial_number=lo(options.device_serial_number),
     )
-    shared = _Shared.of(context)
-    report = hd.sr.MeasurementReport(
+    return hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
             observer_device_context=hd.sr.ObserverContext(
                 observer_type=codes.DCM.Device, observer_identifying_attributes=device
             )
         ),
         procedure_reported=codes.LN.MRIUnspecifiedBodyRegion,
-        imaging_measurements=[
-            _group(context, shared, s, segments[s.label], seg, numbers[s.label]) for s in volumetry.structures
-        ],
+        imaging_measurements=list(groups),
     )
-    series_uid = context.uid(OutputKind.SR, "series")
-    sop_uid = context.uid(OutputKind.SR, "instance")
-    evidence = [context.source_header("comprehensive-3d-sr"), *context.volume.source_headers[1:], seg.dataset]
+
+
+def document_arguments(context: DerivedContext, seg: EncodedSeg) -> dict[str, Any]:
+    """The arguments of highdicom's ``Comprehensive3DSR`` but the content: the evidence (every source
+    image and the SEG), UIDs, numbers and descriptions, the coding scheme of the local codes."""
+    import highdicom as hd
+
+    return {
+        "evidence": [
+            context.source_header("comprehensive-3d-sr"),
+            *context.volume.source_headers[1:],
+            seg.dataset,
+        ],
+        "series_instance_uid": context.uid(OutputKind.SR, "series"),
+        "series_number": context.series_number(SR_SERIES_NUMBER_OFFSET),
+        "sop_instance_uid": context.uid(OutputKind.SR, "instance"),
+        "instance_number": 1,
+        "manufacturer": lo(context.options.manufacturer),
+        "is_complete": True,
+        "coding_schemes": [
+            hd.coding_schemes.CodingSchemeIdentificationItem(
+                designator=LOCAL_SCHEME, name="SegNode local codes", responsible_organization="SegNode"
+            )
+        ],
+        "series_description": lo(f"{context.algorithm.name} {context.algorithm.task} volumes (AI)"),
+    }
+
+
+def encode_volumetry_sr(
+    context: DerivedContext,
+    volumetry: Volumetry,
+    seg: EncodedSeg,
+    segments: Mapping[int, SegmentSpec],
+) -> EncodedSr:
+    """The TID 1500 volumetry SR of one stack, whose SEG is ``seg`` (the report references its segments).
+
+    highdicom's constructor makes the document around the report with its first measurement group; the
+    other groups (highdicom-made as the first) then join the report's Imaging Measurements container,
+    which the document holds, through highdicom's ``ContentSequence``. The constructor copies its content
+    tree into highdicom's object model and searches it twice for the instances it references, at the same
+    cost for every group: the other groups reference the same SEG instance as the first, and the evidence
+    lists every source image and the SEG whatever the content references. The document is the one the
+    constructor makes from the whole report (tested), for a few times less work."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    groups = measurement_groups(context, volumetry, seg, segments)
+    arguments = document_arguments(context, seg)
     try:
         with warnings.catch_warnings():
             # highdicom puts one-component person names (copied from the source) into its warning text:
             # that would put patient names in the log.
             warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
-            sr = hd.sr.Comprehensive3DSR(
-                evidence=evidence,
-                content=report,
-                series_instance_uid=series_uid,
-                series_number=context.series_number(SR_SERIES_NUMBER_OFFSET),
-                sop_instance_uid=sop_uid,
-                instance_number=1,
-                manufacturer=lo(options.manufacturer),
-                is_complete=True,
-                coding_schemes=[
-                    hd.coding_schemes.CodingSchemeIdentificationItem(
-                        designator=LOCAL_SCHEME,
-                        name="SegNode local codes",
-                        responsible_organization="SegNode",
-                    )
-                ],
-                series_description=lo(f"{context.algorithm.name} {context.algorithm.task} volumes (AI)"),
-            )
+            sr = hd.sr.Comprehensive3DSR(content=measurement_report(context, groups[:1]), **arguments)
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise DerivedEncodingError(f"{context.where}: highdicom refused the volumetry SR: {exc}") from exc
-    set_equipment(sr, options)
-    logger.info("encoded volumetry SR for %s: %d structures", context.where, len(volumetry.structures))
-    return EncodedSr(dataset=sr, series_instance_uid=series_uid, sop_instance_uid=sop_uid)
+    (container,) = hd.sr.utils.find_content_items(sr, name=codes.DCM.ImagingMeasurements)
+    for group in groups[1:]:
+        container.ContentSequence.extend(group)
+    # the document as a pydicom dataset (highdicom's object model of its content, ``sr.content``, holds the
+    # first group alone)
+    document = Dataset()
+    document.update(sr)
+    document.file_meta, document.preamble = sr.file_meta, sr.preamble
+    set_equipment(document, context.options)
+    logger.info("encoded volumetry SR for %s: %d structures", context.where, len(groups))
+    return EncodedSr(document, arguments["series_instance_uid"], arguments["sop_instance_uid"])

@@ -6,6 +6,7 @@ SR stored in a real Orthanc next to its SEG and sources."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from pydicom.dataset import Dataset
 from config.routing import DestinationConfig, SendingConfig
 from conversion.volume import Volume
 from dicom_node.outputs import volumetry
-from dicom_node.outputs.derived import DerivedContext, DerivedEncodingError
+from dicom_node.outputs.derived import DerivedContext, DerivedEncodingError, set_equipment
 from dicom_node.outputs.seg import (
     AlgorithmInfo,
     EncodedSeg,
@@ -28,7 +29,14 @@ from dicom_node.outputs.seg import (
     segments_from_catalog,
 )
 from dicom_node.outputs.sender import send_datasets
-from dicom_node.outputs.sr import BORDER_CODE, IMPLAUSIBLE_CODE, encode_volumetry_sr
+from dicom_node.outputs.sr import (
+    BORDER_CODE,
+    IMPLAUSIBLE_CODE,
+    document_arguments,
+    encode_volumetry_sr,
+    measurement_groups,
+    measurement_report,
+)
 from dicom_node.outputs.validation import validate_with_dciodvfy
 from tests.dicom_node.seg_support import volumes_of
 from tests.support.orthanc import Orthanc
@@ -187,6 +195,50 @@ def test_a_label_outside_the_catalog_is_refused(volume: Volume) -> None:
     label_map[10:20, 10:20, 5] = 200
     with pytest.raises(DerivedEncodingError, match="label 200 of task 'total_mr' is not in the structure"):
         volumetry.measure(volume, label_map, "total_mr", volumetry.catalog_names("total_mr"))
+
+
+def file_bytes(dataset: Dataset) -> bytes:
+    out = pydicom.filebase.DicomBytesIO()
+    dataset.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore:.*unlikely to represent the intended person name")
+def test_the_document_is_the_one_highdicom_makes_from_the_whole_report(
+    volume: Volume, encoded: tuple[npt.NDArray[np.uint8], EncodedSeg, Dataset]
+) -> None:
+    """encode_volumetry_sr lets highdicom's constructor make the document around the first group and adds
+    the others to its content: the file is the constructor's for the whole report, but for the times."""
+    label_map, seg, sr = encoded
+    context = DerivedContext(volume, ALGORITHM, SegOptions())
+    report = volumetry.measure(volume, label_map, "total_mr", volumetry.catalog_names("total_mr"))
+    groups = measurement_groups(context, report, seg, SEGMENTS)
+    assert len(groups) == len(report.structures) > 1
+    whole = hd.sr.Comprehensive3DSR(
+        content=measurement_report(context, groups), **document_arguments(context, seg)
+    )
+    set_equipment(whole, context.options)
+    for keyword in ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime"):
+        whole[keyword].value = sr[keyword].value
+    for mine, made in zip(whole.ContributingEquipmentSequence, sr.ContributingEquipmentSequence, strict=True):
+        if "ContributionDateTime" in made:
+            mine.ContributionDateTime = made.ContributionDateTime
+    assert file_bytes(sr) == file_bytes(whole)
+    names = [
+        g.tracking_identifier
+        for g in hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_volumetric_roi_measurement_groups()
+    ]
+    assert names == [SEGMENTS[s.label].name for s in report.structures]
+
+
+def test_a_report_without_structures_is_refused(
+    volume: Volume, encoded: tuple[npt.NDArray[np.uint8], EncodedSeg, Dataset]
+) -> None:
+    label_map, seg, _ = encoded
+    context = DerivedContext(volume, ALGORITHM, SegOptions())
+    report = volumetry.measure(volume, label_map, "total_mr", volumetry.catalog_names("total_mr"))
+    with pytest.raises(DerivedEncodingError, match="no structure to report"):
+        encode_volumetry_sr(context, replace(report, structures=()), seg, SEGMENTS)
 
 
 @pytest.fixture
