@@ -5,8 +5,9 @@ Contours: ``cv2.findContours`` (border following, all contours) on each structur
 up 3 times (see :func:`_slice_polygons`): the polygons run a third of a pixel inside the pixel edges, so that
 rasterised back (pixel centres inside, even-odd rule) they give the mask exactly; pixels touching only at a
 corner are kept apart, so every polygon is simple; straight runs keep only their end points; a single pixel
-gives 4 points, so every polygon has at least 3. Points are mapped to patient coordinates
-(LPS, mm) through the Volume affine and written with 0.001 mm resolution. Each contour references the source
+gives 4 points, so every polygon has at least 3. Points are mapped to patient coordinates (LPS, mm)
+through the Volume affine and written with 0.001 mm resolution (:mod:`.contour_text`: on an axial, sagittal
+or coronal stack each coordinate's text is formatted once per index). Each contour references the source
 image of its slice. Holes are separate contours of the same ROI: planning systems combine the contours of
 one plane with the even-odd rule.
 
@@ -33,6 +34,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID, RTStructureSetStorage
 
 from conversion.volume import SliceRef
+from dicom_node.outputs.contour_text import ContourText
 from dicom_node.outputs.derived import (
     NOT_FOR_DIAGNOSIS,
     DerivedContext,
@@ -95,19 +97,6 @@ def scaled_up(masks: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
     sub_column = np.where(top_left, (column + 1) * _SCALE, column * _SCALE + _SCALE - 1)
     up[(*lead, (row + 1) * _SCALE, sub_column)] = 0
     return up
-
-
-def _pixel_xy(traced: npt.NDArray[np.int32]) -> npt.NDArray[np.float64]:
-    """Sub-pixel (x, y) indices of :func:`scaled_up`'s images as (column, row) pixel coordinates."""
-    xy: npt.NDArray[np.float64] = (traced - (_SCALE - 1) / 2) / _SCALE
-    return xy
-
-
-def _ds_bytes(values: npt.NDArray[np.float64]) -> bytes:
-    """A DS value (backslash-separated, 0.001 mm) as bytes."""
-    flat = values.ravel().tolist()
-    text = ("\\%.3f" * len(flat) % tuple(flat))[1:]
-    return text.replace("-0.000", "0.000").encode("ascii")
 
 
 def _code(code: CodeTriple) -> Dataset:
@@ -268,34 +257,26 @@ def _slice_polygons(
 
 def _contour_items(
     context: DerivedContext,
+    text: ContourText,
     padded: npt.NDArray[np.bool_],
     box: tuple[slice, ...],
     refs: dict[int, bytes],
 ) -> list[bytes]:
     """Contour Sequence items (encoded) of one structure: ``padded`` is its mask on the slices of its
-    bounding box ``box`` (slice, row, column), as :func:`_padded_masks` makes it; ``refs`` the encoded Contour
-    Image Sequence of each slice (one set of bytes per slice serves every contour on it), filled as
-    needed."""
+    bounding box ``box`` (slice, row, column), as :func:`_padded_masks` makes it; ``text`` writes the points'
+    coordinates; ``refs`` the encoded Contour Image Sequence of each slice (one set of bytes per slice serves
+    every contour on it), filled as needed."""
     on = np.flatnonzero(padded.reshape(len(padded), -1).any(axis=1))
     found, lengths, xy = _slice_polygons(padded if len(on) == len(padded) else padded[on])
     if not lengths:
         return []
     first_slice, first_row, first_column = (int(b.start) for b in box)
-    stacked = _pixel_xy(xy)
     slices = on[found] + first_slice
-    ijk = np.stack(
-        [
-            stacked[:, 0] + first_column,
-            stacked[:, 1] + first_row,
-            np.repeat(slices, lengths).astype(np.float64),
-            np.ones(len(stacked)),
-        ]
-    )
-    points = (context.volume.affine @ ijk)[:3].T
+    columns = xy[:, 0].astype(np.intp) + _SCALE * first_column
+    rows = xy[:, 1].astype(np.intp) + _SCALE * first_row
+    data = text.contours(columns, rows, np.repeat(slices, lengths), lengths)
     items: list[bytes] = []
-    end = 0
-    for k, length in zip(slices.tolist(), lengths, strict=True):
-        start, end = end, end + length
+    for k, length, values in zip(slices.tolist(), lengths, data, strict=True):
         if k not in refs:
             refs[k] = _contour_image_sequence(context.volume.slice_refs[k])
         body = b"".join(
@@ -304,7 +285,7 @@ def _contour_items(
                 _CLOSED_PLANAR,
                 _integer_string(_NUMBER_OF_POINTS, length),
                 _integer_string(_CONTOUR_NUMBER, len(items) + 1),
-                _element(_CONTOUR_DATA, "DS", _ds_bytes(points[start:end])),
+                _element(_CONTOUR_DATA, "DS", values),
             )
         )
         items.append(_item(body))
@@ -317,12 +298,13 @@ def _all_contours(context: DerivedContext, label_map: npt.NDArray[Any], last: in
     bounding box (:func:`_boxes`, the same for all of them) and traced, in
     one call, on the slices of that box where it has pixels."""
     ordered = _slice_order(label_map)
+    text = ContourText(context.volume.affine, context.volume.shape)
     out: dict[int, list[bytes]] = {}
     refs: dict[int, bytes] = {}
     for label, box in enumerate(_boxes(ordered, label_map, last), start=1):
         if box is None:
             continue
-        out[label] = _contour_items(context, _padded_masks(ordered, box, label), box, refs)
+        out[label] = _contour_items(context, text, _padded_masks(ordered, box, label), box, refs)
     return out
 
 

@@ -20,6 +20,7 @@ from skimage.draw import polygon as fill_polygon
 
 from conversion.volume import Volume
 from dicom_node.outputs import volumetry
+from dicom_node.outputs.contour_text import ContourText
 from dicom_node.outputs.derived import DerivedContext, DerivedEncodingError
 from dicom_node.outputs.rtstruct import _boxes, _slice_order, encode_rtstruct
 from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, segments_from_catalog
@@ -220,3 +221,55 @@ def test_structure_boxes_are_those_of_find_objects(layout: str) -> None:
         label_map = label_map.astype(np.uint16)
     ordered = _slice_order(label_map)
     assert _boxes(ordered, label_map, 15) == list(ndimage.find_objects(ordered, max_label=15))
+
+
+def random_points(shape: tuple[int, ...], count: int) -> tuple[npt.NDArray[np.intp], ...]:
+    """Sub-pixel column and row indices (the whole range, first and last included) and slices of ``count``
+    points on a stack of ``shape``."""
+    rng = np.random.default_rng(11)
+    columns, rows, slices = shape
+    points = [
+        rng.integers(0, 3 * columns, count),
+        rng.integers(0, 3 * rows, count),
+        rng.integers(0, slices, count),
+    ]
+    for axis, top in enumerate((3 * columns, 3 * rows, slices)):
+        points[axis][:2] = (0, top - 1)
+    return tuple(np.asarray(p, dtype=np.intp) for p in points)
+
+
+#: An axial stack whose affine has negative steps and a zero offset (negative zeros on the way).
+AXIAL_FLIPPED = np.array([[-0.7, 0, 0, 0.0], [0, -0.9, 0, 35.1], [0, 0, 2.5, -0.35], [0, 0, 0, 1]])
+
+
+@pytest.mark.parametrize("series", ["sagittal", "flipped axial"])
+def test_contour_text_by_lookup_is_the_text_of_the_formula(series: str) -> None:
+    """Where each patient axis follows one stack axis (sagittal, axial), the texts looked up per index are
+    those each value formatted by itself gives; split into contours the same way."""
+    if series == "sagittal":
+        volume = volumes_of(SERIES[series])[0]
+        affine, shape = volume.affine, volume.shape
+    else:
+        affine, shape = AXIAL_FLIPPED, (200, 180, 30)
+    looked_up, formatted = ContourText(affine, shape), ContourText(affine, shape, lookup=False)
+    assert looked_up.by_lookup and not formatted.by_lookup
+    columns, rows, slices = random_points(shape, 3000)
+    lengths = [1, 4, 995, 2000]
+    texts = looked_up.contours(columns, rows, slices, lengths)
+    assert texts == formatted.contours(columns, rows, slices, lengths)
+    assert [len(t.split(b"\\")) for t in texts] == [3 * n for n in lengths]
+    assert b"-0.000" not in b"".join(texts)
+
+
+@pytest.mark.parametrize("series", ["axial", "coronal-oblique"])
+def test_contour_text_is_the_affine_image_of_the_points(series: str) -> None:
+    """On oblique stacks (no lookup) and on any other: the values are the affine image of the points' pixel
+    coordinates (a sub-pixel's centre: (index - 1) / 3), to 0.001 mm."""
+    volume = volumes_of(SERIES[series])[0]
+    text = ContourText(volume.affine, volume.shape)
+    assert not text.by_lookup
+    columns, rows, slices = random_points(volume.shape, 500)
+    (values,) = text.contours(columns, rows, slices, [500])
+    found = np.array([float(v) for v in values.split(b"\\")]).reshape(-1, 3)
+    ijk = np.stack([(columns - 1) / 3, (rows - 1) / 3, slices, np.ones(500)])
+    assert np.allclose(found, (volume.affine @ ijk)[:3].T, atol=6e-4, rtol=0)
