@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as PydicomSequence
 
 from dicom_node.outputs.derived import (
     DerivedContext,
@@ -234,6 +235,20 @@ def document_arguments(context: DerivedContext, seg: EncodedSeg) -> dict[str, An
     }
 
 
+def _as_written(dataset: Dataset, seen: set[int]) -> None:
+    """Mark ``dataset`` and the items of its sequences (each once: the groups share items) as encoded in
+    explicit VR little endian with their own character set, so that pydicom's writer writes their elements
+    as they are. Unmarked, it walks each item's subtree for ambiguous VRs (the SR has none: an element whose
+    VR is still ambiguous would make the writer fail, not write it wrongly) once for each level above it."""
+    dataset.set_original_encoding(False, True, dataset._character_set)
+    for elem in dataset.elements():
+        if elem.VR == "SQ" and isinstance(elem.value, PydicomSequence):
+            for item in elem.value:
+                if id(item) not in seen:
+                    seen.add(id(item))
+                    _as_written(item, seen)
+
+
 def encode_volumetry_sr(
     context: DerivedContext,
     volumetry: Volumetry,
@@ -271,5 +286,6 @@ def encode_volumetry_sr(
     document.update(sr)
     document.file_meta, document.preamble = sr.file_meta, sr.preamble
     set_equipment(document, context.options)
+    _as_written(document, set())
     logger.info("encoded volumetry SR for %s: %d structures", context.where, len(groups))
     return EncodedSr(document, arguments["series_instance_uid"], arguments["sop_instance_uid"])
