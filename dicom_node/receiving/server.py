@@ -41,6 +41,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from dicom_node.receiving.reactor import wake_on_arrivals, wake_on_messages
+from dicom_node.receiving.store_requests import receive_store_requests, serve_store_requests
 from dicom_node.receiving.wire import read_whole_pdus, send_store_responses
 
 LOG = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ class AcceptorHandler(RequestHandler):
     """pynetdicom's request handler; the association it creates serves each DIMSE message as soon as it is
     decoded, and its DUL reads and sends PDUs as soon as they come (:mod:`dicom_node.receiving.reactor`).
     It reads each PDU into one buffer and encodes ordinary C-STORE responses itself
-    (:mod:`dicom_node.receiving.wire`).
+    (:mod:`dicom_node.receiving.wire`), and decodes and serves ordinary C-STORE requests itself
+    (:mod:`dicom_node.receiving.store_requests`).
     Unless pynetdicom's logger takes INFO records (``segnode serve -vv``), the association runs without
     pynetdicom's per-message logging handlers (:data:`STANDARD_LOG_HANDLERS`)."""
 
@@ -74,6 +76,8 @@ class AcceptorHandler(RequestHandler):
         wake_on_arrivals(assoc)
         read_whole_pdus(assoc)
         send_store_responses(assoc)
+        receive_store_requests(assoc)
+        serve_store_requests(assoc)
         if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
             for event, handler in STANDARD_LOG_HANDLERS:
                 assoc.unbind(event, handler)
