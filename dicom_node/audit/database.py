@@ -11,7 +11,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 LOG = logging.getLogger(__name__)
@@ -66,6 +66,13 @@ class Database:
         """A session whose transaction is committed on exit (rolled back on error), one writer at a time."""
         with self._write_lock, self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def write_connection(self) -> Iterator[Connection]:
+        """:meth:`write` for Core statements: a connection whose transaction is committed on exit (rolled
+        back on error), one writer at a time, without an ORM session."""
+        with self._write_lock, self.engine.begin() as connection:
+            yield connection
 
     @contextmanager
     def read(self) -> Iterator[Session]:

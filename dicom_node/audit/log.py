@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import Connection, Table, bindparam, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
@@ -83,6 +83,42 @@ class StoredInstance:
     outcome: str
     series_reopened: bool
     series_instance_count: int
+
+
+class InstanceRecord(NamedTuple):
+    """What :meth:`AuditLog.record_instances` records of a durably stored instance."""
+
+    association_id: int | None
+    header: InstanceHeader
+    spool_path: str
+    size: int
+    sha256: str
+
+
+class RecordTransaction:
+    """The connection of one transaction of instance records, and an ORM session on it, made once a record
+    needs one (a new series, a repeat, a complete series): the common record runs statements only."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._session: Session | None = None
+
+    def session(self) -> Session:
+        if self._session is None:  # joins the connection's transaction; commits nothing itself
+            self._session = Session(bind=self.connection, expire_on_commit=False)
+        return self._session
+
+    def holds_series(self, uid: str) -> bool:
+        """Whether the session holds the row of series ``uid`` as an object."""
+        return self._session is not None and identity_key(Series, uid) in self._session.identity_map
+
+    def flush(self) -> None:
+        if self._session is not None:
+            self._session.flush()
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
 
 
 class AuditLog:
@@ -228,23 +264,27 @@ class AuditLog:
         sha256: str,
     ) -> StoredInstance:
         """Record a durably stored instance: series upsert, instance row, association counters."""
-        with self.db.write() as session:
-            return self.record_instance_in(session, association_id, header, spool_path, size, sha256)
+        return self.record_instances([InstanceRecord(association_id, header, spool_path, size, sha256)])[0]
 
-    def record_instance_in(
-        self,
-        session: Session,
-        association_id: int | None,
-        header: InstanceHeader,
-        spool_path: str,
-        size: int,
-        sha256: str,
-    ) -> StoredInstance:
-        """:meth:`record_instance` in the caller's transaction (several instances committed at once)."""
+    def record_instances(self, records: Sequence[InstanceRecord]) -> list[StoredInstance]:
+        """Record durably stored instances in one transaction, committed on return (rolled back on error)."""
+        with self.db.write_connection() as connection:
+            transaction = RecordTransaction(connection)
+            try:
+                results = [self.record_in(transaction, record) for record in records]
+                transaction.flush()
+            finally:
+                transaction.close()
+        return results
+
+    def record_in(self, transaction: RecordTransaction, record: InstanceRecord) -> StoredInstance:
+        """One record of :meth:`record_instances`, in its transaction."""
         now = self.clock()
-        new = self._new_in_open_series(session, association_id, header, spool_path, size, sha256, now)
+        new = self._new_in_open_series(transaction, record, now)
         if new is not None:
             return new
+        association_id, header, spool_path, size, sha256 = record
+        session = transaction.session()
         series = self._series_for(session, header, now)
         existing = session.get(Instance, header.sop_instance_uid)
         if existing is None:
@@ -258,27 +298,22 @@ class AuditLog:
             self._reopen(session, series, association_id, header)
         series.last_received_at = now
         if association_id is not None:  # one UPDATE, without loading the row
-            _COUNT_IN_ASSOCIATION.execute(session.connection(), {"b_id": association_id, "b_size": size})
+            _COUNT_IN_ASSOCIATION.execute(transaction.connection, {"b_id": association_id, "b_size": size})
         return StoredInstance(outcome, reopened, series.instance_count)
 
     def _new_in_open_series(
-        self,
-        session: Session,
-        association_id: int | None,
-        header: InstanceHeader,
-        spool_path: str,
-        size: int,
-        sha256: str,
-        now: datetime,
+        self, transaction: RecordTransaction, record: InstanceRecord, now: datetime
     ) -> StoredInstance | None:
-        """The common case, a new instance of an open series already recorded, in four statements without
-        ORM objects (the receiving hot path); ``None`` in every other case, which the ORM path records.
-        Not where the session holds the series row as an object (its count would go stale)."""
+        """The common case, a new instance of an open series already recorded, in five statements on the
+        connection, without ORM objects (the receiving hot path); ``None`` in every other case, which the
+        ORM path records. Not where the transaction's session holds the series row as an object (its count
+        would go stale)."""
+        association_id, header, spool_path, size, sha256 = record
         uid = header.series_instance_uid
-        if identity_key(Series, uid) in session.identity_map:
+        if transaction.holds_series(uid):
             return None
-        session.flush()  # what the session holds is in the database before it is read here
-        connection = session.connection()
+        transaction.flush()  # what the session holds is in the database before it is read here
+        connection = transaction.connection
         series = _SERIES_STATE.first(connection, {"b_uid": uid})
         if series is None or series[0] != SeriesState.open.value:
             return None

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from dicom_node.audit.log import AuditLog, InstanceHeader, StoredInstance
+from dicom_node.audit.log import AuditLog, InstanceHeader, InstanceRecord, StoredInstance
 
 LOG = logging.getLogger(__name__)
 
@@ -31,18 +31,14 @@ MAX_BATCH = 64
 
 @dataclass(eq=False)
 class _Pending:
-    association_id: int | None
-    header: InstanceHeader
-    spool_path: str
-    size: int
-    sha256: str
+    record: InstanceRecord
     result: StoredInstance | None = None
     error: SQLAlchemyError | None = None
     done: bool = False
 
 
 class InstanceRecorder:
-    """:meth:`AuditLog.record_instance` with group commit; thread-safe."""
+    """:meth:`AuditLog.record_instances` with group commit; thread-safe."""
 
     def __init__(self, audit: AuditLog) -> None:
         self.audit = audit
@@ -60,7 +56,7 @@ class InstanceRecorder:
 
         Raises the :class:`SQLAlchemyError` of its own record (after one retry of an ``IntegrityError``, a
         series row another receiver of a cluster created at the same moment)."""
-        item = _Pending(association_id, header, spool_path, size, sha256)
+        item = _Pending(InstanceRecord(association_id, header, spool_path, size, sha256))
         with self._changed:
             self._pending.append(item)
         while True:
@@ -88,13 +84,7 @@ class InstanceRecorder:
     def _commit(self, batch: list[_Pending]) -> None:
         if len(batch) > 1:
             try:
-                with self.audit.db.write() as session:
-                    results = [
-                        self.audit.record_instance_in(
-                            session, p.association_id, p.header, p.spool_path, p.size, p.sha256
-                        )
-                        for p in batch
-                    ]
+                results = self.audit.record_instances([p.record for p in batch])
             except SQLAlchemyError as exc:
                 LOG.info(
                     "a transaction of %d instance records failed (%s); recording them one by one",
@@ -113,11 +103,10 @@ class InstanceRecorder:
                 self._done([item], [result])
 
     def _record_one(self, item: _Pending) -> StoredInstance:
-        args = (item.association_id, item.header, item.spool_path, item.size, item.sha256)
         try:
-            return self.audit.record_instance(*args)
+            return self.audit.record_instances([item.record])[0]
         except IntegrityError:  # another receiver of a cluster created the series row at the same moment
-            return self.audit.record_instance(*args)
+            return self.audit.record_instances([item.record])[0]
 
     def _done(self, batch: list[_Pending], results: list[StoredInstance]) -> None:
         self.transactions += 1

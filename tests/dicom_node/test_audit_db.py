@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from config.node import PatientIdMode, PrivacyConfig
 from dicom_node.audit.database import Database
-from dicom_node.audit.log import AuditLog, InstanceHeader
-from dicom_node.audit.tables import AppendOnlyError, Event, Series
+from dicom_node.audit.log import AuditLog, InstanceHeader, InstanceRecord
+from dicom_node.audit.tables import AppendOnlyError, Event, Instance, Series
 
 
 def make_audit(tmp_path: Path, privacy: PrivacyConfig) -> AuditLog:
@@ -74,3 +76,25 @@ def test_events_are_append_only_and_carry_the_config_hash(tmp_path: Path) -> Non
         session.delete(session.get_one(Event, event.id))
     with audit.db.read() as session:
         assert session.get_one(Event, event.id).reason is None
+
+
+def test_a_transaction_of_records_is_rolled_back_whole(tmp_path: Path) -> None:
+    """A new instance of an open series (statements on the connection), a new series (through the ORM) and
+    an instance whose row cannot be written: nothing of the three is in the database afterwards."""
+    audit = make_audit(tmp_path, PrivacyConfig())
+    audit.record_instance(None, HEADER, "a/b/5.dcm", 1, "0" * 64)
+    other_series = dataclasses.replace(HEADER, series_instance_uid="1.2.3.9", sop_instance_uid="1.2.3.9.1")
+    records = [
+        InstanceRecord(None, dataclasses.replace(HEADER, sop_instance_uid="1.2.3.4.6"), "a/b/6.dcm", 1, "0"),
+        InstanceRecord(None, other_series, "a/c/1.dcm", 1, "0" * 64),
+        InstanceRecord(None, dataclasses.replace(HEADER, sop_instance_uid="1.2.3.4.7"), None, 1, "0"),  # type: ignore[arg-type]
+    ]
+    with pytest.raises(IntegrityError, match="spool_path"):
+        audit.record_instances(records)
+    with audit.db.read() as session:
+        assert session.scalars(select(Series.series_instance_uid)).all() == ["1.2.3.4"]
+        assert session.scalars(select(Instance.sop_instance_uid)).all() == ["1.2.3.4.5"]
+    assert series(audit).instance_count == 1
+    assert [r.outcome for r in audit.record_instances(records[:2])] == ["new", "new"]
+    with audit.db.read() as session:
+        assert sorted(session.scalars(select(Series.instance_count))) == [1, 2]

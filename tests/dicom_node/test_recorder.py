@@ -10,11 +10,10 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from config.node import PrivacyConfig
 from dicom_node.audit.database import Database
-from dicom_node.audit.log import AuditLog, InstanceHeader, StoredInstance
+from dicom_node.audit.log import AuditLog, InstanceHeader, InstanceRecord, RecordTransaction, StoredInstance
 from dicom_node.audit.tables import Association, Instance, Series
 from dicom_node.receiving.recorder import InstanceRecorder
 from tests.support.waiting import wait_until
@@ -41,13 +40,13 @@ class HeldRecorder:
         self.association_id = self.audit.association_requested("SCU", "SEGNODE", "127.0.0.1", 1)
         self.recorder = InstanceRecorder(self.audit)
         self.gate = threading.Event()
-        original = self.audit.record_instance_in
+        original = self.audit.record_in
 
-        def held(session: Session, *args: Any) -> StoredInstance:
+        def held(transaction: RecordTransaction, record: InstanceRecord) -> StoredInstance:
             self.gate.wait(60)
-            return original(session, *args)
+            return original(transaction, record)
 
-        self.audit.record_instance_in = held  # type: ignore[method-assign]
+        self.audit.record_in = held  # type: ignore[method-assign]
         self.outcomes: dict[int, StoredInstance | Exception] = {}
 
     def record(self, number: int, spool_path: str | None, series: str = "1.2.3.4", sop: int = -1) -> None:
