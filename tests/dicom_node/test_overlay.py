@@ -233,11 +233,14 @@ def pydicom_windowed(pixels: npt.NDArray[Any], header: Dataset) -> npt.NDArray[n
 
 
 @pytest.mark.parametrize("order", ["F", "C"])
-@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+@pytest.mark.parametrize(
+    "function", ["LINEAR", "LINEAR_EXACT", "SIGMOID", "LINEAR for all", "LINEAR_EXACT for all"]
+)
 def test_each_slice_is_windowed_with_its_own_window(function: str, order: str) -> None:
     """Windows that differ from slice to slice (the linear ones computed for the whole stack at once, in
-    the order the voxels are held: Fortran as load_series makes them, or C; a sigmoid one slice by slice):
-    every image is its slice through its own window, as pydicom computes it."""
+    the order the voxels are held: Fortran as load_series makes them, or C; a sigmoid one slice by slice),
+    or one window for all slices (applied as numbers): every image is its slice through its own window, as
+    pydicom computes it."""
     volume = volumes_of(PD_TRA)[0]
     volume = Volume(**{**volume.__dict__, "voxels": np.asarray(volume.voxels, order=order)})
     assert volume.voxels.flags.f_contiguous if order == "F" else volume.voxels.flags.c_contiguous
@@ -245,6 +248,10 @@ def test_each_slice_is_windowed_with_its_own_window(function: str, order: str) -
     low, high = (float(v) for v in np.percentile(volume.voxels, [1, 99]))
     for k, ref in enumerate(volume.slice_refs):
         header = headers[ref.sop_instance_uid]
+        if function.endswith(" for all"):
+            header.WindowCenter, header.WindowWidth = low + (high - low) * 0.41, (high - low) * 0.77
+            header.VOILUTFunction = function.split()[0]
+            continue
         header.WindowCenter = low + (high - low) * (0.3 + 0.04 * k)
         header.WindowWidth = (high - low) / (1 + k % 3)
         header.VOILUTFunction = function if k == 1 else "LINEAR"
