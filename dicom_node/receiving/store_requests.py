@@ -79,6 +79,9 @@ _US_ELEMENTS = frozenset({0x0100, 0x0110, 0x0700, 0x0800})
 class StoreRequest(C_STORE):
     """A C-STORE request decoded by :func:`receive_store_requests`, served by :func:`serve_store_requests`."""
 
+    #: its data set is a ``BytesIO`` made from the whole data set's bytes
+    data_set_whole = True
+
 
 def _command_values(command: bytes) -> dict[int, bytes] | None:
     """The values of an ordinary C-STORE request's command set (Implicit VR Little Endian), by element

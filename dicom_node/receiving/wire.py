@@ -103,7 +103,10 @@ def part10_file(event: evt.Event) -> bytes:
         return event.encoded_dataset()
     sop_class, sop_instance, transfer_syntax = (str(value) for value in values)
     meta = _file_meta_elements(sop_class, sop_instance, transfer_syntax)
-    return b"".join((_PREAMBLE, meta, data_set.getbuffer()))
+    # a BytesIO made from bytes (the node's decoded requests) gives them back without a copy; one written
+    # piece by piece (pynetdicom's) gives a view of its buffer without one
+    body = data_set.getvalue() if getattr(request, "data_set_whole", False) else data_set.getbuffer()
+    return b"".join((_PREAMBLE, meta, body))
 
 
 def _implicit(group: int, element: int, value: bytes) -> bytes:

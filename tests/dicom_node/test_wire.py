@@ -23,6 +23,7 @@ from pynetdicom.transport import AssociationSocket
 
 from dicom_node.receiving import statuses as status
 from dicom_node.receiving import wire
+from dicom_node.receiving.store_requests import StoreRequest
 
 UIDS = [
     "1.2.3",  # odd length: padded with a null
@@ -48,8 +49,10 @@ def test_pynetdicoms_send_msg_and_recv_are_the_ones_the_node_was_checked_against
     assert isinstance(vars(DIMSEServiceProvider)["maximum_pdu_size"], property)
 
 
-def _event(sop_instance: str, transfer_syntax: str, data_set: object) -> evt.Event:
-    request = C_STORE()
+def _event(
+    sop_instance: str, transfer_syntax: str, data_set: object, kind: type[C_STORE] = C_STORE
+) -> evt.Event:
+    request = kind()
     request.MessageID = 7
     request.AffectedSOPClassUID = MRImageStorage
     request.AffectedSOPInstanceUID = sop_instance
@@ -66,9 +69,15 @@ def _event(sop_instance: str, transfer_syntax: str, data_set: object) -> evt.Eve
 @pytest.mark.parametrize(
     "transfer_syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian, JPEGBaseline8Bit]
 )
-def test_the_instance_file_is_what_pynetdicom_writes(sop_instance: str, transfer_syntax: str) -> None:
-    event = _event(sop_instance, transfer_syntax, BytesIO(b"\x08\x00\x18\x00\x04\x00\x00\x00abcd"))
+@pytest.mark.parametrize("kind", [C_STORE, StoreRequest])
+def test_the_instance_file_is_what_pynetdicom_writes(
+    sop_instance: str, transfer_syntax: str, kind: type[C_STORE]
+) -> None:
+    """Also for the node's own requests, whose data set is a BytesIO made from the whole bytes."""
+    data_set = b"\x08\x00\x18\x00\x04\x00\x00\x00abcd"
+    event = _event(sop_instance, transfer_syntax, BytesIO(data_set), kind)
     assert wire.part10_file(event) == event.encoded_dataset()
+    assert event.request.DataSet.getvalue() == data_set  # type: ignore[union-attr]
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
