@@ -31,19 +31,23 @@ from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 _PREAMBLE = b"\0" * 128 + b"DICM"
 #: VRs of values written from their bytes straight to the file when longer than :data:`_BULK_SIZE`.
 _BULK = frozenset(("OB", "OW"))
 _BULK_SIZE = 1 << 16
 _GROUP_LENGTH = BaseTag(0x00020000)
+#: Types of single values that are neither multi-values nor sequences (compared as they are).
+_PLAIN = frozenset((str, bytes, int, float, UID, type(None)))
 
 
 def _frozen(elem: DataElement | RawDataElement) -> Any:
     """The VR and value of an element as they stay when the element (its multi-value, the items of its
     sequence) is changed in place."""
     value = elem.value
+    if type(value) in _PLAIN:  # first: isinstance against pydicom's abstract classes costs more
+        return elem.VR, value
     if isinstance(elem, DataElement) and isinstance(value, Sequence):
         return tuple(
             tuple((tag, _frozen(item.get_item(tag))) for tag in sorted(item.keys())) for item in value
@@ -137,14 +141,16 @@ class SharedElementsWriter:
         fp.is_little_endian, fp.is_implicit_VR = True, False
         fp.write(_PREAMBLE)
         fp.write(self._file_meta(dataset.file_meta))
-        template = self._template
-        for tag in sorted(dataset.keys()):
+        # the template's elements as they are now (a dict: one lookup per element), and the tags in order as
+        # numbers (BaseTag's comparisons run in Python)
+        template = dict(self._template.items())
+        for tag in sorted(dataset.keys(), key=int):
             if tag.group in (0, 2):
                 raise ValueError(f"{tag} (command or file meta element) cannot be written in a dataset")
             if tag.element == 0 and tag.group > 6:
                 continue  # retired group lengths are not written (PS3.5 7.2), as pydicom does
             elem = dataset.get_item(tag)
-            if tag in template and template.get_item(tag) is elem:
+            if template.get(tag) is elem:
                 fp.write(self._shared(tag, elem, dataset))
                 continue
             corrected = correct_ambiguous_vr_element(elem, dataset, True)
