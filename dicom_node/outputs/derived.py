@@ -19,7 +19,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cached_property
+from functools import cache, cached_property
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -111,6 +112,18 @@ class DerivedContext:
         return base + offset
 
 
+@cache
+def opencv() -> ModuleType:
+    """OpenCV (``cv2``) for the derived objects, its parallel loops off for the process
+    (``cv2.setNumThreads(1)``; only these modules use OpenCV): on images of a slice's size they cost more
+    CPU time, in handing work to OpenCV's threads and in the threads' waiting, than they save in wall time,
+    and the node's encode threads already make stacks side by side."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    return cv2
+
+
 #: Voxels per OpenCV histogram in :func:`label_counts`: its float32 bins stay exact below 2**24.
 _HISTOGRAM_VOXELS = 1 << 22
 
@@ -121,7 +134,7 @@ def label_counts(label_map: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.intp
     several times faster than ``np.bincount``, which makes each voxel an 8-byte index first; any other map
     by ``np.bincount`` a slab at a time along the first axis (no temporary of the label map's size)."""
     if label_map.dtype == np.uint8 and label_map.flags.c_contiguous and label_map.size:
-        import cv2
+        cv2 = opencv()
 
         flat = label_map.reshape(-1)
         histogram = np.zeros(256, dtype=np.intp)
@@ -161,7 +174,7 @@ def slices_of(stack: npt.NDArray[Any], start: int, stop: int) -> npt.NDArray[Any
         return ordered
     if stack.dtype not in _CV_DTYPES or ordered.size == 0:
         return np.ascontiguousarray(ordered)
-    import cv2
+    cv2 = opencv()
 
     if stack.flags.c_contiguous:
         flat = stack.reshape(columns * rows, total)[:, start:stop]

@@ -37,6 +37,7 @@ from dicom_node.outputs.derived import (
     OutputKind,
     labels_present,
     lo,
+    opencv,
     set_creation_time,
     set_equipment,
     set_file_meta,
@@ -256,7 +257,7 @@ def render(
             bands[key] = band
     image = np.empty((rows + band.shape[0], width, 3), dtype=np.uint8)
     top = image[:rows]
-    import cv2
+    cv2 = opencv()
 
     # R = G = B = gray (OpenCV's conversion, written in place where the image has the source's width:
     # numpy's broadcast copy runs an inner loop of 3 bytes)

@@ -42,6 +42,7 @@ from dicom_node.outputs.derived import (
     OutputKind,
     labels_present,
     lo,
+    opencv,
     set_creation_time,
     set_equipment,
     set_file_meta,
@@ -84,7 +85,7 @@ def scaled_up(masks: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
     *lead, rows, columns = masks.shape
     if not masks.size:
         return np.zeros((*lead, rows * _SCALE, columns * _SCALE), dtype=np.uint8)
-    import cv2
+    cv2 = opencv()
 
     flat = np.ascontiguousarray(masks).view(np.uint8).reshape(-1, columns)
     # _SCALE is 3: one value to the three channels of a pixel
@@ -194,7 +195,7 @@ def _boxes(
         from scipy import ndimage
 
         return list(ndimage.find_objects(ordered, max_label=last))
-    import cv2
+    cv2 = opencv()
 
     def labels_on(planes: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.bool_]:
         on = np.zeros((len(planes), 256), dtype=np.bool_)
@@ -245,7 +246,7 @@ def _slice_polygons(
     strictly inside the polygons and every other pixel centre strictly outside. Pixels that touch only at a
     corner are kept apart, as marching squares with 8-connected background would, so that every polygon is
     simple. A single pixel gives 4 points."""
-    import cv2
+    cv2 = opencv()
 
     count, padded_rows, columns = padded.shape
     band = padded_rows * _SCALE

@@ -3,6 +3,8 @@ label map, counts above 2**24 (where a float32 histogram bin would round) includ
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -46,3 +48,17 @@ def test_counts_above_2_to_the_24_are_exact() -> None:
     counts = label_counts(label_map)
     assert counts[0] == label_map.size - 1 > 1 << 24
     assert np.array_equal(counts, expected(label_map))
+
+
+def test_opencv_runs_its_loops_on_the_calling_thread_once_an_output_uses_it() -> None:
+    """The derived objects' OpenCV work (here a count) leaves OpenCV's parallel loops off for the process
+    (a fresh one: the setting is the process')."""
+    script = (
+        "import numpy as np, cv2\n"
+        "from dicom_node.outputs.derived import label_counts\n"
+        "label_counts(np.zeros((64, 64, 8), dtype=np.uint8))\n"
+        "print(cv2.getNumThreads())\n"
+    )
+    command = [sys.executable, "-c", script]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.split() == ["1"]
