@@ -91,22 +91,24 @@ def scaled_up(masks: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
     # _SCALE is 3: one value to the three channels of a pixel
     wide = cv2.cvtColor(flat, cv2.COLOR_GRAY2RGB).reshape(*lead, rows, _SCALE * columns)
     up: npt.NDArray[np.uint8] = np.repeat(wide, _SCALE, axis=-2)
-    a, b, c, d = masks[..., :-1, :-1], masks[..., :-1, 1:], masks[..., 1:, :-1], masks[..., 1:, 1:]
-    saddle = a == d  # the 2 x 2 blocks (r, c) .. (r+1, c+1) whose diagonals differ
-    saddle &= b == c
-    saddle &= a != b
-    # smooth masks have few saddles or none: only their sub-pixels are written (flat indices: numpy's
-    # multi-dimensional nonzero costs several times more)
-    found = np.flatnonzero(saddle)
-    if not found.size:
+    # the 2 x 2 blocks (r, c) .. (r+1, c+1) whose diagonals differ: a != b, a != c, a == d (values 0 and 1;
+    # OpenCV's bitwise operations on the images one above the other, the blocks across two images left out)
+    a, b, c, d = flat[:-1, :-1], flat[:-1, 1:], flat[1:, :-1], flat[1:, 1:]
+    saddle = cv2.bitwise_and(cv2.bitwise_xor(a, b), cv2.bitwise_xor(a, c))
+    saddle = cv2.subtract(saddle, cv2.bitwise_xor(a, d))
+    # smooth masks have few saddles or none: only their sub-pixels are written
+    found = cv2.findNonZero(saddle) if cv2.countNonZero(saddle) else None
+    if found is None:
         return up
-    *at, row, column = np.unravel_index(found, saddle.shape)
+    column, tall_row = found.reshape(-1, 2).T.astype(np.intp)
+    keep = tall_row % rows != rows - 1
+    column, tall_row = column[keep], tall_row[keep]
     # (r, c) and (r+1, c+1) in, the other two out -> clear (r+1, c+1)'s top-left sub-pixel, at
     # ((r+1) * 3, (c+1) * 3); (r, c+1) and (r+1, c) in -> clear (r+1, c)'s top-right sub-pixel, at
     # ((r+1) * 3, c * 3 + 2)
-    top_left = masks[(*at, row, column)]
+    top_left = flat[tall_row, column].astype(np.bool_)
     sub_column = np.where(top_left, (column + 1) * _SCALE, column * _SCALE + _SCALE - 1)
-    up[(*at, (row + 1) * _SCALE, sub_column)] = 0
+    up.reshape(-1, _SCALE * columns)[(tall_row + 1) * _SCALE, sub_column] = 0
     return up
 
 
