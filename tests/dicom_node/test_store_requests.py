@@ -102,7 +102,7 @@ def _acceptor(node: bool) -> Association:
     return assoc
 
 
-def _outcome(assoc: Association, p_datas: list[P_DATA]) -> list[Any]:
+def _outcome(assoc: Association, p_datas: list[P_DATA], kinds: list[type] | None = None) -> list[Any]:
     """What a DIMSE provider makes of ``p_datas``: the messages it queued (their values, data set and
     context), an exception, the events it put to its DUL, and whether a message is half decoded."""
     seen: list[Any] = []
@@ -113,6 +113,8 @@ def _outcome(assoc: Association, p_datas: list[P_DATA]) -> list[Any]:
             seen.append(("raised", type(exc).__name__))
     while not assoc.dimse.msg_queue.empty():
         context_id, primitive = assoc.dimse.msg_queue.get()
+        if kinds is not None:
+            kinds.append(type(primitive))
         values = {keyword: getattr(primitive, keyword, None) for keyword in KEYWORDS}
         data = primitive.DataSet.getvalue() if getattr(primitive, "DataSet", None) is not None else None
         seen.append((context_id, primitive._context_id, type(primitive).__mro__[-3].__name__, values, data))
@@ -125,7 +127,9 @@ def _outcome(assoc: Association, p_datas: list[P_DATA]) -> list[Any]:
 
 def _same_as_pynetdicom(p_datas: list[P_DATA]) -> list[Any]:
     node, library = _acceptor(node=True), _acceptor(node=False)
-    ours = _outcome(node, p_datas)
+    kinds: list[type] = []
+    ours = _outcome(node, p_datas, kinds)
+    assert sr.StoreRequest not in kinds  # all of it went to pynetdicom
     assert ours == _outcome(library, p_datas)
     return ours
 
@@ -138,8 +142,9 @@ def test_a_request_is_decoded_as_pynetdicom_decodes_it(
     sop_instance: str, message_id: int, priority: int, maximum: int
 ) -> None:
     p_datas = _p_datas(_request(sop_instance, message_id, priority), maximum)
-    node = _acceptor(node=True)
-    seen = _outcome(node, p_datas)
+    kinds: list[type] = []
+    seen = _outcome(_acceptor(node=True), p_datas, kinds)
+    assert kinds == [sr.StoreRequest]  # decoded by the node
     assert seen == _outcome(_acceptor(node=False), p_datas)
     assert seen[0][3]["AffectedSOPInstanceUID"] == sop_instance and seen[0][4] == DATA_SET
     assert len(p_datas) > 1  # data set fragments in P-DATA primitives of their own
