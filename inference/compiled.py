@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -125,12 +125,10 @@ def compile_slab_kernels(classes: int, patch: tuple[int, ...]) -> bool:
     Eagerly the fp16 argmax over the classes of a slab of 112 planes takes 1.5 s on two cores, the
     infinity check 0.5 s and the weighted accumulation 0.2-0.3 s per tile; compiled 0.1-0.5 s per slab and
     0.1 s per tile. The warm-up calls have the shapes and views of a series (:func:`inference.sliding.
-    accumulators`, tiles at the edge and inside, the last slab a view of fewer planes), so that no series
-    compiles them again.
+    accumulators`, a tile cropped to an image shorter than the patch, whole tiles at the edge and inside, the
+    last slab a view of fewer planes), so that no series compiles them again.
     """
     import torch
-
-    from inference.sliding import accumulators
 
     key = (classes, tuple(patch))
     with _slab_lock:
@@ -140,18 +138,9 @@ def compile_slab_kernels(classes: int, patch: tuple[int, ...]) -> bool:
         try:
             accumulate = torch.compile(_accumulate, dynamic=True)
             finish = torch.compile(_finish, dynamic=True)
-            gaussian = torch.ones(patch, dtype=torch.half)  # nnU-Net's compute_gaussian is fp16
-            # made outside inference mode, as sliding_window_labels makes them (a guard checks it)
-            logits, weights = accumulators(
-                classes, (patch[0], patch[1] + 17, patch[2] + 9), torch.device("cpu")
-            )
             with torch.inference_mode():
-                out = torch.zeros((classes, *patch))
-                for y, x in ((0, 0), (17, 9)):
-                    ys, xs = slice(y, y + patch[1]), slice(x, x + patch[2])
-                    accumulate(logits[:, :, ys, xs], weights[:, ys, xs], out, gaussian)
-                finish(logits)
-                finish(logits[:, : max(2, patch[0] // 2)])
+                for tile, window, corners in _warm_up_cases(classes, patch):
+                    _warm_up(accumulate, finish, classes, tile, window, corners)
         except Exception as exc:  # noqa: BLE001 - any compiler or inductor failure: eager operations
             logger.warning(
                 "torch.compile of the sliding-window kernels failed, running them eagerly (%s)", exc
@@ -162,6 +151,51 @@ def compile_slab_kernels(classes: int, patch: tuple[int, ...]) -> bool:
             "compiled the sliding-window kernels (%d classes) in %.1fs", classes, time.perf_counter() - start
         )
         return True
+
+
+def _warm_up_cases(
+    classes: int, patch: tuple[int, ...]
+) -> list[tuple[tuple[int, ...], tuple[int, int, int], tuple[tuple[int, int], ...]]]:
+    """(tile, accumulator window, tile corners) of the warm-up calls: first a tile cropped to an image
+    shorter than the patch on every axis, its sizes all different from each other and from the classes
+    (dynamo ties equal sizes to one symbol, "duck sizing", and compiles again when a series unties them), in
+    a window of its size; then a whole tile at the edge and inside a wider window."""
+    sizes: list[int] = []
+    for n in patch:
+        size = max(n - 1, 2)
+        while size > 2 and (size in sizes or size == classes):
+            size -= 1
+        sizes.append(size)
+    cropped = tuple(sizes)
+    wide = (patch[0], patch[1] + 17, patch[2] + 9)
+    return [
+        (cropped, (cropped[0], cropped[1], cropped[2]), ((0, 0),)),
+        (tuple(patch), wide, ((0, 0), (17, 9))),
+    ]
+
+
+def _warm_up(
+    accumulate: Callable[..., None],
+    finish: Callable[..., Any],
+    classes: int,
+    tile: tuple[int, ...],
+    window: tuple[int, int, int],
+    corners: tuple[tuple[int, int], ...],
+) -> None:
+    """The kernels once on accumulators as :func:`inference.sliding.sliding_window_labels` makes them."""
+    import torch
+
+    from inference.sliding import accumulators
+
+    with torch.inference_mode(False):  # made outside inference mode, as the sliding window makes them
+        gaussian = torch.ones(tile, dtype=torch.half)  # nnU-Net's compute_gaussian is fp16
+        logits, weights = accumulators(classes, window, torch.device("cpu"))
+    out = torch.zeros((classes, *tile))
+    for y, x in corners:
+        ys, xs = slice(y, y + tile[1]), slice(x, x + tile[2])
+        accumulate(logits[:, :, ys, xs], weights[:, ys, xs], out, gaussian)
+    finish(logits)
+    finish(logits[:, : max(2, window[0] // 2)])
 
 
 def slab_kernels(classes: int, patch: tuple[int, ...], device: torch.device) -> SlabKernels | None:

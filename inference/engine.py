@@ -350,6 +350,7 @@ class Engine:
             canonical = preprocess.to_canonical(np.asarray(data, dtype=np.float64), affine_ras)
         zooms = preprocess.header_zooms(canonical.affine)
         zoom = preprocess.zoom_factors(zooms, spacing)
+        target, source_ornt = canonical.data.shape, canonical.source_ornt
         with _Timer(timings, prefix + "resample"):
             if zoom is None:
                 image: np.ndarray = canonical.data
@@ -365,6 +366,7 @@ class Engine:
                 affine = canonical.affine.copy()
                 affine[:3, :3] = affine[:3, :3] / zoom[None, :]
                 model_zooms = preprocess.header_zooms(affine)
+        del canonical  # the float64 copy on the source grid (where resampled): only its shape is needed now
         multimodel = len(models) > 1
         split = multimodel and int(np.prod(image.shape)) > TRIPLE_SPLIT_VOXELS and image.shape[2] > 200
         parts = preprocess.triple_split_bounds(image.shape[2]) if split else ((0, image.shape[2]),)
@@ -388,14 +390,13 @@ class Engine:
                 np.copyto(combined, mapped, where=mapped != 0)
         with _Timer(timings, prefix + "resample_back"):
             if zoom is not None:
-                target = canonical.data.shape
                 if on_gpu:
                     from inference.gpu_resample import zoom_nearest
 
                     combined = zoom_nearest(combined, (target[0], target[1], target[2]), device)
                 else:
                     combined = preprocess.resample_labels_cpu(combined, (target[0], target[1], target[2]))
-            labels = preprocess.from_canonical(combined, canonical.source_ornt)
+            labels = preprocess.from_canonical(combined, source_ornt)
         return np.ascontiguousarray(labels)
 
     def _run_roi(

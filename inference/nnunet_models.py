@@ -153,6 +153,9 @@ def build_predictor(model_dir: Path, fold: int, device: torch.device, tile_step_
     # nnU-Net loads the weights into the network at each prediction; SegNode's sliding window
     # (inference/sliding.py) runs the network directly, so they are loaded once here.
     predictor.network.load_state_dict(checkpoint["network_weights"])
+    # nnU-Net's own whole-image path loads list_of_parameters into the network before predicting: the
+    # network's state dict (tensors sharing the parameters' storage) instead of the checkpoint's copy
+    predictor.list_of_parameters = [predictor.network.state_dict()]
     built: Predictor = predictor
     return built
 

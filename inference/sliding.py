@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -87,15 +88,19 @@ def sliding_window_labels(
     padded = padded.to(results)
     shape = tuple(int(n) for n in padded.shape[1:])
     starts = tile_starts(shape, patch, float(predictor.tile_step_size))
+    region = Region.of(revert[1:], shape)
     gaussian = compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, device=results)
-    labels = np.zeros(shape, dtype=np.uint8)
-    logits, weights = accumulators(classes, (patch[0], shape[1], shape[2]), results)
-    base = 0  # plane of ``shape`` held in the first plane of the accumulators
+    gaussian = region.crop(gaussian)
+    labels = np.zeros(region.size, dtype=np.uint8)
+    logits, weights = accumulators(classes, (min(patch[0], region.size[0]), *region.size[1:]), results)
+    base = 0  # plane of the image held in the first plane of the accumulators
     kernels = slab_kernels(classes, patch, results)  # compiled with the network (CPU), else None
     with torch.inference_mode(), autocast_for(device, precision):
         for start, end, final in _slabs(starts[0], patch[0], shape[0]):
-            _shift(logits, weights, start - base)
-            base = start
+            first, last = region.span(0, start, end)
+            _shift(logits, weights, first - base)
+            base = first
+            zs = slice(first - base, last - base)
             for y in starts[1]:
                 for x in starts[2]:
                     # a fresh contiguous tensor made in inference mode, as the warm-up's zero tile: a compiled
@@ -106,15 +111,18 @@ def sliding_window_labels(
                     out = network(tile)[0]
                     if out.dtype == torch.bfloat16:
                         out = out.float()
-                    out = out.to(results)
-                    ys, xs = slice(y, y + patch[1]), slice(x, x + patch[2])
+                    out = region.crop(out.to(results), channels=True)
+                    ys, xs = slice(*region.span(1, y, y + patch[1])), slice(*region.span(2, x, x + patch[2]))
                     if kernels is None:
                         out *= gaussian
-                        logits[:, :, ys, xs] += out
-                        weights[:, ys, xs] += gaussian
+                        logits[:, zs, ys, xs] += out
+                        weights[zs, ys, xs] += gaussian
                     else:
-                        kernels.accumulate(logits[:, :, ys, xs], weights[:, ys, xs], out, gaussian)
-            done = final - base
+                        kernels.accumulate(logits[:, zs, ys, xs], weights[zs, ys, xs], out, gaussian)
+                    # the tile's logits (classes x patch in fp32: 275-357 MB at full size) go now, not when
+                    # the next tile's forward pass has already allocated its own feature maps
+                    del out, tile
+            done = min(final - region.low[0], region.size[0]) - base
             part = logits[:, :done]
             torch.div(part, weights[:done], out=part)
             if kernels is None:
@@ -123,9 +131,46 @@ def sliding_window_labels(
                 best, infinite = kernels.finish(part)
             if infinite:
                 raise RuntimeError("infinite logits in the sliding-window prediction (fp16 overflow)")
-            labels[base:final] = best.to(torch.uint8).cpu().numpy()
-    reverted: npt.NDArray[np.uint8] = labels[tuple(revert[1:])]
-    return reverted
+            labels[base : base + done] = best.to(torch.uint8).cpu().numpy()
+    return labels
+
+
+@dataclass(frozen=True)
+class Region:
+    """The image inside nnU-Net's padding (an axis shorter than the patch is padded to it, on both sides).
+
+    Only the image's voxels are accumulated: on a padded axis the single tile's logits are cropped to the
+    image, so the accumulators hold no padding (a series of 46 planes at 1.5 mm holds 46 planes of logits,
+    not the patch's 112). Per voxel the sums are those of nnU-Net, which accumulates the padding too and
+    drops it afterwards.
+    """
+
+    low: tuple[int, int, int]  # first image voxel per axis, in the padded grid
+    size: tuple[int, int, int]  # image voxels per axis
+    padded: tuple[bool, bool, bool]
+
+    @classmethod
+    def of(cls, revert: tuple[slice, ...], shape: tuple[int, ...]) -> Region:
+        low = tuple(int(s.start or 0) for s in revert)
+        stop = tuple(int(shape[a] if s.stop is None else s.stop) for a, s in enumerate(revert))
+        size = tuple(b - a for a, b in zip(low, stop, strict=True))
+        padded = tuple(n < shape[a] for a, n in enumerate(size))  # only an axis shorter than the patch
+        return cls(low, size, padded)  # type: ignore[arg-type]
+
+    def span(self, axis: int, start: int, end: int) -> tuple[int, int]:
+        """Image voxels ``[first, last)`` that a tile covering ``[start, end)`` of the padded grid holds."""
+        first = max(start - self.low[axis], 0)
+        return first, min(end - self.low[axis], self.size[axis])
+
+    def crop(self, tensor: torch.Tensor, channels: bool = False) -> torch.Tensor:
+        """A tile-shaped tensor cropped to the image on the padded axes (a contiguous copy), else itself."""
+        if not any(self.padded):
+            return tensor
+        inside = tuple(
+            slice(lo, lo + n) if pad else slice(None)
+            for lo, n, pad in zip(self.low, self.size, self.padded, strict=True)
+        )
+        return tensor[(slice(None), *inside) if channels else inside].contiguous()
 
 
 def accumulators(

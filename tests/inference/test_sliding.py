@@ -9,16 +9,17 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pydantic
 import pytest
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from config.inference import InferenceConfig
 from conversion import load_series
-from inference import preprocess
+from inference import preprocess, sliding
 from inference.engine import LPS_TO_RAS, Engine, configure_cpu_threads
 from inference.nnunet_models import Predictor, build_predictor, predict_labels
 from inference.registry import get_part_model
@@ -98,6 +99,81 @@ def test_image_smaller_than_the_patch_is_padded_as_nnunet_does(
     small = np.ascontiguousarray(image[40:60, 30:52, 5:30])
     expected = predict_labels(predictors[850], small, zooms)
     np.testing.assert_array_equal(predict_labels_bounded(predictors[850], small, zooms), expected)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_an_image_shorter_than_the_patch_on_one_axis_accumulates_only_its_own_voxels(
+    predictors: dict[int, Predictor],
+    images: dict[str, tuple[np.ndarray, np.ndarray]],
+    monkeypatch: pytest.MonkeyPatch,
+    axis: int,
+) -> None:
+    """Padded on one axis (nnU-Net pads it to the patch), tiled on the others: the labels are nnU-Net's, and
+    the accumulators hold the image's voxels on the padded axis, not the patch's."""
+    image, zooms = images["sagittal"]
+    thin = [slice(None)] * 3
+    thin[axis] = slice(10, 10 + 19)  # 19 voxels, the patch is 32
+    small = np.ascontiguousarray(image[tuple(thin)])
+    windows: list[tuple[int, ...]] = []
+    real = sliding.accumulators
+
+    def recording(classes: int, window: tuple[int, int, int], device: torch.device) -> Any:
+        windows.append(window)
+        return real(classes, window, device)
+
+    monkeypatch.setattr(sliding, "accumulators", recording)
+    got = predict_labels_bounded(predictors[850], small, zooms)
+    expected = predict_labels(predictors[850], small, zooms)
+    np.testing.assert_array_equal(got, expected)
+    assert np.count_nonzero(expected)
+    # data_xyz axis -> nnU-Net's (z, y, x) axis; the image is not cropped by nnU-Net (no zero border)
+    assert windows[-1][2 - axis] == 19
+    assert all(n > 19 for a, n in enumerate(windows[-1]) if a != 2 - axis)
+
+
+def test_a_tiles_logits_are_freed_before_the_next_tile_runs(
+    predictors: dict[int, Predictor], images: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> None:
+    """At full size one tile's logits are 275-357 MB: the sliding window lets them go before it runs the
+    network on the next tile, so they are not held beside that tile's feature maps."""
+    predictor = predictors[850]
+    network = predictor.network
+    outputs: list[StorageWeakRef] = []  # the storage: the sliding window keeps views of the output
+    held: list[bool] = []
+
+    def forward(tile: torch.Tensor) -> torch.Tensor:
+        held.append(any(not ref.expired() for ref in outputs))
+        out = network(tile)
+        outputs.append(StorageWeakRef(out.untyped_storage()))
+        return out
+
+    predictor.network = cast("Any", _Callable(forward))
+    image, zooms = images["sagittal"]
+    predict_labels_bounded(predictor, image, zooms)
+    assert len(held) > 10, "many tiles"
+    assert not any(held)
+
+
+class _Callable(torch.nn.Module):
+    """A module running ``forward`` (the sliding window calls ``.to()`` and ``.eval()`` on the network)."""
+
+    def __init__(self, function: Any) -> None:
+        super().__init__()
+        self.function = function
+
+    def forward(self, tile: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.function(tile)
+        return out
+
+
+def test_the_predictor_holds_one_copy_of_the_weights(predictors: dict[int, Predictor]) -> None:
+    """nnU-Net's whole-image path loads ``list_of_parameters`` into the network: it is the network's own
+    state (the same storage), not a second copy of the checkpoint's weights."""
+    predictor = predictors[850]
+    (state,) = predictor.list_of_parameters
+    parameters = dict(predictor.network.state_dict())
+    assert state.keys() == parameters.keys()
+    assert all(state[k].data_ptr() == parameters[k].data_ptr() for k in state)
 
 
 def test_image_off_the_model_spacing_takes_nnunets_resampling_path(
