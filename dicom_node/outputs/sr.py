@@ -22,13 +22,19 @@ from the SEG's identity (:class:`dicom_node.outputs.derived.DerivedContext`).
 from __future__ import annotations
 
 import logging
+import struct
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pydicom.charset import default_encoding
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.sequence import Sequence as PydicomSequence
+from pydicom.tag import BaseTag
 
 from dicom_node.outputs.derived import (
     DerivedContext,
@@ -236,10 +242,11 @@ def document_arguments(context: DerivedContext, seg: EncodedSeg) -> dict[str, An
 
 
 def _as_written(dataset: Dataset, seen: set[int]) -> None:
-    """Mark ``dataset`` and the items of its sequences (each once: the groups share items) as encoded in
-    explicit VR little endian with their own character set, so that pydicom's writer writes their elements
-    as they are. Unmarked, it walks each item's subtree for ambiguous VRs (the SR has none: an element whose
-    VR is still ambiguous would make the writer fail, not write it wrongly) once for each level above it."""
+    """Mark ``dataset`` and the items of its sequences (each once) as encoded in explicit VR little endian
+    with their own character set, so that pydicom's writer writes their elements as they are. Unmarked, it
+    walks each item's subtree for ambiguous VRs (the SR has none: an element whose VR is still ambiguous
+    would make the writer fail, not write it wrongly) once for each level above it, and would parse the
+    Content Sequence held as bytes (:func:`_content_as_written`) to do so."""
     dataset.set_original_encoding(False, True, dataset._character_set)
     for elem in dataset.elements():
         if elem.VR == "SQ" and isinstance(elem.value, PydicomSequence):
@@ -247,6 +254,45 @@ def _as_written(dataset: Dataset, seen: set[int]) -> None:
                 if id(item) not in seen:
                     seen.add(id(item))
                     _as_written(item, seen)
+
+
+_CONTENT_SEQUENCE = BaseTag(0x0040A730)
+
+
+def _encoded_item(item: Dataset, encodings: Any, cache: dict[int, bytes]) -> bytes:
+    """A content item as pydicom writes it in a sequence (explicit VR little endian, items and sequences of
+    defined length, text in the character set it inherits), encoded once however many groups hold it
+    (``cache``: by item): its elements by pydicom's ``write_data_element``, its sequences' items by this
+    function. An element whose VR is still ambiguous makes the writer fail (the SR has none)."""
+    found = cache.get(id(item))
+    if found is not None:
+        return found
+    encodings = item.get("SpecificCharacterSet", encodings)
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    for tag in sorted(item.keys(), key=int):
+        if tag.element == 0 and tag.group > 6:
+            continue  # retired group lengths are not written (PS3.5 7.2), as pydicom does
+        elem = item.get_item(tag)
+        if elem.VR == "SQ" and isinstance(elem.value, PydicomSequence):
+            value = b"".join(_encoded_item(child, encodings, cache) for child in elem.value)
+            fp.write(struct.pack("<HH2sHI", tag.group, tag.element, b"SQ", 0, len(value)))
+            fp.write(value)
+        else:
+            write_data_element(fp, elem, encodings)
+    body = fp.getvalue()
+    cache[id(item)] = encoded = struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
+    return encoded
+
+
+def _content_as_written(document: Dataset) -> None:
+    """The document's Content Sequence held as the bytes it is written with (:func:`_encoded_item`): the
+    groups share their algorithm identification, source series, evaluations and concepts, which pydicom's
+    writer would encode again for each group; pydicom parses the bytes when the sequence is read."""
+    encodings = document.get("SpecificCharacterSet", default_encoding)
+    cache: dict[int, bytes] = {}
+    value = b"".join(_encoded_item(item, encodings, cache) for item in document.ContentSequence)
+    document[_CONTENT_SEQUENCE] = RawDataElement(_CONTENT_SEQUENCE, "SQ", len(value), value, 0, False, True)
 
 
 def encode_volumetry_sr(
@@ -286,6 +332,7 @@ def encode_volumetry_sr(
     document.update(sr)
     document.file_meta, document.preamble = sr.file_meta, sr.preamble
     set_equipment(document, context.options)
+    _content_as_written(document)
     _as_written(document, set())
     logger.info("encoded volumetry SR for %s: %d structures", context.where, len(groups))
     return EncodedSr(document, arguments["series_instance_uid"], arguments["sop_instance_uid"])

@@ -207,9 +207,12 @@ def file_bytes(dataset: Dataset) -> bytes:
 def test_the_document_is_the_one_highdicom_makes_from_the_whole_report(
     volume: Volume, encoded: tuple[npt.NDArray[np.uint8], EncodedSeg, Dataset]
 ) -> None:
-    """encode_volumetry_sr lets highdicom's constructor make the document around the first group and adds
-    the others to its content: the file is the constructor's for the whole report, but for the times."""
-    label_map, seg, sr = encoded
+    """encode_volumetry_sr lets highdicom's constructor make the document around the first group, adds the
+    others to its content and encodes the content itself (each shared item once): the file is the one
+    highdicom's constructor and pydicom's writer make for the whole report, but for the times."""
+    label_map, seg, _ = encoded
+    _, sr = encode(volume, label_map)  # fresh: its Content Sequence held as the bytes it is written with
+    assert sr.get_item(0x0040A730).is_raw
     context = DerivedContext(volume, ALGORITHM, SegOptions())
     report = volumetry.measure(volume, label_map, "total_mr", volumetry.catalog_names("total_mr"))
     groups = measurement_groups(context, report, seg, SEGMENTS)
