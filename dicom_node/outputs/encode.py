@@ -28,8 +28,10 @@ from dicom_node.jobs.routing import derived_targets, plan_outputs
 from dicom_node.jobs.segment import load_label_map
 from dicom_node.outputs import volumetry
 from dicom_node.outputs.attribute_values import Correction
+from dicom_node.outputs.derived import OutputKind
 from dicom_node.outputs.derived_attributes import correct_derived
 from dicom_node.outputs.encode_derived import StackResult, encode_derived
+from dicom_node.outputs.label_layout import label_layout
 from dicom_node.outputs.seg import (
     AlgorithmInfo,
     EmptySegmentationError,
@@ -223,6 +225,10 @@ def _encode_segs(
     return outputs, first[0], first[1]
 
 
+#: The kinds that read the label map in slice order (see :mod:`dicom_node.outputs.label_layout`).
+_SLICE_ORDERED_KINDS = frozenset((OutputKind.OVERLAY, OutputKind.RTSTRUCT))
+
+
 def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
     """Encode every saved label map as the route's outputs: DICOM-SEG (one per Segmentation Type the
     destinations want, in ``Job.outputs['seg']``, returned) and the SR, overlay and RTSTRUCT it asks for
@@ -247,7 +253,11 @@ def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
             )
         volume = converted.volumes[record.stack_index]
         labels = load_label_map(ctx, plan.job_id, record)
-        measured.append(volumetry.measure(volume, labels, record.task, volumetry.catalog_names(record.task)))
+        # the overlay and the RTSTRUCT read the map in slice order with its labels' boxes: made once, and
+        # the volumetry takes its counts from it
+        layout = label_layout(labels) if _SLICE_ORDERED_KINDS & set(targets) else None
+        names = volumetry.catalog_names(record.task)
+        measured.append(volumetry.measure(volume, labels, record.task, names, layout))
         encoded = _encode_segs(ctx, plan, volume, labels, record, corrections)
         if encoded is None:
             continue
@@ -262,6 +272,7 @@ def encode_stage(ctx: PipelineContext, converted: Converted) -> list[SegOutput]:
             measured[-1],
             seg,
             options,
+            layout,
         )
         derived += encode_derived(ctx, plan.job_id, stack, targets)
     ctx.jobs.set_output(plan.job_id, "volumetry", volumetry.result_rows(measured))

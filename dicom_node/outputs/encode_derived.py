@@ -36,6 +36,7 @@ from dicom_node.durable import write_dicom
 from dicom_node.jobs.context import PipelineContext, PipelineError
 from dicom_node.jobs.records import DerivedOutput, LabelMapRecord
 from dicom_node.outputs.derived import DerivedContext, DerivedEncodingError, OutputKind
+from dicom_node.outputs.label_layout import LabelLayout
 from dicom_node.outputs.seg import EncodedSeg
 from dicom_node.outputs.seg_options import SegOptions
 from dicom_node.outputs.seg_segments import AlgorithmInfo, SegmentSpec
@@ -59,6 +60,9 @@ class StackResult:
     seg: EncodedSeg | None
     #: The settings of that SEG (or of the SEG the route would have), the identity of the derived objects.
     options: SegOptions
+    #: The label map in slice order with its labels' counts and boxes, made once for the overlay and the
+    #: RTSTRUCT (and the volumetry) where the route asks for either; None: each makes what it needs.
+    layout: LabelLayout | None = None
 
 
 def _datasets(
@@ -78,9 +82,10 @@ def _datasets(
         return (encode_volumetry_sr(context, stack.measured, stack.seg, stack.segments).dataset,), None
     if kind is OutputKind.OVERLAY:
         # the labels present were counted for the volumetry: the encoders need not read the map for them
-        overlay = encode_overlay(context, stack.labels, stack.segments, stack.measured.labels)
+        overlay = encode_overlay(context, stack.labels, stack.segments, stack.measured.labels, stack.layout)
         return overlay.datasets, overlay.writer.write
-    return (encode_rtstruct(context, stack.labels, stack.segments, stack.measured.labels).dataset,), None
+    rtstruct = encode_rtstruct(context, stack.labels, stack.segments, stack.measured.labels, stack.layout)
+    return (rtstruct.dataset,), None
 
 
 def validate_derived(ctx: PipelineContext, kind: OutputKind, paths: Sequence[Path], where: str) -> int:

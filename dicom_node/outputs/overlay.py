@@ -43,6 +43,7 @@ from dicom_node.outputs.derived import (
     set_file_meta,
     slices_of,
 )
+from dicom_node.outputs.label_layout import LabelLayout
 from dicom_node.outputs.seg_segments import SegmentSpec
 from dicom_node.outputs.shared_elements import SharedElementsWriter
 
@@ -373,11 +374,16 @@ def encode_overlay(
     label_map: npt.NDArray[np.integer[Any]],
     segments: Mapping[int, SegmentSpec],
     counted: Sequence[int] | None = None,
+    layout: LabelLayout | None = None,
 ) -> EncodedOverlay:
     """The overlay series of a stack: one image per slice of ``context.volume``; ``counted``: the labels of
-    ``label_map`` where the caller has them (see :func:`labels_present`)."""
+    ``label_map`` where the caller has them (see :func:`labels_present`); ``layout``: the label map in slice
+    order, where the caller has made it for the stack's outputs
+    (:func:`~dicom_node.outputs.label_layout.label_layout`)."""
     volume = context.volume
     present = labels_present(context, label_map, segments, counted)
+    if layout is not None:
+        layout.check(label_map, context.where)
     colours = np.zeros((max(present, default=0) + 1, 3), dtype=np.uint8)
     legend: dict[int, tuple[str, tuple[int, int, int]]] = {}
     for label in present:
@@ -410,7 +416,10 @@ def encode_overlay(
                 chunk = slices_of(volume.voxels, k, k + _CHUNK)
             else:
                 chunk = slices_of(gray_stack, k, k + _CHUNK)
-            planes = slices_of(np.asarray(label_map), k, k + _CHUNK)
+            if layout is None:
+                planes = slices_of(np.asarray(label_map), k, k + _CHUNK)
+            else:
+                planes = layout.ordered[k : k + _CHUNK]
             edges = outline(planes)
         header, window = headers[ref.sop_instance_uid], windows[k]
         gray = window.apply(chunk[k % _CHUNK]) if gray_stack is None else chunk[k % _CHUNK]

@@ -46,8 +46,8 @@ from dicom_node.outputs.derived import (
     set_creation_time,
     set_equipment,
     set_file_meta,
-    slices_of,
 )
+from dicom_node.outputs.label_layout import LabelLayout, label_layout
 from dicom_node.outputs.seg_segments import CodeTriple, SegmentSpec
 
 logger = logging.getLogger(__name__)
@@ -170,60 +170,10 @@ def _contour_image_sequence(ref: SliceRef) -> bytes:
 _CLOSED_PLANAR = _element(_GEOMETRIC_TYPE, "CS", "CLOSED_PLANAR")
 
 
-#: Slices of the label map put in slice order per pass (see :func:`_slice_order`).
-_CHUNK = 32
-
-
-def _slice_order(label_map: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    """The (columns, rows, slices) label map as a contiguous (slices, rows, columns) array, made
-    :data:`_CHUNK` slices at a time (OpenCV's transposes: :func:`~dicom_node.outputs.derived.slices_of`),
-    so that each structure's box is read row by row and no more than a chunk is held twice."""
-    columns, rows, count = label_map.shape
-    ordered = np.empty((count, rows, columns), dtype=label_map.dtype)
-    for start in range(0, count, _CHUNK):
-        ordered[start : start + _CHUNK] = slices_of(label_map, start, start + _CHUNK)
-    return ordered
-
-
-def _boxes(
-    ordered: npt.NDArray[Any], label_map: npt.NDArray[Any], last: int
-) -> list[tuple[slice, slice, slice] | None]:
-    """The bounding boxes (slice, row, column) of the labels 1 .. ``last`` in the slice-ordered label map
-    ``ordered`` (:func:`_slice_order` of ``label_map``), as ``scipy.ndimage.find_objects`` gives them. An
-    8-bit map held in C order (the node's): the slices, rows and columns each label is on, from OpenCV's
-    8-bit histogram of each slice, each row of slices (of ``ordered``) and each column of rows and slices
-    (of ``label_map``), which costs less than find_objects' work per voxel; any other map by find_objects."""
-    if ordered.dtype != np.uint8 or label_map.dtype != np.uint8 or not label_map.flags.c_contiguous:
-        from scipy import ndimage
-
-        return list(ndimage.find_objects(ordered, max_label=last))
-    cv2 = opencv()
-
-    def labels_on(planes: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.bool_]:
-        on = np.zeros((len(planes), 256), dtype=np.bool_)
-        for n, plane in enumerate(planes):
-            on[n] = cv2.calcHist([plane], [0], None, [256], [0, 256]).reshape(-1) > 0
-        return on
-
-    count, rows, columns = ordered.shape
-    by_slice = labels_on([ordered[k] for k in range(count)])
-    by_row = labels_on([ordered[:, r, :] for r in range(rows)])
-    by_column = labels_on([label_map[c] for c in range(columns)])
-    boxes: list[tuple[slice, slice, slice] | None] = []
-    for label in range(1, last + 1):
-        ranges = [np.flatnonzero(on[:, label]) for on in (by_slice, by_row, by_column)]
-        if not ranges[0].size:
-            boxes.append(None)
-            continue
-        first_slice, first_row, first_column = (slice(int(r[0]), int(r[-1]) + 1) for r in ranges)
-        boxes.append((first_slice, first_row, first_column))
-    return boxes
-
-
 def _padded_masks(ordered: npt.NDArray[Any], box: tuple[slice, ...], label: int) -> npt.NDArray[np.bool_]:
     """The mask of ``label`` on the slices of its bounding box ``box`` in the slice-ordered label map
-    ``ordered`` (:func:`_slice_order`), as (slices, rows + 1, columns): each slice's mask followed by a
-    row of background (see :func:`_slice_polygons`)."""
+    ``ordered`` (:attr:`~dicom_node.outputs.label_layout.LabelLayout.ordered`), as (slices, rows + 1,
+    columns): each slice's mask followed by a row of background (see :func:`_slice_polygons`)."""
     count, rows, columns = (int(b.stop) - int(b.start) for b in box)
     padded = np.empty((count, rows + 1, columns), dtype=np.bool_)
     padded[:, rows] = False
@@ -274,12 +224,15 @@ def _contour_items(
     padded: npt.NDArray[np.bool_],
     box: tuple[slice, ...],
     refs: dict[int, bytes],
+    on: npt.NDArray[np.intp] | None = None,
 ) -> list[bytes]:
     """Contour Sequence items (encoded) of one structure: ``padded`` is its mask on the slices of its
     bounding box ``box`` (slice, row, column), as :func:`_padded_masks` makes it; ``text`` writes the points'
     coordinates; ``refs`` the encoded Contour Image Sequence of each slice (one set of bytes per slice serves
-    every contour on it), filled as needed."""
-    on = np.flatnonzero(padded.reshape(len(padded), -1).any(axis=1))
+    every contour on it), filled as needed; ``on``: the slices of the box the structure is on, where the
+    caller knows them (else found in ``padded``)."""
+    if on is None:
+        on = np.flatnonzero(padded.reshape(len(padded), -1).any(axis=1))
     found, lengths, xy = _slice_polygons(padded if len(on) == len(padded) else padded[on])
     if not lengths:
         return []
@@ -305,19 +258,24 @@ def _contour_items(
     return items
 
 
-def _all_contours(context: DerivedContext, label_map: npt.NDArray[Any], last: int) -> dict[int, list[bytes]]:
+def _all_contours(
+    context: DerivedContext, label_map: npt.NDArray[Any], last: int, layout: LabelLayout | None = None
+) -> dict[int, list[bytes]]:
     """Label -> its Contour Sequence items (encoded), slice by slice, for the labels up to ``last``: the
-    label map is put in slice order (:func:`_slice_order`), each structure is cut out of it by its
-    bounding box (:func:`_boxes`, the same for all of them) and traced, in
-    one call, on the slices of that box where it has pixels."""
-    ordered = _slice_order(label_map)
+    label map in slice order (``layout``, where the caller has made it for the stack, else made here:
+    :func:`~dicom_node.outputs.label_layout.label_layout`), each structure cut out of it by its bounding
+    box and traced, in one call, on the slices of that box where it has pixels."""
+    if layout is None:
+        layout = label_layout(label_map)
+    layout.check(label_map, context.where)
     text = ContourText(context.volume.affine, context.volume.shape)
     out: dict[int, list[bytes]] = {}
     refs: dict[int, bytes] = {}
-    for label, box in enumerate(_boxes(ordered, label_map, last), start=1):
+    for label, box in enumerate(layout.boxes_up_to(last), start=1):
         if box is None:
             continue
-        out[label] = _contour_items(context, text, _padded_masks(ordered, box, label), box, refs)
+        padded = _padded_masks(layout.ordered, box, label)
+        out[label] = _contour_items(context, text, padded, box, refs, layout.slices_on(label, box))
     return out
 
 
@@ -398,9 +356,12 @@ def encode_rtstruct(
     label_map: npt.NDArray[np.integer[Any]],
     segments: Mapping[int, SegmentSpec],
     counted: Sequence[int] | None = None,
+    layout: LabelLayout | None = None,
 ) -> EncodedRtstruct:
     """The RT Structure Set of one stack: one ROI per label present in ``label_map``; ``counted``: those
-    labels where the caller has them (see :func:`~dicom_node.outputs.derived.labels_present`)."""
+    labels where the caller has them (see :func:`~dicom_node.outputs.derived.labels_present`); ``layout``:
+    the label map in slice order with its labels' boxes, where the caller has made it for the stack's
+    outputs (:func:`~dicom_node.outputs.label_layout.label_layout`)."""
     volume = context.volume
     present: Sequence[int] = labels_present(context, label_map, segments, counted)
     if not present:
@@ -410,7 +371,7 @@ def encode_rtstruct(
     ds = _header(context, series_uid, sop_uid)
     roi_labels = {roi: label for roi, label in enumerate(present, start=1)}
     rois, contours, observations = [], [], []
-    traced = _all_contours(context, np.asarray(label_map), max(present))
+    traced = _all_contours(context, np.asarray(label_map), max(present), layout)
     for roi, label in roi_labels.items():
         spec = segments[label]
         item = Dataset()

@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from conversion.volume import Volume
 from dicom_node.outputs.derived import DerivedEncodingError, label_counts
+from dicom_node.outputs.label_layout import LabelLayout
 
 #: Lower plausibility limits (ml) by catalog structure name, from TotalSegmentator's MRI paper.
 PLAUSIBILITY_CUTOFFS_ML: Mapping[str, float] = {
@@ -93,15 +94,25 @@ def border_labels(label_map: npt.NDArray[np.integer[Any]]) -> set[int]:
 
 
 def measure(
-    volume: Volume, label_map: npt.NDArray[np.integer[Any]], task: str, names: Mapping[int, tuple[str, str]]
+    volume: Volume,
+    label_map: npt.NDArray[np.integer[Any]],
+    task: str,
+    names: Mapping[int, tuple[str, str]],
+    layout: LabelLayout | None = None,
 ) -> Volumetry:
     """Volumes of the labels present in ``label_map`` (same shape as ``volume``); ``names`` maps each label
-    to its (catalog name, display name)."""
+    to its (catalog name, display name); ``layout``: the label map's counts and boxes, where the caller has
+    made them for the stack's other outputs (:func:`~dicom_node.outputs.label_layout.label_layout`): the
+    map is then not read again."""
     if label_map.shape != volume.shape:
         raise DerivedEncodingError(f"label map shape {label_map.shape} != volume shape {volume.shape}")
     voxel_ml = float(abs(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
-    counts = label_counts(np.asarray(label_map))
-    on_border = border_labels(label_map)
+    if layout is None:
+        counts = label_counts(np.asarray(label_map))
+        on_border = border_labels(label_map)
+    else:
+        layout.check(label_map, f"series {volume.series_instance_uid}")
+        counts, on_border = layout.counts, layout.on_border()
     structures = []
     for label in (int(v) for v in np.flatnonzero(counts)):
         if label == 0:

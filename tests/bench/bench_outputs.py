@@ -9,7 +9,9 @@ so that the overlay's windowing has something to do. Each kind is timed from the
 its files on disk (encoding and writing; validation with dciodvfy is not included, as in bench_seg):
 
 - SEG: ``encode_seg`` (BINARY, SegNode's fast frame assembly) + write, the anchor;
-- SR: ``volumetry.measure`` (which counts the labels present, once for all kinds, as the node does)
+- SR: ``label_layout`` (the label map in slice order with its counts and boxes, made once per stack for the
+  overlay and the RTSTRUCT, as the node does where the route asks for either) + ``volumetry.measure`` (which
+  takes its counts from it, and gives the labels present to the other kinds, as the node does)
   + ``encode_volumetry_sr`` + write;
 - overlay: ``encode_overlay`` + write (one file per slice, with the series' writer, as the node does);
 - RTSTRUCT: ``encode_rtstruct`` + write.
@@ -37,6 +39,7 @@ from bench_seg import make_label_map, make_series, timed  # noqa: E402
 
 from dicom_node.outputs import volumetry  # noqa: E402
 from dicom_node.outputs.derived import DerivedContext  # noqa: E402
+from dicom_node.outputs.label_layout import LabelLayout, label_layout  # noqa: E402
 from dicom_node.outputs.overlay import encode_overlay  # noqa: E402
 from dicom_node.outputs.rtstruct import encode_rtstruct  # noqa: E402
 from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, encode_seg, segments_from_catalog  # noqa: E402
@@ -71,21 +74,23 @@ def main() -> int:
             seg_holder[:] = [encoded]
 
         counted: list[int] = []
+        layouts: list[LabelLayout] = []
 
         def sr() -> None:
-            report = volumetry.measure(volume, labels, "total_mr", names)
+            layouts[:] = [label_layout(labels)]  # the node makes it once, for the kinds that read it
+            report = volumetry.measure(volume, labels, "total_mr", names, layouts[0])
             counted[:] = report.labels  # the node counts the labels once, for the volumetry
             encoded = encode_volumetry_sr(context, report, seg_holder[0], segments)  # type: ignore[arg-type]
             encoded.dataset.save_as(out / "sr.dcm", enforce_file_format=True)
 
         def overlay() -> None:
-            encoded = encode_overlay(context, labels, segments, counted)
+            encoded = encode_overlay(context, labels, segments, counted, layouts[0])
             for n, ds in enumerate(encoded.datasets):  # written as the node writes them
                 with open(out / f"overlay-{n}.dcm", "wb") as fh:
                     encoded.writer.write(ds, fh)
 
         def rtstruct() -> None:
-            encode_rtstruct(context, labels, segments, counted).dataset.save_as(
+            encode_rtstruct(context, labels, segments, counted, layouts[0]).dataset.save_as(
                 out / "rt.dcm", enforce_file_format=True
             )
 

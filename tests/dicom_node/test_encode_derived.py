@@ -17,6 +17,7 @@ from dicom_node.jobs.records import LabelMapRecord
 from dicom_node.outputs import volumetry
 from dicom_node.outputs.derived import OutputKind
 from dicom_node.outputs.encode_derived import StackResult, encode_derived, validate_derived
+from dicom_node.outputs.label_layout import LabelLayout, label_layout
 from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, encode_seg, segments_from_catalog
 from tests.dicom_node.seg_support import synthetic_label_map, volumes_of
 from tests.support.paths import T2_SAG, series_files
@@ -27,14 +28,14 @@ ALGORITHM = AlgorithmInfo("TotalSegmentator", "total_mr", "2.0")
 RECORD = LabelMapRecord("labels.npy", 0, "", "total_mr", "normal", False, None, {}, [], "cpu", {})
 
 
-def stack_of(labels: np.ndarray) -> StackResult:
+def stack_of(labels: np.ndarray, layout: LabelLayout | None = None) -> StackResult:
     volume = volumes_of(T2_SAG)[0]
     segments = segments_from_catalog("total_mr")
     options = SegOptions()
     seg = encode_seg(volume, labels, segments, ALGORITHM, options) if labels.any() else None
     names = volumetry.catalog_names("total_mr")
-    measured = volumetry.measure(volume, labels, "total_mr", names)
-    return StackResult(volume, labels, RECORD, segments, ALGORITHM, measured, seg, options)
+    measured = volumetry.measure(volume, labels, "total_mr", names, layout)
+    return StackResult(volume, labels, RECORD, segments, ALGORITHM, measured, seg, options, layout)
 
 
 def test_each_kind_asked_for_is_written_once_and_a_rerun_writes_the_same_files(
@@ -57,6 +58,23 @@ def test_each_kind_asked_for_is_written_once_and_a_rerun_writes_the_same_files(
     assert [o.files for o in again[1:]] == [o.files for o in first]
     assert len(again[0].files) == len(series_files(T2_SAG))
     assert sorted(p.name for p in ctx.outbox_dir(7).iterdir()) == sorted(f for o in again for f in o.files)
+
+
+def test_the_overlay_and_rtstruct_made_from_the_stacks_layout_are_those_made_without(
+    tmp_path: Path, make_node: Callable[..., PipelineNode]
+) -> None:
+    ctx = make_node(tmp_path, free_port()).ctx
+    labels = synthetic_label_map(volumes_of(T2_SAG)[0].shape, [1, 2, 5])
+    kinds = {OutputKind.OVERLAY: ["pacs"], OutputKind.RTSTRUCT: ["pacs"]}
+
+    def written(job: int, stack: StackResult) -> list[bytes]:
+        overlay, rtstruct = encode_derived(ctx, job, stack, kinds)
+        images = [pydicom.dcmread(ctx.outbox_dir(job) / f).PixelData for f in overlay.files]
+        structure_set = pydicom.dcmread(ctx.outbox_dir(job) / rtstruct.files[0])
+        contours = [bytes(str(item.ContourSequence), "utf-8") for item in structure_set.ROIContourSequence]
+        return images + contours
+
+    assert written(10, stack_of(labels, label_layout(labels))) == written(11, stack_of(labels))
 
 
 def test_an_empty_label_map_gives_no_object(tmp_path: Path, make_node: Callable[..., PipelineNode]) -> None:

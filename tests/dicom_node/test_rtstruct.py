@@ -22,7 +22,8 @@ from conversion.volume import Volume
 from dicom_node.outputs import volumetry
 from dicom_node.outputs.contour_text import ContourText
 from dicom_node.outputs.derived import DerivedContext, DerivedEncodingError
-from dicom_node.outputs.rtstruct import _boxes, _slice_order, encode_rtstruct, scaled_up
+from dicom_node.outputs.label_layout import label_layout
+from dicom_node.outputs.rtstruct import encode_rtstruct, scaled_up
 from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, segments_from_catalog
 from dicom_node.outputs.validation import validate_with_dciodvfy
 from tests.dicom_node.seg_support import synthetic_label_map, volumes_of
@@ -219,8 +220,8 @@ def test_structure_boxes_are_those_of_find_objects(layout: str) -> None:
         label_map = np.asfortranarray(label_map)
     elif layout == "C uint16":
         label_map = label_map.astype(np.uint16)
-    ordered = _slice_order(label_map)
-    assert _boxes(ordered, label_map, 15) == list(ndimage.find_objects(ordered, max_label=15))
+    layout = label_layout(label_map)
+    assert layout.boxes_up_to(15) == list(ndimage.find_objects(layout.ordered, max_label=15))
 
 
 def random_points(shape: tuple[int, ...], count: int) -> tuple[npt.NDArray[np.intp], ...]:
