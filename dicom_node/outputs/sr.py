@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydicom.charset import default_encoding
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
@@ -59,6 +59,7 @@ IMPLAUSIBLE_CODE = CodeTriple("IMPLAUSIBLE", LOCAL_SCHEME, "Below plausibility c
 ML = CodeTriple("ml", "UCUM", "milliliter")
 #: Series Number offset of the SR (the SEG uses the ``seg.series_number_offset``, 1000 by default).
 SR_SERIES_NUMBER_OFFSET = 2000
+_CONTENT_SEQUENCE = BaseTag(0x0040A730)
 
 
 @dataclass(frozen=True)
@@ -136,38 +137,129 @@ class _Shared:
         return found
 
 
-def _group(
+@dataclass(frozen=True)
+class _Parts:
+    """What one structure's measurement group holds of its own (highdicom's templates and content items);
+    the group's other items (the algorithm identification, the container's name and template) are alike
+    in every group."""
+
+    tracking: hd.sr.TrackingIdentifier
+    segment: hd.sr.ReferencedSegment
+    site: hd.sr.FindingSite
+    measurement: hd.sr.Measurement
+    evaluations: tuple[hd.sr.QualitativeEvaluation, ...]
+
+    def items(self) -> list[Dataset]:
+        """The content items of the parts, in a fixed order."""
+        return [
+            *self.tracking,
+            *self.segment,
+            self.site,
+            *self.measurement,
+            *(i for e in self.evaluations for i in e),
+        ]
+
+    def shape(self) -> tuple[int, ...]:
+        """How many items each part has: groups of the same shape differ only in their parts' items."""
+        return (
+            len(self.tracking),
+            len(self.segment),
+            len(self.measurement),
+            *(len(e) for e in self.evaluations),
+        )
+
+
+def _parts(
     context: DerivedContext,
     shared: _Shared,
     structure: StructureVolume,
     spec: SegmentSpec,
     seg: EncodedSeg,
     number: int,
-) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+) -> _Parts:
     import highdicom as hd
 
-    site = hd.sr.FindingSite(
-        anatomic_location=shared.concept(spec.type),
-        laterality=None if spec.modifier is None else shared.concept(spec.modifier),
-    )
     evaluations = [shared.evaluation(shared.border, structure.touches_border)]
     if structure.cutoff_ml is not None:
         evaluations.append(shared.evaluation(shared.implausible, structure.below_cutoff))
-    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
+    return _Parts(
+        tracking=hd.sr.TrackingIdentifier(
             uid=context.uid(OutputKind.SR, f"tracking-{structure.label}"), identifier=lo(spec.name)
         ),
-        referenced_segment=hd.sr.ReferencedSegment(
+        segment=hd.sr.ReferencedSegment(
             sop_class_uid=str(seg.dataset.SOPClassUID),
             sop_instance_uid=seg.sop_instance_uid,
             segment_number=number,
             source_series=shared.source_series,
         ),
-        algorithm_id=shared.algorithm_id,
-        finding_sites=[site],
-        measurements=[hd.sr.Measurement(name=shared.volume, value=structure.volume_ml, unit=shared.ml)],
-        qualitative_evaluations=evaluations,
+        site=hd.sr.FindingSite(
+            anatomic_location=shared.concept(spec.type),
+            laterality=None if spec.modifier is None else shared.concept(spec.modifier),
+        ),
+        measurement=hd.sr.Measurement(name=shared.volume, value=structure.volume_ml, unit=shared.ml),
+        evaluations=tuple(evaluations),
     )
+
+
+def _group(shared: _Shared, parts: _Parts) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """highdicom's TID 1411 measurement group of ``parts``."""
+    import highdicom as hd
+
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=parts.tracking,
+        referenced_segment=parts.segment,
+        algorithm_id=shared.algorithm_id,
+        finding_sites=[parts.site],
+        measurements=[parts.measurement],
+        qualitative_evaluations=list(parts.evaluations),
+    )
+
+
+class _Layout:
+    """Where a highdicom-made measurement group holds its parts' items (:meth:`_Parts.items`): the
+    positions in its container's Content Sequence, found by identity. A group of the same shape is that
+    container's elements with those items replaced (:meth:`like`): the same content, without building
+    highdicom's template again (its checks and lookups cost several times the parts)."""
+
+    def __init__(
+        self, group: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations, parts: _Parts
+    ) -> None:
+        (self.container,) = group
+        content = list(self.container.ContentSequence)
+        where = {id(item): n for n, item in enumerate(parts.items())}
+        self.content = content
+        self.positions = {p: where[id(item)] for p, item in enumerate(content) if id(item) in where}
+        # each part item found once in the container, none twice: else groups are not made like this one
+        self.usable = sorted(self.positions.values()) == list(range(len(parts.items())))
+
+    def like(self, parts: _Parts) -> Dataset:
+        """A group holding ``parts`` (of this layout's shape) where the layout's group holds its own."""
+        items = parts.items()
+        content = [
+            items[self.positions[p]] if p in self.positions else item for p, item in enumerate(self.content)
+        ]
+        group = Dataset(dict(self.container.items()))
+        group[_CONTENT_SEQUENCE] = DataElement(_CONTENT_SEQUENCE, "SQ", PydicomSequence(content))
+        return group
+
+
+def _all_parts(
+    context: DerivedContext,
+    volumetry: Volumetry,
+    seg: EncodedSeg,
+    segments: Mapping[int, SegmentSpec],
+) -> tuple[_Shared, list[_Parts]]:
+    """The parts of the measurement group of each structure of ``volumetry``, in its order."""
+    numbers = {label: number for number, label in seg.segment_labels.items()}
+    missing = [s.label for s in volumetry.structures if s.label not in numbers or s.label not in segments]
+    if missing:
+        raise DerivedEncodingError(f"{context.where}: labels {missing} have no segment in the SEG")
+    if not volumetry.structures:
+        raise DerivedEncodingError(f"{context.where}: no structure to report")
+    shared = _Shared.of(context)
+    return shared, [
+        _parts(context, shared, s, segments[s.label], seg, numbers[s.label]) for s in volumetry.structures
+    ]
 
 
 def measurement_groups(
@@ -176,17 +268,30 @@ def measurement_groups(
     seg: EncodedSeg,
     segments: Mapping[int, SegmentSpec],
 ) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
-    """One TID 1411 measurement group per structure of ``volumetry``, in its order."""
-    numbers = {label: number for number, label in seg.segment_labels.items()}
-    missing = [s.label for s in volumetry.structures if s.label not in numbers or s.label not in segments]
-    if missing:
-        raise DerivedEncodingError(f"{context.where}: labels {missing} have no segment in the SEG")
-    if not volumetry.structures:
-        raise DerivedEncodingError(f"{context.where}: no structure to report")
-    shared = _Shared.of(context)
-    return [
-        _group(context, shared, s, segments[s.label], seg, numbers[s.label]) for s in volumetry.structures
-    ]
+    """One TID 1411 measurement group per structure of ``volumetry``, in its order, each made by
+    highdicom's template."""
+    shared, parts = _all_parts(context, volumetry, seg, segments)
+    return [_group(shared, p) for p in parts]
+
+
+def _other_groups(
+    shared: _Shared, parts: Sequence[_Parts], first: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+) -> list[Dataset]:
+    """The container items of the groups of ``parts[1:]`` (``first``: highdicom's group of ``parts[0]``):
+    each like the first group of its shape made by highdicom's template (:class:`_Layout`), or made by the
+    template where no such group is or its layout is not usable."""
+    layouts = {parts[0].shape(): _Layout(first, parts[0])}
+    items: list[Dataset] = []
+    for p in parts[1:]:
+        layout = layouts.get(p.shape())
+        if layout is not None and layout.usable:
+            items.append(layout.like(p))
+            continue
+        group = _group(shared, p)
+        if layout is None:
+            layouts[p.shape()] = _Layout(group, p)
+        items.extend(group)
+    return items
 
 
 def measurement_report(
@@ -256,9 +361,6 @@ def _as_written(dataset: Dataset, seen: set[int]) -> None:
                     _as_written(item, seen)
 
 
-_CONTENT_SEQUENCE = BaseTag(0x0040A730)
-
-
 def _encoded_item(item: Dataset, encodings: Any, cache: dict[int, bytes]) -> bytes:
     """A content item as pydicom writes it in a sequence (explicit VR little endian, items and sequences of
     defined length, text in the character set it inherits), encoded once however many groups hold it
@@ -304,28 +406,36 @@ def encode_volumetry_sr(
     """The TID 1500 volumetry SR of one stack, whose SEG is ``seg`` (the report references its segments).
 
     highdicom's constructor makes the document around the report with its first measurement group; the
-    other groups (highdicom-made as the first) then join the report's Imaging Measurements container,
-    which the document holds, through highdicom's ``ContentSequence``. The constructor copies its content
-    tree into highdicom's object model and searches it twice for the instances it references, at the same
-    cost for every group: the other groups reference the same SEG instance as the first, and the evidence
-    lists every source image and the SEG whatever the content references. The document is the one the
-    constructor makes from the whole report (tested), for a few times less work."""
+    other groups then join the report's Imaging Measurements container, which the document holds. The
+    constructor copies its content tree into highdicom's object model and searches it twice for the
+    instances it references, at the same cost for every group: the other groups reference the same SEG
+    instance as the first, and the evidence lists every source image and the SEG whatever the content
+    references. Each structure's own items (tracking identifier, referenced segment, finding site,
+    volume, evaluations) are highdicom's; a group is highdicom's template around them for the first group
+    of each shape, and that group's container with the structure's items in their places for the others
+    (:class:`_Layout`). The document is the one the constructor makes from the whole report of template-made
+    groups (tested), for a few times less work."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    groups = measurement_groups(context, volumetry, seg, segments)
+    shared, parts = _all_parts(context, volumetry, seg, segments)
+    first = _group(shared, parts[0])
     arguments = document_arguments(context, seg)
     try:
         with warnings.catch_warnings():
             # highdicom puts one-component person names (copied from the source) into its warning text:
             # that would put patient names in the log.
             warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
-            sr = hd.sr.Comprehensive3DSR(content=measurement_report(context, groups[:1]), **arguments)
+            sr = hd.sr.Comprehensive3DSR(content=measurement_report(context, [first]), **arguments)
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise DerivedEncodingError(f"{context.where}: highdicom refused the volumetry SR: {exc}") from exc
     (container,) = hd.sr.utils.find_content_items(sr, name=codes.DCM.ImagingMeasurements)
-    for group in groups[1:]:
-        container.ContentSequence.extend(group)
+    # the other groups join the copy of the first that the document holds (pydicom's sequence: they are
+    # written, not searched through highdicom's object model)
+    others = _other_groups(shared, parts, first)
+    container[_CONTENT_SEQUENCE] = DataElement(
+        _CONTENT_SEQUENCE, "SQ", PydicomSequence([*container.ContentSequence, *others])
+    )
     # the document as a pydicom dataset (highdicom's object model of its content, ``sr.content``, holds the
     # first group alone)
     document = Dataset()
@@ -334,5 +444,5 @@ def encode_volumetry_sr(
     set_equipment(document, context.options)
     _content_as_written(document)
     _as_written(document, set())
-    logger.info("encoded volumetry SR for %s: %d structures", context.where, len(groups))
+    logger.info("encoded volumetry SR for %s: %d structures", context.where, len(parts))
     return EncodedSr(document, arguments["series_instance_uid"], arguments["sop_instance_uid"])

@@ -32,6 +32,11 @@ from dicom_node.outputs.sender import send_datasets
 from dicom_node.outputs.sr import (
     BORDER_CODE,
     IMPLAUSIBLE_CODE,
+    _all_parts,
+    _encoded_item,
+    _group,
+    _Layout,
+    _other_groups,
     document_arguments,
     encode_volumetry_sr,
     measurement_groups,
@@ -232,6 +237,49 @@ def test_the_document_is_the_one_highdicom_makes_from_the_whole_report(
         for g in hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_volumetric_roi_measurement_groups()
     ]
     assert names == [SEGMENTS[s.label].name for s in report.structures]
+
+
+def item_bytes(item: Dataset) -> bytes:
+    return _encoded_item(item, "ISO_IR 100", {})
+
+
+def test_the_groups_after_the_first_of_a_shape_hold_what_highdicom_s_template_makes(
+    volume: Volume, encoded: tuple[npt.NDArray[np.uint8], EncodedSeg, Dataset]
+) -> None:
+    """Each group after the first of its shape (its parts' item counts: a structure without a cut-off has
+    one evaluation fewer) is the first's container with the structure's own items in their places: as
+    written, the group highdicom's template makes for the structure."""
+    label_map, seg, _ = encoded
+    context = DerivedContext(volume, ALGORITHM, SegOptions())
+    report = volumetry.measure(volume, label_map, "total_mr", volumetry.catalog_names("total_mr"))
+    shared, parts = _all_parts(context, report, seg, SEGMENTS)
+    assert len({p.shape() for p in parts}) == 2
+    first = _group(shared, parts[0])
+    assert _Layout(first, parts[0]).usable
+    made = _other_groups(shared, parts, first)
+    # the prostate (no cut-off) is the first of its shape: made by the template; the others by the layout
+    assert sum(not isinstance(m, hd.sr.ContentItem) for m in made) == len(parts) - 2
+    for mine, own in zip(made, parts[1:], strict=True):
+        (reference,) = _group(shared, own)
+        assert item_bytes(mine) == item_bytes(reference)
+
+
+def test_a_group_that_does_not_hold_its_parts_is_no_layout_and_highdicom_makes_the_others(
+    volume: Volume, encoded: tuple[npt.NDArray[np.uint8], EncodedSeg, Dataset]
+) -> None:
+    """Where the first group does not hold its parts' items (they cannot be found in it), the groups of its
+    shape are made by highdicom's template, each."""
+    label_map, seg, _ = encoded
+    context = DerivedContext(volume, ALGORITHM, SegOptions())
+    report = volumetry.measure(volume, label_map, "total_mr", volumetry.catalog_names("total_mr"))
+    shared, parts = _all_parts(context, report, seg, SEGMENTS)
+    stranger = _group(shared, parts[1])
+    assert not _Layout(stranger, parts[0]).usable
+    made = _other_groups(shared, parts, stranger)
+    assert all(isinstance(m, hd.sr.ContentItem) for m in made)
+    for mine, own in zip(made, parts[1:], strict=True):
+        (reference,) = _group(shared, own)
+        assert item_bytes(mine) == item_bytes(reference)
 
 
 def test_a_report_without_structures_is_refused(
