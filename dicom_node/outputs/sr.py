@@ -35,6 +35,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.sequence import Sequence as PydicomSequence
 from pydicom.tag import BaseTag
+from pydicom.uid import UID
 
 from dicom_node.outputs.derived import (
     DerivedContext,
@@ -60,6 +61,8 @@ ML = CodeTriple("ml", "UCUM", "milliliter")
 #: Series Number offset of the SR (the SEG uses the ``seg.series_number_offset``, 1000 by default).
 SR_SERIES_NUMBER_OFFSET = 2000
 _CONTENT_SEQUENCE = BaseTag(0x0040A730)
+#: Types of values whose element bytes depend on the tag, VR, value and character set alone.
+_PLAIN = frozenset((str, int, UID))
 
 
 @dataclass(frozen=True)
@@ -361,7 +364,9 @@ def _as_written(dataset: Dataset, seen: set[int]) -> None:
                     _as_written(item, seen)
 
 
-def _encoded_item(item: Dataset, encodings: Any, cache: dict[int, bytes]) -> bytes:
+def _encoded_item(
+    item: Dataset, encodings: Any, cache: dict[int, bytes], elements: dict[tuple[Any, ...], bytes]
+) -> bytes:
     """A content item as pydicom writes it in a sequence (explicit VR little endian, items and sequences of
     defined length, text in the character set it inherits), encoded once however many groups hold it
     (``cache``: by item): its elements by pydicom's ``write_data_element``, its sequences' items by this
@@ -377,9 +382,18 @@ def _encoded_item(item: Dataset, encodings: Any, cache: dict[int, bytes]) -> byt
             continue  # retired group lengths are not written (PS3.5 7.2), as pydicom does
         elem = item.get_item(tag)
         if elem.VR == "SQ" and isinstance(elem.value, PydicomSequence):
-            value = b"".join(_encoded_item(child, encodings, cache) for child in elem.value)
+            value = b"".join(_encoded_item(child, encodings, cache, elements) for child in elem.value)
             fp.write(struct.pack("<HH2sHI", tag.group, tag.element, b"SQ", 0, len(value)))
             fp.write(value)
+        elif type(elem.value) in _PLAIN:
+            key = (tag, elem.VR, elem.value, encodings if isinstance(encodings, str) else tuple(encodings))
+            data = elements.get(key)
+            if data is None:
+                start = fp.tell()
+                write_data_element(fp, elem, encodings)
+                elements[key] = fp.getvalue()[start:]
+            else:
+                fp.write(data)
         else:
             write_data_element(fp, elem, encodings)
     body = fp.getvalue()
@@ -393,7 +407,8 @@ def _content_as_written(document: Dataset) -> None:
     writer would encode again for each group; pydicom parses the bytes when the sequence is read."""
     encodings = document.get("SpecificCharacterSet", default_encoding)
     cache: dict[int, bytes] = {}
-    value = b"".join(_encoded_item(item, encodings, cache) for item in document.ContentSequence)
+    elements: dict[tuple[Any, ...], bytes] = {}
+    value = b"".join(_encoded_item(item, encodings, cache, elements) for item in document.ContentSequence)
     document[_CONTENT_SEQUENCE] = RawDataElement(_CONTENT_SEQUENCE, "SQ", len(value), value, 0, False, True)
 
 

@@ -16,6 +16,8 @@ import numpy.typing as npt
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 
 from config.routing import DestinationConfig, SendingConfig
 from conversion.volume import Volume
@@ -33,7 +35,7 @@ from dicom_node.outputs.sr import (
     BORDER_CODE,
     IMPLAUSIBLE_CODE,
     _all_parts,
-    _encoded_item,
+    _content_as_written,
     _group,
     _Layout,
     _other_groups,
@@ -240,7 +242,13 @@ def test_the_document_is_the_one_highdicom_makes_from_the_whole_report(
 
 
 def item_bytes(item: Dataset) -> bytes:
-    return _encoded_item(item, "ISO_IR 100", {})
+    """A content item as pydicom's writer writes it in a Content Sequence."""
+    holder = Dataset()
+    holder.ContentSequence = [item]
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, holder)
+    return fp.getvalue()
 
 
 def test_the_groups_after_the_first_of_a_shape_hold_what_highdicom_s_template_makes(
@@ -280,6 +288,31 @@ def test_a_group_that_does_not_hold_its_parts_is_no_layout_and_highdicom_makes_t
     for mine, own in zip(made, parts[1:], strict=True):
         (reference,) = _group(shared, own)
         assert item_bytes(mine) == item_bytes(reference)
+
+
+def test_content_is_written_as_pydicom_writes_it_where_values_repeat_under_other_tags_and_charsets() -> None:
+    """The content's elements are encoded once per tag, VR, value and character set: the same value under
+    another tag, or in an item with another character set, is written as pydicom writes it."""
+    document = Dataset()
+    document.SpecificCharacterSet = "ISO_IR 100"
+    outer, inner, twin = Dataset(), Dataset(), Dataset()
+    outer.CodeValue = outer.CodingSchemeDesignator = outer.CodeMeaning = "SAME"
+    outer.TextValue = "Müller"
+    outer.ReferencedSegmentNumber = outer.ReferencedFrameNumber = 7
+    inner.SpecificCharacterSet = "ISO_IR 192"
+    inner.TextValue = "Müller"
+    inner.CodeValue = "SAME"
+    twin.TextValue = "Müller"
+    outer.ContentSequence = [inner, twin]
+    document.ContentSequence = [outer, twin]
+    expected = DicomBytesIO()
+    expected.is_little_endian, expected.is_implicit_VR = True, False
+    write_dataset(expected, document)
+    _content_as_written(document)
+    mine = DicomBytesIO()
+    mine.is_little_endian, mine.is_implicit_VR = True, False
+    write_dataset(mine, document)
+    assert mine.getvalue() == expected.getvalue()
 
 
 def test_a_report_without_structures_is_refused(
