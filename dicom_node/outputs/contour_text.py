@@ -2,7 +2,7 @@
 Volume affine, written as DS text with 0.001 mm resolution.
 
 A point is given by its sub-pixel column and row indices in the 3 x 3 scaled-up images the contours are
-traced on (:func:`dicom_node.outputs.rtstruct.scaled_up`, counted from the first column and row of the
+traced on (:func:`dicom_node.outputs.contour_trace.scaled_up`, counted from the first column and row of the
 stack: the pixel column is ``(sub-pixel column - 1) / 3``) and its slice. Its coordinate along each patient
 axis is ``((a0 * column + a1 * row) + a2 * slice) + a3`` with that axis' row of the affine, in numpy's
 element-wise arithmetic (the same for every point).

@@ -2,7 +2,7 @@
 slice, traced from the label map by OpenCV.
 
 Contours: ``cv2.findContours`` (border following, all contours) on each structure's mask of a slice scaled
-up 3 times (see :func:`_slice_polygons`): the polygons run a third of a pixel inside the pixel edges, so that
+up 3 times (see :mod:`.contour_trace`): the polygons run a third of a pixel inside the pixel edges, so that
 rasterised back (pixel centres inside, even-odd rule) they give the mask exactly; pixels touching only at a
 corner are kept apart, so every polygon is simple; straight runs keep only their end points; a single pixel
 gives 4 points, so every polygon has at least 3. Points are mapped to patient coordinates (LPS, mm)
@@ -35,6 +35,7 @@ from pydicom.uid import UID, RTStructureSetStorage
 
 from conversion.volume import SliceRef
 from dicom_node.outputs.contour_text import ContourText
+from dicom_node.outputs.contour_trace import SCALE, Scratch, structure_polygons
 from dicom_node.outputs.derived import (
     NOT_FOR_DIAGNOSIS,
     DerivedContext,
@@ -42,7 +43,6 @@ from dicom_node.outputs.derived import (
     OutputKind,
     labels_present,
     lo,
-    opencv,
     set_creation_time,
     set_equipment,
     set_file_meta,
@@ -69,47 +69,6 @@ class EncodedRtstruct:
     sop_instance_uid: str
     #: ROI number -> model label.
     roi_labels: Mapping[int, int]
-
-
-#: Each pixel becomes SCALE x SCALE sub-pixels before tracing (see :func:`_slice_polygons`).
-_SCALE = 3
-
-
-def scaled_up(masks: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
-    """Masks (..., rows, columns) as the images :func:`_slice_polygons` traces: each pixel a 3 x 3 block of
-    sub-pixels (along the columns by OpenCV's grey-to-RGB conversion, each value written to the three
-    channels of a pixel, several times faster than ``np.repeat`` of single bytes; then ``np.repeat`` of
-    whole rows), and in each 2 x 2 saddle (two pixels touching only at a corner) the corner sub-pixel of the
-    lower pixel cleared. No padding: OpenCV's ``findContours`` traces a pixel on the image edge as if a row
-    or column of background lay beyond it."""
-    *lead, rows, columns = masks.shape
-    if not masks.size:
-        return np.zeros((*lead, rows * _SCALE, columns * _SCALE), dtype=np.uint8)
-    cv2 = opencv()
-
-    flat = np.ascontiguousarray(masks).view(np.uint8).reshape(-1, columns)
-    # _SCALE is 3: one value to the three channels of a pixel
-    wide = cv2.cvtColor(flat, cv2.COLOR_GRAY2RGB).reshape(*lead, rows, _SCALE * columns)
-    up: npt.NDArray[np.uint8] = np.repeat(wide, _SCALE, axis=-2)
-    # the 2 x 2 blocks (r, c) .. (r+1, c+1) whose diagonals differ: a != b, a != c, a == d (values 0 and 1;
-    # OpenCV's bitwise operations on the images one above the other, the blocks across two images left out)
-    a, b, c, d = flat[:-1, :-1], flat[:-1, 1:], flat[1:, :-1], flat[1:, 1:]
-    saddle = cv2.bitwise_and(cv2.bitwise_xor(a, b), cv2.bitwise_xor(a, c))
-    saddle = cv2.subtract(saddle, cv2.bitwise_xor(a, d))
-    # smooth masks have few saddles or none: only their sub-pixels are written
-    found = cv2.findNonZero(saddle) if cv2.countNonZero(saddle) else None
-    if found is None:
-        return up
-    column, tall_row = found.reshape(-1, 2).T.astype(np.intp)
-    keep = tall_row % rows != rows - 1
-    column, tall_row = column[keep], tall_row[keep]
-    # (r, c) and (r+1, c+1) in, the other two out -> clear (r+1, c+1)'s top-left sub-pixel, at
-    # ((r+1) * 3, (c+1) * 3); (r, c+1) and (r+1, c) in -> clear (r+1, c)'s top-right sub-pixel, at
-    # ((r+1) * 3, c * 3 + 2)
-    top_left = flat[tall_row, column].astype(np.bool_)
-    sub_column = np.where(top_left, (column + 1) * _SCALE, column * _SCALE + _SCALE - 1)
-    up.reshape(-1, _SCALE * columns)[(tall_row + 1) * _SCALE, sub_column] = 0
-    return up
 
 
 def _code(code: CodeTriple) -> Dataset:
@@ -170,76 +129,24 @@ def _contour_image_sequence(ref: SliceRef) -> bytes:
 _CLOSED_PLANAR = _element(_GEOMETRIC_TYPE, "CS", "CLOSED_PLANAR")
 
 
-def _padded_masks(ordered: npt.NDArray[Any], box: tuple[slice, ...], label: int) -> npt.NDArray[np.bool_]:
-    """The mask of ``label`` on the slices of its bounding box ``box`` in the slice-ordered label map
-    ``ordered`` (:attr:`~dicom_node.outputs.label_layout.LabelLayout.ordered`), as (slices, rows + 1,
-    columns): each slice's mask followed by a row of background (see :func:`_slice_polygons`)."""
-    count, rows, columns = (int(b.stop) - int(b.start) for b in box)
-    padded = np.empty((count, rows + 1, columns), dtype=np.bool_)
-    padded[:, rows] = False
-    np.equal(ordered[box], label, out=padded[:, :rows])
-    return padded
-
-
-def _slice_polygons(
-    padded: npt.NDArray[np.bool_],
-) -> tuple[npt.NDArray[np.intp], list[int], npt.NDArray[np.int32]]:
-    """The contours of a structure on each slice of ``padded`` (:func:`_padded_masks`: slices, rows + 1,
-    columns), slice by slice: the slice of each, its number of points, and all their points one after the
-    other as (x, y) sub-pixel indices in their slice's :func:`scaled_up` image.
-
-    The slices are traced in one ``cv2.findContours`` call: their scaled-up images stacked into one tall
-    image, each followed by three rows of background (the row of background pixels below each slice's
-    mask), so that no contour joins two slices and each slice's contours are those it has alone.
-
-    OpenCV's border following (``cv2.findContours``, all contours: outer boundaries and holes) on the masks
-    scaled up 3 times (:func:`scaled_up`): its contours run through the centres of the boundary
-    sub-pixels, a third of a pixel inside the pixel edges, so that every pixel centre of a mask lies
-    strictly inside the polygons and every other pixel centre strictly outside. Pixels that touch only at a
-    corner are kept apart, as marching squares with 8-connected background would, so that every polygon is
-    simple. A single pixel gives 4 points."""
-    cv2 = opencv()
-
-    count, padded_rows, columns = padded.shape
-    band = padded_rows * _SCALE
-    tall = scaled_up(padded).reshape(count * band, columns * _SCALE)
-    found, _ = cv2.findContours(tall, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-    kept = [contour for contour in found if len(contour) >= 3]
-    if not kept:
-        return np.zeros(0, dtype=np.intp), [], np.zeros((0, 2), dtype=np.int32)
-    # each contour's slice: the band its first point lies in; a stable sort keeps OpenCV's order on a slice
-    starts = np.array([int(contour[0, 0, 1]) for contour in kept]) // band
-    order = np.argsort(starts, kind="stable")
-    kept = [kept[n] for n in order.tolist()]
-    slices = starts[order]
-    lengths = [len(contour) for contour in kept]
-    xy = np.concatenate(kept).reshape(-1, 2).astype(np.int32, copy=False)
-    xy[:, 1] -= np.repeat(slices * band, lengths).astype(np.int32)
-    return slices, lengths, xy
-
-
 def _contour_items(
     context: DerivedContext,
     text: ContourText,
-    padded: npt.NDArray[np.bool_],
+    traced: tuple[npt.NDArray[np.intp], list[int], npt.NDArray[np.int32]],
     box: tuple[slice, ...],
     refs: dict[int, bytes],
-    on: npt.NDArray[np.intp] | None = None,
 ) -> list[bytes]:
-    """Contour Sequence items (encoded) of one structure: ``padded`` is its mask on the slices of its
-    bounding box ``box`` (slice, row, column), as :func:`_padded_masks` makes it; ``text`` writes the points'
-    coordinates; ``refs`` the encoded Contour Image Sequence of each slice (one set of bytes per slice serves
-    every contour on it), filled as needed; ``on``: the slices of the box the structure is on, where the
-    caller knows them (else found in ``padded``)."""
-    if on is None:
-        on = np.flatnonzero(padded.reshape(len(padded), -1).any(axis=1))
-    found, lengths, xy = _slice_polygons(padded if len(on) == len(padded) else padded[on])
+    """Contour Sequence items (encoded) of one structure: ``traced`` its contours on the slices of its
+    bounding box ``box`` (slice, row, column), as :func:`~dicom_node.outputs.contour_trace.structure_polygons`
+    gives them; ``text`` writes the points' coordinates; ``refs`` the encoded Contour Image Sequence of each
+    slice (one set of bytes per slice serves every contour on it), filled as needed."""
+    found, lengths, xy = traced
     if not lengths:
         return []
     first_slice, first_row, first_column = (int(b.start) for b in box)
-    slices = on[found] + first_slice
-    columns = xy[:, 0].astype(np.intp) + _SCALE * first_column
-    rows = xy[:, 1].astype(np.intp) + _SCALE * first_row
+    slices = found + first_slice
+    columns = xy[:, 0].astype(np.intp) + SCALE * first_column
+    rows = xy[:, 1].astype(np.intp) + SCALE * first_row
     data = text.contours(columns, rows, np.repeat(slices, lengths), lengths)
     items: list[bytes] = []
     for k, length, values in zip(slices.tolist(), lengths, data, strict=True):
@@ -271,11 +178,12 @@ def _all_contours(
     text = ContourText(context.volume.affine, context.volume.shape)
     out: dict[int, list[bytes]] = {}
     refs: dict[int, bytes] = {}
+    scratch = Scratch()
     for label, box in enumerate(layout.boxes_up_to(last), start=1):
         if box is None:
             continue
-        padded = _padded_masks(layout.ordered, box, label)
-        out[label] = _contour_items(context, text, padded, box, refs, layout.slices_on(label, box))
+        traced = structure_polygons(layout.ordered, box, label, scratch)
+        out[label] = _contour_items(context, text, traced, box, refs)
     return out
 
 

@@ -23,7 +23,7 @@ from dicom_node.outputs import volumetry
 from dicom_node.outputs.contour_text import ContourText
 from dicom_node.outputs.derived import DerivedContext, DerivedEncodingError
 from dicom_node.outputs.label_layout import label_layout
-from dicom_node.outputs.rtstruct import encode_rtstruct, scaled_up
+from dicom_node.outputs.rtstruct import encode_rtstruct
 from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, segments_from_catalog
 from dicom_node.outputs.validation import validate_with_dciodvfy
 from tests.dicom_node.seg_support import synthetic_label_map, volumes_of
@@ -274,33 +274,3 @@ def test_contour_text_is_the_affine_image_of_the_points(series: str) -> None:
     found = np.array([float(v) for v in values.split(b"\\")]).reshape(-1, 3)
     ijk = np.stack([(columns - 1) / 3, (rows - 1) / 3, slices, np.ones(500)])
     assert np.allclose(found, (volume.affine @ ijk)[:3].T, atol=6e-4, rtol=0)
-
-
-@pytest.mark.parametrize("layout", ["3-D", "2-D", "Fortran", "a view", "one row", "one column", "empty"])
-def test_scaled_up_masks_are_3_x_3_blocks_with_saddle_corners_cleared(layout: str) -> None:
-    """Each pixel a 3 x 3 block; in each 2 x 2 block whose pixels touch only at a corner, the lower
-    pixel's sub-pixel at that corner cleared (checked block by block; the images are processed one above
-    the other, and no block spans two of them)."""
-    masks = np.random.default_rng(3).random((4, 13, 17)) < 0.45
-    masks = {
-        "3-D": masks,
-        "2-D": masks[1],
-        "Fortran": np.asfortranarray(masks),
-        "a view": masks[:, 2:11, 1:],
-        "one row": masks[:, 5:6],
-        "one column": masks[:, :, 7:8],
-        "empty": masks[:, :0],
-    }[layout]
-    expected = np.kron(masks, np.ones((3, 3), dtype=np.uint8)).astype(np.uint8)
-    images = int(np.prod(masks.shape[:-2]))
-    pixels, sub = masks.reshape(images, *masks.shape[-2:]), expected.reshape(images, *expected.shape[-2:])
-    cleared = 0
-    for n, r, c in np.ndindex(len(pixels), max(0, pixels.shape[1] - 1), max(0, pixels.shape[2] - 1)):
-        block = pixels[n, r : r + 2, c : c + 2]
-        if block[0, 0] == block[1, 1] and block[0, 1] == block[1, 0] and block[0, 0] != block[0, 1]:
-            sub[n, 3 * r + 3, 3 * c + 3 if block[0, 0] else 3 * c + 2] = 0
-            cleared += 1
-    assert cleared > 0 or layout in ("one row", "one column", "empty")
-    up = scaled_up(masks)
-    assert up.dtype == np.uint8 and up.shape == expected.shape
-    assert np.array_equal(up, expected)
