@@ -57,6 +57,8 @@ RTSTRUCT_SERIES_NUMBER_OFFSET = 3000
 _CONTOUR_DATA = Tag(0x3006, 0x0050)
 _CONTOURS = Tag(0x3006, 0x0040)
 _CONTOUR_IMAGES, _GEOMETRIC_TYPE = Tag(0x3006, 0x0016), Tag(0x3006, 0x0042)
+_REFERENCED_FRAMES, _REFERENCED_STUDIES = Tag(0x3006, 0x0010), Tag(0x3006, 0x0012)
+_REFERENCED_SERIES = Tag(0x3006, 0x0014)
 _NUMBER_OF_POINTS, _CONTOUR_NUMBER = Tag(0x3006, 0x0046), Tag(0x3006, 0x0048)
 #: Detached Study Management SOP Class: the value the RT Referenced Study Sequence takes.
 _STUDY_COMPONENT_CLASS = "1.2.840.10008.3.1.2.3.1"
@@ -74,15 +76,6 @@ class EncodedRtstruct:
 def _code(code: CodeTriple) -> Dataset:
     item = Dataset()
     item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.value, code.scheme, code.meaning
-    return item
-
-
-def _image_ref(ref: SliceRef) -> Dataset:
-    item = Dataset()
-    item.ReferencedSOPClassUID = ref.sop_class_uid
-    item.ReferencedSOPInstanceUID = ref.sop_instance_uid
-    if ref.frame_number is not None:
-        item.ReferencedFrameNumber = ref.frame_number
     return item
 
 
@@ -117,13 +110,18 @@ def _as_written(dataset: Dataset) -> Dataset:
     return dataset
 
 
-def _contour_image_sequence(ref: SliceRef) -> bytes:
-    """The Contour Image Sequence of a contour on the slice ``ref`` (one set of bytes per slice serves
-    every contour on it)."""
+def _image_ref(ref: SliceRef) -> bytes:
+    """An item (encoded) referencing the source image of the slice ``ref``."""
     body = _element(0x00081150, "UI", ref.sop_class_uid) + _element(0x00081155, "UI", ref.sop_instance_uid)
     if ref.frame_number is not None:
         body += _element(0x00081160, "IS", str(int(ref.frame_number)))
-    return _element(_CONTOUR_IMAGES, "SQ", _item(body))
+    return _item(body)
+
+
+def _contour_image_sequence(ref: SliceRef) -> bytes:
+    """The Contour Image Sequence of a contour on the slice ``ref`` (one set of bytes per slice serves
+    every contour on it)."""
+    return _element(_CONTOUR_IMAGES, "SQ", _image_ref(ref))
 
 
 _CLOSED_PLANAR = _element(_GEOMETRIC_TYPE, "CS", "CLOSED_PLANAR")
@@ -218,19 +216,24 @@ def _observation(spec: SegmentSpec, roi: int) -> Dataset:
     return item
 
 
-def _referenced_frame_of_reference(context: DerivedContext) -> Dataset:
+def _referenced_frame_of_reference(context: DerivedContext) -> RawDataElement:
+    """The Referenced Frame of Reference Sequence (encoded, as pydicom writes it): the source series with a
+    Contour Image Sequence item per slice of the stack."""
     volume = context.volume
-    series = Dataset()
-    series.SeriesInstanceUID = volume.series_instance_uid
-    series.ContourImageSequence = [_image_ref(ref) for ref in volume.slice_refs]
-    study = Dataset()
-    study.ReferencedSOPClassUID = _STUDY_COMPONENT_CLASS
-    study.ReferencedSOPInstanceUID = volume.study_instance_uid
-    study.RTReferencedSeriesSequence = [series]
-    item = Dataset()
-    item.FrameOfReferenceUID = volume.frame_of_reference_uid
-    item.RTReferencedStudySequence = [study]
-    return item
+    images = b"".join(_image_ref(ref) for ref in volume.slice_refs)
+    series = _element(0x0020000E, "UI", volume.series_instance_uid) + _element(_CONTOUR_IMAGES, "SQ", images)
+    study = b"".join(
+        (
+            _element(0x00081150, "UI", _STUDY_COMPONENT_CLASS),
+            _element(0x00081155, "UI", volume.study_instance_uid),
+            _element(_REFERENCED_SERIES, "SQ", _item(series)),
+        )
+    )
+    frame = _element(0x00200052, "UI", volume.frame_of_reference_uid) + _element(
+        _REFERENCED_STUDIES, "SQ", _item(study)
+    )
+    value = _item(frame)
+    return RawDataElement(_REFERENCED_FRAMES, "SQ", len(value), value, 0, False, True)
 
 
 def _header(context: DerivedContext, series_uid: str, sop_uid: str) -> Dataset:
@@ -254,7 +257,7 @@ def _header(context: DerivedContext, series_uid: str, sop_uid: str) -> Dataset:
     ds.StructureSetDate, ds.StructureSetTime = ds.ContentDate, ds.ContentTime
     for keyword in ("ContentDate", "ContentTime"):
         delattr(ds, keyword)
-    ds.ReferencedFrameOfReferenceSequence = [_referenced_frame_of_reference(context)]
+    ds[_REFERENCED_FRAMES] = _referenced_frame_of_reference(context)
     set_file_meta(ds, RTStructureSetStorage, UID(sop_uid))
     return ds
 

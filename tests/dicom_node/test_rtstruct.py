@@ -7,6 +7,7 @@ image itself."""
 from __future__ import annotations
 
 from collections import defaultdict
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,9 @@ import pydicom
 import pytest
 import shapely
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
 from skimage.draw import polygon as fill_polygon
 
 from conversion.volume import Volume
@@ -27,13 +31,15 @@ from dicom_node.outputs.rtstruct import encode_rtstruct
 from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, segments_from_catalog
 from dicom_node.outputs.validation import validate_with_dciodvfy
 from tests.dicom_node.seg_support import synthetic_label_map, volumes_of
-from tests.support.paths import PD_TRA, T2_COR, T2_SAG
+from tests.support.paths import PD_TRA, T2_COR, T2_SAG, TEST_MRI
 
 SERIES = {
     "axial": PD_TRA,
     "sagittal": T2_SAG,
     "coronal-oblique": T2_COR,
 }
+#: An enhanced MR file (Philips, 2 x 32 frames): its slices are frames of one instance.
+ENHANCED_MULTI_FRAME = TEST_MRI / "dcm_qa_enh" / "Philips_EnhancedMR_fMAP"
 ALGORITHM = AlgorithmInfo("TotalSegmentator", "total_mr", "2.0")
 SEGMENTS = segments_from_catalog("total_mr")
 #: Dice of the rasterised contours against the label map, per structure (Done means of issue 13).
@@ -169,6 +175,47 @@ def test_uids_are_deterministic_and_the_frame_of_reference_is_the_source(
     assert series.SeriesInstanceUID == volume.series_instance_uid
     assert len(series.ContourImageSequence) == volume.shape[2]
     assert ds.StudyInstanceUID == volume.study_instance_uid
+
+
+def image_refs(items: Any) -> list[tuple[str, str, int | None]]:
+    return [
+        (
+            i.ReferencedSOPClassUID,
+            i.ReferencedSOPInstanceUID,
+            int(i.ReferencedFrameNumber) if "ReferencedFrameNumber" in i else None,
+        )
+        for i in items
+    ]
+
+
+@pytest.mark.parametrize("series", ["axial", "enhanced multi-frame"])
+def test_the_header_references_each_source_image_also_written_in_implicit_vr(series: str) -> None:
+    """The Referenced Frame of Reference Sequence (held as its bytes) lists the source image (and frame) of
+    every slice of the stack in order, under the study and series; written in implicit VR little endian (a
+    peer that accepts no other transfer syntax) it reads back the same, contours included."""
+    volume = volumes_of(SERIES["axial"] if series == "axial" else ENHANCED_MULTI_FRAME)[0]
+    expected = [(r.sop_class_uid, r.sop_instance_uid, r.frame_number) for r in volume.slice_refs]
+    assert (expected[0][2] is None) == (series == "axial")
+    label_map = synthetic_label_map(volume.shape, [1, 2, 3])
+    ds = encode_rtstruct(DerivedContext(volume, ALGORITHM, SegOptions()), label_map, SEGMENTS).dataset
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = True, True
+    write_dataset(fp, ds)
+    implicit = read_dataset(BytesIO(fp.getvalue()), is_implicit_VR=True, is_little_endian=True)
+    for read in (ds, implicit):
+        reference = read.ReferencedFrameOfReferenceSequence[0]
+        assert reference.FrameOfReferenceUID == volume.frame_of_reference_uid
+        study = reference.RTReferencedStudySequence[0]
+        assert study.ReferencedSOPClassUID == "1.2.840.10008.3.1.2.3.1"
+        assert study.ReferencedSOPInstanceUID == volume.study_instance_uid
+        series_item = study.RTReferencedSeriesSequence[0]
+        assert series_item.SeriesInstanceUID == volume.series_instance_uid
+        assert image_refs(series_item.ContourImageSequence) == expected
+        contours = [c for roi in read.ROIContourSequence for c in roi.ContourSequence]
+        assert contours and all(image_refs(c.ContourImageSequence)[0] in expected for c in contours)
+    assert [list(c.ContourData) for roi in implicit.ROIContourSequence for c in roi.ContourSequence] == [
+        list(c.ContourData) for roi in ds.ROIContourSequence for c in roi.ContourSequence
+    ]
 
 
 def test_an_empty_label_map_is_refused() -> None:
