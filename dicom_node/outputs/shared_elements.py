@@ -37,6 +37,7 @@ _PREAMBLE = b"\0" * 128 + b"DICM"
 #: VRs of values written from their bytes straight to the file when longer than :data:`_BULK_SIZE`.
 _BULK = frozenset(("OB", "OW"))
 _BULK_SIZE = 1 << 16
+_BYTES = (bytes, memoryview)
 _GROUP_LENGTH = BaseTag(0x00020000)
 #: Types of single values that are neither multi-values nor sequences (compared as they are).
 _PLAIN = frozenset((str, bytes, int, float, UID, type(None)))
@@ -55,12 +56,16 @@ def _frozen(elem: DataElement | RawDataElement) -> Any:
     return elem.VR, tuple(value) if isinstance(value, (list, MultiValue)) else value
 
 
-def _bulk(elem: DataElement | RawDataElement) -> tuple[bytes, bytes] | None:
+def _bulk(elem: DataElement | RawDataElement) -> tuple[bytes, bytes | memoryview] | None:
     """The explicit VR little endian header and the value of an OB or OW element holding more than
     :data:`_BULK_SIZE` bytes of even length (written as they are, as pydicom writes them), None for any
-    other element."""
+    other element. The value may be ``bytes`` or a contiguous one-dimensional ``memoryview`` of bytes (an
+    image drawn into a reused buffer, see ``dicom_node.outputs.overlay``; pydicom takes a ``bytearray``
+    for a list of values)."""
     value = elem.value if isinstance(elem, DataElement) else None
-    if elem.VR not in _BULK or not isinstance(value, bytes) or len(value) <= _BULK_SIZE or len(value) % 2:
+    if isinstance(value, memoryview) and not (value.ndim == 1 and value.itemsize == 1 and value.contiguous):
+        return None
+    if elem.VR not in _BULK or not isinstance(value, _BYTES) or len(value) <= _BULK_SIZE or len(value) % 2:
         return None
     tag = elem.tag
     return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, str(elem.VR).encode("ascii"), 0, len(value)), value

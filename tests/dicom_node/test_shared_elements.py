@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, SecondaryCaptureImageStorage
@@ -137,3 +138,20 @@ def test_file_meta_is_written_as_pydicom_writes_it() -> None:
         written, expected = both(writer, ds)
         assert written == expected, f"image {n}"
     assert b"OTHER" in written
+
+
+def test_pixels_in_a_buffer_are_written_as_their_bytes_are() -> None:
+    """Pixel Data held as a memoryview of a buffer (the overlay's images are drawn into reused buffers),
+    long (straight to the file) or short, gives the file that the same bytes give, as ``save_as`` does."""
+    shared = template()
+    writer = SharedElementsWriter(shared)
+    for size in (120_320, 6):
+        ds = image(shared, 1)
+        pixels = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+        ds.Rows, ds.Columns = 2, size // 2
+        ds.PixelData = pixels
+        expected = both(writer, ds)[1]
+        ds.PixelData = np.frombuffer(bytearray(pixels), dtype=np.uint8).data
+        assert isinstance(ds.PixelData, memoryview)
+        written, again = both(writer, ds)
+        assert written == expected and again == expected, f"{size} bytes"
