@@ -1,6 +1,7 @@
 """The objects a route asks for beside the SEG (volumetry SR, overlay series, RTSTRUCT): encoded from the
-stack's volume and label map in the encoding stage, written atomically to the job's outbox, validated, and
-listed in ``Job.outputs['derived']`` (one :class:`~dicom_node.jobs.records.DerivedOutput` per stack and
+stack's volume and label map in the encoding stage, written atomically to the job's outbox (the overlay's
+images each as it is drawn; a series that cannot be written to its end leaves none of its files), validated,
+and listed in ``Job.outputs['derived']`` (one :class:`~dicom_node.jobs.records.DerivedOutput` per stack and
 kind; the deliveries are opened per destination and kind by ``dicom_node.outputs.outbox``).
 
 Every object's UIDs derive from the identity of the stack's SEG (:class:`DerivedContext`), so encoding the
@@ -22,7 +23,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -67,8 +68,10 @@ class StackResult:
 
 def _datasets(
     kind: OutputKind, context: DerivedContext, stack: StackResult
-) -> tuple[tuple[Dataset, ...], Callable[[Dataset, IO[bytes]], None] | None]:
-    """The objects of one kind, and how to write them (None: ``save_as``)."""
+) -> tuple[Iterable[Dataset], Callable[[Dataset, IO[bytes]], None] | None, str]:
+    """The objects of one kind, how to write them (None: ``save_as``) and their Series Instance UID. The
+    overlay's images are drawn as they are taken, each valid until the next: written one by one, the
+    series holds the pixels of one image at a time."""
     from dicom_node.outputs.overlay import encode_overlay
     from dicom_node.outputs.rtstruct import encode_rtstruct
     from dicom_node.outputs.sr import encode_volumetry_sr
@@ -79,13 +82,14 @@ def _datasets(
                 f"{context.where}: the volumetry SR references a SEG, and none was encoded",
                 reason="output_encoding_failed",
             )
-        return (encode_volumetry_sr(context, stack.measured, stack.seg, stack.segments).dataset,), None
+        report = encode_volumetry_sr(context, stack.measured, stack.seg, stack.segments).dataset
+        return (report,), None, str(report.SeriesInstanceUID)
     if kind is OutputKind.OVERLAY:
         # the labels present were counted for the volumetry: the encoders need not read the map for them
         overlay = encode_overlay(context, stack.labels, stack.segments, stack.measured.labels, stack.layout)
-        return overlay.datasets, overlay.writer.write
+        return overlay.images(), overlay.writer.write, overlay.series_instance_uid
     rtstruct = encode_rtstruct(context, stack.labels, stack.segments, stack.measured.labels, stack.layout)
-    return (rtstruct.dataset,), None
+    return (rtstruct.dataset,), None, str(rtstruct.dataset.SeriesInstanceUID)
 
 
 def validate_derived(ctx: PipelineContext, kind: OutputKind, paths: Sequence[Path], where: str) -> int:
@@ -161,19 +165,17 @@ def _encode_kind(
     started = time.perf_counter()
     if ctx.failpoints.fails_output(str(kind)):
         raise DerivedEncodingError(f"{context.where}: the {kind} encoder failed (injected by the test plan)")
-    datasets, writer = _datasets(kind, context, stack)
+    datasets, writer, series_uid = _datasets(kind, context, stack)
     folder = ctx.outbox_dir(job_id)
-    paths = [
-        write_dicom(
-            ds, folder / f"{path_safe_uid(str(ds.SOPInstanceUID), f'{kind} SOP Instance UID')}.dcm", writer
-        )
-        for ds in datasets
-    ]
-    encoded_s = time.perf_counter() - started
+    paths: list[Path] = []
     try:
+        for ds in datasets:  # each written before the next is made
+            name = path_safe_uid(str(ds.SOPInstanceUID), f"{kind} SOP Instance UID")
+            paths.append(write_dicom(ds, folder / f"{name}.dcm", writer))
+        encoded_s = time.perf_counter() - started
         warnings = validate_derived(ctx, kind, paths, context.where)
-    except PipelineError:
-        for path in paths:  # never sent: not left in the outbox either
+    except BaseException:
+        for path in paths:  # never sent (a series made in part, an invalid object): not left in the outbox
             path.unlink(missing_ok=True)
         raise
     logger.info(
@@ -181,7 +183,7 @@ def _encode_kind(
     )
     return DerivedOutput(
         files=[p.name for p in paths],
-        series_instance_uid=str(datasets[0].SeriesInstanceUID),
+        series_instance_uid=series_uid,
         validation_warnings=warnings,
         encode_s=round(encoded_s, 4),
         validation_s=round(time.perf_counter() - started - encoded_s, 4),

@@ -15,14 +15,19 @@ pixel with a 4-neighbour of another label (or the image edge). The overlay serie
 Number and Instance Numbers and its description starts with the source's, so that viewers sort it beside
 its source and its images in the source's order; every image references its source image (Source Image
 Sequence) and says it is AI-generated in Image Comments, Derivation Description and Burned In Annotation.
+
+The images are drawn as they are taken (:meth:`EncodedOverlay.images`), each into a buffer of its size that
+the next image of that size reuses, and written before the next is drawn: a stack's series holds one
+image's pixels at a time (a few MB) instead of all of them (140 MB for 120 images of 512 x 760 RGB), and a
+Fortran-ordered stack is windowed 16 slices at a time rather than copied whole to 8 bits.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from functools import cache
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache, cached_property
 from typing import Any
 
 import numpy as np
@@ -110,11 +115,15 @@ def render(
     legend: Mapping[int, tuple[str, tuple[int, int, int]]],
     edge: npt.NDArray[np.bool_] | None = None,
     bands: dict[bytes, npt.NDArray[np.uint8]] | None = None,
+    buffers: dict[tuple[int, ...], npt.NDArray[np.uint8]] | None = None,
 ) -> npt.NDArray[np.uint8]:
     """One overlay image (rows, columns, RGB): ``gray`` (rows, columns) with outlines and the legend band.
     ``legend``: label -> (name, RGB) of the structures that may be on it; ``edge``: the outline pixels
     when the caller has them (:func:`outline` of the whole stack at once); ``bands``: the legend bands of
-    the images made so far, by the labels on them (filled here), where the caller keeps them."""
+    the images made so far, by the labels on them (filled here), where the caller keeps them;
+    ``buffers``: the caller's images by shape, reused: the image is drawn over every pixel of the one of
+    its shape (made and kept there where missing) instead of new memory, and is valid until the next image
+    of that shape is drawn."""
     rows, columns = gray.shape
     width = max(columns, MIN_WIDTH)
     edge = outline(labels) if edge is None else edge
@@ -129,7 +138,14 @@ def render(
         band = legend_band(width, tuple(legend[int(v)] for v in present if v))
         if bands is not None:
             bands[key] = band
-    image = np.empty((rows + band.shape[0], width, 3), dtype=np.uint8)
+    shape = (rows + band.shape[0], width, 3)
+    image = None if buffers is None else buffers.get(shape)
+    if image is None:
+        # fresh memory costs its page faults on first touch (as much as drawing the image): a caller that
+        # draws image after image keeps a few buffers instead
+        image = np.empty(shape, dtype=np.uint8)
+        if buffers is not None:
+            buffers[shape] = image
     top = image[:rows]
     cv2 = opencv()
 
@@ -153,13 +169,104 @@ def render(
 
 
 @dataclass(frozen=True)
-class EncodedOverlay:
-    """The overlay series of one stack, one Secondary Capture image per source slice."""
+class _Drawing:
+    """What the images of one overlay series are drawn from (see :func:`encode_overlay`)."""
 
-    datasets: tuple[Dataset, ...]
+    context: DerivedContext
+    template: Dataset
+    label_map: npt.NDArray[Any]
+    layout: LabelLayout | None
+    headers: Mapping[str, Dataset]
+    windows: Sequence[Window]
+    #: The stack windowed to 8 bits where it is not Fortran-ordered (those are windowed a chunk at a time)
+    gray_stack: npt.NDArray[np.uint8] | None
+    colours: npt.NDArray[np.uint8]
+    legend: Mapping[int, tuple[str, tuple[int, int, int]]]
+    #: The Purpose of Reference code item of the source references, one item for the whole series.
+    purpose: Dataset
+
+    def _chunk(self, k: int, buffer: list[npt.NDArray[np.uint8]]) -> tuple[npt.NDArray[Any], bool]:
+        """Slices ``k`` to ``k + _CHUNK`` as (slices, rows, columns): windowed to 8 bits (True), or their
+        modality values where the stack could not be windowed so (False: each slice windowed as it is
+        drawn). voxels and labels are (columns, rows, slices): a slice of a C-ordered stack is scattered
+        over it, so a few slices at a time are made contiguous in one pass over the memory; a
+        Fortran-ordered stack (as ``load_series`` makes it) holds its slices so already, and is windowed
+        a chunk at a time into ``buffer`` (made on the first chunk), not into a copy of the whole stack."""
+        voxels = self.context.volume.voxels
+        if self.gray_stack is not None:
+            return slices_of(self.gray_stack, k, k + _CHUNK), True
+        part = voxels[:, :, k : k + _CHUNK]
+        if voxels.flags.f_contiguous and part.size:
+            if not buffer:
+                buffer.append(np.empty((*part.shape[:2], _CHUNK), dtype=np.uint8, order="F"))
+            gray = windowed_stack(part, self.windows[k : k + _CHUNK], buffer[0][:, :, : part.shape[2]])
+            if gray is not None:
+                return slices_of(gray, 0, part.shape[2]), True
+        return slices_of(voxels, k, k + _CHUNK), False
+
+    def images(self) -> Iterator[Dataset]:
+        """The images in slice order, each drawn when it is asked for into a buffer of its size that the
+        next image of that size reuses: its Pixel Data is a view of that buffer (a ``memoryview``), taken
+        off the dataset again when the next image is asked for (or the iteration ends)."""
+        volume = self.context.volume
+        bands: dict[bytes, npt.NDArray[np.uint8]] = {}
+        buffers: dict[tuple[int, ...], npt.NDArray[np.uint8]] = {}
+        gray_buffer: list[npt.NDArray[np.uint8]] = []
+        for k, ref in enumerate(volume.slice_refs):
+            if k % _CHUNK == 0:
+                chunk, windowed = self._chunk(k, gray_buffer)
+                if self.layout is None:
+                    planes = slices_of(self.label_map, k, k + _CHUNK)
+                else:
+                    planes = self.layout.ordered[k : k + _CHUNK]
+                edges = outline(planes)  # the outlines of the chunk's slices in one pass
+            header, window = self.headers[ref.sop_instance_uid], self.windows[k]
+            gray = chunk[k % _CHUNK] if windowed else window.apply(chunk[k % _CHUNK])
+            if str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+                gray = 255 - gray
+            pixels = render(
+                gray, planes[k % _CHUNK], self.colours, self.legend, edges[k % _CHUNK], bands, buffers
+            )
+            ds = _image(self.template, self.context, k, ref, header, window, self.purpose)
+            ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
+            view = pixels.reshape(-1).data  # the buffer's bytes, in the order the file holds them
+            ds.PixelData = view
+            try:
+                yield ds
+            finally:
+                if "PixelData" in ds and ds["PixelData"].value is view:
+                    del ds.PixelData  # the buffer is drawn over next: nobody keeps stale pixels
+        logger.info("drew overlay series for %s: %d images", self.context.where, len(volume.slice_refs))
+
+
+@dataclass(frozen=True)
+class EncodedOverlay:
+    """The overlay series of one stack, one Secondary Capture image per source slice.
+
+    The images are drawn as they are taken (:meth:`images`), so that a stack's series is written image by
+    image with the pixels of one image in memory (a few reused buffers, one per image size: the legend's
+    height varies) rather than all of them (120 images of 512 x 760 RGB: 140 MB);
+    :attr:`datasets` holds them all, each with its own pixels, for callers that keep them."""
+
     series_instance_uid: str
     #: Writes the images as DICOM files, the elements they share encoded once (``writer.write(ds, fh)``).
     writer: SharedElementsWriter
+    _drawing: _Drawing = field(repr=False)
+
+    def images(self) -> Iterator[Dataset]:
+        """The images, each drawn when it is asked for: its Pixel Data (a ``memoryview`` of a buffer that
+        later images reuse) is valid until the next image is asked for, and is then taken off it; write
+        or copy each image before taking the next."""
+        return self._drawing.images()
+
+    @cached_property
+    def datasets(self) -> tuple[Dataset, ...]:
+        """All images at once, each holding its own copy of its pixels (``bytes``)."""
+        held = []
+        for ds in self.images():
+            ds.PixelData = bytes(ds.PixelData)
+            held.append(ds)
+        return tuple(held)
 
 
 def _code_item(value: str, scheme: str, meaning: str) -> Dataset:
@@ -249,10 +356,12 @@ def encode_overlay(
     counted: Sequence[int] | None = None,
     layout: LabelLayout | None = None,
 ) -> EncodedOverlay:
-    """The overlay series of a stack: one image per slice of ``context.volume``; ``counted``: the labels of
-    ``label_map`` where the caller has them (see :func:`labels_present`); ``layout``: the label map in slice
-    order, where the caller has made it for the stack's outputs
-    (:func:`~dicom_node.outputs.label_layout.label_layout`)."""
+    """The overlay series of a stack: one image per slice of ``context.volume``, drawn as they are taken
+    (:meth:`EncodedOverlay.images`); ``counted``: the labels of ``label_map`` where the caller has them
+    (see :func:`labels_present`); ``layout``: the label map in slice order, where the caller has made it
+    for the stack's outputs (:func:`~dicom_node.outputs.label_layout.label_layout`). The input is checked
+    (labels without a catalog entry, a layout of another map) and the stack windowed here, before any
+    image is drawn."""
     volume = context.volume
     present = labels_present(context, label_map, segments, counted)
     if layout is not None:
@@ -263,7 +372,6 @@ def encode_overlay(
         colours[label] = segments[label].rgb
         red, green, blue = (int(c) for c in segments[label].rgb)
         legend[label] = (segments[label].name, (red, green, blue))
-    bands: dict[bytes, npt.NDArray[np.uint8]] = {}
     headers = {str(h.SOPInstanceUID): h for h in volume.source_headers}
     series_uid = context.uid(OutputKind.OVERLAY, "series")
     template = _series_template(context, series_uid)
@@ -277,31 +385,16 @@ def encode_overlay(
                 fallback = stack_window(volume.voxels)
             window = fallback
         windows.append(window)
-    gray_stack = windowed_stack(volume.voxels, windows)
-    purpose = _code_item("121322", "DCM", "Source image for image processing operation")
-    images = []
-    for k, ref in enumerate(volume.slice_refs):
-        if k % _CHUNK == 0:
-            # voxels and labels are (columns, rows, slices): a slice is scattered over the whole stack, so
-            # a few slices at a time are made contiguous (rows, columns) in one pass over the memory, and
-            # their outlines drawn in one pass
-            if gray_stack is None:
-                chunk = slices_of(volume.voxels, k, k + _CHUNK)
-            else:
-                chunk = slices_of(gray_stack, k, k + _CHUNK)
-            if layout is None:
-                planes = slices_of(np.asarray(label_map), k, k + _CHUNK)
-            else:
-                planes = layout.ordered[k : k + _CHUNK]
-            edges = outline(planes)
-        header, window = headers[ref.sop_instance_uid], windows[k]
-        gray = window.apply(chunk[k % _CHUNK]) if gray_stack is None else chunk[k % _CHUNK]
-        if str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-            gray = 255 - gray
-        pixels = render(gray, planes[k % _CHUNK], colours, legend, edges[k % _CHUNK], bands)
-        ds = _image(template, context, k, ref, header, window, purpose)
-        ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
-        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-        images.append(ds)
-    logger.info("encoded overlay series for %s: %d images", context.where, len(images))
-    return EncodedOverlay(tuple(images), series_uid, SharedElementsWriter(template))
+    drawing = _Drawing(
+        context,
+        template,
+        np.asarray(label_map),
+        layout,
+        headers,
+        windows,
+        None if volume.voxels.flags.f_contiguous else windowed_stack(volume.voxels, windows),
+        colours,
+        legend,
+        _code_item("121322", "DCM", "Source image for image processing operation"),
+    )
+    return EncodedOverlay(series_uid, SharedElementsWriter(template), drawing)

@@ -33,33 +33,42 @@ def linear_8bit(pixels: npt.NDArray[Any], center: Any, width: Any) -> npt.NDArra
 _BLOCK = 1 << 16
 
 
-def windowed_stack(voxels: npt.NDArray[Any], windows: Sequence[Window]) -> npt.NDArray[np.uint8] | None:
+def windowed_stack(
+    voxels: npt.NDArray[Any], windows: Sequence[Window], out: npt.NDArray[np.uint8] | None = None
+) -> npt.NDArray[np.uint8] | None:
     """A (columns, rows, slices) stack windowed to 8 bits, slice k with ``windows[k]``, in the stack's own
     memory order (a C-ordered stack in blocks of whole rows of slices, each slice's center and width
     broadcast along the last axis; a Fortran-ordered one, as ``load_series`` makes it, slice by slice), so
     that the slices are then transposed as bytes rather than as modality values (or not at all); None where
-    a window is not linear (:meth:`Window.linear`) or the stack is in neither order."""
+    a window is not linear (:meth:`Window.linear`) or the stack is in neither order. ``out``: where to write
+    it (the stack's shape, in its order), else new memory."""
     linear = [w.linear() for w in windows]
     if not voxels.size or any(p is None for p in linear):
         return None
     centers = np.array([p[0] for p in linear if p is not None], dtype=np.float64)
     widths = np.array([p[1] for p in linear if p is not None], dtype=np.float64)
     count = voxels.shape[-1]
+    if out is not None and (
+        out.shape != voxels.shape
+        or out.dtype != np.uint8
+        or not (out.flags.c_contiguous if voxels.flags.c_contiguous else out.flags.f_contiguous)
+    ):
+        raise ValueError(f"windowed_stack: out {out.shape} is not uint8 in the stack's shape and order")
     if voxels.flags.c_contiguous:
-        gray = np.empty(voxels.shape, dtype=np.uint8)
-        flat, out = voxels.reshape(-1, count), gray.reshape(-1, count)
+        gray = np.empty(voxels.shape, dtype=np.uint8) if out is None else out
+        flat, rows = voxels.reshape(-1, count), gray.reshape(-1, count)
         step = max(1, _BLOCK // count)
         # one window for the whole stack (as a series mostly has): numbers, which numpy applies faster than
         # a row of them broadcast; the same arithmetic
         uniform = bool((centers == centers[0]).all() and (widths == widths[0]).all())
         center, width = (float(centers[0]), float(widths[0])) if uniform else (centers, widths)
         for start in range(0, len(flat), step):
-            out[start : start + step] = linear_8bit(flat[start : start + step], center, width)
+            rows[start : start + step] = linear_8bit(flat[start : start + step], center, width)
     elif voxels.flags.f_contiguous:
-        gray = np.empty(voxels.shape, dtype=np.uint8, order="F")
-        flat, out = voxels.T.reshape(count, -1), gray.T.reshape(count, -1)
+        gray = np.empty(voxels.shape, dtype=np.uint8, order="F") if out is None else out
+        flat, planes = voxels.T.reshape(count, -1), gray.T.reshape(count, -1)
         for k in range(count):
-            out[k] = linear_8bit(flat[k], centers[k], widths[k])
+            planes[k] = linear_8bit(flat[k], centers[k], widths[k])
     else:
         return None
     return gray

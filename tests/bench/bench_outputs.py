@@ -13,7 +13,8 @@ its files on disk (encoding and writing; validation with dciodvfy is not include
   overlay and the RTSTRUCT, as the node does where the route asks for either) + ``volumetry.measure`` (which
   takes its counts from it, and gives the labels present to the other kinds, as the node does)
   + ``encode_volumetry_sr`` + write;
-- overlay: ``encode_overlay`` + write (one file per slice, with the series' writer, as the node does);
+- overlay: ``encode_overlay`` + write (one file per slice, each written as it is drawn, with the series'
+  writer, as the node does);
 - RTSTRUCT: ``encode_rtstruct`` + write.
 
 Goal (issue 13): SR, overlay and RTSTRUCT together take less than twice the SEG's time; the last line gives
@@ -85,7 +86,8 @@ def main() -> int:
 
         def overlay() -> None:
             encoded = encode_overlay(context, labels, segments, counted, layouts[0])
-            for n, ds in enumerate(encoded.datasets):  # written as the node writes them
+            # written as the node writes them: each image as it is drawn, before the next is drawn
+            for n, ds in enumerate(encoded.images()):
                 with open(out / f"overlay-{n}.dcm", "wb") as fh:
                     encoded.writer.write(ds, fh)
 

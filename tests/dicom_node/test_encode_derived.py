@@ -15,7 +15,7 @@ import pytest
 from dicom_node.jobs.context import PipelineError
 from dicom_node.jobs.records import LabelMapRecord
 from dicom_node.outputs import volumetry
-from dicom_node.outputs.derived import OutputKind
+from dicom_node.outputs.derived import DerivedContext, OutputKind
 from dicom_node.outputs.encode_derived import StackResult, encode_derived, validate_derived
 from dicom_node.outputs.label_layout import LabelLayout, label_layout
 from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, encode_seg, segments_from_catalog
@@ -103,3 +103,24 @@ def test_an_object_dciodvfy_finds_invalid_is_refused_naming_its_kind(
     assert caught.value.message.startswith(
         "series 1.2.3: the rtstruct object is not valid: dciodvfy reported"
     )
+
+
+def test_an_overlay_series_that_cannot_be_written_to_the_end_leaves_none_of_its_images(
+    tmp_path: Path, make_node: Callable[..., PipelineNode]
+) -> None:
+    """The overlay's images are written as they are drawn: where one cannot be written (a folder stands
+    where its file goes), the images written before it are removed too, and the error names the file."""
+    ctx = make_node(tmp_path, free_port()).ctx
+    volume = volumes_of(T2_SAG)[0]
+    stack = stack_of(synthetic_label_map(volume.shape, [1, 2, 5]))
+    third = DerivedContext(stack.volume, stack.algorithm, stack.options).uid(OutputKind.OVERLAY, "instance-2")
+    blocker = ctx.outbox_dir(12) / f"{third}.dcm"
+    (blocker / "in-the-way").mkdir(parents=True)
+    with pytest.raises(OSError, match=str(blocker)):
+        encode_derived(ctx, 12, stack, {OutputKind.OVERLAY: ["pacs"]})
+    assert sorted(p.name for p in ctx.outbox_dir(12).iterdir()) == [blocker.name]
+    (blocker / "in-the-way").rmdir()
+    blocker.rmdir()
+    [overlay] = encode_derived(ctx, 12, stack, {OutputKind.OVERLAY: ["pacs"]})
+    assert blocker.name in overlay.files and len(overlay.files) == volume.shape[2]
+    assert sorted(p.name for p in ctx.outbox_dir(12).iterdir()) == sorted(overlay.files)

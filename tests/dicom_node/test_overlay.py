@@ -27,6 +27,7 @@ from dicom_node.outputs.derived import DerivedContext, DerivedEncodingError
 from dicom_node.outputs.overlay import EncodedOverlay, encode_overlay, slices_of
 from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, segments_from_catalog
 from dicom_node.outputs.validation import validate_with_dciodvfy
+from dicom_node.outputs.windowing import Window, windowed_stack
 from tests.dicom_node.seg_support import synthetic_label_map, volumes_of
 from tests.support.paths import PD_TRA, T2_SAG
 
@@ -261,3 +262,55 @@ def test_each_slice_is_windowed_with_its_own_window(function: str, order: str) -
         image = ds.pixel_array[:rows, :columns]
         expected = pydicom_windowed(volume.voxels[:, :, k].T, headers[ref.sop_instance_uid])
         assert np.array_equal(image, np.repeat(expected[:, :, None], 3, axis=2)), f"slice {k}"
+
+
+def test_the_images_are_drawn_one_at_a_time_into_reused_buffers(
+    case: tuple[Path, Volume, Any, EncodedOverlay],
+) -> None:
+    """images() holds one image's pixels at a time: each image's Pixel Data is a view of a buffer that
+    the next image of its size draws over (one buffer per image size), and it is taken off the image
+    when the next is asked for; each is the image that ``datasets`` holds (its own bytes)."""
+    overlay = case[3]
+    held = overlay.datasets
+    addresses, shapes = set(), set()
+    previous: Dataset | None = None
+    count = 0
+    for k, ds in enumerate(overlay.images()):
+        if previous is not None:
+            assert "PixelData" not in previous, f"image {k - 1} still holds pixels of a reused buffer"
+        view = ds.PixelData
+        assert isinstance(view, memoryview) and not view.readonly
+        assert view.tobytes() == held[k].PixelData, f"image {k}"
+        assert ds.SOPInstanceUID == held[k].SOPInstanceUID
+        addresses.add(np.frombuffer(view, dtype=np.uint8).__array_interface__["data"][0])
+        shapes.add((int(ds.Rows), int(ds.Columns)))
+        previous, count = ds, count + 1
+    assert previous is not None and "PixelData" not in previous  # the last one too, once the images end
+    assert count == len(held) and len(addresses) == len(shapes) < count
+
+
+def test_the_held_datasets_are_independent_copies(case: tuple[Path, Volume, Any, EncodedOverlay]) -> None:
+    """``datasets`` gives every image its own bytes: drawing the images again (into new buffers) leaves them
+    as they were, and they are what the series' writer writes from the images as they are drawn."""
+    overlay = case[3]
+    held = overlay.datasets
+    assert all(type(ds.PixelData) is bytes for ds in held)
+    assert len({id(ds.PixelData) for ds in held}) == len(held)
+    before = [ds.PixelData for ds in held]
+    for k, ds in enumerate(overlay.images()):
+        written, expected = io.BytesIO(), io.BytesIO()
+        overlay.writer.write(ds, written)
+        overlay.writer.write(held[k], expected)
+        assert written.getvalue() == expected.getvalue(), f"image {k}"
+    assert [ds.PixelData for ds in held] == before and overlay.datasets is held
+
+
+def test_a_stack_window_buffer_of_another_shape_or_order_is_refused() -> None:
+    voxels = np.asfortranarray(np.arange(24, dtype=np.float32).reshape(2, 3, 4))
+    windows = [Window(10.0, 20.0)] * 4
+    expected = windowed_stack(voxels, windows)
+    out = np.empty(voxels.shape, dtype=np.uint8, order="F")
+    assert windowed_stack(voxels, windows, out) is out and np.array_equal(out, expected)  # type: ignore[arg-type]
+    for wrong in (np.empty(voxels.shape, np.uint8), np.empty((2, 3, 3), np.uint8, order="F")):
+        with pytest.raises(ValueError, match="not uint8 in the stack's shape and order"):
+            windowed_stack(voxels, windows, wrong)
