@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pydicom.charset import encode_string
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
@@ -59,6 +60,11 @@ _CONTOURS = Tag(0x3006, 0x0040)
 _CONTOUR_IMAGES, _GEOMETRIC_TYPE = Tag(0x3006, 0x0016), Tag(0x3006, 0x0042)
 _REFERENCED_FRAMES, _REFERENCED_STUDIES = Tag(0x3006, 0x0010), Tag(0x3006, 0x0012)
 _REFERENCED_SERIES = Tag(0x3006, 0x0014)
+_STRUCTURE_SET_ROIS, _ROI_CONTOURS, _OBSERVATIONS = (
+    Tag(0x3006, 0x0020),
+    Tag(0x3006, 0x0039),
+    Tag(0x3006, 0x0080),
+)
 _NUMBER_OF_POINTS, _CONTOUR_NUMBER = Tag(0x3006, 0x0046), Tag(0x3006, 0x0048)
 #: Detached Study Management SOP Class: the value the RT Referenced Study Sequence takes.
 _STUDY_COMPONENT_CLASS = "1.2.840.10008.3.1.2.3.1"
@@ -71,12 +77,6 @@ class EncodedRtstruct:
     sop_instance_uid: str
     #: ROI number -> model label.
     roi_labels: Mapping[int, int]
-
-
-def _code(code: CodeTriple) -> Dataset:
-    item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.value, code.scheme, code.meaning
-    return item
 
 
 def _element(tag: int, vr: str, value: str | bytes) -> bytes:
@@ -125,6 +125,8 @@ def _contour_image_sequence(ref: SliceRef) -> bytes:
 
 
 _CLOSED_PLANAR = _element(_GEOMETRIC_TYPE, "CS", "CLOSED_PLANAR")
+_GENERATED_AUTOMATICALLY = _element(0x30060036, "CS", "AUTOMATIC")
+_ORGAN, _NO_INTERPRETER = _element(0x300600A4, "CS", "ORGAN"), _element(0x300600A6, "PN", "")
 
 
 def _contour_items(
@@ -185,35 +187,72 @@ def _all_contours(
     return out
 
 
-def _roi_contour(spec: SegmentSpec, roi: int, contours: list[bytes]) -> Dataset:
-    """An ROI Contour Sequence item whose Contour Sequence is held as written (explicit VR little endian,
-    items of defined length): pydicom writes it as it is (once the item is marked :func:`_as_written` in
-    its sequence) and parses it when it is read."""
-    item = Dataset()
-    item.ROIDisplayColor = list(spec.rgb)
-    item.ReferencedROINumber = roi
-    value = b"".join(contours)
-    item[_CONTOURS] = RawDataElement(_CONTOURS, "SQ", len(value), value, 0, False, True)
-    return item
+def _text(tag: int, vr: str, value: str, encodings: list[str]) -> bytes:
+    """A text element (SH, LO) as pydicom writes it in the character set ``encodings`` (each value of a
+    multi-valued text encoded by itself)."""
+    return _element(tag, vr, b"\\".join(encode_string(v, encodings) for v in value.split("\\")))
 
 
-def _observation(spec: SegmentSpec, roi: int) -> Dataset:
-    item = Dataset()
-    item.ObservationNumber = roi
-    item.ReferencedROINumber = roi
-    item.SegmentedPropertyCategoryCodeSequence = [_code(spec.category)]
-    identification = _code(spec.type)
-    if spec.modifier is not None:
-        identification.SegmentedPropertyTypeModifierCodeSequence = [_code(spec.modifier)]
-    item.RTROIIdentificationCodeSequence = [identification]
+def _code(code: CodeTriple, encodings: list[str], *modifier: tuple[int, CodeTriple | None]) -> bytes:
+    """A code sequence item (encoded), with the code sequence of a modifier (its tag, its code) where the
+    code has one."""
+    body = b"".join(
+        (
+            _text(0x00080100, "SH", code.value, encodings),
+            _text(0x00080102, "SH", code.scheme, encodings),
+            _text(0x00080104, "LO", code.meaning, encodings),
+        )
+    )
+    for tag, value in modifier:
+        if value is not None:
+            body += _element(tag, "SQ", _code(value, encodings))
+    return _item(body)
+
+
+def _roi(roi: int, frame_of_reference: str, name: str, description: str, encodings: list[str]) -> bytes:
+    """A Structure Set ROI Sequence item (encoded)."""
+    body = b"".join(
+        (
+            _integer_string(0x30060022, roi),
+            _element(0x30060024, "UI", frame_of_reference),
+            _text(0x30060026, "LO", name, encodings),
+            _GENERATED_AUTOMATICALLY,
+            _text(0x30060038, "LO", description, encodings),
+        )
+    )
+    return _item(body)
+
+
+def _roi_contour(spec: SegmentSpec, roi: int, contours: list[bytes]) -> bytes:
+    """An ROI Contour Sequence item (encoded): display colour, Contour Sequence, ROI number."""
+    colour = _element(0x3006002A, "IS", "\\".join(str(int(v)) for v in spec.rgb))
+    return _item(colour + _element(_CONTOURS, "SQ", b"".join(contours)) + _integer_string(0x30060084, roi))
+
+
+def _observation(spec: SegmentSpec, roi: int, encodings: list[str]) -> bytes:
+    """An RT ROI Observations Sequence item (encoded): the structure's codes from the catalog."""
+    parts = []
     if spec.anatomic_region is not None:
-        region = _code(spec.anatomic_region)
-        if spec.anatomic_region_modifier is not None:
-            region.AnatomicRegionModifierSequence = [_code(spec.anatomic_region_modifier)]
-        item.AnatomicRegionSequence = [region]
-    item.RTROIInterpretedType = "ORGAN"
-    item.ROIInterpreter = ""
-    return item
+        region = _code(spec.anatomic_region, encodings, (0x00082220, spec.anatomic_region_modifier))
+        parts.append(_element(0x00082218, "SQ", region))
+    identification = _code(spec.type, encodings, (0x00620011, spec.modifier))
+    parts += [
+        _element(0x00620003, "SQ", _code(spec.category, encodings)),
+        _integer_string(0x30060082, roi),
+        _integer_string(0x30060084, roi),
+        _element(0x30060086, "SQ", identification),
+        _ORGAN,
+        _NO_INTERPRETER,
+    ]
+    return _item(b"".join(parts))
+
+
+def _sequence(tag: int, items: list[bytes]) -> RawDataElement:
+    """A sequence of encoded items, held as the bytes pydicom writes for it (explicit VR little endian,
+    items of defined length): pydicom writes it as it is (in a dataset marked :func:`_as_written`) and
+    parses it when it is read."""
+    value = b"".join(items)
+    return RawDataElement(Tag(tag), "SQ", len(value), value, 0, False, True)
 
 
 def _referenced_frame_of_reference(context: DerivedContext) -> RawDataElement:
@@ -232,8 +271,7 @@ def _referenced_frame_of_reference(context: DerivedContext) -> RawDataElement:
     frame = _element(0x00200052, "UI", volume.frame_of_reference_uid) + _element(
         _REFERENCED_STUDIES, "SQ", _item(study)
     )
-    value = _item(frame)
-    return RawDataElement(_REFERENCED_FRAMES, "SQ", len(value), value, 0, False, True)
+    return _sequence(_REFERENCED_FRAMES, [_item(frame)])
 
 
 def _header(context: DerivedContext, series_uid: str, sop_uid: str) -> Dataset:
@@ -281,26 +319,22 @@ def encode_rtstruct(
     sop_uid = context.uid(OutputKind.RTSTRUCT, "instance")
     ds = _header(context, series_uid, sop_uid)
     roi_labels = {roi: label for roi, label in enumerate(present, start=1)}
-    rois, contours, observations = [], [], []
     traced = _all_contours(context, np.asarray(label_map), max(present), layout)
+    # the ROI sequences held as their bytes, text in the dataset's character set
+    encodings = ds._character_set
+    encodings = [encodings] if isinstance(encodings, str) else list(encodings)
+    description = lo(f"{context.algorithm.name} {context.algorithm.task}")
+    rois, contours, observations = [], [], []
     for roi, label in roi_labels.items():
         spec = segments[label]
-        item = Dataset()
-        item.ROINumber = roi
-        item.ReferencedFrameOfReferenceUID = volume.frame_of_reference_uid
-        item.ROIName = lo(spec.name)
-        item.ROIGenerationAlgorithm = "AUTOMATIC"
-        item.ROIGenerationDescription = lo(f"{context.algorithm.name} {context.algorithm.task}")
-        rois.append(item)
+        rois.append(_roi(roi, volume.frame_of_reference_uid, lo(spec.name), description, encodings))
         contours.append(_roi_contour(spec, roi, traced[label]))
-        observations.append(_observation(spec, roi))
-    ds.StructureSetROISequence = rois
-    ds.ROIContourSequence = contours
-    for item in ds.ROIContourSequence:
-        _as_written(item)  # in the sequence: with the character set it inherits from the dataset
-    # and the dataset too: else pydicom's writer walks it all for ambiguous VRs (there are none), parsing
-    # the Contour Sequences on the way
+        observations.append(_observation(spec, roi, encodings))
+    ds[_STRUCTURE_SET_ROIS] = _sequence(_STRUCTURE_SET_ROIS, rois)
+    ds[_ROI_CONTOURS] = _sequence(_ROI_CONTOURS, contours)
+    ds[_OBSERVATIONS] = _sequence(_OBSERVATIONS, observations)
+    # the dataset marked as written: else pydicom's writer walks it all for ambiguous VRs (there are none),
+    # parsing the sequences held as bytes on the way
     _as_written(ds)
-    ds.RTROIObservationsSequence = observations
     logger.info("encoded RTSTRUCT for %s: %d ROIs", context.where, len(rois))
     return EncodedRtstruct(ds, series_uid, sop_uid, roi_labels)

@@ -6,6 +6,8 @@ image itself."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections import defaultdict
 from io import BytesIO
 from pathlib import Path
@@ -16,10 +18,11 @@ import numpy.typing as npt
 import pydicom
 import pytest
 import shapely
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
+from pydicom.filewriter import write_data_element, write_dataset
 from skimage.draw import polygon as fill_polygon
 
 from conversion.volume import Volume
@@ -29,6 +32,7 @@ from dicom_node.outputs.derived import DerivedContext, DerivedEncodingError
 from dicom_node.outputs.label_layout import label_layout
 from dicom_node.outputs.rtstruct import encode_rtstruct
 from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, segments_from_catalog
+from dicom_node.outputs.seg_segments import CodeTriple, SegmentSpec
 from dicom_node.outputs.validation import validate_with_dciodvfy
 from tests.dicom_node.seg_support import synthetic_label_map, volumes_of
 from tests.support.paths import PD_TRA, T2_COR, T2_SAG, TEST_MRI
@@ -216,6 +220,92 @@ def test_the_header_references_each_source_image_also_written_in_implicit_vr(ser
     assert [list(c.ContourData) for roi in implicit.ROIContourSequence for c in roi.ContourSequence] == [
         list(c.ContourData) for roi in ds.ROIContourSequence for c in roi.ContourSequence
     ]
+
+
+def code_item(code: CodeTriple) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.value, code.scheme, code.meaning
+    return item
+
+
+def roi_items_as_datasets(ds: Dataset, spec: SegmentSpec, description: str) -> dict[int, Dataset]:
+    """The Structure Set ROI, ROI Contour and RT ROI Observations items of ROI 1 (``spec``) built as
+    pydicom datasets, the Contour Sequence taken from ``ds``."""
+    roi = Dataset()
+    roi.ROINumber, roi.ReferencedFrameOfReferenceUID = 1, ds.FrameOfReferenceUID
+    roi.ROIName, roi.ROIGenerationAlgorithm, roi.ROIGenerationDescription = (
+        spec.name,
+        "AUTOMATIC",
+        description,
+    )
+    contour = Dataset()
+    contour.ROIDisplayColor, contour.ReferencedROINumber = list(spec.rgb), 1
+    contour.ContourSequence = ds.ROIContourSequence[0].ContourSequence
+    observation = Dataset()
+    observation.ObservationNumber = observation.ReferencedROINumber = 1
+    observation.SegmentedPropertyCategoryCodeSequence = [code_item(spec.category)]
+    identification = code_item(spec.type)
+    if spec.modifier is not None:
+        identification.SegmentedPropertyTypeModifierCodeSequence = [code_item(spec.modifier)]
+    observation.RTROIIdentificationCodeSequence = [identification]
+    if spec.anatomic_region is not None:
+        region = code_item(spec.anatomic_region)
+        if spec.anatomic_region_modifier is not None:
+            region.AnatomicRegionModifierSequence = [code_item(spec.anatomic_region_modifier)]
+        observation.AnatomicRegionSequence = [region]
+    observation.RTROIInterpretedType, observation.ROIInterpreter = "ORGAN", ""
+    return {0x30060020: roi, 0x30060039: contour, 0x30060080: observation}
+
+
+def encoded(element: DataElement | RawDataElement, encodings: Any) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = False, True
+    write_data_element(fp, element, encodings)
+    return bytes(fp.getvalue())
+
+
+@pytest.mark.parametrize(
+    ("charset", "name", "meaning"),
+    [
+        (None, "Liver", "Liver"),
+        ("ISO_IR 100", "Leber (größter Teil)", "Lebergewebe\\Hepar"),
+        ("ISO_IR 192", "肝臓 – Leber", "Leber\\肝臓"),
+        ("ISO_IR 144", "Печень", "печень\\Liver"),
+    ],
+    ids=["none", "latin-1", "utf-8", "cyrillic"],
+)
+def test_roi_sequences_held_as_bytes_are_those_pydicom_writes(
+    charset: str | None, name: str, meaning: str
+) -> None:
+    """The Structure Set ROI, ROI Contour and RT ROI Observations Sequences (held as their bytes) are
+    those pydicom writes for the same items built as datasets, text in the source's character set: names
+    and code meanings outside ASCII, a code meaning of two values, a modifier and an anatomic region."""
+    volume = copy.deepcopy(volumes_of(SERIES["axial"])[0])
+    if charset is None:
+        del volume.first_header.SpecificCharacterSet
+    else:
+        volume.first_header.SpecificCharacterSet = charset
+    base = SEGMENTS[5]
+    spec = dataclasses.replace(
+        base,
+        name=name,
+        type=CodeTriple(base.type.value, base.type.scheme, meaning),
+        modifier=CodeTriple("7771000", "SCT", "Left"),
+        anatomic_region=CodeTriple("818987002", "SCT", meaning),
+        anatomic_region_modifier=CodeTriple("24028007", "SCT", "Right"),
+    )
+    label_map = synthetic_label_map(volume.shape, [5])
+    author = f"{name} AI"  # in the character set
+    algorithm = AlgorithmInfo(author, "total_mr", "2.0")
+    ds = encode_rtstruct(DerivedContext(volume, algorithm, SegOptions()), label_map, {5: spec}).dataset
+    declared = ds.get("SpecificCharacterSet")
+    assert (declared if declared is None or isinstance(declared, str) else "\\".join(declared)) == charset
+    encodings = ds.get("SpecificCharacterSet", "iso8859")
+    for tag, item in roi_items_as_datasets(ds, spec, f"{author} total_mr").items():
+        assert encoded(ds.get_item(tag), encodings) == encoded(DataElement(tag, "SQ", [item]), encodings)
+    assert ds.StructureSetROISequence[0].ROIName == name
+    read = ds.RTROIObservationsSequence[0].RTROIIdentificationCodeSequence[0].CodeMeaning
+    assert (read if isinstance(read, str) else "\\".join(read)) == meaning
 
 
 def test_an_empty_label_map_is_refused() -> None:
