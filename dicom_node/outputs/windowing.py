@@ -14,19 +14,29 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 
 
-def linear_8bit(pixels: npt.NDArray[Any], center: Any, width: Any) -> npt.NDArray[np.float64]:
+def linear_8bit(
+    pixels: npt.NDArray[Any],
+    center: Any,
+    width: Any,
+    out: npt.NDArray[np.uint8] | None = None,
+    temp: npt.NDArray[np.float64] | None = None,
+) -> npt.NDArray[np.uint8]:
     """pydicom's LINEAR window arithmetic (``center`` and ``width`` as :meth:`Window.linear` gives them:
     numbers, or arrays broadcast against ``pixels``), rounded and clipped to 0..255. pydicom's two range
     tests (x <= center - width / 2 -> 0, x > center + width / 2 -> 255) are left to the clip: there the
-    formula gives <= 0 and > 255 (up to rounding far below half a grey level), which rint and clip turn
-    into 0 and 255 as well."""
-    y: npt.NDArray[np.float64] = np.subtract(pixels, center, dtype=np.float64)
+    formula gives <= 0 and > 255 (up to rounding far below half a grey level), which clip and rint turn
+    into 0 and 255 as well. Clipped before it is rounded (the same values: 0 and 255 are whole numbers and
+    rounding keeps the order), the result is rounded straight into 8 bits. ``out``: where to write it,
+    ``temp``: float64 memory of ``pixels``' shape for the arithmetic (else new memory)."""
+    y: npt.NDArray[np.float64] = np.subtract(pixels, center, dtype=np.float64, out=temp)
     y /= width
     y += 0.5
     y *= 255.0
-    np.rint(y, out=y)
     np.clip(y, 0, 255, out=y)
-    return y
+    gray: npt.NDArray[np.uint8] = np.rint(
+        y, out=np.empty(y.shape, dtype=np.uint8) if out is None else out, casting="unsafe"
+    )
+    return gray
 
 
 #: Values windowed per block by :func:`windowed_stack` (512 KB of float64: a core's cache holds the block).
@@ -38,10 +48,11 @@ def windowed_stack(
 ) -> npt.NDArray[np.uint8] | None:
     """A (columns, rows, slices) stack windowed to 8 bits, slice k with ``windows[k]``, in the stack's own
     memory order (a C-ordered stack in blocks of whole rows of slices, each slice's center and width
-    broadcast along the last axis; a Fortran-ordered one, as ``load_series`` makes it, slice by slice), so
-    that the slices are then transposed as bytes rather than as modality values (or not at all); None where
-    a window is not linear (:meth:`Window.linear`) or the stack is in neither order. ``out``: where to write
-    it (the stack's shape, in its order), else new memory."""
+    broadcast along the last axis; a Fortran-ordered one, as ``load_series`` makes it, slice by slice;
+    the blocks' arithmetic in one float64 buffer), so that the slices are then transposed as bytes rather
+    than as modality values (or not at all); None where a window is not linear (:meth:`Window.linear`) or
+    the stack is in neither order. ``out``: where to write it (the stack's shape, in its order), else new
+    memory."""
     linear = [w.linear() for w in windows]
     if not voxels.size or any(p is None for p in linear):
         return None
@@ -62,13 +73,21 @@ def windowed_stack(
         # a row of them broadcast; the same arithmetic
         uniform = bool((centers == centers[0]).all() and (widths == widths[0]).all())
         center, width = (float(centers[0]), float(widths[0])) if uniform else (centers, widths)
+        temp = np.empty((min(step, len(flat)), count), dtype=np.float64)
         for start in range(0, len(flat), step):
-            rows[start : start + step] = linear_8bit(flat[start : start + step], center, width)
+            block = flat[start : start + step]
+            linear_8bit(block, center, width, rows[start : start + step], temp[: len(block)])
     elif voxels.flags.f_contiguous:
         gray = np.empty(voxels.shape, dtype=np.uint8, order="F") if out is None else out
         flat, planes = voxels.T.reshape(count, -1), gray.T.reshape(count, -1)
-        for k in range(count):
-            planes[k] = linear_8bit(flat[k], centers[k], widths[k])
+        size = flat.shape[1]
+        temp = np.empty(min(_BLOCK, size), dtype=np.float64)
+        for k in range(count):  # each slice in blocks that a core's cache holds
+            for start in range(0, size, _BLOCK):
+                block = flat[k, start : start + _BLOCK]
+                linear_8bit(
+                    block, centers[k], widths[k], planes[k, start : start + _BLOCK], temp[: len(block)]
+                )
     else:
         return None
     return gray
@@ -100,8 +119,7 @@ class Window:
         linear = self.linear()
         if linear is None:
             return self._apply_with_pydicom(pixels)
-        gray: npt.NDArray[np.uint8] = linear_8bit(pixels, *linear).astype(np.uint8)
-        return gray
+        return linear_8bit(pixels, *linear)
 
     def _apply_with_pydicom(self, pixels: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
         from pydicom.pixels.processing import apply_windowing
