@@ -18,7 +18,7 @@ Sequence) and says it is AI-generated in Image Comments, Derivation Description 
 
 The images are drawn as they are taken (:meth:`EncodedOverlay.images`), each into a buffer of its size that
 the next image of that size reuses, and written before the next is drawn: a stack's series holds one
-image's pixels at a time (a few MB) instead of all of them (140 MB for 120 images of 512 x 760 RGB), and a
+image's pixels at a time instead of all of them (140 MB for 120 images of 512 x 760 RGB), and a
 Fortran-ordered stack is windowed 16 slices at a time rather than copied whole to 8 bits.
 """
 
@@ -108,6 +108,15 @@ def legend_band(width: int, entries: tuple[tuple[str, tuple[int, int, int]], ...
     return np.asarray(band, dtype=np.uint8)
 
 
+@dataclass
+class ImageBuffer:
+    """An image that :func:`render` draws over, image after image of its shape."""
+
+    image: npt.NDArray[np.uint8]
+    #: The labels whose legend band its rows below the source pixels hold (None: not drawn yet).
+    band: bytes | None = None
+
+
 def render(
     gray: npt.NDArray[np.uint8],
     labels: npt.NDArray[Any],
@@ -115,15 +124,15 @@ def render(
     legend: Mapping[int, tuple[str, tuple[int, int, int]]],
     edge: npt.NDArray[np.bool_] | None = None,
     bands: dict[bytes, npt.NDArray[np.uint8]] | None = None,
-    buffers: dict[tuple[int, ...], npt.NDArray[np.uint8]] | None = None,
+    buffers: dict[tuple[int, ...], ImageBuffer] | None = None,
 ) -> npt.NDArray[np.uint8]:
     """One overlay image (rows, columns, RGB): ``gray`` (rows, columns) with outlines and the legend band.
     ``legend``: label -> (name, RGB) of the structures that may be on it; ``edge``: the outline pixels
     when the caller has them (:func:`outline` of the whole stack at once); ``bands``: the legend bands of
     the images made so far, by the labels on them (filled here), where the caller keeps them;
-    ``buffers``: the caller's images by shape, reused: the image is drawn over every pixel of the one of
-    its shape (made and kept there where missing) instead of new memory, and is valid until the next image
-    of that shape is drawn."""
+    ``buffers``: the caller's images by shape, reused: the image is drawn over the one of its shape (made
+    and kept there where missing; its legend band only where it holds another one) instead of new memory,
+    and is valid until the next image of that shape is drawn."""
     rows, columns = gray.shape
     width = max(columns, MIN_WIDTH)
     edge = outline(labels) if edge is None else edge
@@ -139,13 +148,14 @@ def render(
         if bands is not None:
             bands[key] = band
     shape = (rows + band.shape[0], width, 3)
-    image = None if buffers is None else buffers.get(shape)
-    if image is None:
+    buffer = None if buffers is None else buffers.get(shape)
+    if buffer is None:
         # fresh memory costs its page faults on first touch (as much as drawing the image): a caller that
         # draws image after image keeps a few buffers instead
-        image = np.empty(shape, dtype=np.uint8)
+        buffer = ImageBuffer(np.empty(shape, dtype=np.uint8))
         if buffers is not None:
-            buffers[shape] = image
+            buffers[shape] = buffer
+    image = buffer.image
     top = image[:rows]
     cv2 = opencv()
 
@@ -159,7 +169,9 @@ def render(
     else:
         top[:, :columns] = cv2.cvtColor(source, cv2.COLOR_GRAY2RGB)
         top[:, columns:] = 0
-    image[rows:] = band
+    if buffer.band != key:  # neighbouring slices mostly have the same structures: the band stays
+        image[rows:] = band
+        buffer.band = key
     if where.size:
         if width == columns:
             top.reshape(-1, 3)[where] = colours[on_edge]
@@ -210,7 +222,7 @@ class _Drawing:
         off the dataset again when the next image is asked for (or the iteration ends)."""
         volume = self.context.volume
         bands: dict[bytes, npt.NDArray[np.uint8]] = {}
-        buffers: dict[tuple[int, ...], npt.NDArray[np.uint8]] = {}
+        buffers: dict[tuple[int, ...], ImageBuffer] = {}
         gray_buffer: list[npt.NDArray[np.uint8]] = []
         for k, ref in enumerate(volume.slice_refs):
             if k % _CHUNK == 0:

@@ -5,8 +5,9 @@ Run: ``python tests/bench/bench_outputs.py [--slices 120] [--repeat 2]``
 
 The series and label map are those of ``bench_seg.py`` (synthetic series with the headers of a real test
 instance; 50 adjacent regions filling a body-shaped ellipse), with a smooth intensity pattern in the voxels
-so that the overlay's windowing has something to do. Each kind is timed from the Volume and label map to
-its files on disk (encoding and writing; validation with dciodvfy is not included, as in bench_seg):
+so that the overlay's windowing has something to do, held in the order in which ``load_series`` holds a
+stack's voxels. Each kind is timed from the Volume and label map to its files on disk (encoding and
+writing; validation with dciodvfy is not included, as in bench_seg):
 
 - SEG: ``encode_seg`` (BINARY, SegNode's fast frame assembly) + write, the anchor;
 - SR: ``label_layout`` (the label map in slice order with its counts and boxes, made once per stack for the
@@ -24,6 +25,7 @@ all four kinds together against the SEG alone.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import tempfile
@@ -58,7 +60,10 @@ def main() -> int:
         (folder / "series").mkdir()
         volume = make_series(folder / "series", args.slices)
         i, j, k = np.mgrid[0 : volume.shape[0], 0 : volume.shape[1], 0 : volume.shape[2]]
-        volume.voxels[...] = (500 + 300 * np.sin(i / 40) * np.cos(j / 55) + 5 * k).astype(np.float32)
+        pattern = (500 + 300 * np.sin(i / 40) * np.cos(j / 55) + 5 * k).astype(np.float32)
+        # held as load_series holds a stack's voxels (Fortran order: each slice contiguous), which the
+        # overlay windows and reads slice by slice
+        volume = dataclasses.replace(volume, voxels=np.asfortranarray(pattern))
         labels = make_label_map(args.slices)
         segments = segments_from_catalog("total_mr")
         algorithm = AlgorithmInfo("TotalSegmentator", "total_mr", "bench")

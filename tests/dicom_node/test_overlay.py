@@ -24,7 +24,7 @@ from skimage.segmentation import find_boundaries
 
 from conversion.volume import Volume
 from dicom_node.outputs.derived import DerivedContext, DerivedEncodingError
-from dicom_node.outputs.overlay import EncodedOverlay, encode_overlay, slices_of
+from dicom_node.outputs.overlay import EncodedOverlay, ImageBuffer, encode_overlay, render, slices_of
 from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, segments_from_catalog
 from dicom_node.outputs.validation import validate_with_dciodvfy
 from dicom_node.outputs.windowing import Window, windowed_stack
@@ -310,7 +310,31 @@ def test_a_stack_window_buffer_of_another_shape_or_order_is_refused() -> None:
     windows = [Window(10.0, 20.0)] * 4
     expected = windowed_stack(voxels, windows)
     out = np.empty(voxels.shape, dtype=np.uint8, order="F")
-    assert windowed_stack(voxels, windows, out) is out and np.array_equal(out, expected)  # type: ignore[arg-type]
+    assert (
+        windowed_stack(voxels, windows, out) is out and expected is not None and np.array_equal(out, expected)
+    )
     for wrong in (np.empty(voxels.shape, np.uint8), np.empty((2, 3, 3), np.uint8, order="F")):
         with pytest.raises(ValueError, match="not uint8 in the stack's shape and order"):
             windowed_stack(voxels, windows, wrong)
+
+
+def test_images_drawn_into_a_reused_buffer_are_those_drawn_into_new_memory() -> None:
+    """A buffer reused for images of its shape gets each image's own legend band (the same height for
+    one structure or another) and source pixels, as an image drawn into new memory."""
+    rng = np.random.default_rng(5)
+    colours = np.array([SEGMENTS[v].rgb if v in SEGMENTS else (0, 0, 0) for v in range(4)], dtype=np.uint8)
+    legend = {}
+    for v in (1, 2, 3):
+        red, green, blue = (int(c) for c in SEGMENTS[v].rgb)
+        legend[v] = (SEGMENTS[v].name, (red, green, blue))
+    buffers: dict[tuple[int, ...], ImageBuffer] = {}
+    bands: dict[bytes, npt.NDArray[np.uint8]] = {}
+    drawn = []
+    for label in (1, 2, 2, 1, 3):
+        labels = np.zeros((40, 400), dtype=np.uint8)
+        labels[10:30, 50 * label : 50 * label + 60] = label
+        gray = rng.integers(0, 256, labels.shape, dtype=np.uint8)
+        image = render(gray, labels, colours, legend, None, bands, buffers)
+        assert np.array_equal(image, render(gray, labels, colours, legend)), f"label {label}"
+        drawn.append(image)
+    assert len(buffers) == 1 and all(np.shares_memory(image, drawn[0]) for image in drawn)
