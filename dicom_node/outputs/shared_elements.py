@@ -6,8 +6,10 @@ first; for 120 images of some 70 elements that costs more than the pixels. :clas
 encodes an element that an image holds from the series' template (the same element object, as
 ``Dataset.update(template)`` or ``Dataset(dict(template.items()))`` leave it) once, with pydicom's own
 ``write_data_element``, and writes the cached bytes for every image while the element keeps its VR and
-value (a sequence: its items' elements); the elements of the image itself are encoded for each image by
-pydicom's writer as ``dcmwrite`` does, but for a long OB or OW value (the pixels), which goes from its bytes
+value (a sequence: its items' elements); the elements of the image itself are encoded by pydicom's writer
+as ``dcmwrite`` does, those with a single plain value (string, UID, integer, bytes) once while the value
+stays from image to image, a sequence item by item from the bytes of its items' elements (the source
+reference: one UID of its own, the rest alike), and a long OB or OW value (the pixels) goes from its bytes
 straight to the file after its header; the file meta elements are completed by pydicom's
 ``validate_file_meta`` as ``dcmwrite`` does and encoded once while their values stay (an image's own SOP
 Instance UID is encoded for it). The file is the same,
@@ -39,6 +41,8 @@ _BULK = frozenset(("OB", "OW"))
 _BULK_SIZE = 1 << 16
 _BYTES = (bytes, memoryview)
 _GROUP_LENGTH = BaseTag(0x00020000)
+#: An item's tag (FFFE,E000), little endian.
+_ITEM = struct.pack("<HH", 0xFFFE, 0xE000)
 #: Types of single values that are neither multi-values nor sequences (compared as they are).
 _PLAIN = frozenset((str, bytes, int, float, UID, type(None)))
 
@@ -83,6 +87,8 @@ class SharedElementsWriter:
         self._charset = template.get("SpecificCharacterSet", default_encoding)
         self._encoded: dict[BaseTag, tuple[Any, bytes]] = {}
         self._meta: dict[BaseTag, tuple[Any, bytes]] = {}
+        #: The last plain value encoded for each tag of the images' own elements.
+        self._values: dict[BaseTag, tuple[Any, bytes]] = {}
         self._usable = not any(_is_ambiguous(template.get_item(tag).VR) for tag in template.keys())
 
     def _bytes(self, elem: DataElement | RawDataElement, dataset: Dataset) -> bytes:
@@ -91,17 +97,62 @@ class SharedElementsWriter:
         write_data_element(fp, correct_ambiguous_vr_element(elem, dataset, True), self._charset)
         return fp.getvalue()
 
-    def _shared(self, tag: BaseTag, elem: DataElement | RawDataElement, dataset: Dataset) -> bytes:
-        """The element's bytes, from the cache while its VR and value (with the items of a sequence) are
-        those it was encoded with: an element changed in place, through any of the datasets that share
-        it, is encoded again."""
+    def _shared(
+        self,
+        tag: BaseTag,
+        elem: DataElement | RawDataElement,
+        dataset: Dataset,
+        cache: dict[BaseTag, tuple[Any, bytes]] | None = None,
+    ) -> bytes:
+        """The element's bytes, from the cache (the template's elements', else ``cache``) while its VR and
+        value (with the items of a sequence) are those it was encoded with: an element changed in place,
+        through any of the datasets that share it, is encoded again."""
+        cache = self._encoded if cache is None else cache
         state = _frozen(elem)
-        cached = self._encoded.get(tag)
+        cached = cache.get(tag)
         if cached is not None and cached[0] == state:
             return cached[1]
         encoded = self._bytes(elem, dataset)
-        self._encoded[tag] = (state, encoded)
+        cache[tag] = (state, encoded)
         return encoded
+
+    def _own(self, tag: BaseTag, elem: DataElement | RawDataElement, dataset: Dataset) -> bytes:
+        """An element of the image itself (or of an item of one of its sequences): a single plain value
+        from the cache of the last value of its tag (the images of a series repeat most of theirs: Rows,
+        Columns, a derivation description, a code), a sequence item by item (:meth:`_sequence`), any other
+        element by pydicom's writer."""
+        if isinstance(elem, DataElement) and not _is_ambiguous(elem.VR):
+            if elem.VR == "SQ":
+                encoded = self._sequence(tag, elem)
+                if encoded is not None:
+                    return encoded
+            elif type(elem.value) in _PLAIN:
+                return self._shared(tag, elem, dataset, self._values)
+        return self._bytes(elem, dataset)
+
+    def _sequence(self, tag: BaseTag, elem: DataElement) -> bytes | None:
+        """A sequence of defined length as pydicom's writer writes it: each item of defined length, its
+        elements in tag order (retired group lengths left out) encoded as in :meth:`_own`; None (pydicom's
+        writer then) where an item has a character set of its own, an undefined length or an element that
+        pydicom reads from a file as raw bytes or whose VR depends on other elements."""
+        if elem.is_undefined_length:
+            return None
+        items = []
+        for item in elem.value:
+            if item.is_undefined_length_sequence_item or "SpecificCharacterSet" in item:
+                return None
+            parts = []
+            for key in sorted(item.keys(), key=int):
+                if key.element == 0 and key.group > 6:
+                    continue
+                sub = item.get_item(key)
+                if not isinstance(sub, DataElement) or _is_ambiguous(sub.VR):
+                    return None
+                parts.append(self._own(key, sub, item))
+            body = b"".join(parts)
+            items.append(_ITEM + struct.pack("<I", len(body)) + body)
+        value = b"".join(items)
+        return struct.pack("<HH4sI", tag >> 16, tag & 0xFFFF, b"SQ\0\0", len(value)) + value
 
     def _file_meta(self, meta: FileMetaDataset) -> bytes:
         """The file meta information as pydicom's ``write_file_meta_info(enforce_standard=True)`` writes it:
@@ -161,7 +212,7 @@ class SharedElementsWriter:
             corrected = correct_ambiguous_vr_element(elem, dataset, True)
             bulk = _bulk(corrected)
             if bulk is None:
-                fp.write(self._bytes(elem, dataset))
+                fp.write(self._own(tag, elem, dataset))
                 continue
             # bulk data (the pixels): its header as pydicom writes it, then the value itself straight to the
             # file, not copied through the buffer twice

@@ -155,3 +155,39 @@ def test_pixels_in_a_buffer_are_written_as_their_bytes_are() -> None:
         assert isinstance(ds.PixelData, memoryview)
         written, again = both(writer, ds)
         assert written == expected and again == expected, f"{size} bytes"
+
+
+def code(value: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
+    return item
+
+
+@pytest.mark.parametrize("case", ["nested", "empty", "charset", "undefined", "ambiguous", "changed"])
+def test_sequences_and_values_of_the_images_are_written_as_pydicom_writes_them(case: str) -> None:
+    """The images' own elements (plain values encoded once while they repeat, sequences item by item from
+    their elements' bytes, nested ones too) give the files of ``save_as``, image after image; an item with
+    a character set of its own, of undefined length, or with an element whose VR depends on others is
+    left to pydicom's writer; a value changed in place in an item is encoded again."""
+    shared = template()
+    writer = SharedElementsWriter(shared)
+    purpose = code("121322", "DCM source")
+    for n in range(1, 4):
+        ds = image(shared, n)
+        ds.DerivationDescription = "Jörg's outlines"  # the same for every image
+        ds.SourceImageSequence[0].PurposeOfReferenceCodeSequence = [purpose, code(f"11{n}", "Wörter")]
+        item = ds.SourceImageSequence[0]
+        if case == "empty":
+            item.PurposeOfReferenceCodeSequence = []
+        elif case == "charset":
+            item.SpecificCharacterSet = "ISO_IR 192"
+            item.PurposeOfReferenceCodeSequence[1].CodeMeaning = "Wörter ☃"
+        elif case == "undefined":
+            item.is_undefined_length_sequence_item = True
+        elif case == "ambiguous":
+            item.SmallestImagePixelValue = 3  # US or SS: by the Pixel Representation
+        elif case == "changed" and n == 3:
+            purpose.CodeMeaning = "Changed"  # the item every image shares, changed in place
+        written, expected = both(writer, ds)
+        assert written == expected, f"image {n}"
+    assert (b"Changed" in written) is (case == "changed")
