@@ -173,10 +173,11 @@ def render(
         image[rows:] = band
         buffer.band = key
     if where.size:
-        if width == columns:
-            top.reshape(-1, 3)[where] = colours[on_edge]
-        else:
-            top[where // columns, where % columns] = colours[on_edge]
+        # each outline pixel's 3 bytes as one item (numpy's fancy assignment of rows of 3 bytes goes
+        # element by element); the flat indices moved to the image's width where it is wider
+        index = where if width == columns else where + (where // columns) * (width - columns)
+        pixels = top.reshape(-1, 3).view("V3").reshape(-1)
+        pixels[index] = np.ascontiguousarray(colours, dtype=np.uint8).view("V3").reshape(-1)[on_edge]
     return image
 
 
