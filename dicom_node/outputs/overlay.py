@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydicom.dataset import Dataset
-from pydicom.uid import SecondaryCaptureImageStorage
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from conversion.volume import SliceRef
 from dicom_node.outputs.derived import (
@@ -45,7 +45,6 @@ from dicom_node.outputs.derived import (
     opencv,
     set_creation_time,
     set_equipment,
-    set_file_meta,
     slices_of,
 )
 from dicom_node.outputs.label_layout import LabelLayout
@@ -195,8 +194,10 @@ class _Drawing:
     gray_stack: npt.NDArray[np.uint8] | None
     colours: npt.NDArray[np.uint8]
     legend: Mapping[int, tuple[str, tuple[int, int, int]]]
-    #: The Purpose of Reference code item of the source references, one item for the whole series.
-    purpose: Dataset
+    #: What every image's Source Image Sequence item has: the Purpose of Reference code, one item.
+    source: Dataset
+    #: The file meta elements of every image but its SOP Instance UID.
+    file_meta: FileMetaDataset
 
     def _chunk(self, k: int, buffer: list[npt.NDArray[np.uint8]]) -> tuple[npt.NDArray[Any], bool]:
         """Slices ``k`` to ``k + _CHUNK`` as (slices, rows, columns): windowed to 8 bits (True), or their
@@ -216,6 +217,27 @@ class _Drawing:
             if gray is not None:
                 return slices_of(gray, 0, part.shape[2]), True
         return slices_of(voxels, k, k + _CHUNK), False
+
+    def _image(self, k: int, ref: SliceRef, header: Dataset, window: Window) -> Dataset:
+        """One image but for its pixels: the template's elements themselves (as ``update`` would leave them,
+        without its per-element checks, which they passed when the template was built; the series' writer
+        encodes them once) and the image's own."""
+        ds = Dataset(dict(self.template.items()))
+        ds.SOPInstanceUID = uid = self.context.uid(OutputKind.OVERLAY, f"instance-{k}")
+        number = header.get("InstanceNumber")
+        ds.InstanceNumber = int(number) if ref.frame_number is None and number not in (None, "") else k + 1
+        source = Dataset(dict(self.source.items()))
+        source.ReferencedSOPClassUID = ref.sop_class_uid
+        source.ReferencedSOPInstanceUID = ref.sop_instance_uid
+        if ref.frame_number is not None:
+            source.ReferencedFrameNumber = ref.frame_number
+        ds.SourceImageSequence = [source]
+        description = _description(self.context, window)
+        if description != self.template.get("DerivationDescription"):  # windows that differ by slice
+            ds.DerivationDescription = description
+        ds.file_meta = FileMetaDataset(dict(self.file_meta.items()))
+        ds.file_meta.MediaStorageSOPInstanceUID = UID(uid)
+        return ds
 
     def images(self) -> Iterator[Dataset]:
         """The images in slice order, each drawn when it is asked for into a buffer of its size that the
@@ -240,8 +262,10 @@ class _Drawing:
             pixels = render(
                 gray, planes[k % _CHUNK], self.colours, self.legend, edges[k % _CHUNK], bands, buffers
             )
-            ds = _image(self.template, self.context, k, ref, header, window, self.purpose)
-            ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
+            ds = self._image(k, ref, header, window)
+            ds.Rows = int(pixels.shape[0])
+            if pixels.shape[1] != self.template.Columns:
+                ds.Columns = int(pixels.shape[1])
             view = pixels.reshape(-1).data  # the buffer's bytes, in the order the file holds them
             ds.PixelData = view
             try:
@@ -329,37 +353,12 @@ def _series_template(context: DerivedContext, series_uid: str) -> Dataset:
     return ds
 
 
-def _image(
-    template: Dataset,
-    context: DerivedContext,
-    k: int,
-    ref: SliceRef,
-    header: Dataset,
-    window: Window,
-    purpose: Dataset,
-) -> Dataset:
-    """One image's own elements; ``purpose``: the Purpose of Reference code item of the source reference,
-    one item for the whole series (never changed)."""
-    # the template's elements themselves (as ``update`` would leave them, without its per-element checks,
-    # which the template's elements passed when it was built): SharedElementsWriter encodes them once
-    ds = Dataset(dict(template.items()))
-    ds.SOPInstanceUID = context.uid(OutputKind.OVERLAY, f"instance-{k}")
-    number = header.get("InstanceNumber")
-    ds.InstanceNumber = int(number) if ref.frame_number is None and number not in (None, "") else k + 1
-    source = Dataset()
-    source.ReferencedSOPClassUID = ref.sop_class_uid
-    source.ReferencedSOPInstanceUID = ref.sop_instance_uid
-    if ref.frame_number is not None:
-        source.ReferencedFrameNumber = ref.frame_number
-    source.PurposeOfReferenceCodeSequence = [purpose]
-    ds.SourceImageSequence = [source]
+def _description(context: DerivedContext, window: Window) -> str:
     algorithm = context.algorithm
-    ds.DerivationDescription = (
+    return (
         f"{NOT_FOR_DIAGNOSIS}: outlines of the {algorithm.name} {algorithm.task} structures on the "
         f"source image; {window.describe()}"
     )
-    set_file_meta(ds, SecondaryCaptureImageStorage, ds.SOPInstanceUID)
-    return ds
 
 
 def encode_overlay(
@@ -388,6 +387,7 @@ def encode_overlay(
     headers = {str(h.SOPInstanceUID): h for h in volume.source_headers}
     series_uid = context.uid(OutputKind.OVERLAY, "series")
     template = _series_template(context, series_uid)
+    template.Columns = max(volume.shape[0], MIN_WIDTH)  # as render makes them
     # the stack's window (a percentile pass over the voxels) only for sources without a window of their own
     fallback: Window | None = None
     windows = []
@@ -398,6 +398,17 @@ def encode_overlay(
                 fallback = stack_window(volume.voxels)
             window = fallback
         windows.append(window)
+    # what the images' own elements share, in the template where every image has it (encoded once)
+    descriptions = {_description(context, window) for window in windows}
+    if len(descriptions) == 1:
+        template.DerivationDescription = descriptions.pop()
+    source = Dataset()
+    source.PurposeOfReferenceCodeSequence = [
+        _code_item("121322", "DCM", "Source image for image processing operation")
+    ]
+    file_meta = FileMetaDataset()  # as set_file_meta makes it, each image with its own instance UID
+    file_meta.MediaStorageSOPClassUID = UID(SecondaryCaptureImageStorage)
+    file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     drawing = _Drawing(
         context,
         template,
@@ -408,6 +419,7 @@ def encode_overlay(
         None if volume.voxels.flags.f_contiguous else windowed_stack(volume.voxels, windows),
         colours,
         legend,
-        _code_item("121322", "DCM", "Source image for image processing operation"),
+        source,
+        file_meta,
     )
     return EncodedOverlay(series_uid, SharedElementsWriter(template), drawing)
