@@ -18,8 +18,8 @@ writing; validation with dciodvfy is not included, as in bench_seg):
   writer, as the node does);
 - RTSTRUCT: ``encode_rtstruct`` + write.
 
-Goal (issue 13): SR, overlay and RTSTRUCT together take less than twice the SEG's time; the last line gives
-all four kinds together against the SEG alone.
+Goal (issue 13): all four kinds together take less than twice the SEG's time alone (the SR, overlay and
+RTSTRUCT together less than the SEG); the last line gives that verdict.
 """
 
 from __future__ import annotations
@@ -118,10 +118,11 @@ def main() -> int:
     for name, (best, median, cpu) in results.items():
         print(f"{name:<10} {best:8.2f} {median:9.2f} {cpu:7.2f} {cpu / seg_cpu:12.2f}")
     extra = sum(results[name][2] for name in ("SR", "overlay", "RTSTRUCT"))
-    verdict = "met" if extra < 2 * seg_cpu else "NOT met"
-    print(f"SR + overlay + RTSTRUCT: {extra:.2f} s cpu = {extra / seg_cpu:.2f} x SEG (goal < 2 x: {verdict})")
+    print(f"SR + overlay + RTSTRUCT: {extra:.2f} s cpu = {extra / seg_cpu:.2f} x SEG")
     total = seg_cpu + extra
-    print(f"SEG + SR + overlay + RTSTRUCT: {total:.2f} s cpu = {total / seg_cpu:.2f} x SEG")
+    verdict = "met" if total < 2 * seg_cpu else "NOT met"
+    ratio = total / seg_cpu
+    print(f"SEG + SR + overlay + RTSTRUCT: {total:.2f} s cpu = {ratio:.2f} x SEG (goal < 2 x: {verdict})")
     return 0
 
 
