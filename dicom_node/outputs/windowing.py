@@ -1,17 +1,21 @@
 """8-bit display windows of the overlay series (``dicom_node.outputs.overlay``): the source image's own
 window (Window Center/Width and VOI LUT Function, PS3.3 C.11.2.1.2), else the 0.5-99.5 percentile range of
 the stack, applied with the arithmetic of pydicom's ``apply_windowing`` (the same values, tested against
-pydicom), to a whole stack at once in its own memory order."""
+pydicom), to a whole stack at once in its own memory order; float32 stacks as ``load_series`` holds them
+with OpenCV in float32, corrected to the same values (:class:`Float32Window`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
+
+from dicom_node.outputs.derived import opencv
 
 
 def linear_8bit(
@@ -48,8 +52,9 @@ def windowed_stack(
 ) -> npt.NDArray[np.uint8] | None:
     """A (columns, rows, slices) stack windowed to 8 bits, slice k with ``windows[k]``, in the stack's own
     memory order (a C-ordered stack in blocks of whole rows of slices, each slice's center and width
-    broadcast along the last axis; a Fortran-ordered one, as ``load_series`` makes it, slice by slice;
-    the blocks' arithmetic in one float64 buffer), so that the slices are then transposed as bytes rather
+    broadcast along the last axis; a Fortran-ordered one, as ``load_series`` makes it, slice by slice:
+    of float32 values, with :class:`Float32Window` where the window has one, else in blocks), the blocks'
+    arithmetic in one float64 buffer, so that the slices are then transposed as bytes rather
     than as modality values (or not at all); None where a window is not linear (:meth:`Window.linear`) or
     the stack is in neither order. ``out``: where to write it (the stack's shape, in its order), else new
     memory."""
@@ -81,8 +86,13 @@ def windowed_stack(
         gray = np.empty(voxels.shape, dtype=np.uint8, order="F") if out is None else out
         flat, planes = voxels.T.reshape(count, -1), gray.T.reshape(count, -1)
         size = flat.shape[1]
+        fast = float32_windows(centers, widths) if voxels.dtype == np.float32 else [None] * count
+        scratch = (np.empty((1, size), np.float32), np.empty((1, size), np.uint8)) if any(fast) else None
         temp = np.empty(min(_BLOCK, size), dtype=np.float64)
-        for k in range(count):  # each slice in blocks that a core's cache holds
+        for k in range(count):  # each slice in blocks that a core's cache holds, or at once in float32
+            if (window := fast[k]) is not None and scratch is not None:
+                window.apply(flat[k].reshape(1, -1), planes[k].reshape(1, -1), *scratch)
+                continue
             for start in range(0, size, _BLOCK):
                 block = flat[k, start : start + _BLOCK]
                 linear_8bit(
@@ -91,6 +101,133 @@ def windowed_stack(
     else:
         return None
     return gray
+
+
+#: Windows whose center lies within this many widths of zero get the float32 path (:class:`Float32Window`):
+#: there OpenCV's float32 arithmetic stays within a quarter of a grey level of the exact value.
+_FAST_CENTER_WIDTHS = 1000.0
+#: The float32 path's tables by (center, width) of :func:`linear_8bit` (None: a window without one).
+_FAST_CACHE: dict[tuple[float, float], Float32Window | None] = {}
+
+
+def _float32_keys(values: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
+    """Integers in the order of the float32 ``values`` (not NaN; -0 just below +0)."""
+    bits = values.view(np.int32).astype(np.int64)
+    keys: npt.NDArray[np.int64] = np.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    return keys
+
+
+def _float32_of_keys(keys: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+    bits = np.where(keys < 0, keys ^ 0x7FFFFFFF, keys).astype(np.int32)
+    values: npt.NDArray[np.float32] = bits.view(np.float32)
+    return values
+
+
+def gray_thresholds(
+    centers: npt.NDArray[np.float64], widths: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float32]:
+    """For each window (``centers[i]``, ``widths[i]`` as :meth:`Window.linear` gives them) and each grey
+    level k = 1..255, the smallest float32 value that :func:`linear_8bit` takes to k or above (column
+    k - 1). :func:`linear_8bit` is non-decreasing in its input (each of its steps is), takes -inf to 0 and
+    +inf to 255, so each exists, and a bisection over the float32 values in their order that evaluates
+    :func:`linear_8bit` itself finds it: between the float32 values around the level's edge in exact
+    arithmetic (c + w * ((k - 1/2) / 255 - 1/2), a few values apart) where they bracket it, else between
+    -inf and +inf (32 rounds)."""
+    levels = np.tile(np.arange(1, 256), len(centers))
+    center, width = np.repeat(centers, 255), np.repeat(widths, 255)
+    edge = center + width * ((levels - 0.5) / 255 - 0.5)
+    margin = 1e-9 * (np.abs(center) + width)
+    ends = _float32_keys(np.array([-np.inf, np.inf], dtype=np.float32))
+    with np.errstate(over="ignore"):  # edges beyond float32 become infinite: bracketed or not, below
+        low = np.maximum(_float32_keys((edge - margin).astype(np.float32)) - 1, ends[0])
+        high = np.minimum(_float32_keys((edge + margin).astype(np.float32)) + 1, ends[1])
+    bracketed = (linear_8bit(_float32_of_keys(low), center, width) < levels) & (
+        linear_8bit(_float32_of_keys(high), center, width) >= levels
+    )
+    low, high = np.where(bracketed, low, ends[0]), np.where(bracketed, high, ends[1])
+    active = np.flatnonzero(high - low > 1)
+    while active.size:
+        below, above = low[active], high[active]
+        middle = below + (above - below) // 2
+        up = linear_8bit(_float32_of_keys(middle), center[active], width[active]) >= levels[active]
+        high[active], low[active] = np.where(up, middle, above), np.where(up, below, middle)
+        active = active[high[active] - low[active] > 1]
+    return _float32_of_keys(high).reshape(len(centers), 255)
+
+
+@dataclass(frozen=True)
+class Float32Window:
+    """:func:`linear_8bit` of one window for float32 values, the same values from float32 arithmetic with
+    OpenCV. r = OpenCV's 8-bit rounding (to nearest, saturating) of v = ``alpha * x + alpha * x + gamma``
+    = 128 + 255 * (c - x) / w = 255.5 - y, y being the exact formula's value before it is rounded: in
+    float32, with the center within ``_FAST_CENTER_WIDTHS`` widths of zero, v is within a quarter of its
+    exact value where y is within 0..255 (its terms are below 2**18 there, each float32 step within
+    2**-24 of them), and beyond, where y and v only grow apart, it rounds to 0 or 255 as y does. So
+    255 - r is the exact grey level g or g - 1 (255 - v lies within (y - 3/4, y - 1/4)), and one
+    comparison with the least value of grey level 256 - r (``table[r]``, from :func:`gray_thresholds`;
+    NaN for r = 0, where 255 - r is 255 already) adds the missing 1. NaN values: OpenCV rounds them to
+    255, 255 - r = 0 and no comparison holds: 0, as :func:`linear_8bit` gives them."""
+
+    table: npt.NDArray[np.float32]
+    alpha: float
+    gamma: float
+
+    def apply(
+        self,
+        values: npt.NDArray[np.float32],
+        out: npt.NDArray[np.uint8],
+        thresholds: npt.NDArray[np.float32],
+        reached: npt.NDArray[np.uint8],
+    ) -> None:
+        """Window ``values`` (1 x n float32) into ``out`` (1 x n uint8); ``thresholds`` and ``reached``
+        are scratch memory of that shape, float32 and uint8."""
+        cv2 = opencv()
+        cv2.addWeighted(values, self.alpha, values, self.alpha, self.gamma, dst=out, dtype=cv2.CV_8U)
+        cv2.LUT(out, self.table, dst=thresholds)
+        cv2.compare(values, thresholds, cv2.CMP_GE, dst=reached)
+        np.add(out, reached, out=out)  # r - 1 where the threshold is reached (255 is -1 modulo 256)
+        np.invert(out, out=out)  # 255 - r
+
+
+def float32_windows(
+    centers: npt.NDArray[np.float64], widths: npt.NDArray[np.float64]
+) -> list[Float32Window | None]:
+    """The float32 path of each window (``centers[i]``, ``widths[i]`` as :meth:`Window.linear` gives
+    them), None where it has none: a center farther than ``_FAST_CENTER_WIDTHS`` widths from zero, a width
+    outside 1e-30..1e30, a threshold among the subnormal numbers, or an OpenCV whose 8-bit rounding of
+    float32 does not saturate so (:func:`opencv_saturates`)."""
+    pairs = [(float(c), float(w)) for c, w in zip(centers, widths, strict=True)]
+    if not opencv_saturates():
+        return [None] * len(pairs)
+    if len(_FAST_CACHE) > 4096:
+        _FAST_CACHE.clear()
+    new = sorted(
+        {
+            p
+            for p in pairs
+            if p not in _FAST_CACHE and 1e-30 <= p[1] <= 1e30 and abs(p[0]) <= _FAST_CENTER_WIDTHS * p[1]
+        }
+    )
+    if new:
+        found = gray_thresholds(np.array([c for c, _ in new]), np.array([w for _, w in new]))
+        for (center, width), row in zip(new, found, strict=True):
+            subnormal = (row != 0) & (np.abs(row) < np.finfo(np.float32).tiny)
+            table = np.concatenate([np.array([np.nan], np.float32), row[::-1]])
+            window = Float32Window(table, -127.5 / width, 128 + 255 * center / width)
+            _FAST_CACHE[center, width] = None if subnormal.any() else window
+    return [_FAST_CACHE.get(p) for p in pairs]
+
+
+@cache
+def opencv_saturates() -> bool:
+    """Whether OpenCV's rounding of float32 to 8 bits in ``addWeighted`` rounds to nearest and saturates,
+    NaN and +inf to 255 and -inf to 0 (OpenCV 5 does), as :class:`Float32Window` needs."""
+    special = np.array([np.nan, np.inf, -np.inf, 3e38, -3e38, 3e9, -3e9, 0.0, -0.0])
+    values = np.concatenate([special, np.arange(-2.49, 258, 0.5)]).astype(np.float32).reshape(1, -1)
+    expected = np.where(np.isnan(values), 255, np.clip(np.rint(np.nan_to_num(values)), 0, 255))
+    cv2 = opencv()
+    got = cv2.addWeighted(values, 0.5, values, 0.5, 0.0, dtype=cv2.CV_8U)
+    return bool(np.array_equal(got, expected))
 
 
 @dataclass(frozen=True)
