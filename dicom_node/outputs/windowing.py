@@ -135,12 +135,12 @@ def gray_thresholds(
     -inf and +inf (32 rounds)."""
     levels = np.tile(np.arange(1, 256), len(centers))
     center, width = np.repeat(centers, 255), np.repeat(widths, 255)
-    edge = center + width * ((levels - 0.5) / 255 - 0.5)
-    margin = 1e-9 * (np.abs(center) + width)
     ends = _float32_keys(np.array([-np.inf, np.inf], dtype=np.float32))
-    with np.errstate(over="ignore"):  # edges beyond float32 become infinite: bracketed or not, below
-        low = np.maximum(_float32_keys((edge - margin).astype(np.float32)) - 1, ends[0])
-        high = np.minimum(_float32_keys((edge + margin).astype(np.float32)) + 1, ends[1])
+    with np.errstate(all="ignore"):  # edges beyond float32 or float64 (or NaN): bracketed or not, below
+        edge = center + width * ((levels - 0.5) / 255 - 0.5)
+        margin = 1e-9 * (np.abs(center) + width)
+        low = np.clip(_float32_keys((edge - margin).astype(np.float32)) - 1, *ends)
+        high = np.clip(_float32_keys((edge + margin).astype(np.float32)) + 1, *ends)
     bracketed = (linear_8bit(_float32_of_keys(low), center, width) < levels) & (
         linear_8bit(_float32_of_keys(high), center, width) >= levels
     )
@@ -194,8 +194,8 @@ def float32_windows(
 ) -> list[Float32Window | None]:
     """The float32 path of each window (``centers[i]``, ``widths[i]`` as :meth:`Window.linear` gives
     them), None where it has none: a center farther than ``_FAST_CENTER_WIDTHS`` widths from zero, a width
-    outside 1e-30..1e30, a threshold among the subnormal numbers, or an OpenCV whose 8-bit rounding of
-    float32 does not saturate so (:func:`opencv_saturates`)."""
+    outside 1e-30..1e30, or an OpenCV whose 8-bit rounding of float32 does not saturate so
+    (:func:`opencv_saturates`)."""
     pairs = [(float(c), float(w)) for c, w in zip(centers, widths, strict=True)]
     if not opencv_saturates():
         return [None] * len(pairs)
@@ -211,10 +211,8 @@ def float32_windows(
     if new:
         found = gray_thresholds(np.array([c for c, _ in new]), np.array([w for _, w in new]))
         for (center, width), row in zip(new, found, strict=True):
-            subnormal = (row != 0) & (np.abs(row) < np.finfo(np.float32).tiny)
             table = np.concatenate([np.array([np.nan], np.float32), row[::-1]])
-            window = Float32Window(table, -127.5 / width, 128 + 255 * center / width)
-            _FAST_CACHE[center, width] = None if subnormal.any() else window
+            _FAST_CACHE[center, width] = Float32Window(table, -127.5 / width, 128 + 255 * center / width)
     return [_FAST_CACHE.get(p) for p in pairs]
 
 

@@ -138,14 +138,26 @@ def test_opencv_rounds_float32_to_8_bits_as_the_float32_path_needs() -> None:
     assert opencv_saturates()
 
 
-@pytest.mark.parametrize("window", WINDOWS, ids=[w.describe() for w in WINDOWS])
+#: Windows outside the float32 path, whose least values are found all the same: grey levels whose least
+#: value is beyond the float32 range (+inf) or its least finite value (-3.4e38), or one float32 step,
+FAR = [
+    Window(0.0, 1e308, "LINEAR_EXACT"),
+    Window(1e17, 2.0, "LINEAR_EXACT"),
+    Window(-3e38, 2.0),
+    Window(-1.7e308, 1.7e308, "LINEAR_EXACT"),  # levels' edges beyond float64: bisected from -inf..+inf
+]
+
+
+@pytest.mark.parametrize("window", WINDOWS + FAR, ids=[w.describe() for w in WINDOWS + FAR])
 def test_gray_thresholds_are_each_levels_least_value(window: Window) -> None:
     linear = window.linear()
     assert linear is not None
     thresholds = thresholds_of(window)
     levels = np.arange(1, 256)
     assert (linear_8bit(thresholds, *linear) >= levels).all()
-    assert (linear_8bit(np.nextafter(thresholds, np.float32(-np.inf)), *linear) < levels).all()
+    with np.errstate(over="ignore"):  # below the least finite value: -inf
+        below = np.nextafter(thresholds, np.float32(-np.inf))
+    assert (linear_8bit(below, *linear) < levels).all()
 
 
 @pytest.mark.parametrize("window", WINDOWS, ids=[w.describe() for w in WINDOWS])
