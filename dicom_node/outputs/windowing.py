@@ -45,6 +45,9 @@ def linear_8bit(
 
 #: Values windowed per block by :func:`windowed_stack` (512 KB of float64: a core's cache holds the block).
 _BLOCK = 1 << 16
+#: Values windowed per block by :class:`Float32Window` (the block, its thresholds and its 8-bit values:
+#: 576 KB).
+_FLOAT32_BLOCK = 1 << 16
 
 
 def windowed_stack(
@@ -87,11 +90,16 @@ def windowed_stack(
         flat, planes = voxels.T.reshape(count, -1), gray.T.reshape(count, -1)
         size = flat.shape[1]
         fast = float32_windows(centers, widths) if voxels.dtype == np.float32 else [None] * count
-        scratch = (np.empty((1, size), np.float32), np.empty((1, size), np.uint8)) if any(fast) else None
+        most = min(_FLOAT32_BLOCK, size)
+        thresholds, reached = np.empty((1, most), np.float32), np.empty((1, most), np.uint8)
         temp = np.empty(min(_BLOCK, size), dtype=np.float64)
-        for k in range(count):  # each slice in blocks that a core's cache holds, or at once in float32
-            if (window := fast[k]) is not None and scratch is not None:
-                window.apply(flat[k].reshape(1, -1), planes[k].reshape(1, -1), *scratch)
+        for k in range(count):  # each slice in blocks that a core's cache holds
+            if (window := fast[k]) is not None:
+                for start in range(0, size, _FLOAT32_BLOCK):
+                    part = flat[k, start : start + _FLOAT32_BLOCK].reshape(1, -1)
+                    n = part.shape[1]
+                    out_part = planes[k, start : start + n].reshape(1, -1)
+                    window.apply(part, out_part, thresholds[:, :n], reached[:, :n])
                 continue
             for start in range(0, size, _BLOCK):
                 block = flat[k, start : start + _BLOCK]

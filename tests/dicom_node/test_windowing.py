@@ -110,9 +110,10 @@ def values_for(window: Window, seed: int) -> npt.NDArray[np.float32]:
 
 def fortran_stack(values: npt.NDArray[np.float32], slices: int) -> npt.NDArray[np.float32]:
     """``values`` spread over a Fortran-ordered (columns, rows, slices) float32 stack (as load_series holds
-    one), padded with zeros."""
+    one), padded with zeros to slices of more values than one block of the float32 path, not a multiple
+    of it."""
     per = -(-len(values) // slices)
-    columns = -(-per // 7)
+    columns = max(-(-per // 7), 10_001)
     flat = np.zeros(columns * 7 * slices, dtype=np.float32)
     flat[: len(values)] = values
     stack: npt.NDArray[np.float32] = flat.reshape(slices, 7, columns).T
