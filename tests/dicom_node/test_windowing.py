@@ -20,6 +20,7 @@ from dicom_node.outputs.derived import DerivedContext
 from dicom_node.outputs.overlay import encode_overlay
 from dicom_node.outputs.seg import AlgorithmInfo, SegOptions, segments_from_catalog
 from dicom_node.outputs.windowing import (
+    Float32Window,
     Window,
     float32_windows,
     gray_thresholds,
@@ -162,15 +163,21 @@ def test_gray_thresholds_are_each_levels_least_value(window: Window) -> None:
 
 
 @pytest.mark.parametrize("window", WINDOWS, ids=[w.describe() for w in WINDOWS])
-def test_float32_path_gives_the_float64_and_pydicom_values(window: Window) -> None:
+def test_float32_path_gives_the_float64_and_pydicom_values(
+    window: Window, monkeypatch: pytest.MonkeyPatch
+) -> None:
     linear = window.linear()
     assert linear is not None
     assert float32_windows(np.array([linear[0]]), np.array([linear[1]]))[0] is not None, "float32 path taken"
     values = values_for(window, seed=len(window.describe()))
     stack = fortran_stack(values, 3)
     windows = [window] * 3
+    blocks: list[int] = []
+    apply = Float32Window.apply
+    monkeypatch.setattr(Float32Window, "apply", lambda self, *a: blocks.append(a[0].size) or apply(self, *a))
     gray = windowed_stack(stack, windows)
     assert gray is not None
+    assert sum(blocks) == stack.size, "every value windowed by the float32 path"
     expected = float64_windowed(stack, windows)
     mismatched = np.flatnonzero((gray != expected).reshape(-1, order="F"))
     assert not mismatched.size, (
