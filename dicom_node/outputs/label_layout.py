@@ -76,16 +76,6 @@ class LabelLayout:
     #: The boxes (slices, rows, columns of ``ordered``) of labels 1, 2 ...: ``boxes[label - 1]``, None for
     #: a label absent; as ``scipy.ndimage.find_objects`` gives them.
     boxes: tuple[Box | None, ...]
-    #: Whether each label value is on each slice (slices, values), where the histograms found it (an 8-bit
-    #: map held in C order); None: not known.
-    by_slice: npt.NDArray[np.bool_] | None = None
-
-    def slices_on(self, label: int, box: Box) -> npt.NDArray[np.intp] | None:
-        """The slices of ``box`` (the label's box) that ``label`` is on, counted from the box's first slice;
-        None where the layout does not know them."""
-        if self.by_slice is None or not 0 <= label < self.by_slice.shape[1]:
-            return None
-        return np.flatnonzero(self.by_slice[box[0], label])
 
     def boxes_up_to(self, last: int) -> list[Box | None]:
         """The boxes of labels 1 .. ``last`` (None beyond the largest label)."""
@@ -126,7 +116,7 @@ def label_layout(label_map: npt.NDArray[np.integer[Any]]) -> LabelLayout:
         by_row = _histograms([ordered[:, r, :] for r in range(rows)]) > 0
         by_column = _histograms([label_map[c] for c in range(columns)]) > 0
         boxes = _boxes_of((by_slice, by_row, by_column), len(counts) - 1)
-        return LabelLayout(tuple(label_map.shape), ordered, counts, tuple(boxes), by_slice)
+        return LabelLayout(tuple(label_map.shape), ordered, counts, tuple(boxes))
     from scipy import ndimage
 
     counts = label_counts(label_map)

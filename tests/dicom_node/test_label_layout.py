@@ -69,17 +69,6 @@ def test_the_layout_is_what_numpy_and_scipy_give(kind: str) -> None:
     assert layout.boxes_up_to(last + 3) == found + [None] * 3
     faces = volumetry.border_labels(label_map) if label_map.size else set()
     assert layout.on_border() == faces
-    known = kind in ("C uint8", "one slice", "inside only", "background only")
-    assert (layout.by_slice is not None) == known
-    for label, box in enumerate(found, start=1):
-        if box is None:
-            continue
-        on = layout.slices_on(label, box)
-        if known:
-            assert on is not None
-            assert list(on) == list(np.flatnonzero((ordered[box] == label).any(axis=(1, 2))))
-        else:
-            assert on is None
 
 
 def test_a_map_without_three_axes_is_refused() -> None:
