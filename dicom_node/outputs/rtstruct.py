@@ -20,7 +20,6 @@ sanitiser; UIDs are derived like those of the SEG.
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -48,6 +47,7 @@ from dicom_node.outputs.derived import (
     set_equipment,
     set_file_meta,
 )
+from dicom_node.outputs.item_bytes import as_written, element, held_sequence, item
 from dicom_node.outputs.label_layout import LabelLayout, label_layout
 from dicom_node.outputs.seg_segments import CodeTriple, SegmentSpec
 
@@ -79,54 +79,29 @@ class EncodedRtstruct:
     roi_labels: Mapping[int, int]
 
 
-def _element(tag: int, vr: str, value: str | bytes) -> bytes:
-    """An element as written in explicit VR little endian, its value padded to even length. A value too
-    long for a 2-byte length is written as UN, as pydicom does (PS3.5 6.2.2)."""
-    data = value.encode("ascii") if isinstance(value, str) else value
-    if len(data) % 2:
-        data += b"\0" if vr == "UI" else b" "
-    group, element = tag >> 16, tag & 0xFFFF
-    if vr == "SQ" or len(data) > 0xFFFF:
-        code = b"SQ" if vr == "SQ" else b"UN"
-        return struct.pack("<HH2sHI", group, element, code, 0, len(data)) + data
-    return struct.pack("<HH2sH", group, element, vr.encode("ascii"), len(data)) + data
-
-
 @lru_cache(maxsize=4096)
 def _integer_string(tag: int, value: int) -> bytes:
     """An IS element (a count, a number), encoded once per tag and value."""
-    return _element(tag, "IS", str(value))
-
-
-def _item(body: bytes) -> bytes:
-    """A sequence item of defined length."""
-    return struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
-
-
-def _as_written(dataset: Dataset) -> Dataset:
-    """Mark a dataset holding raw elements as encoded in explicit VR little endian, so that pydicom
-    writes its raw elements as they are instead of parsing every value first."""
-    dataset.set_original_encoding(False, True, dataset._character_set)
-    return dataset
+    return element(tag, "IS", str(value))
 
 
 def _image_ref(ref: SliceRef) -> bytes:
     """An item (encoded) referencing the source image of the slice ``ref``."""
-    body = _element(0x00081150, "UI", ref.sop_class_uid) + _element(0x00081155, "UI", ref.sop_instance_uid)
+    body = element(0x00081150, "UI", ref.sop_class_uid) + element(0x00081155, "UI", ref.sop_instance_uid)
     if ref.frame_number is not None:
-        body += _element(0x00081160, "IS", str(int(ref.frame_number)))
-    return _item(body)
+        body += element(0x00081160, "IS", str(int(ref.frame_number)))
+    return item(body)
 
 
 def _contour_image_sequence(ref: SliceRef) -> bytes:
     """The Contour Image Sequence of a contour on the slice ``ref`` (one set of bytes per slice serves
     every contour on it)."""
-    return _element(_CONTOUR_IMAGES, "SQ", _image_ref(ref))
+    return element(_CONTOUR_IMAGES, "SQ", _image_ref(ref))
 
 
-_CLOSED_PLANAR = _element(_GEOMETRIC_TYPE, "CS", "CLOSED_PLANAR")
-_GENERATED_AUTOMATICALLY = _element(0x30060036, "CS", "AUTOMATIC")
-_ORGAN, _NO_INTERPRETER = _element(0x300600A4, "CS", "ORGAN"), _element(0x300600A6, "PN", "")
+_CLOSED_PLANAR = element(_GEOMETRIC_TYPE, "CS", "CLOSED_PLANAR")
+_GENERATED_AUTOMATICALLY = element(0x30060036, "CS", "AUTOMATIC")
+_ORGAN, _NO_INTERPRETER = element(0x300600A4, "CS", "ORGAN"), element(0x300600A6, "PN", "")
 
 
 def _contour_items(
@@ -158,10 +133,10 @@ def _contour_items(
                 _CLOSED_PLANAR,
                 _integer_string(_NUMBER_OF_POINTS, length),
                 _integer_string(_CONTOUR_NUMBER, len(items) + 1),
-                _element(_CONTOUR_DATA, "DS", values),
+                element(_CONTOUR_DATA, "DS", values),
             )
         )
-        items.append(_item(body))
+        items.append(item(body))
     return items
 
 
@@ -190,7 +165,7 @@ def _all_contours(
 def _text(tag: int, vr: str, value: str, encodings: list[str]) -> bytes:
     """A text element (SH, LO) as pydicom writes it in the character set ``encodings`` (each value of a
     multi-valued text encoded by itself)."""
-    return _element(tag, vr, b"\\".join(encode_string(v, encodings) for v in value.split("\\")))
+    return element(tag, vr, b"\\".join(encode_string(v, encodings) for v in value.split("\\")))
 
 
 def _code(code: CodeTriple, encodings: list[str], *modifier: tuple[int, CodeTriple | None]) -> bytes:
@@ -205,8 +180,8 @@ def _code(code: CodeTriple, encodings: list[str], *modifier: tuple[int, CodeTrip
     )
     for tag, value in modifier:
         if value is not None:
-            body += _element(tag, "SQ", _code(value, encodings))
-    return _item(body)
+            body += element(tag, "SQ", _code(value, encodings))
+    return item(body)
 
 
 def _roi(roi: int, frame_of_reference: str, name: str, description: str, encodings: list[str]) -> bytes:
@@ -214,19 +189,19 @@ def _roi(roi: int, frame_of_reference: str, name: str, description: str, encodin
     body = b"".join(
         (
             _integer_string(0x30060022, roi),
-            _element(0x30060024, "UI", frame_of_reference),
+            element(0x30060024, "UI", frame_of_reference),
             _text(0x30060026, "LO", name, encodings),
             _GENERATED_AUTOMATICALLY,
             _text(0x30060038, "LO", description, encodings),
         )
     )
-    return _item(body)
+    return item(body)
 
 
 def _roi_contour(spec: SegmentSpec, roi: int, contours: list[bytes]) -> bytes:
     """An ROI Contour Sequence item (encoded): display colour, Contour Sequence, ROI number."""
-    colour = _element(0x3006002A, "IS", "\\".join(str(int(v)) for v in spec.rgb))
-    return _item(colour + _element(_CONTOURS, "SQ", b"".join(contours)) + _integer_string(0x30060084, roi))
+    colour = element(0x3006002A, "IS", "\\".join(str(int(v)) for v in spec.rgb))
+    return item(colour + element(_CONTOURS, "SQ", b"".join(contours)) + _integer_string(0x30060084, roi))
 
 
 def _observation(spec: SegmentSpec, roi: int, encodings: list[str]) -> bytes:
@@ -234,25 +209,17 @@ def _observation(spec: SegmentSpec, roi: int, encodings: list[str]) -> bytes:
     parts = []
     if spec.anatomic_region is not None:
         region = _code(spec.anatomic_region, encodings, (0x00082220, spec.anatomic_region_modifier))
-        parts.append(_element(0x00082218, "SQ", region))
+        parts.append(element(0x00082218, "SQ", region))
     identification = _code(spec.type, encodings, (0x00620011, spec.modifier))
     parts += [
-        _element(0x00620003, "SQ", _code(spec.category, encodings)),
+        element(0x00620003, "SQ", _code(spec.category, encodings)),
         _integer_string(0x30060082, roi),
         _integer_string(0x30060084, roi),
-        _element(0x30060086, "SQ", identification),
+        element(0x30060086, "SQ", identification),
         _ORGAN,
         _NO_INTERPRETER,
     ]
-    return _item(b"".join(parts))
-
-
-def _sequence(tag: int, items: list[bytes]) -> RawDataElement:
-    """A sequence of encoded items, held as the bytes pydicom writes for it (explicit VR little endian,
-    items of defined length): pydicom writes it as it is (in a dataset marked :func:`_as_written`) and
-    parses it when it is read."""
-    value = b"".join(items)
-    return RawDataElement(Tag(tag), "SQ", len(value), value, 0, False, True)
+    return item(b"".join(parts))
 
 
 def _referenced_frame_of_reference(context: DerivedContext) -> RawDataElement:
@@ -260,18 +227,18 @@ def _referenced_frame_of_reference(context: DerivedContext) -> RawDataElement:
     Contour Image Sequence item per slice of the stack."""
     volume = context.volume
     images = b"".join(_image_ref(ref) for ref in volume.slice_refs)
-    series = _element(0x0020000E, "UI", volume.series_instance_uid) + _element(_CONTOUR_IMAGES, "SQ", images)
+    series = element(0x0020000E, "UI", volume.series_instance_uid) + element(_CONTOUR_IMAGES, "SQ", images)
     study = b"".join(
         (
-            _element(0x00081150, "UI", _STUDY_COMPONENT_CLASS),
-            _element(0x00081155, "UI", volume.study_instance_uid),
-            _element(_REFERENCED_SERIES, "SQ", _item(series)),
+            element(0x00081150, "UI", _STUDY_COMPONENT_CLASS),
+            element(0x00081155, "UI", volume.study_instance_uid),
+            element(_REFERENCED_SERIES, "SQ", item(series)),
         )
     )
-    frame = _element(0x00200052, "UI", volume.frame_of_reference_uid) + _element(
-        _REFERENCED_STUDIES, "SQ", _item(study)
+    frame = element(0x00200052, "UI", volume.frame_of_reference_uid) + element(
+        _REFERENCED_STUDIES, "SQ", item(study)
     )
-    return _sequence(_REFERENCED_FRAMES, [_item(frame)])
+    return held_sequence(_REFERENCED_FRAMES, item(frame))
 
 
 def _header(context: DerivedContext, series_uid: str, sop_uid: str) -> Dataset:
@@ -330,11 +297,11 @@ def encode_rtstruct(
         rois.append(_roi(roi, volume.frame_of_reference_uid, lo(spec.name), description, encodings))
         contours.append(_roi_contour(spec, roi, traced[label]))
         observations.append(_observation(spec, roi, encodings))
-    ds[_STRUCTURE_SET_ROIS] = _sequence(_STRUCTURE_SET_ROIS, rois)
-    ds[_ROI_CONTOURS] = _sequence(_ROI_CONTOURS, contours)
-    ds[_OBSERVATIONS] = _sequence(_OBSERVATIONS, observations)
+    ds[_STRUCTURE_SET_ROIS] = held_sequence(_STRUCTURE_SET_ROIS, b"".join(rois))
+    ds[_ROI_CONTOURS] = held_sequence(_ROI_CONTOURS, b"".join(contours))
+    ds[_OBSERVATIONS] = held_sequence(_OBSERVATIONS, b"".join(observations))
     # the dataset marked as written: else pydicom's writer walks it all for ambiguous VRs (there are none),
     # parsing the sequences held as bytes on the way
-    _as_written(ds)
+    as_written(ds)
     logger.info("encoded RTSTRUCT for %s: %d ROIs", context.where, len(rois))
     return EncodedRtstruct(ds, series_uid, sop_uid, roi_labels)

@@ -40,13 +40,14 @@ from pydicom.filewriter import correct_ambiguous_vr, write_data_element
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
+from dicom_node.outputs import item_bytes
+
 _PER_FRAME = Tag(0x52009230)
 _FRAME_CONTENT = Tag(0x00209111)
 _DIMENSION_INDEX_VALUES = Tag(0x00209157)
 _SEGMENT_IDENTIFICATION = Tag(0x0062000A)
 _REFERENCED_SEGMENT_NUMBER = Tag(0x0062000B)
 _PLANE_POSITION = Tag(0x00209113)
-_ITEM = b"\xfe\xff\x00\xe0"
 
 #: Edge of the blocks in which :func:`frames_of` transposes the label map (cache-friendly copy).
 _BLOCK = 64
@@ -270,7 +271,7 @@ def _per_frame_items(
             body = b"".join(
                 (before, template, struct.pack("<2I", number, dimension_index), middle, identification, after)
             )
-            items.append(b"".join((_ITEM, struct.pack("<I", len(body)), body)))
+            items.append(item_bytes.item(body))
     return b"".join(items)
 
 

@@ -35,14 +35,14 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from dicom_node.outputs.item_bytes import dataset_item, sequence
+
 _PREAMBLE = b"\0" * 128 + b"DICM"
 #: VRs of values written from their bytes straight to the file when longer than :data:`_BULK_SIZE`.
 _BULK = frozenset(("OB", "OW"))
 _BULK_SIZE = 1 << 16
 _BYTES = (bytes, memoryview)
 _GROUP_LENGTH = BaseTag(0x00020000)
-#: An item's tag (FFFE,E000), little endian.
-_ITEM = struct.pack("<HH", 0xFFFE, 0xE000)
 #: Types of single values that are neither multi-values nor sequences (compared as they are).
 _PLAIN = frozenset((str, bytes, int, float, UID, type(None)))
 
@@ -137,22 +137,14 @@ class SharedElementsWriter:
         pydicom reads from a file as raw bytes or whose VR depends on other elements."""
         if elem.is_undefined_length:
             return None
-        items = []
-        for item in elem.value:
-            if item.is_undefined_length_sequence_item or "SpecificCharacterSet" in item:
+        for entry in elem.value:
+            if entry.is_undefined_length_sequence_item or "SpecificCharacterSet" in entry:
                 return None
-            parts = []
-            for key in sorted(item.keys(), key=int):
-                if key.element == 0 and key.group > 6:
-                    continue
-                sub = item.get_item(key)
+            for key in entry.keys():
+                sub = entry.get_item(key)
                 if not isinstance(sub, DataElement) or _is_ambiguous(sub.VR):
                     return None
-                parts.append(self._own(key, sub, item))
-            body = b"".join(parts)
-            items.append(_ITEM + struct.pack("<I", len(body)) + body)
-        value = b"".join(items)
-        return struct.pack("<HH4sI", tag >> 16, tag & 0xFFFF, b"SQ\0\0", len(value)) + value
+        return sequence(tag, b"".join(dataset_item(entry, self._own) for entry in elem.value))
 
     def _file_meta(self, meta: FileMetaDataset) -> bytes:
         """The file meta information as pydicom's ``write_file_meta_info(enforce_standard=True)`` writes it:

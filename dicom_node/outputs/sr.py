@@ -22,14 +22,13 @@ from the SEG's identity (:class:`dicom_node.outputs.derived.DerivedContext`).
 from __future__ import annotations
 
 import logging
-import struct
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydicom.charset import default_encoding
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
@@ -44,6 +43,7 @@ from dicom_node.outputs.derived import (
     lo,
     set_equipment,
 )
+from dicom_node.outputs.item_bytes import as_written, dataset_item, held_sequence, sequence
 from dicom_node.outputs.seg import EncodedSeg
 from dicom_node.outputs.seg_segments import CodeTriple, SegmentSpec
 from dicom_node.outputs.volumetry import StructureVolume, Volumetry
@@ -350,54 +350,49 @@ def document_arguments(context: DerivedContext, seg: EncodedSeg) -> dict[str, An
 
 
 def _as_written(dataset: Dataset, seen: set[int]) -> None:
-    """Mark ``dataset`` and the items of its sequences (each once) as encoded in explicit VR little endian
-    with their own character set, so that pydicom's writer writes their elements as they are. Unmarked, it
-    walks each item's subtree for ambiguous VRs (the SR has none: an element whose VR is still ambiguous
-    would make the writer fail, not write it wrongly) once for each level above it, and would parse the
-    Content Sequence held as bytes (:func:`_content_as_written`) to do so."""
-    dataset.set_original_encoding(False, True, dataset._character_set)
+    """Mark ``dataset`` and the items of its sequences (each once) as written
+    (:func:`~dicom_node.outputs.item_bytes.as_written`). Unmarked, pydicom's writer walks each item's
+    subtree for ambiguous VRs (the SR has none: an element whose VR is still ambiguous would make the writer
+    fail, not write it wrongly) once for each level above it, and would parse the Content Sequence held as
+    bytes (:func:`_content_as_written`) to do so."""
+    as_written(dataset)
     for elem in dataset.elements():
         if elem.VR == "SQ" and isinstance(elem.value, PydicomSequence):
-            for item in elem.value:
-                if id(item) not in seen:
-                    seen.add(id(item))
-                    _as_written(item, seen)
+            for child in elem.value:
+                if id(child) not in seen:
+                    seen.add(id(child))
+                    _as_written(child, seen)
 
 
 def _encoded_item(
-    item: Dataset, encodings: Any, cache: dict[int, bytes], elements: dict[tuple[Any, ...], bytes]
+    content: Dataset, encodings: Any, cache: dict[int, bytes], elements: dict[tuple[Any, ...], bytes]
 ) -> bytes:
-    """A content item as pydicom writes it in a sequence (explicit VR little endian, items and sequences of
-    defined length, text in the character set it inherits), encoded once however many groups hold it
-    (``cache``: by item): its elements by pydicom's ``write_data_element``, its sequences' items by this
+    """A content item as pydicom writes it in a sequence (:mod:`~dicom_node.outputs.item_bytes`: items and
+    sequences of defined length; text in the character set it inherits), encoded once however many groups
+    hold it (``cache``: by item): its elements by pydicom's ``write_data_element``, those with a string or
+    integer value once per tag, VR, value and character set (``elements``), its sequences' items by this
     function. An element whose VR is still ambiguous makes the writer fail (the SR has none)."""
-    found = cache.get(id(item))
+    found = cache.get(id(content))
     if found is not None:
         return found
-    encodings = item.get("SpecificCharacterSet", encodings)
-    fp = DicomBytesIO()
-    fp.is_little_endian, fp.is_implicit_VR = True, False
-    for tag in sorted(item.keys(), key=int):
-        if tag.element == 0 and tag.group > 6:
-            continue  # retired group lengths are not written (PS3.5 7.2), as pydicom does
-        elem = item.get_item(tag)
+    encodings = content.get("SpecificCharacterSet", encodings)
+    charset = encodings if isinstance(encodings, str) else tuple(encodings)
+
+    def encode(tag: BaseTag, elem: Any, _: Dataset) -> bytes:
         if elem.VR == "SQ" and isinstance(elem.value, PydicomSequence):
-            value = b"".join(_encoded_item(child, encodings, cache, elements) for child in elem.value)
-            fp.write(struct.pack("<HH2sHI", tag.group, tag.element, b"SQ", 0, len(value)))
-            fp.write(value)
-        elif type(elem.value) in _PLAIN:
-            key = (tag, elem.VR, elem.value, encodings if isinstance(encodings, str) else tuple(encodings))
-            data = elements.get(key)
-            if data is None:
-                start = fp.tell()
-                write_data_element(fp, elem, encodings)
-                elements[key] = fp.getvalue()[start:]
-            else:
-                fp.write(data)
-        else:
+            return sequence(tag, b"".join(_encoded_item(c, encodings, cache, elements) for c in elem.value))
+        key = (tag, elem.VR, elem.value, charset) if type(elem.value) in _PLAIN else None
+        data = None if key is None else elements.get(key)
+        if data is None:
+            fp = DicomBytesIO()
+            fp.is_little_endian, fp.is_implicit_VR = True, False
             write_data_element(fp, elem, encodings)
-    body = fp.getvalue()
-    cache[id(item)] = encoded = struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
+            data = fp.getvalue()
+            if key is not None:
+                elements[key] = data
+        return data
+
+    cache[id(content)] = encoded = dataset_item(content, encode)
     return encoded
 
 
@@ -408,8 +403,8 @@ def _content_as_written(document: Dataset) -> None:
     encodings = document.get("SpecificCharacterSet", default_encoding)
     cache: dict[int, bytes] = {}
     elements: dict[tuple[Any, ...], bytes] = {}
-    value = b"".join(_encoded_item(item, encodings, cache, elements) for item in document.ContentSequence)
-    document[_CONTENT_SEQUENCE] = RawDataElement(_CONTENT_SEQUENCE, "SQ", len(value), value, 0, False, True)
+    value = b"".join(_encoded_item(c, encodings, cache, elements) for c in document.ContentSequence)
+    document[_CONTENT_SEQUENCE] = held_sequence(_CONTENT_SEQUENCE, value)
 
 
 def encode_volumetry_sr(
